@@ -1,0 +1,34 @@
+"""Command line: ``cxrlab COMMAND --help``. Commands are thin: parse, call a layer, print."""
+
+from __future__ import annotations
+
+import typer
+
+from cxrlab.cli.data_commands import audit, manifest, split, synth
+from cxrlab.cli.demo import demo
+from cxrlab.cli.doctor import doctor
+from cxrlab.cli.prepare_command import prepare_command
+from cxrlab.core.logging import configure_logging
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="cxrlab: transfer-learning studies and explainable screening on chest X-rays "
+                       "(research use only, not for clinical diagnosis).")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    configure_logging(verbose)
+
+
+app.command("synth")(synth)
+app.command("manifest")(manifest)
+app.command("split")(split)
+app.command("audit")(audit)
+app.command("prepare")(prepare_command)
+app.command("demo")(demo)
+app.command("doctor")(doctor)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

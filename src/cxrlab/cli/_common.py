@@ -1,0 +1,53 @@
+"""Shared CLI helpers: console, one-line errors, progress bars, option parsing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cxrlab.core.errors import CxrlabError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn cxrlab errors into a one-line message and exit code 1 (no traceback)."""
+    try:
+        yield
+    except CxrlabError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def progress_bar(description: str) -> Progress:
+    """A rich progress bar with count, elapsed time and ETA (goes to stderr)."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' or '8:1:1' or '80:20' → three shares summing to 1."""
+    parts = [float(p) for p in text.replace(":", ",").split(",") if p.strip()]
+    if len(parts) == 2:
+        parts.append(0.0)
+    if len(parts) != 3 or sum(parts) <= 0:
+        raise typer.BadParameter("give two or three shares, e.g. 0.8,0.1,0.1 or 8:1:1 or 80:20")
+    total = sum(parts)
+    return (parts[0] / total, parts[1] / total, parts[2] / total)
+
+
+def parse_label_map(items: list[str] | None) -> dict[str, str | None]:
+    """``['Lung_Opacity=drop', 'Viral Pneumonia=Pneumonia']`` → overrides for LabelMapper."""
+    out: dict[str, str | None] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--label-map expects RAW=CLASS or RAW=drop, got {item!r}")
+        raw, target = item.split("=", 1)
+        out[raw.strip()] = None if target.strip().lower() == "drop" else target.strip()
+    return out

@@ -1,0 +1,158 @@
+"""``cxrlab synth | manifest | split | audit``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from cxrlab.cli._common import console, handle_errors, parse_label_map, parse_ratios, progress_bar
+from cxrlab.core.io import atomic_write_text
+from cxrlab.data import (
+    SplitConfig,
+    audit_splits,
+    compute_hashes,
+    dedupe_splits,
+    duplicate_groups,
+    find_near_duplicates,
+    generate_phantoms,
+    group_patients,
+    leave_one_source_out,
+    load_source,
+    make_splits,
+    read_splits,
+    write_splits,
+    write_table,
+)
+from cxrlab.data.audit import DedupeMode
+from cxrlab.data.duplicates import DEFAULT_MAX_DISTANCE
+from cxrlab.data.classes import SchemeName
+from cxrlab.data.manifest import Manifest
+from cxrlab.data.splits import Balance, BalanceScope
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Folder tree, manifest, metadata CSV or splits.csv.")]
+SchemeOpt = Annotated[str, typer.Option("--scheme", help="Class scheme: 3class or binary.")]
+LabelMapOpt = Annotated[Optional[list[str]], typer.Option(
+    "--label-map", help="Override a raw label: RAW=CLASS or RAW=drop (repeatable).")]
+
+
+def show_skipped(manifest_skipped, limit: int = 20) -> None:
+    """Print inputs left out while reading, grouped by reason."""
+    if not manifest_skipped:
+        return
+    console.print(f"[yellow]{len(manifest_skipped)} input(s) left out:[/]")
+    for item in list(manifest_skipped)[:limit]:
+        console.print(f"  {item.image}: {item.reason}", highlight=False, soft_wrap=True)
+    if len(manifest_skipped) > limit:
+        console.print(f"  ... and {len(manifest_skipped) - limit} more")
+
+
+def load(data: Path, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False) -> Manifest:
+    """Load any input with the CLI's options."""
+    return load_source(data, scheme=scheme, label_map=parse_label_map(label_map),  # type: ignore[arg-type]
+                       keep_blank_view=keep_blank_view)
+
+
+def synth(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/phantoms"),
+          patients: Annotated[int, typer.Option(help="Number of fake patients.")] = 60,
+          size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+          seed: Annotated[int, typer.Option(help="Seed.")] = 0) -> None:
+    """Generate the synthetic phantom data set (images, lung masks, lesion masks, manifest.csv)."""
+    with handle_errors():
+        path = generate_phantoms(out, n_patients=patients, size=size, seed=seed)
+        console.print(f"wrote {path}")
+
+
+def manifest(data: DataOpt, out: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
+             scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
+             keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
+    """Read any input and write it as one manifest table (CSV or Parquet)."""
+    with handle_errors():
+        m = load(data, scheme, label_map, keep_blank_view)
+        write_table(m.table, out)
+        show_skipped(m.skipped)
+        console.print(f"wrote {out}: {len(m)} images, {m.table['patient_id'].nunique()} patients, "
+                      f"classes {m.class_counts()}")
+
+
+def _counts_table(info: dict) -> Table:
+    table = Table(title="split")
+    for col in ("side", "images", "patients", "classes", "sources"):
+        table.add_column(col)
+    for side, c in info["counts"].items():
+        table.add_row(side, str(c["images"]), str(c["patients"]),
+                      ", ".join(f"{k} {v}" for k, v in c["classes"].items()),
+                      ", ".join(f"{k} {v}" for k, v in c["sources"].items()))
+    return table
+
+
+def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder for splits.csv.")],
+          ratios: Annotated[str, typer.Option(help="train,val,test shares: 0.8,0.1,0.1 | 8:1:1 | 80:20.")] = "0.8,0.1,0.1",
+          folds: Annotated[int, typer.Option(help="Patient-grouped CV folds over train (0: none).")] = 5,
+          seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+          scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
+          balance: Annotated[str, typer.Option(help="none | undersample | weights.")] = "none",
+          balance_scope: Annotated[str, typer.Option(help="Undersample the train side only, or all.")] = "train",
+          dedupe: Annotated[str, typer.Option(help="none | regroup: near-duplicate images join one group.")] = "none",
+          loso: Annotated[bool, typer.Option(help="Also write leave-one-source-out splits.")] = False,
+          keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
+    """Split by patient (stratified by class) into train/val/test with CV folds; write splits.csv."""
+    with handle_errors():
+        m = load(data, scheme, label_map, keep_blank_view)
+        show_skipped(m.skipped)
+        table, group_column = m.table, "patient_id"
+        if dedupe == "regroup":
+            table, group_column = _regroup(table), "group_id"
+        elif dedupe != "none":
+            raise typer.BadParameter("--dedupe must be none or regroup")
+        config = SplitConfig(parse_ratios(ratios), folds, seed, balance, balance_scope, group_column)  # type: ignore[arg-type]
+        frame, info = make_splits(table, m.class_names, config)
+        info["scheme"] = scheme
+        path = write_splits(frame, info, out)
+        console.print(_counts_table(info))
+        if "class_weights" in info:
+            console.print(f"class weights (train): {info['class_weights']}")
+        console.print(f"wrote {path}")
+        if loso:
+            for source, loso_frame in leave_one_source_out(table, m.class_names, config.ratios[1], seed,
+                                                           group_column).items():
+                console.print(f"wrote {write_splits(loso_frame, {'held_out_source': source}, out / 'loso' / source)}")
+
+
+def _regroup(table):
+    """Add ``group_id``: patients linked by near-duplicate images share one group."""
+    with progress_bar("hashing") as bar:
+        task = bar.add_task("hashing", total=len(table))
+        hashes = compute_hashes(table["image"].tolist(), progress=lambda n: bar.advance(task, n))
+    table = table.reset_index(drop=True).copy()
+    table["group_id"] = group_patients(table["patient_id"], duplicate_groups(len(table), find_near_duplicates(hashes)))
+    return table
+
+
+def audit(splits: Annotated[Path, typer.Argument(help="splits.csv (or its folder).")],
+          out: Annotated[Optional[Path], typer.Option(help="Folder for audit.md/audit.json (default: next to splits).")] = None,
+          max_distance: Annotated[int, typer.Option(help="pHash Hamming distance counted as a copy.")] = DEFAULT_MAX_DISTANCE,
+          fix: Annotated[Optional[str], typer.Option(help="drop | regroup: also write a corrected splits.csv in OUT/fixed.")] = None,
+          workers: Annotated[int, typer.Option(help="Processes for hashing.")] = 1) -> None:
+    """Split-integrity report: patients, class and source mix per side, near-duplicates across sides and sources."""
+    with handle_errors():
+        frame = read_splits(splits)
+        out = out or (splits if splits.is_dir() else splits.parent)
+        with progress_bar("hashing") as bar:
+            task = bar.add_task("hashing", total=len(frame))
+            report = audit_splits(frame, max_distance, workers, progress=lambda n: bar.advance(task, n))
+        atomic_write_text(out / "audit.md", report.to_markdown())
+        atomic_write_text(out / "audit.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        console.print(report.to_markdown(), highlight=False)
+        console.print(f"wrote {out / 'audit.md'} and {out / 'audit.json'}")
+        if fix:
+            if fix not in ("drop", "regroup"):
+                raise typer.BadParameter("--fix must be drop or regroup")
+            mode: DedupeMode = fix  # type: ignore[assignment]
+            fixed = dedupe_splits(frame, report, mode)
+            path = write_splits(fixed, {"fixed_by": fix, "from": str(splits), "max_distance": max_distance},
+                                out / "fixed")
+            console.print(f"wrote {path} ({len(frame) - len(fixed)} image(s) dropped)")

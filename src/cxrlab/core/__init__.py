@@ -1,0 +1,29 @@
+"""Core: errors, logging and seeding. Imports no other cxrlab layer."""
+
+from __future__ import annotations
+
+from cxrlab.core.errors import (
+    ConfigError,
+    CxrlabError,
+    InvalidImageError,
+    LeakageError,
+    ManifestError,
+    MissingDependencyError,
+    NotFittedError,
+    UnknownLabelError,
+)
+from cxrlab.core.io import atomic_write_bytes, atomic_write_text, relative_to_or_absolute
+
+__all__ = [
+    "ConfigError",
+    "CxrlabError",
+    "InvalidImageError",
+    "LeakageError",
+    "ManifestError",
+    "MissingDependencyError",
+    "NotFittedError",
+    "UnknownLabelError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "relative_to_or_absolute",
+]

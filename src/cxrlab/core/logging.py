@@ -1,0 +1,16 @@
+"""Logging set-up for the command line (library code only calls ``logging.getLogger``)."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.logging import RichHandler
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Send cxrlab's log records to stderr through rich, at INFO (or DEBUG when ``verbose``)."""
+    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    root = logging.getLogger("cxrlab")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

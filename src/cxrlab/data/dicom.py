@@ -1,0 +1,108 @@
+"""DICOM reading with pydicom: header fields and display-ready pixels.
+
+Pixel conversion follows the DICOM display pipeline: modality LUT (rescale slope/intercept),
+then VOI LUT or window centre/width, then inversion of MONOCHROME1 so that bone is bright,
+then a min-max scale to 8 bits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from cxrlab.core.errors import InvalidImageError
+
+log = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_HEADER_TAGS = ["PatientID", "ViewPosition", "Modality", "Rows", "Columns", "BodyPartExamined"]
+
+
+def is_dicom_bytes(buf: bytes) -> bool:
+    """True when ``buf`` carries the DICOM preamble magic ``DICM`` at byte 128."""
+    return len(buf) >= 132 and buf[128:132] == b"DICM"
+
+
+def read_dicom_header(path: str | Path) -> dict[str, Any]:
+    """Read patient id, view, modality and size from a DICOM header without its pixels.
+
+    Returns:
+        ``{"patient_id", "view", "modality", "rows", "columns", "body_part"}``; missing
+        fields are empty strings or 0.
+
+    Raises:
+        InvalidImageError: the file is not a readable DICOM.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        raise InvalidImageError(path, f"not a readable DICOM file ({err})") from err
+    return {
+        "patient_id": str(ds.get("PatientID", "") or ""),
+        "view": str(ds.get("ViewPosition", "") or ""),
+        "modality": str(ds.get("Modality", "") or ""),
+        "rows": int(ds.get("Rows", 0) or 0),
+        "columns": int(ds.get("Columns", 0) or 0),
+        "body_part": str(ds.get("BodyPartExamined", "") or ""),
+    }
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float32, copy=False)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
+                   max_pixels: int | None = None) -> np.ndarray:
+    """Decode a DICOM's first frame to a display-ready grayscale image.
+
+    Args:
+        source: A path, a file-like object or an already-read ``pydicom.Dataset``.
+        path: Name used in error messages when ``source`` is not a path.
+        max_pixels: Refuse images with more pixels than this before decoding them.
+
+    Returns:
+        ``(H, W) uint8`` in [0, 255], bright = dense (MONOCHROME1 inverted).
+
+    Raises:
+        InvalidImageError: not a DICOM, no pixel data, an undecodable transfer syntax or
+            too many pixels.
+    """
+    name = path if path is not None else (source if isinstance(source, (str, Path)) else "<dicom>")
+    try:
+        ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(source)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        raise InvalidImageError(name, f"not a readable DICOM file ({err})") from err
+    if "PixelData" not in ds:
+        raise InvalidImageError(name, "DICOM has no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if max_pixels is not None and rows * cols > max_pixels:
+        raise InvalidImageError(
+            name, f"image too large ({cols}x{rows} = {rows * cols / 1e6:.1f} MP > limit "
+            f"{max_pixels / 1e6:.1f} MP); raise --max-pixels to accept it")
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # pydicom raises many types for missing codecs / bad data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise InvalidImageError(
+            name, f"cannot decode DICOM pixels (transfer syntax {syntax}): {err}") from err
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        log.warning("%s: multi-frame DICOM; using the first frame", name)
+        arr = arr[0]
+    if arr.ndim == 3:  # colour (RGB / YBR) secondary capture
+        arr = arr.astype(np.float32).mean(axis=2)
+    arr = apply_modality_lut(arr, ds)
+    arr = apply_voi_lut(arr, ds)
+    out = _scale_to_uint8(np.asarray(arr))
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 255 - out
+    return out

@@ -1,0 +1,211 @@
+"""The manifest: one table of images with label, patient, source and view.
+
+In memory, ``image`` and ``mask`` hold absolute paths. On disk (CSV or Parquet) they are
+written relative to the table's own folder and resolved against it when read, so a data
+folder and its tables move together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.core.errors import ManifestError
+from cxrlab.core.io import atomic_write_bytes, relative_to_or_absolute
+from cxrlab.data.classes import LabelMapper
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("image", "label", "patient_id", "source", "view")
+PATH_COLUMNS = ("image", "mask")
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """An input left out, with the reason (a file, or a metadata row)."""
+
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A table of usable images plus what was left out and why.
+
+    Attributes:
+        table: One row per image; columns :data:`REQUIRED_COLUMNS` (``label`` is a class of
+            ``class_names``), optional ``mask`` and metadata. Paths are absolute.
+        class_names: Classes of the scheme, in canonical order.
+        skipped: Inputs left out (unknown label, filtered view, missing file, ...).
+    """
+
+    table: pd.DataFrame
+    class_names: tuple[str, ...]
+    skipped: tuple[SkippedItem, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ManifestError(f"manifest table: missing column(s) {', '.join(missing)}")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class, in class order."""
+        counts = self.table["label"].value_counts()
+        return {c: int(counts.get(c, 0)) for c in self.class_names}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table with every column as text (empty cells → ``""``).
+
+    Raises:
+        ManifestError: missing file, unknown suffix, or unparsable content.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+        else:
+            raise ManifestError(f"{path}: unsupported table type {suffix!r}; use .csv or .parquet")
+    except ManifestError:
+        raise
+    except Exception as err:  # pandas/pyarrow raise many parser error types
+        raise ManifestError(f"{path}: cannot parse table ({err})") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: str | Path) -> None:
+    """Raise :class:`ManifestError` naming ``path`` and the missing columns, if any."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column(s) {', '.join(missing)} (required: {', '.join(columns)}; "
+            f"found: {', '.join(map(str, frame.columns)) or 'none'})")
+
+
+def resolve_paths(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
+    """Make the path columns absolute, resolving relative entries against ``base``."""
+    frame = frame.copy()
+    base = base.resolve()
+    for column in PATH_COLUMNS:
+        if column in frame.columns:
+            frame[column] = [
+                str((base / p).resolve()) if isinstance(p, str) and p else ""
+                for p in frame[column]
+            ]
+    return frame
+
+
+def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
+                  check_files: bool = True) -> Manifest:
+    """Read a manifest (CSV/Parquet with at least ``image, label, patient_id``).
+
+    ``source`` defaults to the manifest folder's name and ``view`` to empty when absent.
+    Rows whose label maps to no class, or whose image is missing, are skipped and reported.
+
+    Args:
+        path: The manifest file; relative image paths resolve against its folder.
+        mapper: Label mapping and class scheme (default: 3-class).
+        check_files: Skip rows whose image file does not exist.
+
+    Returns:
+        A :class:`Manifest`.
+
+    Raises:
+        ManifestError: the file is missing, unparsable or lacks required columns.
+    """
+    path = Path(path)
+    mapper = mapper or LabelMapper()
+    frame = read_table(path)
+    require_columns(frame, ("image", "label", "patient_id"), path)
+    frame = resolve_paths(frame, path.parent)
+    if "source" not in frame.columns:
+        frame["source"] = path.parent.resolve().name
+    if "view" not in frame.columns:
+        frame["view"] = ""
+    return finalise_manifest(frame, mapper, check_files=check_files)
+
+
+def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[SkippedItem] | None = None,
+                      check_files: bool = True) -> Manifest:
+    """Map labels onto the scheme, drop unmappable rows and missing files, fill patient ids.
+
+    Args:
+        frame: Rows with ``image`` (absolute), ``label`` (raw) and the other required columns.
+        mapper: Label mapping and scheme.
+        skipped: Items already left out by the reader, to carry along.
+        check_files: Skip rows whose image does not exist.
+    """
+    skipped = list(skipped or [])
+    frame = frame.reset_index(drop=True).copy()
+    mapped = mapper.map_many(frame["label"].tolist())
+    keep = []
+    for i, (image, raw, label) in enumerate(zip(frame["image"], frame["label"], mapped)):
+        if label is None:
+            skipped.append(SkippedItem(image, f"unknown label {raw!r} for scheme {mapper.scheme}"))
+        elif not image:
+            skipped.append(SkippedItem(f"row {i + 2}", "empty image path"))
+        elif check_files and not Path(image).is_file():
+            skipped.append(SkippedItem(image, "file not found"))
+        else:
+            keep.append(i)
+    if "label" in frame.columns:
+        frame["label"] = mapped
+    frame = frame.iloc[keep].reset_index(drop=True)
+    duplicated = frame["image"].duplicated(keep="first")
+    for image in frame.loc[duplicated, "image"]:
+        skipped.append(SkippedItem(image, "listed more than once; first row kept"))
+    frame = frame.loc[~duplicated].reset_index(drop=True)
+    blank = frame["patient_id"].astype(str).str.strip() == ""
+    if blank.any():
+        log.warning("%d image(s) have no patient id; each is treated as its own patient, so "
+                    "leakage between images of one patient cannot be ruled out", int(blank.sum()))
+        frame.loc[blank, "patient_id"] = [f"image:{Path(p).stem}" for p in frame.loc[blank, "image"]]
+    for column in ("patient_id", "source", "view"):
+        frame[column] = frame[column].fillna("").astype(str)
+    ordered = list(REQUIRED_COLUMNS) + [c for c in frame.columns if c not in REQUIRED_COLUMNS]
+    return Manifest(frame[ordered], mapper.class_names, tuple(skipped))
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table to CSV or Parquet (by suffix) atomically, paths relative to its folder.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ManifestError: unsupported suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ManifestError(f"{path}: unsupported table type {suffix!r}; use .csv or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = frame.copy()
+    for column in PATH_COLUMNS:
+        if column in out.columns:
+            out[column] = [relative_to_or_absolute(p, path.parent) if p else "" for p in out[column]]
+    if suffix == ".csv":
+        data = out.to_csv(index=False).encode("utf-8")
+    else:
+        data = out.to_parquet(index=False)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def write_manifest(manifest: Manifest, path: str | Path) -> Path:
+    """Write ``manifest.table`` with :func:`write_table`."""
+    return write_table(manifest.table, path)

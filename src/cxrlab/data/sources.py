@@ -1,0 +1,54 @@
+"""One entry point for every kind of input: a folder tree, a manifest or a metadata CSV."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from cxrlab.core.errors import ManifestError
+from cxrlab.data.classes import LabelMapper, SchemeName
+from cxrlab.data.folders import read_folder_tree
+from cxrlab.data.manifest import TABLE_SUFFIXES, Manifest, read_manifest, read_table
+from cxrlab.data.metadata import detect_schema, read_metadata_csv
+from cxrlab.data.splitfile import read_splits
+
+
+def load_source(path: str | Path, *, scheme: SchemeName = "3class",
+                label_map: Mapping[str, str | None] | None = None,
+                keep_blank_view: bool = False, source: str | None = None) -> Manifest:
+    """Load any supported input into a :class:`Manifest`, detecting its kind.
+
+    * a folder → :func:`read_folder_tree`;
+    * a table with an ``image`` column → :func:`read_manifest`; a split file (``split``
+      column) is first checked by the leakage guard;
+    * a table in a COVID-19 collection's metadata schema → :func:`read_metadata_csv`.
+
+    Args:
+        path: Folder, ``.csv`` or ``.parquet``.
+        scheme: ``"3class"`` or ``"binary"``.
+        label_map: Raw label → class overrides (``None`` drops the label).
+        keep_blank_view: For metadata CSVs, keep rows with a blank view.
+        source: Source name for folder trees and metadata CSVs.
+
+    Raises:
+        ManifestError: the path is missing or of no recognised kind.
+        LeakageError: a split file puts a patient on two sides.
+    """
+    path = Path(path)
+    mapper = LabelMapper(scheme, dict(label_map or {}))
+    if path.is_dir():
+        return read_folder_tree(path, mapper, source=source)
+    if not path.exists():
+        raise ManifestError(f"{path}: not found")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ManifestError(f"{path}: expected a folder, a .csv or a .parquet file")
+    columns = list(read_table(path).columns)
+    if "split" in columns:
+        read_splits(path)  # the leakage guard: a split file that leaks is refused everywhere
+    if "image" in columns:
+        return read_manifest(path, mapper)
+    if detect_schema(columns):
+        return read_metadata_csv(path, mapper, source=source, keep_blank_view=keep_blank_view)
+    raise ManifestError(
+        f"{path}: not a manifest (needs columns image, label, patient_id) nor a COVID-19 "
+        f"metadata CSV (needs patientid, finding, view, modality); found: {', '.join(columns)}")

@@ -1,0 +1,131 @@
+"""Preprocessed shards: Parquet files of uint8 images with their labels.
+
+Layout of ``OUT/shards/part-NNNNN.parquet`` (one row group per file):
+
+========== ======== ===========================================================
+column     type     content
+========== ======== ===========================================================
+image      string   source path, relative to OUT (absolute if on another drive)
+label      string   class of the scheme
+patient_id string   patient
+source     string   source collection
+view       string   view position
+height     int32    stored array height (= size)
+width      int32    stored array width (= size)
+orig_h     int32    height of the source file
+orig_w     int32    width of the source file
+pixels     binary   ``height * width`` bytes, row-major uint8 grayscale
+========== ======== ===========================================================
+
+The file's key-value metadata holds ``cxrlab.config`` (preprocessing settings) and
+``cxrlab.skipped`` (JSON list of ``[image, reason]`` for the shard's inputs that failed), so a
+finished shard file is the complete record of its part of the work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cxrlab.core.errors import ManifestError
+from cxrlab.core.io import atomic_write_bytes
+from cxrlab.data.manifest import resolve_paths
+
+SHARD_DIR = "shards"
+SHARD_SCHEMA = pa.schema([
+    ("image", pa.string()), ("label", pa.string()), ("patient_id", pa.string()),
+    ("source", pa.string()), ("view", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+    ("orig_h", pa.int32()), ("orig_w", pa.int32()), ("pixels", pa.binary()),
+])
+META_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pixels"]
+
+
+def shard_path(out_dir: str | Path, index: int) -> Path:
+    """Path of shard ``index`` under ``out_dir``."""
+    return Path(out_dir) / SHARD_DIR / f"part-{index:05d}.parquet"
+
+
+def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, str]], config: dict) -> None:
+    """Write one shard atomically (complete file or none).
+
+    Args:
+        path: Destination ``.parquet``.
+        records: Dicts with the schema's columns; ``pixels`` as ``bytes``.
+        skipped: ``(image, reason)`` of the shard's failed inputs.
+        config: Preprocessing settings, stored in the metadata.
+    """
+    columns = {f.name: [r[f.name] for r in records] for f in SHARD_SCHEMA}
+    schema = SHARD_SCHEMA.with_metadata({"cxrlab.config": json.dumps(config, sort_keys=True),
+                                         "cxrlab.skipped": json.dumps(skipped)})
+    table = pa.table(columns, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=max(1, len(records)), compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]]]:
+    """``(rows, skipped)`` of a finished shard from its footer, without reading pixels.
+
+    Raises:
+        ManifestError: the file is not a readable shard.
+    """
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for damaged files
+        raise ManifestError(f"{path}: not a readable shard ({err})") from err
+    kv = meta.metadata or {}
+    skipped = json.loads(kv.get(b"cxrlab.skipped", b"[]"))
+    return meta.num_rows, [tuple(s) for s in skipped]
+
+
+class ShardReader:
+    """Read every shard of a prepared folder into memory.
+
+    Attributes:
+        table: ``pandas.DataFrame`` of the metadata columns (``image`` absolute).
+        config: Preprocessing settings the shards were made with.
+
+    Example:
+        >>> reader = ShardReader("prepared/")  # doctest: +SKIP
+        >>> image, row = reader[0]
+        >>> image.shape, row["label"]
+        ((224, 224), 'COVID-19')
+    """
+
+    def __init__(self, out_dir: str | Path) -> None:
+        out_dir = Path(out_dir)
+        files = sorted((out_dir / SHARD_DIR).glob("part-*.parquet"))
+        if not files:
+            raise ManifestError(f"{out_dir}: no shards found (run 'cxrlab prepare' first)")
+        tables = [pq.read_table(f) for f in files]
+        arrow = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+        meta = tables[0].schema.metadata or {}
+        self.config = json.loads(meta.get(b"cxrlab.config", b"{}"))
+        self._pixels = arrow.column("pixels").to_pylist()
+        self._shapes = list(zip(arrow.column("height").to_pylist(), arrow.column("width").to_pylist()))
+        self.table = resolve_paths(arrow.drop_columns(["pixels"]).to_pandas(), out_dir)
+
+    def __len__(self) -> int:
+        return len(self._pixels)
+
+    def image(self, index: int) -> np.ndarray:
+        """``(H, W) uint8`` image of row ``index`` (a read-only view of the stored bytes)."""
+        return np.frombuffer(self._pixels[index], np.uint8).reshape(self._shapes[index])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, dict]:
+        return self.image(index), self.table.iloc[index].to_dict()
+
+    def images(self) -> np.ndarray:
+        """All images stacked as ``(N, H, W) uint8`` (all shards share one size)."""
+        return np.stack([self.image(i) for i in range(len(self))]) if len(self) else np.zeros((0, 0, 0), np.uint8)
+
+    def select(self, images: pd.Series) -> np.ndarray:
+        """Row indices whose ``image`` is in ``images`` (absolute paths), in the given order."""
+        lookup = {p: i for i, p in enumerate(self.table["image"])}
+        return np.array([lookup[p] for p in images if p in lookup], dtype=np.int64)
