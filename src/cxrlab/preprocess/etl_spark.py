@@ -8,6 +8,7 @@ storage every executor can write (a shared file system).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -33,6 +34,12 @@ def get_spark(master: str):
         MissingDependencyError: Java 17+ is missing.
     """
     check_java()
+    # Workers must run this interpreter (it has cxrlab and its dependencies); PySpark reads
+    # these when it launches the JVM, so set them before the session exists.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback
     from pyspark.sql import SparkSession
 
     spark = (SparkSession.builder.master(master).appName("cxrlab-prepare")

@@ -1,0 +1,84 @@
+"""The command line as a user meets it: help, one-line errors, exit codes, files written."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+
+runner = CliRunner()
+COMMANDS = ["synth", "manifest", "split", "audit", "prepare", "demo", "doctor"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_prepare_bad_tree_exits_zero_and_names_each_bad_file(bad_tree, tmp_path):
+    root, expected = bad_tree
+    result = runner.invoke(app, ["prepare", "--data", str(root), "--out", str(tmp_path / "out"), "--size", "32",
+                                 "--clahe", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    for name, fragment in expected.items():
+        assert name in flat and fragment in flat
+    report = json.loads((tmp_path / "out" / "prepare_report.json").read_text())
+    assert report["images"] == 10 and len(report["skipped"]) == len(expected)
+
+
+def test_split_then_prepare_then_refuse_a_leaking_split(phantoms, tmp_path):
+    out = tmp_path / "split"
+    result = runner.invoke(app, ["split", "--data", str(phantoms), "--out", str(out), "--ratios", "6:2:2", "--folds", "2"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "splits.csv")
+    assert {"image", "patient_id", "label", "source", "split", "fold"} <= set(frame.columns)
+    assert (frame.groupby("patient_id")["split"].nunique() == 1).all()
+    result = runner.invoke(app, ["prepare", "--data", str(out / "splits.csv"), "--out", str(tmp_path / "p"), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    victim = frame.loc[frame.split == "test", "patient_id"].iloc[0]
+    leak = frame[frame.patient_id == victim].assign(split="train", image=lambda f: f.image + ".copy.png")
+    pd.concat([frame, leak]).to_csv(out / "splits.csv", index=False)
+    for args in (["audit", str(out / "splits.csv")],
+                 ["prepare", "--data", str(out / "splits.csv"), "--out", str(tmp_path / "q")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert f"patient '{victim}'" in result.output and "Traceback" not in result.output
+
+
+def test_audit_writes_reports_and_fix(phantoms, tmp_path):
+    runner.invoke(app, ["split", "--data", str(phantoms), "--out", str(tmp_path), "--ratios", "6:2:2", "--folds", "0"])
+    result = runner.invoke(app, ["audit", str(tmp_path / "splits.csv"), "--fix", "drop"])
+    assert result.exit_code == 0, result.output
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert audit["leakage"] is None and set(audit["counts"]) == {"train", "val", "test"}
+    assert (tmp_path / "audit.md").read_text().startswith("# Split-integrity audit")
+    assert (tmp_path / "fixed" / "splits.csv").exists()
+
+
+def test_split_loso_binary_and_manifest(phantoms, tmp_path):
+    result = runner.invoke(app, ["split", "--data", str(phantoms), "--out", str(tmp_path), "--ratios", "6:2:2",
+                                 "--scheme", "binary", "--loso", "--folds", "0"])
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(tmp_path / "splits.csv")["label"]) == {"COVID-19", "non-COVID"}
+    held_out = pd.read_csv(tmp_path / "loso" / "phantom-a" / "splits.csv")
+    assert set(held_out.loc[held_out.split == "test", "source"]) == {"phantom-a"}
+    result = runner.invoke(app, ["manifest", "--data", str(phantoms), "--out", str(tmp_path / "m.parquet")])
+    assert result.exit_code == 0 and (tmp_path / "m.parquet").exists()
+
+
+def test_user_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["split", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "error:" in result.output and "not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--patients", "12", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "demo" / "splits.csv").exists() and (tmp_path / "demo" / "prepared" / "plan.json").exists()

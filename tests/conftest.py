@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny generated images, DICOMs, phantom sets and trees with planted bad files."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxrlab.data import generate_phantoms
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr-real"
+
+
+def gradient(h: int = 48, w: int = 64) -> np.ndarray:
+    """A (h, w) uint8 test image with structure in both directions."""
+    y, x = np.mgrid[0:h, 0:w]
+    return ((x * 255 // max(w - 1, 1) + y * 2) % 256).astype(np.uint8)
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
+                intercept: float = 0.0, window: tuple[float, float] | None = None, patient_id: str = "P1",
+                view: str = "PA", with_pixels: bool = True) -> Path:
+    """Write a minimal uncompressed DICOM (uint16 pixels)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.ViewPosition, ds.Modality = patient_id, view, "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if with_pixels:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height but holds almost no data (a bomb stand-in)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory) -> Path:
+    """A small phantom set (18 patients, 64 px); returns its manifest.csv."""
+    return generate_phantoms(tmp_path_factory.mktemp("phantoms"), n_patients=18, size=64, seed=1)
+
+
+@pytest.fixture()
+def bad_tree(tmp_path) -> tuple[Path, dict[str, str]]:
+    """A folder-per-class tree with good images and planted bad files.
+
+    Returns:
+        ``(root, {bad file name: expected reason fragment})``.
+    """
+    root = tmp_path / "tree"
+    for cls in ("COVID", "NORMAL", "Viral Pneumonia", "Lung_Opacity"):
+        (root / cls).mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(root / "COVID" / f"covid-{i}.png"), gradient() + i)
+        cv2.imwrite(str(root / "NORMAL" / f"IM-000{i}-0001.jpeg"), gradient())
+        cv2.imwrite(str(root / "Viral Pneumonia" / f"person{i}_virus_1.jpeg"), gradient())
+    cv2.imwrite(str(root / "Lung_Opacity" / "opacity-1.png"), gradient())
+    (root / "COVID" / "empty.png").write_bytes(b"")
+    (root / "COVID" / "notes.png").write_text("this is not an image\n")
+    good = cv2.imencode(".jpg", gradient(256, 256))[1].tobytes()
+    (root / "NORMAL" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    cv2.imwrite(str(root / "NORMAL" / "tiny.png"), np.zeros((1, 1), np.uint8))
+    png_header_only(root / "COVID" / "bomb.png", 20000, 20000)
+    write_dicom(root / "NORMAL" / "nopixels.dcm", np.zeros((64, 64)), with_pixels=False)
+    write_dicom(root / "NORMAL" / "good.dcm", gradient(64, 64).astype(np.uint16) * 16, patient_id="D7")
+    expected = {
+        "empty.png": "empty file",
+        "notes.png": "not an image",
+        "truncated.jpg": "truncated",
+        "tiny.png": "too small",
+        "bomb.png": "too large",
+        "nopixels.dcm": "no pixel data",
+        "opacity-1.png": "unknown label",
+    }
+    return root, expected
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The shared real CXR set; skips when it is not next to the project."""
+    if not (REAL_DATA / "manifest.csv").exists():
+        pytest.skip(f"real data not found at {REAL_DATA} (../shared/data/cxr-real)")
+    return REAL_DATA

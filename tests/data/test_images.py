@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlab.core import InvalidImageError
+from cxrlab.data import read_image, read_mask
+from tests.conftest import gradient, png_header_only, write_dicom
+
+
+def test_png_8bit_roundtrip(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), gradient())
+    out = read_image(tmp_path / "a.png")
+    assert out.pixels.dtype == np.uint8 and np.array_equal(out.pixels, gradient())
+    assert (out.orig_height, out.orig_width) == (48, 64)
+
+
+def test_png_16bit_is_min_max_scaled(tmp_path):
+    data = (gradient().astype(np.uint16) * 4 + 1000)  # 12-bit-like values in a 16-bit file
+    cv2.imwrite(str(tmp_path / "a.png"), data)
+    out = read_image(tmp_path / "a.png").pixels
+    assert out.min() == 0 and out.max() == 255
+    assert np.corrcoef(out.ravel(), data.ravel())[0, 1] > 0.999
+
+
+def test_rgb_jpeg_and_palette_png_become_gray(tmp_path):
+    rgb = np.stack([gradient()] * 3, axis=2)
+    cv2.imwrite(str(tmp_path / "a.jpg"), rgb, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert np.abs(read_image(tmp_path / "a.jpg").pixels.astype(int) - gradient()).max() <= 3
+    Image.fromarray(gradient()).convert("P").save(tmp_path / "p.png")
+    assert read_image(tmp_path / "p.png").pixels.shape == (48, 64)
+
+
+def test_alpha_is_flattened_onto_black(tmp_path):
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:, 20:, 3] = 255  # left half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png").pixels
+    assert out[:, :20].max() == 0 and out[:, 20:].min() == 200
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(gradient(40, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img.save(tmp_path / "a.jpg", exif=exif, quality=95)
+    assert read_image(tmp_path / "a.jpg").pixels.shape == (80, 40)
+    png = io.BytesIO()
+    img.save(png, format="PNG", exif=exif)
+    (tmp_path / "a.png").write_bytes(png.getvalue())
+    assert read_image(tmp_path / "a.png").pixels.shape == (80, 40)
+
+
+def test_reduced_jpeg_decode_keeps_min_side(tmp_path):
+    cv2.imwrite(str(tmp_path / "big.jpg"), cv2.resize(gradient(), (1024, 768)))
+    out = read_image(tmp_path / "big.jpg", reduce_to=180)
+    assert out.pixels.shape == (192, 256) and (out.orig_height, out.orig_width) == (768, 1024)
+
+
+def test_dicom_rescale_window_and_monochrome1(tmp_path):
+    raw = gradient(64, 64).astype(np.uint16) * 16
+    plain = read_image(write_dicom(tmp_path / "m2.dcm", raw)).pixels
+    inverted = read_image(write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1")).pixels
+    assert np.array_equal(inverted, 255 - plain)
+    windowed = read_image(write_dicom(tmp_path / "w.dcm", raw, window=(2000, 1000))).pixels
+    assert (windowed == 0).mean() > 0.3 and (windowed == 255).mean() > 0.2  # values outside the window clip
+    assert np.corrcoef(plain.ravel(), raw.ravel())[0, 1] > 0.999
+
+
+@pytest.mark.parametrize("name, make, reason", [
+    ("missing.png", lambda p: None, "file not found"),
+    ("empty.png", lambda p: p.write_bytes(b""), "empty file"),
+    ("text.png", lambda p: p.write_text("hello"), "not an image"),
+    ("tiny.png", lambda p: cv2.imwrite(str(p), np.zeros((1, 1), np.uint8)), "too small"),
+    ("bomb.png", lambda p: png_header_only(p, 20000, 20000), "too large"),
+    ("cut.jpg", lambda p: p.write_bytes(cv2.imencode(".jpg", gradient(256, 256))[1].tobytes()[:900]), "truncated"),
+    ("cut.png", lambda p: p.write_bytes(cv2.imencode(".png", gradient(256, 256))[1].tobytes()[:300]), "truncated"),
+    ("nopix.dcm", lambda p: write_dicom(p, np.zeros((8, 8)), with_pixels=False), "no pixel data"),
+    ("fake.dcm", lambda p: p.write_text("not dicom"), "not a readable DICOM"),
+])
+def test_bad_input_names_file_and_reason(tmp_path, name, make, reason):
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(InvalidImageError) as info:
+        read_image(path)
+    assert info.value.path == str(path) and reason in info.value.reason
+    assert str(info.value).startswith(str(path))
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(InvalidImageError, match="is a directory"):
+        read_image(tmp_path)
+
+
+def test_read_mask_resizes_nearest(tmp_path):
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 255
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    out = read_mask(tmp_path / "m.png", (40, 40))
+    assert out.dtype == bool and out.sum() == 400
