@@ -17,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.data._pixels import scale_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,6 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
         "columns": int(ds.get("Columns", 0) or 0),
         "body_part": str(ds.get("BodyPartExamined", "") or ""),
     }
-
-
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    arr = arr.astype(np.float32, copy=False)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
@@ -102,7 +95,7 @@ def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
         arr = arr.astype(np.float32).mean(axis=2)
     arr = apply_modality_lut(arr, ds)
     arr = apply_voi_lut(arr, ds)
-    out = _scale_to_uint8(np.asarray(arr))
+    out = scale_to_uint8(np.asarray(arr))
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out
     return out

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.data._pixels import scale_to_uint8
 from cxrlab.data.dicom import DICOM_SUFFIXES, dicom_to_uint8, is_dicom_bytes
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; CXRs are at most ~4300 x 4300
@@ -69,18 +70,10 @@ def _read_bytes(path: Path) -> bytes:
     return buf
 
 
-def _scale16_to_uint8(arr: np.ndarray) -> np.ndarray:
-    arr = arr.astype(np.float32, copy=False)
-    lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.rint((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
     """Pillow image of any mode → (H, W) uint8; transparency is flattened onto black."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _scale16_to_uint8(np.asarray(im))  # >8-bit: min-max to 8 bits
+        return scale_to_uint8(np.asarray(im))  # >8-bit: min-max to 8 bits
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     if has_alpha:
         rgba = im.convert("RGBA")

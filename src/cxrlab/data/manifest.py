@@ -162,8 +162,7 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
             skipped.append(SkippedItem(image, "file not found"))
         else:
             keep.append(i)
-    if "label" in frame.columns:
-        frame["label"] = mapped
+    frame["label"] = mapped
     frame = frame.iloc[keep].reset_index(drop=True)
     duplicated = frame["image"].duplicated(keep="first")
     for image in frame.loc[duplicated, "image"]:
