@@ -103,3 +103,12 @@ def test_load_source_detects_each_kind(phantoms, bad_tree, tmp_path):
     assert load_source(_cohen(tmp_path)).table["source"].tolist() == ["cohen", "cohen"]
     with pytest.raises(ManifestError, match="not found"):
         load_source(tmp_path / "nothing")
+
+
+def test_parquet_nulls_read_as_empty_text(phantoms, tmp_path):
+    table = pd.read_csv(phantoms)
+    table["image"] = [str(phantoms.parent / p) for p in table["image"]]
+    table["mask"] = None
+    table.to_parquet(tmp_path / "m.parquet")
+    m = read_manifest(tmp_path / "m.parquet")
+    assert set(m.table["mask"]) == {""} and len(m) == len(table)

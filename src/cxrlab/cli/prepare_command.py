@@ -12,7 +12,7 @@ from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
 from cxrlab.cli.data_commands import DataOpt, LabelMapOpt, SchemeOpt, load
 from cxrlab.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from cxrlab.preprocess import PrepareSummary, PreprocessConfig, prepare
-from cxrlab.preprocess.etl import REPORT_FILE, SKIPPED_FILE
+from cxrlab.preprocess.etl import DEFAULT_SHARD_SIZE, REPORT_FILE, SKIPPED_FILE
 
 
 def print_summary(summary: PrepareSummary, limit: int = 30) -> None:
@@ -54,7 +54,7 @@ def prepare_command(
     engine: Annotated[str, typer.Option(help="local (process pool) or spark.")] = "local",
     workers: Annotated[Optional[int], typer.Option(help="Processes / Spark cores (default: all).")] = None,
     spark_master: Annotated[Optional[str], typer.Option(help="Spark master URL (default local[WORKERS]).")] = None,
-    shard_size: Annotated[int, typer.Option(help="Images per shard.")] = 128,
+    shard_size: Annotated[int, typer.Option(help="Images per shard.")] = DEFAULT_SHARD_SIZE,
     scheme: SchemeOpt = "3class",
     label_map: LabelMapOpt = None,
     keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False,

@@ -76,7 +76,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
-            frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+            for column in frame.columns:  # text columns as in a CSV: nulls become ""
+                if not pd.api.types.is_numeric_dtype(frame[column]):
+                    frame[column] = frame[column].fillna("").astype(str)
         else:
             raise ManifestError(f"{path}: unsupported table type {suffix!r}; use .csv or .parquet")
     except ManifestError:

@@ -36,6 +36,9 @@ PLAN_FILE = "plan.json"
 REPORT_FILE = "prepare_report.json"
 SKIPPED_FILE = "skipped.csv"
 _ROW_KEYS = ("image", "label", "patient_id", "source", "view", "mask")
+# Small shards keep every worker busy to the end (measured: 128-image shards left one of two
+# workers idle for a third of a 300-image run); a 224-px shard of 32 images is ~1.6 MB.
+DEFAULT_SHARD_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def _collect_counts(out_dir: Path) -> tuple[dict, dict]:
 
 
 def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *, engine: Engine = "local",
-            workers: int | None = None, shard_size: int = 128, spark_master: str | None = None,
+            workers: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE, spark_master: str | None = None,
             overwrite: bool = False, progress: Callable[[int], None] | None = None) -> PrepareSummary:
     """Preprocess every image of ``manifest`` into shards under ``out_dir``.
 
