@@ -162,6 +162,8 @@ def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float
     """
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ConfigError(f"to_model_input: expected (H, W) uint8, got {image.shape} {image.dtype}")
+    if len(mean) not in (1, in_chans) or len(std) not in (1, in_chans):
+        raise ConfigError(f"to_model_input: mean/std need 1 or {in_chans} values, got {len(mean)} and {len(std)}")
     mean_a = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std_a = np.asarray(std, np.float32).reshape(-1, 1, 1)
     x = image.astype(np.float32)[None] * (1.0 / 255.0)
