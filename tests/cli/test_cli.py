@@ -72,10 +72,13 @@ def test_split_loso_binary_and_manifest(phantoms, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "m.parquet").exists()
 
 
-def test_user_errors_are_one_line(tmp_path):
+def test_user_errors_are_one_line(phantoms, tmp_path):
     result = runner.invoke(app, ["split", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "error:" in result.output and "not found" in result.output
     assert "Traceback" not in result.output
+    (tmp_path / "file").write_text("x")  # OUT below a file: the OS refuses
+    result = runner.invoke(app, ["prepare", "--data", str(phantoms), "--out", str(tmp_path / "file" / "out")])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -17,10 +17,10 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn cxrlab errors into a one-line message and exit code 1 (no traceback)."""
+    """Turn cxrlab errors and file-system errors into a one-line message and exit code 1."""
     try:
         yield
-    except CxrlabError as err:
+    except (CxrlabError, OSError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
