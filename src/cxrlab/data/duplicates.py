@@ -6,6 +6,7 @@ copy on each side of a split is leakage that patient ids cannot catch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -46,17 +47,16 @@ def compute_hashes(paths: Sequence[str], workers: int = 1,
         progress: Called with 1 after each image.
     """
     out = np.zeros(len(paths), dtype=np.uint64)
-    if workers <= 1:
-        results = map(image_phash, paths)
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(image_phash, paths, chunksize=16)
-    for i, value in enumerate(results):
-        out[i] = value or 0
-        if progress:
-            progress(1)
-    if workers > 1:
-        pool.shutdown()
+    with contextlib.ExitStack() as stack:
+        if workers <= 1:
+            results = map(image_phash, paths)
+        else:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            results = pool.map(image_phash, paths, chunksize=16)
+        for i, value in enumerate(results):
+            out[i] = value or 0
+            if progress:
+                progress(1)
     return out
 
 

@@ -112,7 +112,7 @@ def resolve_paths(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
-                  check_files: bool = True) -> Manifest:
+                  check_files: bool = True, table: pd.DataFrame | None = None) -> Manifest:
     """Read a manifest (CSV/Parquet with at least ``image, label, patient_id``).
 
     ``source`` defaults to the manifest folder's name and ``view`` to empty when absent.
@@ -122,6 +122,7 @@ def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
         path: The manifest file; relative image paths resolve against its folder.
         mapper: Label mapping and class scheme (default: 3-class).
         check_files: Skip rows whose image file does not exist.
+        table: The file's content when the caller has already read it (saves a second read).
 
     Returns:
         A :class:`Manifest`.
@@ -131,7 +132,7 @@ def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
     """
     path = Path(path)
     mapper = mapper or LabelMapper()
-    frame = read_table(path)
+    frame = read_table(path) if table is None else table
     require_columns(frame, ("image", "label", "patient_id"), path)
     frame = resolve_paths(frame, path.parent)
     if "source" not in frame.columns:

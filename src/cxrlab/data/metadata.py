@@ -72,7 +72,7 @@ def _filter_reason(view: str, modality: str, views: Sequence[str], keep_blank_vi
 def read_metadata_csv(path: str | Path, mapper: LabelMapper | None = None, *,
                       schema: MetadataSchema = "auto", source: str | None = None,
                       views: Sequence[str] = FRONTAL_VIEWS, keep_blank_view: bool = False,
-                      check_files: bool = True) -> Manifest:
+                      check_files: bool = True, table: pd.DataFrame | None = None) -> Manifest:
     """Read a COVID-19 collection's metadata CSV into a manifest.
 
     Args:
@@ -83,6 +83,7 @@ def read_metadata_csv(path: str | Path, mapper: LabelMapper | None = None, *,
         views: Accepted view prefixes (frontal: PA, AP).
         keep_blank_view: Keep rows whose view is blank (Figure 1 often leaves it blank).
         check_files: Skip rows whose image file does not exist.
+        table: The file's content when the caller has already read it.
 
     Returns:
         A :class:`Manifest`; rows dropped by a filter or an unmapped finding are in ``skipped``.
@@ -92,7 +93,7 @@ def read_metadata_csv(path: str | Path, mapper: LabelMapper | None = None, *,
     """
     path = Path(path)
     mapper = mapper or LabelMapper()
-    frame = read_table(path)
+    frame = (read_table(path) if table is None else table).copy()
     frame.columns = [c.lower() for c in frame.columns]
     detected = detect_schema(frame.columns)
     if schema == "auto":

@@ -10,7 +10,7 @@ from cxrlab.data.classes import LabelMapper, SchemeName
 from cxrlab.data.folders import read_folder_tree
 from cxrlab.data.manifest import TABLE_SUFFIXES, Manifest, read_manifest, read_table
 from cxrlab.data.metadata import detect_schema, read_metadata_csv
-from cxrlab.data.splitfile import read_splits
+from cxrlab.data.splitfile import validate_split_table
 
 
 def load_source(path: str | Path, *, scheme: SchemeName = "3class",
@@ -42,13 +42,14 @@ def load_source(path: str | Path, *, scheme: SchemeName = "3class",
         raise ManifestError(f"{path}: not found")
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise ManifestError(f"{path}: expected a folder, a .csv or a .parquet file")
-    columns = list(read_table(path).columns)
+    table = read_table(path)
+    columns = list(table.columns)
     if "split" in columns:
-        read_splits(path)  # the leakage guard: a split file that leaks is refused everywhere
+        validate_split_table(table, path)  # the leakage guard: a leaking split file is refused everywhere
     if "image" in columns:
-        return read_manifest(path, mapper)
+        return read_manifest(path, mapper, table=table)
     if detect_schema(columns):
-        return read_metadata_csv(path, mapper, source=source, keep_blank_view=keep_blank_view)
+        return read_metadata_csv(path, mapper, source=source, keep_blank_view=keep_blank_view, table=table)
     raise ManifestError(
         f"{path}: not a manifest (needs columns image, label, patient_id) nor a COVID-19 "
         f"metadata CSV (needs patientid, finding, view, modality); found: {', '.join(columns)}")

@@ -52,7 +52,19 @@ def read_splits(path: str | Path, group_column: str = "patient_id") -> pd.DataFr
     path = Path(path)
     if path.is_dir():
         path = path / SPLITS_FILE
-    frame = read_table(path)
+    return resolve_paths(validate_split_table(read_table(path), path, group_column), path.parent)
+
+
+def validate_split_table(frame: pd.DataFrame, path: str | Path, group_column: str = "patient_id") -> pd.DataFrame:
+    """Check a split table read from ``path`` (columns, side names, folds, leakage guard).
+
+    Returns:
+        The table with integer ``fold`` (-1 where absent) and a ``source`` column.
+
+    Raises:
+        ManifestError, LeakageError: as :func:`read_splits`.
+    """
+    frame = frame.copy()
     require_columns(frame, ("image", "patient_id", "label", "split"), path)
     bad = sorted(set(frame["split"]) - set(SIDES))
     if bad:
@@ -67,7 +79,7 @@ def read_splits(path: str | Path, group_column: str = "patient_id") -> pd.DataFr
     if "source" not in frame.columns:
         frame["source"] = ""
     check_no_leakage(frame, group_column, source=str(path))
-    return resolve_paths(frame, path.parent)
+    return frame
 
 
 def read_split_info(path: str | Path) -> dict:

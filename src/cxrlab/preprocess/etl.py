@@ -24,7 +24,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError, InvalidImageError
 from cxrlab.core.io import atomic_write_text, relative_to_or_absolute
 from cxrlab.core.runtime import default_workers, tune_allocator
-from cxrlab.data.manifest import Manifest, SkippedItem, write_table
+from cxrlab.data.manifest import Manifest, write_table
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.pipeline import Preprocessor
 from cxrlab.preprocess.shards import SHARD_DIR, read_shard_info, shard_path, write_shard
@@ -248,7 +248,3 @@ def _write_report(out: Path, summary: PrepareSummary) -> None:
     skipped = pd.DataFrame(summary.skipped, columns=["image", "reason"])
     write_table(skipped, out / SKIPPED_FILE)
 
-
-def skipped_from_manifest(items: tuple[SkippedItem, ...]) -> list[tuple[str, str]]:
-    """``(image, reason)`` pairs of a manifest's skipped items."""
-    return [(s.image, s.reason) for s in items]
