@@ -85,3 +85,23 @@ def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--patients", "12", "--size", "32"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "splits.csv").exists() and (tmp_path / "demo" / "prepared" / "plan.json").exists()
+
+
+def test_backbones_lists_the_registry():
+    result = runner.invoke(app, ["backbones", "--json"])
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["efficientnet_lite0"]["offline_weights"] and rows["vgg16"]["blocks"] == 5
+    assert 14_000_000 < rows["vgg16"]["params"] < 15_000_000  # VGG-16's conv blocks: 14.7 M
+
+
+def test_train_command_and_one_line_errors(phantoms, tmp_path):
+    args = ["train", "--data", str(phantoms), "--out", str(tmp_path / "run"), "--size", "32", "--epochs", "1",
+            "--fine-tune", "1", "--ratios", "6:2:2", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sensitivity" in result.output and (tmp_path / "run" / "summary.json").exists()
+    result = runner.invoke(app, args[:-2] + ["--backbone", "vgg17"])
+    assert result.exit_code == 1 and "valid: densenet121" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["train", "--data", str(phantoms), "--fine-tune", "two"])
+    assert result.exit_code == 2 and "integer k or 'all'" in result.output

@@ -8,6 +8,7 @@ from cxrlab.cli.data_commands import audit, manifest, split, synth
 from cxrlab.cli.demo import demo
 from cxrlab.cli.doctor import doctor
 from cxrlab.cli.prepare_command import prepare_command
+from cxrlab.cli.train_commands import backbones, train_command
 from cxrlab.core.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -25,6 +26,8 @@ app.command("manifest")(manifest)
 app.command("split")(split)
 app.command("audit")(audit)
 app.command("prepare")(prepare_command)
+app.command("train")(train_command)
+app.command("backbones")(backbones)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

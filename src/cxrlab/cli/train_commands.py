@@ -1,0 +1,96 @@
+"""``cxrlab train`` and ``cxrlab backbones``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.table import Table
+
+from cxrlab.cli._common import console, handle_errors, parse_ratios, progress_bar
+from cxrlab.models import create_backbone, get_backbone_spec, list_backbones
+
+
+def _fine_tune(value: str | None) -> int | str | None:
+    if value is None or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"--fine-tune takes an integer k or 'all', got {value!r}") from None
+
+
+def train_command(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML config (see configs/).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Folder tree, manifest or metadata CSV.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="splits.csv to use (default: make a patient-grouped split).")] = None,
+    ratios: Annotated[Optional[str], typer.Option(help="train,val,test shares of the split made here (default 8:1:1).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone name (cxrlab backbones).")] = None,
+    fine_tune: Annotated[Optional[str], typer.Option("--fine-tune", help="Trainable last blocks k, or 'all'.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (single-phase runs).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (single-phase runs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Input side (default: the backbone's native size).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file or cache folder.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="imagenet or none.")] = None,
+    allow_download: Annotated[Optional[bool], typer.Option("--allow-download", help="Let timm download weights.")] = None,
+    scheme: Annotated[Optional[str], typer.Option(help="3class or binary.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="32, bf16 or auto.")] = None,
+    mlflow_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite next to OUT).")] = None,
+) -> None:
+    """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
+    from cxrlab.train import load_config, train
+
+    with handle_errors():
+        overrides = {"data": str(data) if data else None, "splits": str(splits) if splits else None,
+                     "ratios": parse_ratios(ratios) if ratios else None,
+                     "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
+                     "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
+                     "weights": str(weights) if weights else None, "pretrained": pretrained,
+                     "allow_download": allow_download, "scheme": scheme, "precision": precision,
+                     "mlflow_uri": mlflow_uri}
+        cfg = load_config(config, overrides)
+        console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) → {cfg.out}")
+        with progress_bar("prepare") as bar:
+            task = bar.add_task("prepare", total=None)
+            result = train(cfg, progress=lambda n: bar.advance(task, n))
+        summary = result.summary
+        val = summary["val"]
+        table = Table(title=f"validation ({summary['images']['val']} images), best epoch {summary['best_epoch']}")
+        for column in ("class", "sensitivity", "specificity", "AUC", "support"):
+            table.add_column(column, justify="right")
+        for name, m in val["per_class"].items():
+            table.add_row(name, *(f"{m[k]:.3f}" if m[k] is not None else "—" for k in ("sensitivity", "specificity", "auc")),
+                          str(m["support"]))
+        console.print(table)
+        console.print(f"accuracy {val['accuracy']:.3f}, macro AUC {val['auc_macro']:.3f}; "
+                      f"{summary['timing']['seconds_total']:.1f} s; wrote {result.out / 'model.pt'} and "
+                      f"{result.out / 'summary.json'}")
+        console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
+
+
+def backbones(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List registered backbones: timm name, parameters, blocks, input size, offline weights."""
+    rows = []
+    for name in list_backbones():
+        spec = get_backbone_spec(name)
+        with torch.device("meta"):  # exact counts without allocating weights
+            model = create_backbone(spec)
+        rows.append({"name": name, "timm": spec.timm_name, "params": sum(p.numel() for p in model.parameters()),
+                     "blocks": len(spec.partition(model)), "input_size": spec.input_size,
+                     "offline_weights": bool(spec.offline_weights)})
+    if json_out:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="backbones (parameters without the head)")
+    for column in ("name", "timm", "params", "blocks", "input", "offline weights"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["timm"], f"{r['params'] / 1e6:.1f} M", str(r["blocks"]), str(r["input_size"]),
+                      "yes" if r["offline_weights"] else "no")
+    console.print(table)

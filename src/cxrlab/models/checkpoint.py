@@ -1,0 +1,59 @@
+"""Self-contained model files: weights plus everything needed to predict with them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+import cxrlab
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_bytes
+from cxrlab.models.classifier import CxrClassifier
+from cxrlab.models.factory import create_classifier
+from cxrlab.models.heads import HeadSpec
+from cxrlab.preprocess.config import PreprocessConfig
+
+FORMAT = "cxrlab-model/1"
+
+
+def save_model(model: CxrClassifier, path: str | Path, preprocess: PreprocessConfig, extra: dict | None = None) -> Path:
+    """Write ``model`` with its backbone name, head, fine-tuning degree, classes and preprocessing.
+
+    The file is written atomically; a crash never leaves a half-written model.
+    """
+    payload = {
+        "format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": model.spec.name,
+        "head": model.head_spec.to_dict(), "fine_tune": model.fine_tune, "class_names": list(model.class_names),
+        "num_classes": model.head.fc.out_features, "mean": list(model.spec.mean), "std": list(model.spec.std),
+        "preprocess": preprocess.to_dict(), "state_dict": model.state_dict(), "extra": extra or {},
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:
+    """Load a model file written by :func:`save_model` (no network, no weights packages needed).
+
+    Returns:
+        ``(model in eval mode, preprocessing config, the whole payload)``.
+
+    Raises:
+        ConfigError: not a cxrlab model file.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ConfigError(f"{path}: cannot read model file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a cxrlab model file (expected format {FORMAT})")
+    head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
+    model = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
+                              fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]))
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, PreprocessConfig.from_dict(payload["preprocess"]), payload

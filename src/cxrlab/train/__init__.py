@@ -1,0 +1,15 @@
+"""Training: config, Lightning module, callbacks, frozen-prefix cache, runner."""
+
+from __future__ import annotations
+
+from cxrlab.train.config import AugmentConfig, HeadConfig, PhaseConfig, TrainConfig, build_config, load_config
+from cxrlab.train.metrics import classification_summary
+from cxrlab.train.module import ClassifierModule, NonFiniteLossError
+from cxrlab.train.prefix_cache import ActivationDataset, can_cache, compute_prefix
+from cxrlab.train.runner import TrainResult, train
+
+__all__ = [
+    "ActivationDataset", "AugmentConfig", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
+    "TrainConfig", "TrainResult", "build_config", "can_cache", "classification_summary", "compute_prefix",
+    "load_config", "train",
+]

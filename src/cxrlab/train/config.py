@@ -1,0 +1,162 @@
+"""``TrainConfig``: every training setting, validated by pydantic (a typo names the field)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrlab.core.errors import ConfigError
+
+FineTuneValue = int | Literal["all"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhaseConfig(_Strict):
+    """One phase of a multi-phase schedule (e.g. head only at 1e-3, then k=2 at 1e-4)."""
+
+    fine_tune: FineTuneValue
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation (never applied to validation or test images)."""
+
+    enabled: bool = False
+    rotation: float = Field(15.0, ge=0, le=180)
+    crop_scale: tuple[float, float] = (0.85, 1.0)
+    hflip: bool = True
+
+
+class HeadConfig(_Strict):
+    """A custom head: hidden widths, dropout per layer, activation."""
+
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: tuple[float, ...] = (0.10, 0.05)
+    activation: Literal["elu", "relu", "gelu"] = "elu"
+
+
+class TrainConfig(_Strict):
+    """A training run. Every field can be set in YAML and most from the command line.
+
+    Data: ``data`` (folder tree, manifest or metadata CSV) and/or ``splits`` (a
+    ``splits.csv``); without ``splits`` a patient-grouped split is made with ``ratios``.
+    """
+
+    data: str | None = None
+    splits: str | None = None
+    out: str = "runs/train"
+    scheme: Literal["3class", "binary"] = "3class"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: Literal["imagenet", "none"] = "imagenet"
+    weights: str | None = None
+    allow_download: bool = False
+    fine_tune: FineTuneValue = 2
+    head: str | HeadConfig = "gap-128-64"
+
+    size: int | None = Field(None, ge=32, le=1024, description="input side; default: the backbone's native size")
+    contrast: Literal["none", "clahe", "equalize"] = "clahe"
+    resize: Literal["stretch", "letterbox"] = "stretch"
+
+    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["plateau", "step", "cosine", "none"] = "plateau"
+    plateau_factor: float = Field(0.2, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=0)
+    step_size: int = Field(5, ge=1)
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(5, ge=1, description="early-stopping patience on validation loss")
+    phases: tuple[PhaseConfig, ...] = ()
+    batch_size: int = Field(32, ge=1)
+    class_balance: Literal["none", "weights", "sampler"] = "weights"
+    augment: AugmentConfig = AugmentConfig()
+
+    precision: Literal["auto", "32", "bf16"] = "32"
+    cache_prefix: bool = True
+    cache_max_gb: float = Field(4.0, gt=0)
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    mlflow_uri: str | None = None
+    experiment: str = "cxrlab"
+
+    @field_validator("fine_tune")
+    @classmethod
+    def _k_non_negative(cls, value: FineTuneValue) -> FineTuneValue:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0 or 'all'")
+        return value
+
+    @model_validator(mode="after")
+    def _need_data(self) -> TrainConfig:
+        if not self.data and not self.splits:
+            raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        return self
+
+    def resolved_phases(self) -> tuple[PhaseConfig, ...]:
+        """The phases to run: ``phases`` if given, else one phase of ``fine_tune``/``lr``/``epochs``."""
+        return self.phases or (PhaseConfig(fine_tune=self.fine_tune, lr=self.lr, epochs=self.epochs),)
+
+    def to_yaml(self) -> str:
+        """YAML text of every field (the run's resolved config)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    # a typo shows up as an unknown field *and* a missing one: report the unknown field first
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        model: type[BaseModel] = TrainConfig
+        for part in first["loc"][:-1]:
+            annotation = model.model_fields[part].annotation if isinstance(part, str) and part in model.model_fields else None
+            inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = inner[0] if inner else model
+        close = difflib.get_close_matches(str(first["loc"][-1]), list(model.model_fields), n=1)
+        message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: field {field!r}: {message}{more}"
+
+
+def build_config(values: dict, origin: str = "config") -> TrainConfig:
+    """Validate a dict into a :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: naming the first bad field, e.g. ``field 'optimzer': Extra inputs are not permitted``.
+    """
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
+    """Read a YAML config and apply command-line overrides (``None`` values are ignored).
+
+    Raises:
+        ConfigError: unreadable YAML or an invalid field (named).
+    """
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config ({err})") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config must be a mapping of field: value")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return build_config(values, str(path) if path else "config")

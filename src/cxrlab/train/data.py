@@ -1,0 +1,108 @@
+"""Training data: split (or read the split), prepare shards, build datasets and loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.data import SplitConfig, class_names, load_source, make_splits, read_splits, write_splits
+from cxrlab.data.manifest import Manifest
+from cxrlab.models.registry import BackboneSpec
+from cxrlab.preprocess import PreprocessConfig, ShardDataset, ShardReader, prepare
+from cxrlab.train.augment import Augmenter
+from cxrlab.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainData:
+    """What a run trains and validates on."""
+
+    frame: pd.DataFrame
+    class_names: tuple[str, ...]
+    preprocess: PreprocessConfig
+    reader: ShardReader
+    train_images: list[str]
+    val_images: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
+    """Preprocessing of a run: the backbone's native size unless ``size`` is set."""
+    return PreprocessConfig(size=config.size or spec.input_size, contrast=config.contrast, resize=config.resize)
+
+
+def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress=None) -> TrainData:
+    """Read or make the split, prepare shards into ``out/prepared``, check every class is present.
+
+    Raises:
+        ConfigError: a class has no image on the train or validation side (before training).
+        LeakageError: the given split file puts a patient on two sides.
+    """
+    names = class_names(config.scheme)
+    if config.splits:
+        frame = read_splits(config.splits)
+        manifest = load_source(config.splits, scheme=config.scheme)
+        frame = frame[frame["image"].isin(set(manifest.table["image"]))]
+        frame = frame.assign(label=frame["image"].map(dict(zip(manifest.table["image"], manifest.table["label"]))))
+        skipped = [(s.image, s.reason) for s in manifest.skipped]
+    else:
+        manifest = load_source(config.data, scheme=config.scheme)
+        frame, info = make_splits(manifest.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
+        write_splits(frame, {**info, "scheme": config.scheme}, out)
+        skipped = [(s.image, s.reason) for s in manifest.skipped]
+    if "view" not in frame.columns:
+        frame = frame.assign(view="")
+    preprocess = preprocess_for(config, spec)
+    summary = prepare(Manifest(frame.reset_index(drop=True), names), out / "prepared", preprocess, progress=progress)
+    skipped += summary.skipped
+    if summary.images == 0:
+        first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise ConfigError(f"no usable images: all {len(skipped)} input(s) were skipped{first}")
+    reader = ShardReader(out / "prepared")
+    present = set(reader.table["image"])
+    frame = frame[frame["image"].isin(present)]
+    for side in ("train", "val"):
+        counts = frame.loc[frame["split"] == side, "label"].value_counts()
+        missing = [c for c in names if counts.get(c, 0) == 0]
+        if missing:
+            raise ConfigError(f"the {side} side has no images of class(es) {', '.join(missing)}; "
+                              "fix the split or the data before training")
+    return TrainData(frame, names, preprocess, reader, frame.loc[frame["split"] == "train", "image"].tolist(),
+                     frame.loc[frame["split"] == "val", "image"].tolist(), skipped)
+
+
+def class_weights(data: TrainData) -> list[float]:
+    """Balanced weights ``n / (C * count)`` from the training side."""
+    counts = pd.Series([data.frame.set_index("image").loc[i, "label"] for i in data.train_images]).value_counts()
+    total = len(data.train_images)
+    return [total / (len(data.class_names) * counts[c]) for c in data.class_names]
+
+
+def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec) -> tuple[ShardDataset, ShardDataset]:
+    """Train dataset (augmented when enabled) and validation dataset (never augmented)."""
+    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans}
+    augment = Augmenter(config.augment, config.seed) if config.augment.enabled else None
+    train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
+    val = ShardDataset(data.reader, data.class_names, images=data.val_images, **common)
+    return train, val
+
+
+def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
+    """A DataLoader with a seeded generator; balanced sampling when ``class_balance="sampler"``."""
+    generator = torch.Generator().manual_seed(seed)
+    if train and config.class_balance == "sampler":
+        targets = np.asarray(dataset.targets)
+        weights = 1.0 / np.bincount(targets)[targets]
+        sampler = WeightedRandomSampler(weights.tolist(), len(targets), replacement=True, generator=generator)
+        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=train, generator=generator,
+                      num_workers=config.num_workers)

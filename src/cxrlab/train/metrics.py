@@ -1,0 +1,45 @@
+"""Validation metrics logged while training: accuracy, per-class sensitivity/specificity/AUC.
+
+The full evaluation report (CIs, calibration, ROC/PR curves) is issue 4's ``evaluate`` layer;
+these are the numbers early stopping and the run summary need, from scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+
+def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Accuracy, macro AUC and, per class, sensitivity, specificity and one-vs-rest AUC.
+
+    Args:
+        y_true: ``(N,)`` int class indices.
+        probs: ``(N, C)`` probabilities (rows sum to 1).
+        class_names: ``C`` names in column order.
+
+    Returns:
+        ``{"accuracy", "auc_macro", "per_class": {name: {"sensitivity", "specificity", "auc", "support"}}}``;
+        an AUC is ``None`` when the class is absent or alone in ``y_true``.
+    """
+    y_true = np.asarray(y_true)
+    pred = probs.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    cm = confusion_matrix(y_true, pred, labels=labels)
+    per_class, aucs = {}, []
+    for i, name in enumerate(class_names):
+        tp, fn = cm[i, i], cm[i].sum() - cm[i, i]
+        fp = cm[:, i].sum() - tp
+        tn = cm.sum() - tp - fn - fp
+        positives = y_true == i
+        auc = float(roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(y_true) else None
+        if auc is not None:
+            aucs.append(auc)
+        per_class[name] = {"sensitivity": float(tp / (tp + fn)) if tp + fn else None,
+                           "specificity": float(tn / (tn + fp)) if tn + fp else None,
+                           "auc": auc, "support": int(positives.sum())}
+    return {"accuracy": float((pred == y_true).mean()) if len(y_true) else None,
+            "auc_macro": float(np.mean(aucs)) if aucs else None, "per_class": per_class,
+            "confusion_matrix": cm.tolist()}

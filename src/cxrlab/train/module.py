@@ -1,0 +1,92 @@
+"""The Lightning module: loss, optimisers, schedules, and validation metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrlab.core.errors import CxrlabError
+from cxrlab.models.classifier import CxrClassifier
+from cxrlab.train.config import TrainConfig
+from cxrlab.train.metrics import classification_summary
+
+
+class NonFiniteLossError(CxrlabError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains a :class:`CxrClassifier` (or its trainable suffix on cached activations).
+
+    Args:
+        model: The classifier.
+        config: Optimiser and schedule settings.
+        lr: Learning rate of this phase.
+        epochs: Epochs of this phase (for the cosine schedule).
+        class_weights: Cross-entropy weights per class, or ``None``.
+        start_block: 0 for images; ``k`` when batches are activations entering block ``k``.
+    """
+
+    def __init__(self, model: CxrClassifier, config: TrainConfig, lr: float, epochs: int,
+                 class_weights: Sequence[float] | None = None, start_block: int = 0) -> None:
+        super().__init__()
+        self.model, self.config, self.lr, self.epochs, self.start_block = model, config, lr, epochs, start_block
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.last_summary: dict = {}
+        self._val_logits: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from(x, self.start_block) if self.start_block else self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x).float(), y, weight=self.class_weights)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
+                                     f"{batch_idx}; stopped (lower the learning rate?); the last good model is kept")
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x).float()
+        self.log("val_loss", F.cross_entropy(logits, y, weight=self.class_weights), on_epoch=True, batch_size=len(y))
+        self._val_logits.append(logits.detach().cpu())
+        self._val_targets.append(y.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        probs = torch.cat(self._val_logits).softmax(1).numpy()
+        targets = torch.cat(self._val_targets).numpy()
+        self._val_logits.clear()
+        self._val_targets.clear()
+        self.last_summary = classification_summary(targets, probs, self.model.class_names)
+        self.log("val_acc", float(self.last_summary["accuracy"]))
+        auc = self.last_summary["auc_macro"]
+        self.log("val_auc", float(auc) if auc is not None else float(np.nan))
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cfg = self.config
+        if cfg.optimizer == "adam":
+            optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "rmsprop":  # Keras defaults (rho 0.9), as the papers used
+            optimizer = torch.optim.RMSprop(params, lr=self.lr, alpha=0.9, eps=1e-7, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor,
+                                                                   patience=cfg.plateau_patience)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+        if cfg.schedule == "step":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)}
+        if cfg.schedule == "cosine":
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=self.epochs)}
+        return optimizer

@@ -1,0 +1,37 @@
+"""Training-curve figure from ``metrics.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
+    """Loss (train, validation) and validation accuracy/AUC per epoch; ``None`` without data."""
+    if not Path(metrics_csv).exists():
+        return None
+    frame = pd.read_csv(metrics_csv)
+    if frame.empty:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(frame["epoch"], frame["train_loss"], marker="o", label="train loss")
+    left.plot(frame["epoch"], frame["val_loss"], marker="o", label="validation loss")
+    left.set_xlabel("epoch")
+    left.legend()
+    right.plot(frame["epoch"], frame["val_acc"], marker="o", label="validation accuracy")
+    right.plot(frame["epoch"], frame["val_auc"], marker="o", label="validation AUC (macro)")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.02)
+    right.legend()
+    for boundary in frame.index[frame["phase"].diff().fillna(0) != 0]:
+        for axis in (left, right):
+            axis.axvline(frame.loc[boundary, "epoch"] - 0.5, color="grey", linestyle=":")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,75 @@
+"""Frozen-prefix caching: run the frozen leading blocks once, train the rest on cached activations.
+
+With the first blocks frozen (BatchNorm in eval mode) and no augmentation, their output for an
+image never changes during training, so computing it every epoch is wasted work. This is what
+makes sweeps over the fine-tuning degree affordable on a CPU (issue 3, item 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlab.models.classifier import CxrClassifier
+
+log = logging.getLogger(__name__)
+
+
+class ActivationDataset(Dataset):
+    """``(activation, target)`` pairs; activations in memory or in a disk-backed memmap."""
+
+    def __init__(self, activations: np.ndarray | torch.Tensor, targets: np.ndarray) -> None:
+        self.activations, self.targets = activations, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        act = self.activations[i]
+        act = act if isinstance(act, torch.Tensor) else torch.from_numpy(np.array(act))
+        return act, torch.tensor(self.targets[i])
+
+
+def can_cache(model: CxrClassifier, augment: bool) -> bool:
+    """True when some leading blocks are frozen, blocks run in sequence and inputs are fixed."""
+    return model.frozen_blocks > 0 and model.spec.sequential and not augment
+
+
+@torch.no_grad()
+def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64, max_bytes: float = 4e9,
+                   spill_dir: str | Path | None = None) -> ActivationDataset:
+    """Activations entering block ``model.frozen_blocks`` for every item of ``dataset``.
+
+    Args:
+        model: The classifier (its frozen prefix runs in eval mode).
+        dataset: Yields ``(x, target)``.
+        batch_size: Batch size for the one pass.
+        max_bytes: Keep activations in memory up to this size, else in a memmap in ``spill_dir``.
+        spill_dir: Folder for the memmap file.
+    """
+    was_training = model.training
+    model.eval()
+    start = model.frozen_blocks
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks, targets, store, offset = [], [], None, 0
+    for x, y in loader:
+        act = model.forward_blocks(x, 0, start)
+        if store is None and act[0].numel() * 4 * len(dataset) > max_bytes:
+            path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), *act.shape[1:]))
+            log.info("prefix cache: %.1f GB does not fit the %.1f GB budget; using %s",
+                     act[0].numel() * 4 * len(dataset) / 1e9, max_bytes / 1e9, path)
+        if store is not None:
+            store[offset:offset + len(act)] = act.numpy()
+        else:
+            chunks.append(act.clone())
+        offset += len(act)
+        targets.append(y.numpy())
+    model.train(was_training)
+    activations = store if store is not None else torch.cat(chunks)
+    return ActivationDataset(activations, np.concatenate(targets))

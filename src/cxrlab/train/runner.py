@@ -1,0 +1,175 @@
+"""``train``: one run from a :class:`TrainConfig` to a run directory.
+
+Run directory: ``config.yaml`` (resolved), ``splits.csv`` (when made here), ``prepared/``
+(shards), ``model.pt`` (best model, self-contained), ``metrics.csv``, ``summary.json``,
+``curves.png``. Per-epoch metrics and the config also go to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.loggers import MLFlowLogger
+
+from cxrlab.core.io import atomic_write_text
+from cxrlab.core.runtime import tune_allocator
+from cxrlab.models import create_classifier, get_backbone_spec
+from cxrlab.models.classifier import CxrClassifier
+from cxrlab.models.heads import HeadSpec
+from cxrlab.train.callbacks import BestModelKeeper, MetricsCsv
+from cxrlab.train.config import TrainConfig
+from cxrlab.train.data import TrainData, class_weights, datasets, load_train_data, loader
+from cxrlab.train.metrics import classification_summary
+from cxrlab.train.module import ClassifierModule, NonFiniteLossError
+from cxrlab.train.plots import plot_curves
+from cxrlab.train.prefix_cache import can_cache, compute_prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`."""
+
+    out: Path
+    summary: dict
+    model: CxrClassifier
+
+
+def _precision(config: TrainConfig, spec_name: str) -> str:
+    if torch.cuda.is_available():
+        return "16-mixed" if config.precision != "32" else "32-true"
+    if config.precision == "bf16":
+        return "bf16-mixed"
+    if config.precision == "auto" and spec_name.startswith(("resnet", "densenet")) and _cpu_has_bf16():
+        return "bf16-mixed"  # measured faster for ResNet/DenseNet training; slower for EfficientNet-Lite
+    return "32-true"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger:
+    uri = config.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
+    logger = MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri, run_name=out.name)
+    logger.log_hyperparams({k: str(v) for k, v in config.model_dump(mode="json").items()})
+    return logger
+
+
+def _head(config: TrainConfig) -> str | HeadSpec:
+    return config.head if isinstance(config.head, str) else HeadSpec(**config.head.model_dump())
+
+
+@torch.no_grad()
+def _evaluate(model: CxrClassifier, dataset, batch_size: int) -> dict:
+    model.eval()
+    probs, targets = [], []
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        probs.append(model(x).float().softmax(1))
+        targets.append(y)
+    return classification_summary(torch.cat(targets).numpy(), torch.cat(probs).numpy(), model.class_names)
+
+
+def train(config: TrainConfig, progress=None) -> TrainResult:
+    """Train, keep the best model by validation loss, and write the run directory.
+
+    Raises:
+        ConfigError / WeightsUnavailableError / LeakageError: before any training starts.
+        NonFiniteLossError: the loss became NaN/inf; ``model.pt`` holds the last good model and
+            ``summary.json`` says what happened.
+    """
+    start = time.perf_counter()
+    tune_allocator()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config.to_yaml())
+    spec = get_backbone_spec(config.backbone)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = create_classifier(config.backbone, 1, pretrained=config.pretrained, weights=config.weights,
+                                  allow_download=config.allow_download)  # fail fast before preparing data
+        model.resolve_k(config.fine_tune)
+        for phase in config.resolved_phases():
+            model.resolve_k(phase.fine_tune)
+        data = load_train_data(config, spec, out, progress)
+        model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
+                                  weights=config.weights, allow_download=config.allow_download,
+                                  class_names=data.class_names, seed=config.seed)
+        summary = _fit(model, data, config, out)
+    summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    if summary["status"] != "ok":
+        raise NonFiniteLossError(summary["status"])
+    return TrainResult(out, summary, model)
+
+
+def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) -> dict:
+    spec = model.spec
+    train_ds, val_ds = datasets(data, config, spec)
+    weights = class_weights(data) if config.class_balance == "weights" else None
+    keeper, csv = BestModelKeeper(out / "model.pt", data.preprocess), MetricsCsv(out / "metrics.csv")
+    logger = _mlflow_logger(config, out)
+    status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
+    for index, phase in enumerate(config.resolved_phases()):
+        model.set_fine_tune(phase.fine_tune)
+        keeper.phase = csv.phase = index
+        keeper.epoch_offset = csv.epoch_offset = epochs_run
+        start_block, fit_train, fit_val = 0, train_ds, val_ds
+        if config.cache_prefix and can_cache(model, config.augment.enabled):
+            start_block = model.frozen_blocks
+            fit_train = compute_prefix(model, train_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
+            fit_val = compute_prefix(model, val_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
+            cached_any = True
+        module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block)
+        trainer = L.Trainer(
+            max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
+            logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True)],
+            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+            log_every_n_steps=1, default_root_dir=str(out))
+        fit_start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
+                trainer.fit(module, loader(fit_train, config, True, config.seed + index),
+                            loader(fit_val, config, False, config.seed))
+        except NonFiniteLossError as err:
+            status = str(err)
+        fit_seconds += time.perf_counter() - fit_start
+        epochs_run += trainer.current_epoch if status == "ok" else trainer.current_epoch + 1
+        if keeper.best_state is not None:
+            model.load_state_dict(keeper.best_state)  # restore the best before the next phase
+        if status != "ok":
+            break
+    val = _evaluate(model, val_ds, config.batch_size) if keeper.best_state is not None else {}
+    logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
+                        "best_val_auc": val.get("auc_macro") or float("nan")})
+    logger.finalize("FINISHED" if status == "ok" else "FAILED")
+    model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
+    return {
+        "status": status, "backbone": spec.name, "fine_tune": config.fine_tune,
+        "phases": [p.model_dump(mode="json") for p in config.resolved_phases()],
+        "class_names": list(data.class_names), "weights": getattr(model, "weights_origin", "random"),
+        "images": {"train": len(data.train_images), "val": len(data.val_images), "skipped": len(data.skipped)},
+        "params": model.count_parameters(), "trainable_params": model.count_parameters(trainable_only=True),
+        "best_epoch": keeper.best_epoch, "epochs_run": epochs_run, "best_val_loss": keeper.best_loss,
+        "prefix_cache": cached_any, "val": val,
+        "timing": {"seconds_fit": round(fit_seconds, 2),
+                   "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},
+    }

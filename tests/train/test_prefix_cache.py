@@ -1,0 +1,52 @@
+"""Training the trainable suffix on cached activations equals training the whole model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from cxrlab.models import create_classifier
+from cxrlab.train import can_cache, compute_prefix
+
+
+def _train(model, inputs, targets, cached_from: int | None, steps: int = 4):
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    torch.manual_seed(0)  # the head's dropout draws the same masks on both paths
+    for step in range(steps):
+        x, y = inputs[step % 2 * 8:(step % 2 + 1) * 8], targets[step % 2 * 8:(step % 2 + 1) * 8]
+        logits = model.forward_from(x, cached_from) if cached_from else model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_cached_equals_uncached_training():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 3, 64, 64, generator=generator)
+    targets = torch.randint(0, 3, (16,), generator=generator)
+    plain = create_classifier("efficientnet_lite0", 3, fine_tune=2, seed=0)
+    cached = create_classifier("efficientnet_lite0", 3, fine_tune=2, seed=0)
+    assert can_cache(cached, augment=False) and not can_cache(cached, augment=True)
+    # same batch size as training: oneDNN convolutions round differently for other batch sizes (~1e-5)
+    activations = compute_prefix(cached, TensorDataset(images, targets), batch_size=8)
+    assert activations.activations.shape[0] == 16 and torch.equal(torch.as_tensor(activations.targets), targets)
+    after_plain = _train(plain, images, targets, None)
+    after_cached = _train(cached, activations.activations, targets, cached.frozen_blocks)
+    changed = 0
+    for key, value in after_plain.items():
+        assert torch.allclose(value.float(), after_cached[key].float(), atol=1e-5, rtol=1e-4), key
+        changed += int(not torch.equal(value, create_classifier("efficientnet_lite0", 3, seed=0).state_dict()[key]))
+    assert changed > 0  # training did move the trainable weights
+
+
+def test_prefix_spills_to_disk_beyond_the_budget(tmp_path):
+    model = create_classifier("efficientnet_lite0", 3, fine_tune=1, pretrained="none", seed=0)
+    data = TensorDataset(torch.randn(6, 3, 64, 64), torch.zeros(6, dtype=torch.long))
+    in_memory = compute_prefix(model, data)
+    on_disk = compute_prefix(model, data, max_bytes=1, spill_dir=tmp_path)
+    assert list(tmp_path.glob("prefix-*.f32"))
+    assert torch.allclose(torch.as_tensor(on_disk.activations[:]), in_memory.activations)

@@ -1,0 +1,76 @@
+"""End-to-end training on tiny phantoms: run directory, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cxrlab.core import ConfigError, LeakageError
+from cxrlab.models import WeightsUnavailableError
+from cxrlab.train import NonFiniteLossError, build_config, train
+
+
+def _config(tmp_path, phantoms, name, **extra):
+    values = {"data": str(phantoms), "out": str(tmp_path / name), "size": 32, "epochs": 2, "batch_size": 8,
+              "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **extra}
+    return build_config(values)
+
+
+def _without_timing(summary):
+    return {k: v for k, v in summary.items() if k != "timing"}
+
+
+def test_run_directory_and_same_seed_same_summary(tmp_path, phantoms):
+    first = train(_config(tmp_path, phantoms, "a", fine_tune=2))
+    second = train(_config(tmp_path, phantoms, "b", fine_tune=2))
+    for name in ("config.yaml", "model.pt", "metrics.csv", "summary.json", "curves.png", "splits.csv"):
+        assert (first.out / name).exists(), name
+    summary = json.loads((first.out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["prefix_cache"] is True
+    assert set(summary["val"]["per_class"]) == {"COVID-19", "Pneumonia", "Normal"}
+    assert {"sensitivity", "specificity", "auc"} <= set(summary["val"]["per_class"]["Normal"])
+    assert len(pd.read_csv(first.out / "metrics.csv")) == summary["epochs_run"] == 2
+    assert _without_timing(first.summary) == _without_timing(second.summary)
+
+
+def test_augmented_multi_phase_run_without_cache(tmp_path, phantoms):
+    result = train(_config(tmp_path, phantoms, "p", augment={"enabled": True}, optimizer="sgd", schedule="cosine",
+                           phases=[{"fine_tune": 0, "lr": 1e-3, "epochs": 1}, {"fine_tune": "all", "lr": 1e-4, "epochs": 1}]))
+    metrics = pd.read_csv(result.out / "metrics.csv")
+    assert metrics["phase"].tolist() == [0, 1] and metrics["fine_tune"].tolist() == [0, 8]
+    assert result.summary["prefix_cache"] is False
+
+
+def test_nan_loss_stops_clearly_and_keeps_last_good_model(tmp_path, phantoms):
+    config = _config(tmp_path, phantoms, "nan", optimizer="sgd", momentum=0.0, fine_tune="all", pretrained="none",
+                     phases=[{"fine_tune": 0, "lr": 1e-3, "epochs": 1}, {"fine_tune": "all", "lr": 1e30, "epochs": 2}])
+    with pytest.raises(NonFiniteLossError, match="training loss became"):
+        train(config)
+    summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert summary["status"].startswith("training loss became") and summary["best_epoch"] == 0
+    assert (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_bad_input_fails_before_training(tmp_path, phantoms):
+    with pytest.raises(ConfigError, match="valid: densenet121"):
+        train(_config(tmp_path, phantoms, "x", backbone="vgg17"))
+    with pytest.raises(ConfigError, match="choose 0..8"):
+        train(_config(tmp_path, phantoms, "x", fine_tune=9))
+    with pytest.raises(WeightsUnavailableError, match="--weights"):
+        train(_config(tmp_path, phantoms, "x", backbone="resnet50"))
+    first = train(_config(tmp_path, phantoms, "ok", epochs=1))
+    frame = pd.read_csv(first.out / "splits.csv")
+    no_normal = frame[~((frame.split == "val") & (frame.label == "Normal"))]
+    no_normal.to_csv(first.out / "no_normal.csv", index=False)  # beside splits.csv: same relative paths
+    with pytest.raises(ConfigError, match="val side has no images of class"):
+        train(build_config({"splits": str(first.out / "no_normal.csv"), "out": str(tmp_path / "y"), "size": 32,
+                            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+    leaking = pd.concat([frame, frame[frame.split == "test"].head(1).assign(split="train", image=lambda f: f.image + "x")])
+    leaking.to_csv(first.out / "leak.csv", index=False)
+    with pytest.raises(LeakageError):
+        train(build_config({"splits": str(first.out / "leak.csv"), "out": str(tmp_path / "z")}))
+    frame.to_csv(tmp_path / "moved.csv", index=False)  # relative paths now point nowhere
+    with pytest.raises(ConfigError, match="no usable images: all .* skipped .*file not found"):
+        train(build_config({"splits": str(tmp_path / "moved.csv"), "out": str(tmp_path / "m")}))
