@@ -82,9 +82,10 @@ def test_user_errors_are_one_line(phantoms, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--patients", "12", "--size", "32"])
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--patients", "30", "--size", "32"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "splits.csv").exists() and (tmp_path / "demo" / "prepared" / "plan.json").exists()
+    assert (tmp_path / "demo" / "train" / "model.pt").exists() and "validation accuracy" in result.output
 
 
 def test_backbones_lists_the_registry():

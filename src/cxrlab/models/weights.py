@@ -132,7 +132,7 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path
         source, origin = downloaded.state_dict(), f"timm hub ({spec.timm_name})"
     else:
         raise WeightsUnavailableError(
-            f"{spec.name}: no offline ImageNet weights on this machine; pass --weights PATH (a checkpoint "
+            f"{spec.name}: no offline pretrained weights on this machine; pass --weights PATH (a checkpoint "
             "file or cache folder), --allow-download to fetch timm's, or --pretrained none for random init")
     backbone.load_state_dict(map_state_dict(source, backbone, origin), strict=True)
     log.info("%s: loaded pretrained weights from %s", spec.name, origin)

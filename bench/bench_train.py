@@ -1,0 +1,177 @@
+"""Benchmark: training and inference speed of the classifiers on this CPU (issue 3, item 9).
+
+Run: ``.venv/bin/python bench/bench_train.py`` (about 10 minutes). Every figure is measured in a
+fresh subprocess, so allocator settings cannot leak between measurements, and is printed next
+to the plain baseline measured in the same run: fp32, NCHW, eager, glibc's default allocator,
+frozen layers recomputed every step (what the papers' code did). Writes ``bench/out/train.json``.
+Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SIZE = 224
+
+
+def _setup(allocator: str) -> None:
+    if allocator == "tuned":
+        from cxrlab.core.runtime import tune_allocator
+
+        tune_allocator()
+
+
+def _model(name: str, k, channels_last: bool):
+    from cxrlab.models import create_classifier
+
+    pretrained = "imagenet" if name.startswith("efficientnet_lite") else "none"  # random init is fine for timing
+    model = create_classifier(name, 3, pretrained=pretrained, fine_tune=k, seed=0)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _batch(n: int, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, steps: int = 6, batch: int = 32) -> float:
+    """Training images/s (forward, backward, Adam step) at fine-tuning degree k."""
+    model = _model(name, k, channels_last)
+    model.train()
+    x, y = _batch(batch, channels_last), torch.randint(0, 3, (batch,))
+    start_block = model.frozen_blocks if cached else 0
+    if cached:
+        with torch.no_grad():
+            model.eval()
+            x = model.forward_blocks(x, 0, start_block)
+            model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model.forward_from(x, start_block) if cached else model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def infer_speed(name: str, channels_last: bool, bf16: bool, batch: int = 32, repeats: int = 6) -> float:
+    """Inference images/s at ``batch``."""
+    model = _model(name, "all", channels_last).eval()
+    x = _batch(batch, channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    return repeats * batch / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def latency_ms(name: str, channels_last: bool, bf16: bool, repeats: int = 40) -> float:
+    """Median single-image forward latency in milliseconds."""
+    model = _model(name, "all", channels_last).eval()
+    x = _batch(1, channels_last)
+    times = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(5):
+            model(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def sweep_seconds(name: str, optimized: bool, images: int = 128, epochs: int = 2, batch: int = 32) -> float:
+    """Wall time of a k = 0..5 sweep: ``epochs`` epochs over ``images`` images for each k."""
+    channels_last = optimized
+    data = _batch(images, channels_last)
+    targets = torch.randint(0, 3, (images,), generator=torch.Generator().manual_seed(1))
+    start = time.perf_counter()
+    for k in range(6):
+        model = _model(name, k, channels_last)
+        start_block = model.frozen_blocks if optimized else 0
+        inputs = data
+        if optimized and start_block:
+            with torch.no_grad():
+                model.eval()
+                inputs = torch.cat([model.forward_blocks(data[i:i + 64], 0, start_block) for i in range(0, images, 64)])
+        model.train()
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        for _ in range(epochs):
+            for i in range(0, images, batch):
+                logits = model.forward_from(inputs[i:i + batch], start_block) if start_block else model(inputs[i:i + batch])
+                loss = F.cross_entropy(logits, targets[i:i + batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return time.perf_counter() - start
+
+
+MEASUREMENTS = {
+    # name: (function, kwargs, allocator)
+    "train_full_baseline": (train_speed, {"name": "efficientnet_lite0", "k": "all", "cached": False, "channels_last": False, "bf16": False}, "default"),
+    "train_full_fast": (train_speed, {"name": "efficientnet_lite0", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),
+    "train_k2_baseline": (train_speed, {"name": "efficientnet_lite0", "k": 2, "cached": False, "channels_last": False, "bf16": False}, "default"),
+    "train_k2_cached": (train_speed, {"name": "efficientnet_lite0", "k": 2, "cached": True, "channels_last": True, "bf16": False}, "tuned"),
+    "train_k0_baseline": (train_speed, {"name": "efficientnet_lite0", "k": 0, "cached": False, "channels_last": False, "bf16": False}, "default"),
+    "train_k0_cached": (train_speed, {"name": "efficientnet_lite0", "k": 0, "cached": True, "channels_last": True, "bf16": False}, "tuned"),
+    "infer_baseline": (infer_speed, {"name": "efficientnet_lite0", "channels_last": False, "bf16": False}, "default"),
+    "infer_fp32_fast": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
+    "infer_bf16_fast": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True}, "tuned"),
+    "latency_baseline": (latency_ms, {"name": "efficientnet_lite0", "channels_last": False, "bf16": False}, "default"),
+    "latency_fast": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
+    "sweep_baseline": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": False}, "default"),
+    "sweep_fast": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": True}, "tuned"),
+    "resnet50_train_fp32": (train_speed, {"name": "resnet50", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),
+    "resnet50_train_bf16": (train_speed, {"name": "resnet50", "k": "all", "cached": False, "channels_last": True, "bf16": True}, "tuned"),
+    "resnet50_infer_fp32": (infer_speed, {"name": "resnet50", "channels_last": True, "bf16": False}, "tuned"),
+    "resnet50_infer_bf16": (infer_speed, {"name": "resnet50", "channels_last": True, "bf16": True}, "tuned"),
+    "densenet121_train_fp32": (train_speed, {"name": "densenet121", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),
+    "densenet121_train_bf16": (train_speed, {"name": "densenet121", "k": "all", "cached": False, "channels_last": True, "bf16": True}, "tuned"),
+    "densenet121_infer_fp32": (infer_speed, {"name": "densenet121", "channels_last": True, "bf16": False}, "tuned"),
+    "densenet121_infer_bf16": (infer_speed, {"name": "densenet121", "channels_last": True, "bf16": True}, "tuned"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--one", help="run one measurement in this process and print it as JSON")
+    parser.add_argument("--only", default="", help="comma-separated measurement names (default: all)")
+    args = parser.parse_args()
+    if args.one:
+        fn, kwargs, allocator = MEASUREMENTS[args.one]
+        _setup(allocator)
+        print(json.dumps({"name": args.one, "value": fn(**kwargs)}))
+        return
+    names = [n for n in MEASUREMENTS if not args.only or n in args.only.split(",")]
+    results = {}
+    for name in names:
+        out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, check=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])["value"]
+        print(f"{name:28s} {results[name]:10.2f}", flush=True)
+    target = Path(__file__).parent / "out"
+    target.mkdir(exist_ok=True)
+    (target / "train.json").write_text(json.dumps({"torch_threads": torch.get_num_threads(), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
