@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,8 @@ def train_command(
     """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
     from cxrlab.train import load_config, train
 
+    # Lightning logs device banners and a sales tip at INFO on every fit; keep its warnings only
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with handle_errors():
         overrides = {"data": str(data) if data else None, "splits": str(splits) if splits else None,
                      "ratios": parse_ratios(ratios) if ratios else None,

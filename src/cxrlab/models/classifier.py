@@ -14,6 +14,19 @@ from cxrlab.models.registry import BackboneSpec
 FineTune = int | Literal["all"]
 
 
+def check_fine_tune(fine_tune: FineTune, num_blocks: int, name: str) -> int:
+    """Resolve ``"all"`` to ``num_blocks`` and validate an integer k.
+
+    Raises:
+        ConfigError: k outside 0..num_blocks (names the maximum).
+    """
+    if fine_tune == "all":
+        return num_blocks
+    if isinstance(fine_tune, bool) or not isinstance(fine_tune, int) or not 0 <= fine_tune <= num_blocks:
+        raise ConfigError(f"fine_tune: {name} has {num_blocks} blocks; choose 0..{num_blocks} or 'all', got {fine_tune!r}")
+    return fine_tune
+
+
 class CxrClassifier(nn.Module):
     """Backbone (feature maps) + head, with the last ``fine_tune`` blocks trainable.
 
@@ -50,17 +63,8 @@ class CxrClassifier(nn.Module):
         return len(self.group_names)
 
     def resolve_k(self, fine_tune: FineTune) -> int:
-        """``"all"`` → number of blocks; validate an integer k.
-
-        Raises:
-            ConfigError: k outside 0..num_blocks (names the maximum).
-        """
-        if fine_tune == "all":
-            return self.num_blocks
-        if isinstance(fine_tune, bool) or not isinstance(fine_tune, int) or not 0 <= fine_tune <= self.num_blocks:
-            raise ConfigError(f"fine_tune: {self.spec.name} has {self.num_blocks} blocks; choose 0..{self.num_blocks} "
-                              f"or 'all', got {fine_tune!r}")
-        return fine_tune
+        """``"all"`` → number of blocks; validate an integer k (see :func:`check_fine_tune`)."""
+        return check_fine_tune(fine_tune, self.num_blocks, self.spec.name)
 
     def set_fine_tune(self, fine_tune: FineTune) -> CxrClassifier:
         """Make exactly the last k blocks (and the head) trainable; freeze the rest."""

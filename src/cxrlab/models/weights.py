@@ -99,6 +99,22 @@ def offline_weights_path(spec: BackboneSpec) -> Path | None:
     return files[0] if files else None
 
 
+def check_weights_available(spec: BackboneSpec, weights: str | Path | None = None,
+                            allow_download: bool = False) -> None:
+    """Fail fast, before any data work, when :func:`load_pretrained` would find no weights.
+
+    Raises:
+        WeightsUnavailableError: as :func:`load_pretrained`, without reading any weights.
+    """
+    if weights is not None:
+        if not Path(weights).exists():
+            raise WeightsUnavailableError(f"--weights {weights}: file or folder not found")
+    elif offline_weights_path(spec) is None and not allow_download:
+        raise WeightsUnavailableError(
+            f"{spec.name}: no offline pretrained weights on this machine; pass --weights PATH (a checkpoint "
+            "file or cache folder), --allow-download to fetch timm's, or --pretrained none for random init")
+
+
 def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path | None = None,
                     allow_download: bool = False) -> str:
     """Load pretrained weights into ``backbone`` (a timm model without classifier).
@@ -117,23 +133,18 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path
         WeightsUnavailableError: none available; the message names ``--weights`` and
             ``--allow-download``.
     """
+    check_weights_available(spec, weights, allow_download)
     if weights is not None:
         path = Path(weights)
-        if not path.exists():
-            raise WeightsUnavailableError(f"--weights {path}: file or folder not found")
         path = _find_in_folder(path, spec) if path.is_dir() else path
         source, origin = _read_state_dict(path), str(path)
     elif (path := offline_weights_path(spec)) is not None:
         source, origin = _read_state_dict(path), f"{spec.offline_weights} ({path.name})"
-    elif allow_download:
+    else:
         import timm
 
         downloaded = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, in_chans=spec.in_chans)
         source, origin = downloaded.state_dict(), f"timm hub ({spec.timm_name})"
-    else:
-        raise WeightsUnavailableError(
-            f"{spec.name}: no offline pretrained weights on this machine; pass --weights PATH (a checkpoint "
-            "file or cache folder), --allow-download to fetch timm's, or --pretrained none for random init")
     backbone.load_state_dict(map_state_dict(source, backbone, origin), strict=True)
     log.info("%s: loaded pretrained weights from %s", spec.name, origin)
     return origin

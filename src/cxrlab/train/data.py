@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cxrlab.core.errors import ConfigError
-from cxrlab.data import SplitConfig, class_names, load_source, make_splits, read_splits, write_splits
+from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.manifest import Manifest
 from cxrlab.models.registry import BackboneSpec
 from cxrlab.preprocess import PreprocessConfig, ShardDataset, ShardReader, prepare
@@ -49,16 +49,13 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     """
     names = class_names(config.scheme)
     if config.splits:
-        frame = read_splits(config.splits)
-        manifest = load_source(config.splits, scheme=config.scheme)
-        frame = frame[frame["image"].isin(set(manifest.table["image"]))]
-        frame = frame.assign(label=frame["image"].map(dict(zip(manifest.table["image"], manifest.table["label"]))))
-        skipped = [(s.image, s.reason) for s in manifest.skipped]
+        manifest = load_source(config.splits, scheme=config.scheme)  # runs the leakage guard
+        frame = manifest.table
     else:
         manifest = load_source(config.data, scheme=config.scheme)
         frame, info = make_splits(manifest.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
         write_splits(frame, {**info, "scheme": config.scheme}, out)
-        skipped = [(s.image, s.reason) for s in manifest.skipped]
+    skipped = [(s.image, s.reason) for s in manifest.skipped]
     if "view" not in frame.columns:
         frame = frame.assign(view="")
     preprocess = preprocess_for(config, spec)

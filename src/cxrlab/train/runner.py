@@ -23,8 +23,9 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
-from cxrlab.models import create_classifier, get_backbone_spec
-from cxrlab.models.classifier import CxrClassifier
+from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
+from cxrlab.models.weights import check_weights_available
+from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
 from cxrlab.train.callbacks import BestModelKeeper, MetricsCsv
 from cxrlab.train.config import TrainConfig
@@ -94,18 +95,19 @@ def train(config: TrainConfig, progress=None) -> TrainResult:
             ``summary.json`` says what happened.
     """
     start = time.perf_counter()
+    spec = get_backbone_spec(config.backbone)
+    with torch.device("meta"):  # block count without allocating weights: check k before any data work
+        blocks = len(spec.partition(create_backbone(spec)))
+    for phase in config.resolved_phases():
+        check_fine_tune(phase.fine_tune, blocks, spec.name)
+    if config.pretrained == "imagenet" or config.weights:
+        check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config.to_yaml())
-    spec = get_backbone_spec(config.backbone)
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = create_classifier(config.backbone, 1, pretrained=config.pretrained, weights=config.weights,
-                                  allow_download=config.allow_download)  # fail fast before preparing data
-        model.resolve_k(config.fine_tune)
-        for phase in config.resolved_phases():
-            model.resolve_k(phase.fine_tune)
         data = load_train_data(config, spec, out, progress)
         model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
                                   weights=config.weights, allow_download=config.allow_download,
