@@ -71,32 +71,43 @@ def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, ste
     return steps * batch / (time.perf_counter() - start)
 
 
-@torch.inference_mode()
-def infer_speed(name: str, channels_last: bool, bf16: bool, batch: int = 32, repeats: int = 6) -> float:
-    """Inference images/s at ``batch``."""
-    model = _model(name, "all", channels_last).eval()
-    x = _batch(batch, channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        model(x)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(x)
+def _predict_fn(name: str, channels_last: bool, bf16: bool, compiled: bool):
+    """The baseline (plain eager fp32 NCHW forward) or cxrlab's InferenceModel."""
+    model = _model(name, "all", False).eval()
+    if not channels_last and not compiled:
+        def plain(x):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(x)
+        return plain
+    from cxrlab.models import InferenceModel
+
+    return InferenceModel(model, "bf16" if bf16 else "fp32", compile=compiled).probabilities
+
+
+def infer_speed(name: str, channels_last: bool, bf16: bool, compiled: bool = False, batch: int = 32,
+                repeats: int = 6) -> float:
+    """Inference images/s at ``batch`` (after warm-up, which includes any compilation)."""
+    predict = _predict_fn(name, channels_last, bf16, compiled)
+    x = _batch(batch, False)
+    predict(x)
+    predict(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict(x)
     return repeats * batch / (time.perf_counter() - start)
 
 
-@torch.inference_mode()
-def latency_ms(name: str, channels_last: bool, bf16: bool, repeats: int = 40) -> float:
-    """Median single-image forward latency in milliseconds."""
-    model = _model(name, "all", channels_last).eval()
-    x = _batch(1, channels_last)
+def latency_ms(name: str, channels_last: bool, bf16: bool, compiled: bool = False, repeats: int = 40) -> float:
+    """Median single-image prediction latency in milliseconds."""
+    predict = _predict_fn(name, channels_last, bf16, compiled)
+    x = _batch(1, False)
     times = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for _ in range(5):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1000)
+    for _ in range(5):
+        predict(x)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict(x)
+        times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
@@ -137,8 +148,12 @@ MEASUREMENTS = {
     "infer_baseline": (infer_speed, {"name": "efficientnet_lite0", "channels_last": False, "bf16": False}, "default"),
     "infer_fp32_fast": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
     "infer_bf16_fast": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True}, "tuned"),
+    "infer_fp32_compiled": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False, "compiled": True}, "tuned"),
+    "infer_bf16_compiled": (infer_speed, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True, "compiled": True}, "tuned"),
     "latency_baseline": (latency_ms, {"name": "efficientnet_lite0", "channels_last": False, "bf16": False}, "default"),
     "latency_fast": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
+    "latency_fp32_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False, "compiled": True}, "tuned"),
+    "latency_bf16_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True, "compiled": True}, "tuned"),
     "sweep_baseline": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": False}, "default"),
     "sweep_fast": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": True}, "tuned"),
     "resnet50_train_fp32": (train_speed, {"name": "resnet50", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise ConfigError(f"{path}: cannot read model file ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a cxrlab model file (expected format {FORMAT})")

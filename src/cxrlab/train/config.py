@@ -84,6 +84,7 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
 
     precision: Literal["auto", "32", "bf16"] = "32"
+    channels_last: bool = True
     cache_prefix: bool = True
     cache_max_gb: float = Field(4.0, gt=0)
     num_workers: int = Field(0, ge=0)

@@ -44,6 +44,13 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_from(x, self.start_block) if self.start_block else self.model(x)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # channels-last convolutions run about 2x faster on oneDNN CPUs (bench/bench_train.py)
+        x, y = batch
+        if self.config.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x).float(), y, weight=self.class_weights)

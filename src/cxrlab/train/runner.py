@@ -123,6 +123,8 @@ def train(config: TrainConfig, progress=None) -> TrainResult:
 
 def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) -> dict:
     spec = model.spec
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     train_ds, val_ds = datasets(data, config, spec)
     weights = class_weights(data) if config.class_balance == "weights" else None
     keeper, csv = BestModelKeeper(out / "model.pt", data.preprocess), MetricsCsv(out / "metrics.csv")

@@ -1,0 +1,82 @@
+"""Fast inference for a trained classifier: channels-last, bf16 where the CPU has it, optional compile.
+
+Measured on a 2-core AVX-512-bf16 CPU (bench/bench_train.py), EfficientNet-Lite0 at 224 px:
+eager fp32 NCHW ~37 img/s at batch 32; channels-last ~113; torch.compile with weight freezing
+and bf16 ~450 img/s and ~4.6 ms for one image. Compiling costs ~20-40 s once, so it pays off for
+a server or a large batch job, not for one image from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from cxrlab.models.classifier import CxrClassifier
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 instructions (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class InferenceModel:
+    """A classifier prepared for inference; logits and probabilities as two methods.
+
+    Args:
+        model: A trained :class:`CxrClassifier` (not copied: set to eval mode and channels-last).
+        precision: ``fp32`` (default), ``bf16`` (autocast), or ``auto``: bf16 on CUDA or on CPUs
+            with native bf16, fp32 elsewhere. bf16 is opt-in because it moves results: on the real
+            validation set it changed probabilities by up to 0.06, one of 104 predicted classes,
+            and per-class AUCs by up to 0.005.
+        compile: Compile with torch.compile (inductor, frozen weights) on first use.
+
+    Shapes:
+        input ``(B, in_chans, H, W) float32`` normalised as the model expects;
+        :meth:`logits` ``(B, C) float32``; :meth:`probabilities` ``(B, C)`` rows summing to 1,
+        columns in ``model.class_names`` order.
+    """
+
+    def __init__(self, model: CxrClassifier, precision: Precision = "fp32", compile: bool = False) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.device = next(model.parameters()).device
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" or cpu_supports_bf16() else "fp32"
+        self.precision = precision
+        self.class_names = model.class_names
+        self.compiled = compile
+        self._forward = torch.compile(self.model) if compile else self.model
+
+    def _compile_settings(self):
+        # Frozen weights let inductor fold BatchNorm and pre-pack oneDNN weights; the C++ wrapper
+        # removes per-kernel Python overhead. Measured: 2x the throughput of torch.compile's
+        # defaults. Passed as torch.compile(options=...) they were not honoured, so the global
+        # inductor config is patched around each call (compilation happens inside a call).
+        if not self.compiled:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(freezing=True, cpp_wrapper=True)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch."""
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with self._compile_settings(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                       enabled=self.precision == "bf16"):
+            return self._forward(x).float()
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities for a batch."""
+        return self.logits(x).softmax(dim=1)

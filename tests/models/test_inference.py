@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrlab.core import ConfigError
+from cxrlab.models import InferenceModel, create_classifier, load_model, save_model
+from cxrlab.preprocess import PreprocessConfig
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_classifier("efficientnet_lite0", 3, fine_tune=2, class_names=("COVID-19", "Pneumonia", "Normal"), seed=0).eval()
+
+
+def test_fp32_inference_equals_the_model_and_bf16_stays_close(model):
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).softmax(1)
+    fp32 = InferenceModel(model, "fp32")
+    probs = fp32.probabilities(x)
+    assert torch.allclose(probs, expected, atol=1e-5) and torch.allclose(probs.sum(1), torch.ones(4))
+    assert fp32.class_names == ("COVID-19", "Pneumonia", "Normal")
+    bf16 = InferenceModel(model, "bf16").probabilities(x)
+    assert (bf16 - expected).abs().max() < 0.1
+
+
+@pytest.mark.slow
+def test_compiled_inference_matches_eager(model):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    eager = InferenceModel(model, "fp32").probabilities(x)
+    compiled = InferenceModel(model, "fp32", compile=True).probabilities(x)
+    assert torch.allclose(eager, compiled, atol=1e-4)
+
+
+def test_model_file_roundtrip(model, tmp_path):
+    preprocess = PreprocessConfig(size=64, contrast="clahe")
+    save_model(model, tmp_path / "m.pt", preprocess)
+    loaded, pre, payload = load_model(tmp_path / "m.pt")
+    assert pre == preprocess and loaded.class_names == model.class_names and loaded.fine_tune == 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)  # same weights (model may be channels-last)
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="cannot read model file|not a cxrlab model file"):
+        load_model(tmp_path / "bad.pt")
