@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench_prepare.py
+	$(BIN)/python bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

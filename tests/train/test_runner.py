@@ -33,6 +33,13 @@ def test_run_directory_and_same_seed_same_summary(tmp_path, phantoms):
     assert {"sensitivity", "specificity", "auc"} <= set(summary["val"]["per_class"]["Normal"])
     assert len(pd.read_csv(first.out / "metrics.csv")) == summary["epochs_run"] == 2
     assert _without_timing(first.summary) == _without_timing(second.summary)
+    from mlflow import MlflowClient  # the real SQLite store holds both runs and their epochs
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cxrlab").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["a", "b"]
+    history = client.get_metric_history(runs[0].info.run_id, "val_loss")
+    assert len(history) == 2 and runs[0].data.params["backbone"] == "efficientnet_lite0"
 
 
 def test_augmented_multi_phase_run_without_cache(tmp_path, phantoms):
