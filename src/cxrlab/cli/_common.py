@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import typer
@@ -51,3 +52,8 @@ def parse_label_map(items: list[str] | None) -> dict[str, str | None]:
         raw, target = item.split("=", 1)
         out[raw.strip()] = None if target.strip().lower() == "drop" else target.strip()
     return out
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's warnings but not its per-fit INFO banners (devices, a sales tip)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors, progress_bar
+from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
 from cxrlab.cli.prepare_command import print_summary
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import SplitConfig, audit_splits, generate_phantoms, load_source, make_splits, write_splits
@@ -46,6 +46,8 @@ def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/dem
         print_summary(summary)
         console.rule("5/5 train efficientnet_lite0 (ImageNet weights offline, last 2 blocks, 3 epochs)")
         from cxrlab.train import build_config, train
+
+        quiet_lightning()
 
         config = build_config({"splits": str(splits_path), "out": str(out / "train"), "backbone": "efficientnet_lite0",
                                "fine_tune": 2, "epochs": 3, "size": size, "seed": seed})

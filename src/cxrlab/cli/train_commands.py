@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ import torch
 import typer
 from rich.table import Table
 
-from cxrlab.cli._common import console, handle_errors, parse_ratios, progress_bar
+from cxrlab.cli._common import console, handle_errors, parse_ratios, progress_bar, quiet_lightning
 from cxrlab.models import create_backbone, get_backbone_spec, list_backbones
 
 
@@ -47,8 +46,7 @@ def train_command(
     """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
     from cxrlab.train import load_config, train
 
-    # Lightning logs device banners and a sales tip at INFO on every fit; keep its warnings only
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_lightning()
     with handle_errors():
         overrides = {"data": str(data) if data else None, "splits": str(splits) if splits else None,
                      "ratios": parse_ratios(ratios) if ratios else None,

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
@@ -28,6 +29,13 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.02)
     right.legend()
+    best = frame.loc[frame["val_loss"].idxmin()] if frame["val_loss"].notna().any() else None
+    if best is not None:
+        left.plot([best["epoch"]], [best["val_loss"]], marker="*", markersize=14, color="black", linestyle="",
+                  label=f"best (epoch {int(best['epoch'])})")
+        left.legend()
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     for boundary in frame.index[frame["phase"].diff().fillna(0) != 0]:
         for axis in (left, right):
             axis.axvline(frame.loc[boundary, "epoch"] - 0.5, color="grey", linestyle=":")
