@@ -111,10 +111,12 @@ def latency_ms(name: str, channels_last: bool, bf16: bool, compiled: bool = Fals
     return statistics.median(times)
 
 
-def sweep_seconds(name: str, optimized: bool, images: int = 128, epochs: int = 2, batch: int = 32) -> float:
-    """Wall time of a k = 0..5 sweep: ``epochs`` epochs over ``images`` images for each k."""
+def sweep_seconds(name: str, optimized: bool, images: int = 128, val_images: int = 32, epochs: int = 5,
+                  batch: int = 32) -> float:
+    """Wall time of a k = 0..5 sweep: per k, ``epochs`` epochs over ``images`` training images,
+    each followed by a validation pass over ``val_images`` (as a training run does)."""
     channels_last = optimized
-    data = _batch(images, channels_last)
+    data = _batch(images + val_images, channels_last)
     targets = torch.randint(0, 3, (images,), generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()
     for k in range(6):
@@ -124,16 +126,25 @@ def sweep_seconds(name: str, optimized: bool, images: int = 128, epochs: int = 2
         if optimized and start_block:
             with torch.no_grad():
                 model.eval()
-                inputs = torch.cat([model.forward_blocks(data[i:i + 64], 0, start_block) for i in range(0, images, 64)])
-        model.train()
+                inputs = torch.cat([model.forward_blocks(data[i:i + 64], 0, start_block)
+                                    for i in range(0, len(data), 64)])
+        train_x, val_x = inputs[:images], inputs[images:]
+
+        def forward(x):
+            return model.forward_from(x, start_block) if start_block else model(x)
+
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         for _ in range(epochs):
+            model.train()
             for i in range(0, images, batch):
-                logits = model.forward_from(inputs[i:i + batch], start_block) if start_block else model(inputs[i:i + batch])
-                loss = F.cross_entropy(logits, targets[i:i + batch])
+                loss = F.cross_entropy(forward(train_x[i:i + batch]), targets[i:i + batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            model.eval()
+            with torch.no_grad():
+                for i in range(0, val_images, batch):
+                    forward(val_x[i:i + batch])
     return time.perf_counter() - start
 
 
