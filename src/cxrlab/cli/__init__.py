@@ -7,6 +7,7 @@ import typer
 from cxrlab.cli.data_commands import audit, manifest, split, synth
 from cxrlab.cli.demo import demo
 from cxrlab.cli.doctor import doctor
+from cxrlab.cli.evaluate_command import evaluate_command
 from cxrlab.cli.prepare_command import prepare_command
 from cxrlab.cli.train_commands import backbones, train_command
 from cxrlab.core.logging import configure_logging
@@ -28,6 +29,7 @@ app.command("audit")(audit)
 app.command("prepare")(prepare_command)
 app.command("train")(train_command)
 app.command("backbones")(backbones)
+app.command("evaluate")(evaluate_command)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

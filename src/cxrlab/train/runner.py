@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
+from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
@@ -52,17 +53,9 @@ def _precision(config: TrainConfig, spec_name: str) -> str:
         return "16-mixed" if config.precision != "32" else "32-true"
     if config.precision == "bf16":
         return "bf16-mixed"
-    if config.precision == "auto" and spec_name.startswith(("resnet", "densenet")) and _cpu_has_bf16():
+    if config.precision == "auto" and spec_name.startswith(("resnet", "densenet")) and cpu_supports_bf16():
         return "bf16-mixed"  # measured faster for ResNet/DenseNet training; slower for EfficientNet-Lite
     return "32-true"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger:

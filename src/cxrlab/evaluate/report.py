@@ -1,0 +1,98 @@
+"""Render the evaluation results as Markdown and as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+DISCLAIMER = "Research use only. Not a diagnostic device; do not use these figures to make decisions about patients."
+
+
+def _fmt(value, ci: dict | None = None) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:.3f}"
+    if ci and ci.get("low") is not None:
+        text += f" ({ci['low']:.3f}–{ci['high']:.3f})"
+    return text
+
+
+def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    m, ci = results["metrics"], results["ci"]
+    tables = []
+    rows = []
+    for name, pc in m["per_class"].items():
+        c = ci["per_class"].get(name, {})
+        rows.append([name, _fmt(pc["sensitivity"], c.get("sensitivity")), _fmt(pc["specificity"], c.get("specificity")),
+                     _fmt(pc["precision"]), _fmt(pc["npv"]), _fmt(pc["f1"]), _fmt(pc["roc_auc"], c.get("roc_auc")),
+                     _fmt(pc["pr_auc"], c.get("pr_auc")), str(pc["support"])])
+    for avg in ("macro", "weighted"):
+        a = m[avg]
+        rows.append([f"*{avg} average*", _fmt(a["sensitivity"]), _fmt(a["specificity"]), _fmt(a["precision"]),
+                     _fmt(a["npv"]), _fmt(a["f1"]), _fmt(a["roc_auc"], ci.get("macro_roc_auc") if avg == "macro" else None),
+                     _fmt(a["pr_auc"]), str(m["n"])])
+    tables.append(("Per class (95% CI by bootstrap over patients)",
+                   ["class", "sensitivity", "specificity", "precision (PPV)", "NPV", "F1", "ROC AUC", "PR AUC", "support"], rows))
+    src_rows = [[s, str(v["n"]), _fmt(v["accuracy"]), _fmt(v["macro_roc_auc"]),
+                 ", ".join(f"{k} {n}" for k, n in v["classes"].items())] for s, v in results["per_source"].items()]
+    tables.append(("Per source", ["source", "images", "accuracy", "macro ROC AUC", "classes"], src_rows))
+    b = results["binary"]
+    op_rows = [[op["method"] + (f" ≥ {op['target']:.0%}" if op.get("target") else ""), f"{op['threshold']:.3f}",
+                _fmt(op["sensitivity"]), _fmt(op["specificity"])] for op in b["operating_points"]]
+    tables.append((f"{b['positive']} vs rest: ROC AUC {_fmt(b['roc_auc'], b['roc_auc_ci'])}; operating points chosen on "
+                   f"{b['chosen_on']} data, applied to the test data",
+                   ["operating point", "threshold", "sensitivity", "specificity"], op_rows))
+    cal = results["calibration"]
+    tables.append(("Calibration", ["", "ECE"], [["as trained", _fmt(cal["ece"])]] + (
+        [[f"temperature {cal['temperature']:.2f} (fitted on validation)", _fmt(cal["ece_calibrated"])]]
+        if cal.get("temperature") else [])))
+    return tables
+
+
+def _summary_lines(results: dict) -> list[str]:
+    m, ci = results["metrics"], results["ci"]
+    lines = [f"Model: `{results['model']['backbone']}` (fine-tuned blocks: {results['model']['fine_tune']}); "
+             f"evaluated on {m['n']} images of {results['patients']} patients ({results['side']}).",
+             f"Accuracy {_fmt(m['accuracy'], ci.get('accuracy'))}; macro ROC AUC {_fmt(m['macro']['roc_auc'], ci.get('macro_roc_auc'))}."]
+    lines += [f"**Warning:** {w}" for w in results["warnings"]]
+    return lines
+
+
+def render_markdown(results: dict, figures: dict[str, Path]) -> str:
+    """The report as Markdown (figures linked by file name)."""
+    out = ["# Evaluation report", "", f"_{DISCLAIMER}_", ""] + _summary_lines(results) + [""]
+    for title, header, rows in _tables(results):
+        out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    out += ["## Figures", ""] + [f"![{name}]({path.name})" for name, path in figures.items()]
+    if results["skipped"]:
+        out += ["", "## Images not evaluated", ""] + [f"- {i}: {r}" for i, r in results["skipped"]]
+    return "\n".join(out) + "\n"
+
+
+def render_html(results: dict, figures: dict[str, Path]) -> str:
+    """The report as one HTML page with tables and figures embedded (no external files)."""
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab evaluation report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "th{background:#f0f0f0}td:first-child{text-align:left}.warn{color:#a00}.note{color:#666}"
+             "img{max-width:100%}</style></head><body>",
+             "<h1>Evaluation report</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
+    for line in _summary_lines(results):
+        css = " class='warn'" if line.startswith("**Warning") else ""
+        parts.append(f"<p{css}>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
+    for title, header, rows in _tables(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    parts.append("<h2>Figures</h2>")
+    for name, path in figures.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    if results["skipped"]:
+        parts.append("<h2>Images not evaluated</h2><ul>" + "".join(
+            f"<li>{html.escape(i)}: {html.escape(r)}</li>" for i, r in results["skipped"]) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,151 @@
+"""``evaluate``: a trained run on the test side of its split (or other data) → report and metrics.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_text
+from cxrlab.data import load_source
+from cxrlab.evaluate.bootstrap import bootstrap_ci
+from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
+from cxrlab.evaluate.metrics import binary_view, compute_metrics
+from cxrlab.evaluate.operating_point import OperatingPoint, choose_operating_point
+from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
+from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
+from cxrlab.evaluate.report import render_html, render_markdown
+from cxrlab.train.plots import plot_curves
+
+log = logging.getLogger(__name__)
+CI_KEYS = ("sensitivity", "specificity", "roc_auc", "pr_auc")
+
+
+def _frames(run: Path, data: Path | None, splits: Path | None, scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+    split_file = splits or (run / "splits.csv" if run.is_dir() and (run / "splits.csv").exists() else None)
+    if data is not None:
+        test = load_source(data, scheme=scheme).table
+        val = load_source(split_file, scheme=scheme).table if split_file else None
+        return test, (val[val["split"] == "val"] if val is not None else None), f"all of {data}"
+    if split_file is None:
+        raise ConfigError(f"{run}: no splits.csv to take the test side from; pass --data or --splits")
+    frame = load_source(split_file, scheme=scheme).table  # runs the leakage guard
+    test = frame[frame["split"] == "test"]
+    if test.empty:
+        raise ConfigError(f"{split_file}: the test side is empty")
+    return test, frame[frame["split"] == "val"], f"test side of {split_file}"
+
+
+def _confidence_intervals(p: Predictions, n_boot: int, seed: int) -> dict:
+    groups = p.frame["patient_id"].to_numpy()
+
+    def stat(fn):
+        return bootstrap_ci(fn, groups, n_boot, seed)
+
+    metrics = lambda rows: compute_metrics(p.y_true[rows], p.probs[rows], p.class_names)  # noqa: E731
+    cache: dict[bytes, dict] = {}
+
+    def cached(rows):
+        key = rows.tobytes()
+        if key not in cache:
+            cache.clear()
+            cache[key] = metrics(rows)
+        return cache[key]
+
+    out = {"accuracy": stat(lambda r: cached(r)["accuracy"]),
+           "macro_roc_auc": stat(lambda r: cached(r)["macro"]["roc_auc"]), "per_class": {}}
+    for name in p.class_names:
+        out["per_class"][name] = {k: stat(lambda r, k=k, name=name: cached(r)["per_class"][name][k]) for k in CI_KEYS}
+    return out
+
+
+def _per_source(p: Predictions) -> dict:
+    out = {}
+    for source, rows in p.frame.groupby("source").groups.items():
+        idx = np.asarray(list(rows))
+        m = compute_metrics(p.y_true[idx], p.probs[idx], p.class_names)
+        out[str(source)] = {"n": m["n"], "accuracy": m["accuracy"], "macro_roc_auc": m["macro"]["roc_auc"],
+                            "classes": p.frame.loc[idx, "label"].value_counts().sort_index().to_dict()}
+    return out
+
+
+def _warnings(p: Predictions, per_source: dict) -> list[str]:
+    notes = []
+    single = [s for s, v in per_source.items() if len(v["classes"]) == 1]
+    if len(per_source) > 1 and single:
+        notes.append(f"source(s) {', '.join(single)} hold a single class in this test set: a model can score by "
+                     "recognising the source instead of the disease; check cross-source results before trusting these figures")
+    if len(set(p.frame["patient_id"])) < 30:
+        notes.append(f"only {len(set(p.frame['patient_id']))} patients: confidence intervals are wide")
+    return notes
+
+
+def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
+                 n_boot: int = 1000, seed: int = 0) -> dict:
+    """Evaluate a trained model and write ``report.html``, ``report.md``, ``metrics.json`` and figures.
+
+    Args:
+        run: A run directory (``model.pt``, ``splits.csv``, ``metrics.csv``) or a model file.
+        out: Output folder.
+        data: Evaluate these images instead (any input ``prepare`` takes); all of them are test data.
+        splits: A split file to take the test side (and validation side) from.
+        n_boot: Bootstrap replicates for the CIs.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        The results dict also written to ``metrics.json``.
+    """
+    run, out = Path(run), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, preprocess, payload = load_for_evaluation(run)
+    scheme = "binary" if len(model.class_names) == 2 else "3class"
+    test_frame, val_frame, side = _frames(run, Path(data) if data else None, Path(splits) if splits else None, scheme)
+    test = predict_frame(model, preprocess, test_frame, out / "prepared-test")
+    val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
+    metrics = compute_metrics(test.y_true, test.probs, test.class_names)
+    per_source = _per_source(test)
+    positive = "COVID-19"
+    yb, pb = binary_view(test.y_true, test.probs, test.class_names, positive)
+    binary = {"positive": positive, "roc_auc": metrics["per_class"][positive]["roc_auc"],
+              "roc_auc_ci": bootstrap_ci(lambda r: compute_metrics(test.y_true[r], test.probs[r], test.class_names)
+                                         ["per_class"][positive]["roc_auc"], test.frame["patient_id"].to_numpy(), n_boot, seed),
+              "chosen_on": "validation" if val is not None else "test (no validation data: optimistic)",
+              "operating_points": []}
+    yv, pv = binary_view(val.y_true, val.probs, val.class_names, positive) if val is not None else (yb, pb)
+    for method, target in (("youden", None), ("sensitivity", 0.95)):
+        try:
+            point = choose_operating_point(yv, pv, method, target or 0.95)
+        except ConfigError as err:
+            log.warning("operating point %s: %s", method, err)
+            continue
+        binary["operating_points"].append(point.apply(yb, pb))
+    calibration = {"ece": expected_calibration_error(test.y_true, test.probs), "bins": reliability_bins(test.y_true, test.probs)}
+    if val is not None:
+        temperature = fit_temperature(val.logits, val.y_true)
+        calibration.update(temperature=temperature,
+                           ece_calibrated=expected_calibration_error(test.y_true, apply_temperature(test.logits, temperature)))
+    results = {
+        "model": {"file": str(run), "backbone": payload["backbone"], "fine_tune": payload["fine_tune"],
+                  "class_names": list(model.class_names)},
+        "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
+        "ci": _confidence_intervals(test, n_boot, seed), "n_boot": n_boot, "per_source": per_source,
+        "binary": binary, "calibration": calibration, "skipped": test.skipped, "warnings": _warnings(test, per_source),
+    }
+    figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
+               "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
+               "reliability diagram": plot_reliability(calibration["bins"], calibration["ece"], out / "reliability.png")}
+    if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
+        figures["training curves"] = curves
+    predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
+    for i, name in enumerate(test.class_names):
+        predictions[name] = test.probs[:, i]
+    predictions["predicted"] = [test.class_names[i] for i in test.probs.argmax(1)]
+    predictions.to_csv(out / "predictions.csv", index=False)
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2, default=float) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(results, figures))
+    atomic_write_text(out / "report.html", render_html(results, figures))
+    return results

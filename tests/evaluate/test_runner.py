@@ -1,0 +1,50 @@
+"""cxrlab evaluate on a tiny run trained on phantoms."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.core import ConfigError
+from cxrlab.evaluate.runner import evaluate_run
+from cxrlab.train import build_config, train
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantoms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = build_config({"data": str(phantoms), "out": str(out / "r"), "size": 32, "epochs": 2, "batch_size": 8,
+                           "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{out / 'mlflow.db'}"})
+    return train(config).out
+
+
+def test_report_has_every_part(run_dir, tmp_path):
+    results = evaluate_run(run_dir, tmp_path, n_boot=50)
+    for name in ("report.html", "report.md", "metrics.json", "confusion.png", "roc_pr.png", "reliability.png",
+                 "training_curves.png", "predictions.csv"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["metrics"]["n"] == results["metrics"]["n"] > 0
+    assert set(saved["per_source"]) <= {"phantom-a", "phantom-b"} and saved["binary"]["operating_points"]
+    assert saved["calibration"]["temperature"] > 0 and saved["binary"]["chosen_on"] == "validation"
+    acc = saved["ci"]["accuracy"]
+    assert acc["low"] <= acc["value"] <= acc["high"]
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "Research use only" in page
+    assert "<script" not in page and "src='http" not in page  # self-contained
+
+
+def test_evaluate_other_data_and_errors(run_dir, phantoms, tmp_path):
+    results = evaluate_run(run_dir, tmp_path / "all", data=phantoms, n_boot=20)
+    assert results["metrics"]["n"] > 30 and results["side"].startswith("all of")
+    with pytest.raises(ConfigError, match="no model found"):
+        evaluate_run(tmp_path / "nothing", tmp_path / "x")
+
+
+def test_cli(run_dir, tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and (tmp_path / "report.html").exists()
