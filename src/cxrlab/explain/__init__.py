@@ -1,0 +1,9 @@
+"""Explanations: Grad-CAM / Grad-CAM++ (pytorch-grad-cam), overlays, evidence inside the lungs."""
+
+from __future__ import annotations
+
+from cxrlab.explain.gradcam import GradCamExplainer, resolve_target_layer
+from cxrlab.explain.images import explain_images
+from cxrlab.explain.overlay import cam_to_original, in_mask_share, overlay, peak_in_mask
+
+__all__ = ["GradCamExplainer", "explain_images", "cam_to_original", "in_mask_share", "overlay", "peak_in_mask", "resolve_target_layer"]

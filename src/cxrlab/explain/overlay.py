@@ -1,0 +1,42 @@
+"""Heatmaps on the original image, and the share of evidence inside the lungs."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pytorch_grad_cam.utils.image import show_cam_on_image
+
+from cxrlab.preprocess.config import PreprocessConfig
+
+
+def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], preprocess: PreprocessConfig) -> np.ndarray:
+    """Map a ``(size, size)`` map back onto the original ``(H, W)`` image (undoing stretch or letterbox)."""
+    h, w = original_shape
+    if preprocess.resize == "letterbox":
+        size = cam.shape[0]
+        scale = size / max(h, w)
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = (size - sh) // 2, (size - sw) // 2
+        cam = cam[top:top + sh, left:left + sw]
+    return cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.45) -> np.ndarray:
+    """``(H, W, 3) uint8`` RGB: the grayscale image with the heatmap (jet) blended on top."""
+    rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1), use_rgb=True, image_weight=1 - weight)
+
+
+def in_mask_share(cam: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of the map's mass inside ``mask`` (resized to the map); ``None`` for an all-zero map."""
+    if mask.shape != cam.shape:
+        mask = cv2.resize(mask.astype(np.uint8), cam.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    total = float(cam.sum())
+    return float(cam[mask].sum() / total) if total > 0 else None
+
+
+def peak_in_mask(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the map's maximum lies inside ``mask`` (resized to the map)."""
+    if mask.shape != cam.shape:
+        mask = cv2.resize(mask.astype(np.uint8), cam.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    return bool(mask.flat[int(np.argmax(cam))])
