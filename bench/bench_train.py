@@ -111,6 +111,23 @@ def latency_ms(name: str, channels_last: bool, bf16: bool, compiled: bool = Fals
     return statistics.median(times)
 
 
+def gradcam_latency_ms(name: str, repeats: int = 20) -> float:
+    """Median latency of predict + Grad-CAM for one image (eager fp32, channels-last)."""
+    from cxrlab.explain import GradCamExplainer
+
+    model = _model(name, "all", True).eval()
+    x = _batch(1, True)
+    times = []
+    with GradCamExplainer(model) as cam:
+        for _ in range(3):
+            cam.explain(x)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            cam.explain(x)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def sweep_seconds(name: str, optimized: bool, images: int = 128, val_images: int = 32, epochs: int = 5,
                   batch: int = 32) -> float:
     """Wall time of a k = 0..5 sweep: per k, ``epochs`` epochs over ``images`` training images,
@@ -165,6 +182,7 @@ MEASUREMENTS = {
     "latency_fast": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
     "latency_fp32_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False, "compiled": True}, "tuned"),
     "latency_bf16_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True, "compiled": True}, "tuned"),
+    "latency_gradcam": (gradcam_latency_ms, {"name": "efficientnet_lite0"}, "tuned"),
     "sweep_baseline": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": False}, "default"),
     "sweep_fast": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": True}, "tuned"),
     "resnet50_train_fp32": (train_speed, {"name": "resnet50", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),

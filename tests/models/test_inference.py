@@ -44,3 +44,11 @@ def test_model_file_roundtrip(model, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="cannot read model file|not a cxrlab model file"):
         load_model(tmp_path / "bad.pt")
+
+
+def test_input_sanity_warnings(model):
+    runner = InferenceModel(model, "fp32")
+    good = (torch.rand(2, 3, 32, 32) - 0.5) / 0.5  # lite0's mean/std are 0.5
+    assert runner.check_input(good) is None
+    assert "outside the normalised range" in runner.check_input(torch.rand(2, 3, 32, 32) * 255)
+    assert "constant" in runner.check_input(torch.zeros(2, 3, 32, 32))

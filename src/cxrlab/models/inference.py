@@ -55,6 +55,7 @@ class InferenceModel:
             precision = "bf16" if self.device.type == "cuda" or cpu_supports_bf16() else "fp32"
         self.precision = precision
         self.class_names = model.class_names
+        self._checked = False
         self.compiled = compile
         self._forward = torch.compile(self.model) if compile else self.model
 
@@ -69,9 +70,32 @@ class InferenceModel:
 
         return inductor_config.patch(freezing=True, cpp_wrapper=True)
 
+    def check_input(self, x: torch.Tensor) -> str | None:
+        """A warning when ``x`` does not look normalised the way the model was trained, else ``None``.
+
+        The usual cause of "the same output for every image": inputs in [0, 255] or [0, 1]
+        instead of ``(v / 255 - mean) / std``, or blank images.
+        """
+        mean = torch.tensor(self.model.spec.mean).min().item()
+        std = torch.tensor(self.model.spec.std).min().item()
+        low, high = (0 - mean) / std, (1 - mean) / std  # the range a correctly normalised input spans
+        lo, hi = float(x.min()), float(x.max())
+        margin = 0.25 * (high - low)
+        if hi > high + margin or lo < low - margin:
+            return (f"input values span [{lo:.3g}, {hi:.3g}], outside the normalised range [{low:.3g}, {high:.3g}] "
+                    "the model was trained on: scale to [0, 1] and normalise with the model's mean/std")
+        if hi - lo < 0.02 * (high - low):
+            return "input is (nearly) constant: a blank image gives the same prediction for every input"
+        return None
+
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for a batch."""
+        """Class logits for a batch (logs a warning once if inputs look wrongly normalised)."""
+        if not self._checked:
+            self._checked = True
+            warning = self.check_input(x)
+            if warning:
+                log.warning("%s", warning)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with self._compile_settings(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                        enabled=self.precision == "bf16"):
