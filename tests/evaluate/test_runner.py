@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -16,7 +17,7 @@ from cxrlab.train import build_config, train
 @pytest.fixture(scope="module")
 def run_dir(phantoms, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = build_config({"data": str(phantoms), "out": str(out / "r"), "size": 32, "epochs": 2, "batch_size": 8,
+    config = build_config({"data": str(phantoms), "out": str(out / "r"), "size": 96, "epochs": 2, "batch_size": 8,
                            "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{out / 'mlflow.db'}"})
     return train(config).out
 
@@ -44,7 +45,14 @@ def test_evaluate_other_data_and_errors(run_dir, phantoms, tmp_path):
         evaluate_run(tmp_path / "nothing", tmp_path / "x")
 
 
-def test_cli(run_dir, tmp_path):
+def test_cli_adds_grad_cam_lung_evidence(run_dir, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path), "--n-boot", "20"])
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output and (tmp_path / "report.html").exists()
+    assert "accuracy" in result.output and "in-lung share" in result.output
+    evidence = pd.read_csv(tmp_path / "lung_evidence.csv")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(evidence) == saved["metrics"]["n"]  # every phantom has a lung mask
+    assert evidence["in_lung_share"].between(0, 1).all() and evidence["lung_area"].between(0.05, 0.8).all()
+    assert saved["lung_evidence"]["n"] == len(evidence)
+    report = (tmp_path / "report.md").read_text()
+    assert "Grad-CAM evidence inside the lungs" in report and "lung_evidence.png" in report

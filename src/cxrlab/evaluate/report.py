@@ -47,6 +47,8 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     tables.append(("Calibration", ["", "ECE"], [["as trained", _fmt(cal["ece"])]] + (
         [[f"temperature {cal['temperature']:.2f} (fitted on validation)", _fmt(cal["ece_calibrated"])]]
         if cal.get("temperature") else [])))
+    for extra in results.get("extra_tables", []):  # sections added by layers above (explanations)
+        tables.append((extra["title"], extra["header"], extra["rows"]))
     return tables
 
 

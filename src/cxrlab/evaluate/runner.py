@@ -144,8 +144,20 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     for i, name in enumerate(test.class_names):
         predictions[name] = test.probs[:, i]
     predictions["predicted"] = [test.class_names[i] for i in test.probs.argmax(1)]
+    predictions["mask"] = test.frame["mask"] if "mask" in test.frame.columns else ""
     predictions.to_csv(out / "predictions.csv", index=False)
+    results["figures"] = {name: str(path) for name, path in figures.items()}
+    write_report(results, out)
+    return results
+
+
+def write_report(results: dict, out: Path) -> None:
+    """(Re)write ``metrics.json``, ``report.md`` and ``report.html`` from a results dict.
+
+    Layers above ``evaluate`` (explanations) add ``extra_tables`` and ``figures`` to the
+    results and call this again.
+    """
+    figures = {name: Path(path) for name, path in results.get("figures", {}).items()}
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2, default=float) + "\n")
     atomic_write_text(out / "report.md", render_markdown(results, figures))
     atomic_write_text(out / "report.html", render_html(results, figures))
-    return results
