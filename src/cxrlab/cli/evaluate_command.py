@@ -26,6 +26,7 @@ def evaluate_command(
         results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
         if not no_gradcam:
             _add_lung_evidence(results, run, out)
+            _add_galleries(results, run, out)
         m, ci = results["metrics"], results["ci"]
         console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): accuracy "
                       f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC AUC "
@@ -74,3 +75,20 @@ def _add_lung_evidence(results: dict, run: Path, out: Path) -> None:
     write_report(results, Path(out))
     console.print(f"Grad-CAM in-lung share: median {summary['median']:.2f} over {summary['n']} images with masks; "
                   f"{len(summary['mostly_outside'])} mostly outside the lungs")
+
+
+def _add_galleries(results: dict, run: Path, out: Path) -> None:
+    """Per-class galleries of true/false positives and false negatives, added to the report."""
+    import pandas as pd
+
+    from cxrlab.evaluate.predictions import load_for_evaluation
+    from cxrlab.evaluate.runner import write_report
+    from cxrlab.explain import plot_gallery
+
+    predictions = pd.read_csv(Path(out) / "predictions.csv", keep_default_na=False)
+    model, preprocess, _ = load_for_evaluation(run)
+    for name in model.class_names:
+        path = plot_gallery(model, preprocess, predictions, name, Path(out) / f"gallery_{name.replace('/', '-')}.png")
+        if path is not None:
+            results.setdefault("figures", {})[f"{name}: true/false positives and false negatives"] = str(path)
+    write_report(results, Path(out))
