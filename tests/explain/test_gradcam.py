@@ -77,3 +77,19 @@ def test_overlay_and_letterbox_mapping():
     assert back.shape == (50, 100) and back.min() > 0.9
     rgb = overlay(np.full((50, 100), 128, np.uint8), back)
     assert rgb.shape == (50, 100, 3) and rgb.dtype == np.uint8
+
+
+def test_single_logit_head_explains_the_positive_class():
+    net = BrightnessNet()
+    net.fc = nn.Linear(1, 1)
+    with torch.no_grad():
+        net.fc.weight.fill_(1.0)
+        net.fc.bias.fill_(-0.05)
+    x = torch.zeros(1, 1, 16, 16)
+    x[0, 0, 4:8, 4:8] = 1.0
+    with GradCamExplainer(net) as cam:
+        maps, probs = cam.explain(x)
+    square = np.zeros((16, 16), bool)
+    square[4:8, 4:8] = True
+    assert probs.shape == (1, 1) and probs[0, 0] > 0.5 and in_mask_share(maps[0], square) > 0.95
+    assert all(p.requires_grad for p in net.parameters())  # flags restored after the block
