@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,19 @@ demo: install
 	$(BIN)/cxrlab doctor
 	$(BIN)/cxrlab demo --out runs/demo
 
-test: install
+test: install browser
 	$(BIN)/cxrlab doctor --require-java
 	$(BIN)/python -m pytest
+
+# Browser tests use the system's chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium not found: browser tests will be skipped (install it: sudo apt-get install -y chromium)"; \
+	  fi; }
 
 bench: install
 	$(BIN)/python bench/bench_prepare.py

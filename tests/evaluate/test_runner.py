@@ -11,15 +11,6 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 from cxrlab.core import ConfigError
 from cxrlab.evaluate.runner import evaluate_run
-from cxrlab.train import build_config, train
-
-
-@pytest.fixture(scope="module")
-def run_dir(phantoms, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    config = build_config({"data": str(phantoms), "out": str(out / "r"), "size": 96, "epochs": 2, "batch_size": 8,
-                           "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{out / 'mlflow.db'}"})
-    return train(config).out
 
 
 def test_report_has_every_part(run_dir, tmp_path):
