@@ -47,5 +47,6 @@ def test_cli_adds_grad_cam_lung_evidence(run_dir, tmp_path):
     assert saved["lung_evidence"]["n"] == len(evidence)
     report = (tmp_path / "report.md").read_text()
     assert "Grad-CAM evidence inside the lungs" in report and "lung_evidence.png" in report
+    assert "first_layer_filters.png" in report  # the stem is frozen (k=2): the figure states no change
     galleries = sorted(p.name for p in tmp_path.glob("gallery_*.png"))
     assert galleries and all(name in report for name in galleries)

@@ -93,3 +93,14 @@ def test_single_logit_head_explains_the_positive_class():
     square[4:8, 4:8] = True
     assert probs.shape == (1, 1) and probs[0, 0] > 0.5 and in_mask_share(maps[0], square) > 0.95
     assert all(p.requires_grad for p in net.parameters())  # flags restored after the block
+
+
+def test_first_layer_filter_figure_states_the_change(tmp_path):
+    from cxrlab.explain import first_conv, plot_first_layer_filters
+
+    before = create_classifier("resnet50", 3, pretrained="none", seed=0)
+    after = create_classifier("resnet50", 3, pretrained="none", seed=0)
+    with torch.no_grad():
+        first_conv(after).weight.add_(0.01)
+    path = plot_first_layer_filters(after, before, tmp_path / "f.png")
+    assert path.stat().st_size > 5_000 and first_conv(after) is after.backbone.conv1

@@ -27,6 +27,7 @@ def evaluate_command(
         if not no_gradcam:
             _add_lung_evidence(results, run, out)
             _add_galleries(results, run, out)
+            _add_filters(results, run, out)
         m, ci = results["metrics"], results["ci"]
         console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): accuracy "
                       f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC AUC "
@@ -91,4 +92,21 @@ def _add_galleries(results: dict, run: Path, out: Path) -> None:
         path = plot_gallery(model, preprocess, predictions, name, Path(out) / f"gallery_{name.replace('/', '-')}.png")
         if path is not None:
             results.setdefault("figures", {})[f"{name}: true/false positives and false negatives"] = str(path)
+    write_report(results, Path(out))
+
+
+def _add_filters(results: dict, run: Path, out: Path) -> None:
+    """First-layer filters of the fine-tuned model beside its pretrained starting point."""
+    from cxrlab.evaluate.predictions import load_for_evaluation
+    from cxrlab.evaluate.runner import write_report
+    from cxrlab.explain import plot_first_layer_filters
+    from cxrlab.models import WeightsUnavailableError, create_classifier
+
+    model, _, payload = load_for_evaluation(run)
+    try:  # the starting weights, when they can be had offline
+        reference = create_classifier(payload["backbone"], len(model.class_names))
+    except WeightsUnavailableError:
+        reference = None
+    path = plot_first_layer_filters(model, reference, Path(out) / "first_layer_filters.png")
+    results.setdefault("figures", {})["first-layer filters: fine-tuned vs pretrained"] = str(path)
     write_report(results, Path(out))
