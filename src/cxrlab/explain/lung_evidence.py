@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
-from cxrlab.data.images import read_image, read_mask  # noqa: E402
+from cxrlab.data.images import read_mask  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, in_mask_share  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
@@ -45,8 +45,11 @@ def lung_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
     with GradCamExplainer(model, method) as cam:
         for row in rows.itertuples():
             try:
-                x = pre(row.image).pixels
-                shape = read_image(row.image, max_pixels=preprocess.max_pixels, reduce_to=512).pixels.shape
+                processed = pre(row.image)
+                x = processed.pixels
+                # the share is computed at up to 512 px on the original geometry; no second decode
+                scale = min(1.0, 512 / max(processed.orig_height, processed.orig_width))
+                shape = (max(1, round(processed.orig_height * scale)), max(1, round(processed.orig_width * scale)))
                 mask = read_mask(row.mask, shape)
             except InvalidImageError as err:
                 log.warning("lung evidence: %s", err)

@@ -1,0 +1,79 @@
+"""Evaluation with explanations: composes the evaluate and explain layers (which never import
+each other) into the one report ``cxrlab evaluate`` writes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.evaluate.predictions import load_for_evaluation
+from cxrlab.evaluate.runner import evaluate_run, write_report
+from cxrlab.explain import (
+    lung_evidence,
+    plot_first_layer_filters,
+    plot_gallery,
+    plot_lung_evidence,
+    summarise_lung_evidence,
+)
+from cxrlab.models import WeightsUnavailableError, create_classifier
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_and_explain(run: str | Path, out: str | Path, *, data: str | Path | None = None,
+                         splits: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
+                         explanations: bool = True) -> dict:
+    """:func:`cxrlab.evaluate.runner.evaluate_run`, then :func:`add_explanations` (unless disabled)."""
+    results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
+    return add_explanations(results, Path(run), Path(out)) if explanations else results
+
+
+def add_explanations(results: dict, run: Path, out: Path) -> dict:
+    """Add the Grad-CAM sections to an evaluation: in-lung evidence, galleries, first-layer filters.
+
+    Returns:
+        ``results`` with ``lung_evidence``, ``extra_tables`` and more ``figures``; the report
+        files are rewritten once.
+    """
+    out = Path(out)
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    model, preprocess, payload = load_for_evaluation(run)
+    figures = results.setdefault("figures", {})
+    if (predictions["mask"] != "").any():
+        table = lung_evidence(model, preprocess, predictions)
+        table.to_csv(out / "lung_evidence.csv", index=False)
+        summary = summarise_lung_evidence(table)
+        results["lung_evidence"] = summary
+        if summary["n"]:
+            results["extra_tables"] = _lung_tables(summary)
+            figures["Grad-CAM evidence inside the lungs"] = str(plot_lung_evidence(table, out / "lung_evidence.png"))
+        else:
+            log.warning("Grad-CAM gave no evidence (all-zero maps) for the images with masks")
+    for name in model.class_names:
+        path = plot_gallery(model, preprocess, predictions, name, out / f"gallery_{name.replace('/', '-')}.png")
+        if path is not None:
+            figures[f"{name}: true/false positives and false negatives"] = str(path)
+    try:  # the starting weights, when they can be had offline
+        reference = create_classifier(payload["backbone"], len(model.class_names))
+    except WeightsUnavailableError:
+        reference = None
+    figures["first-layer filters: fine-tuned vs pretrained"] = str(
+        plot_first_layer_filters(model, reference, out / "first_layer_filters.png"))
+    write_report(results, out)
+    return results
+
+
+def _lung_tables(summary: dict) -> list[dict]:
+    rows = [[group, str(v["n"]), f"{v['median']:.2f}", str(v["below_half"])] for group, v in summary["groups"].items()]
+    return [
+        {"title": f"Grad-CAM evidence inside the lungs ({summary['n']} test images with lung masks; median share "
+                  f"{summary['median']:.2f}; the lungs cover a median {summary['median_lung_area']:.2f} of the image, "
+                  "which is what evenly spread evidence would score)",
+         "header": ["true class / prediction", "images", "median in-lung share", "mostly outside (< 0.5)"], "rows": rows},
+        {"title": "Images whose evidence lies mostly outside the lungs (text, markers, devices, borders?)",
+         "header": ["image", "true", "predicted", "in-lung share"],
+         "rows": [[Path(r["image"]).name, r["label"], r["predicted"], f"{r['in_lung_share']:.2f}"]
+                  for r in summary["mostly_outside"][:30]]},
+    ]
