@@ -93,3 +93,20 @@ def test_operating_points_on_validation():
         assert other["sensitivity"] + other["specificity"] <= j["sensitivity"] + j["specificity"] + 1e-9
     with pytest.raises(ConfigError):
         choose_operating_point(np.ones(5), scores[:5])
+
+
+def test_many_statistics_share_one_set_of_replicates():
+    from cxrlab.evaluate import bootstrap_cis
+
+    y, probs = _random(200, seed=4)
+    patients = np.arange(200) // 2
+    calls = []
+
+    def stats(rows):
+        calls.append(1)
+        return {"accuracy": float((probs[rows].argmax(1) == y[rows]).mean()), "n": float(len(rows))}
+
+    cis = bootstrap_cis(stats, patients, n_boot=100)
+    assert len(calls) == 101  # the point estimate plus one call per replicate, for every statistic at once
+    single = bootstrap_ci(lambda rows: float((probs[rows].argmax(1) == y[rows]).mean()), patients, n_boot=100)
+    assert cis["accuracy"] == single and cis["n"]["low"] == cis["n"]["high"] == 200

@@ -12,7 +12,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
-from cxrlab.evaluate.bootstrap import bootstrap_ci
+from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics
 from cxrlab.evaluate.operating_point import OperatingPoint, choose_operating_point
@@ -40,27 +40,19 @@ def _frames(run: Path, data: Path | None, splits: Path | None, scheme: str) -> t
     return test, frame[frame["split"] == "val"], f"test side of {split_file}"
 
 
-def _confidence_intervals(p: Predictions, n_boot: int, seed: int) -> dict:
-    groups = p.frame["patient_id"].to_numpy()
+def _confidence_intervals(p: Predictions, n_boot: int, seed: int, positive: str) -> dict:
+    """All CIs of the report from one set of patient-level bootstrap replicates."""
+    def statistics(rows: np.ndarray) -> dict[str, float | None]:
+        m = compute_metrics(p.y_true[rows], p.probs[rows], p.class_names)
+        values = {"accuracy": m["accuracy"], "macro_roc_auc": m["macro"]["roc_auc"]}
+        for name in p.class_names:
+            values.update({f"{name}|{k}": m["per_class"][name][k] for k in CI_KEYS})
+        return values
 
-    def stat(fn):
-        return bootstrap_ci(fn, groups, n_boot, seed)
-
-    metrics = lambda rows: compute_metrics(p.y_true[rows], p.probs[rows], p.class_names)  # noqa: E731
-    cache: dict[bytes, dict] = {}
-
-    def cached(rows):
-        key = rows.tobytes()
-        if key not in cache:
-            cache.clear()
-            cache[key] = metrics(rows)
-        return cache[key]
-
-    out = {"accuracy": stat(lambda r: cached(r)["accuracy"]),
-           "macro_roc_auc": stat(lambda r: cached(r)["macro"]["roc_auc"]), "per_class": {}}
-    for name in p.class_names:
-        out["per_class"][name] = {k: stat(lambda r, k=k, name=name: cached(r)["per_class"][name][k]) for k in CI_KEYS}
-    return out
+    cis = bootstrap_cis(statistics, p.frame["patient_id"].to_numpy(), n_boot, seed)
+    per_class = {name: {k: cis[f"{name}|{k}"] for k in CI_KEYS} for name in p.class_names}
+    return {"accuracy": cis["accuracy"], "macro_roc_auc": cis["macro_roc_auc"], "per_class": per_class,
+            "binary_roc_auc": per_class[positive]["roc_auc"]}
 
 
 def _per_source(p: Predictions) -> dict:
@@ -110,9 +102,9 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     per_source = _per_source(test)
     positive = "COVID-19"
     yb, pb = binary_view(test.y_true, test.probs, test.class_names, positive)
+    ci = _confidence_intervals(test, n_boot, seed, positive)
     binary = {"positive": positive, "roc_auc": metrics["per_class"][positive]["roc_auc"],
-              "roc_auc_ci": bootstrap_ci(lambda r: compute_metrics(test.y_true[r], test.probs[r], test.class_names)
-                                         ["per_class"][positive]["roc_auc"], test.frame["patient_id"].to_numpy(), n_boot, seed),
+              "roc_auc_ci": ci["binary_roc_auc"],  # one-vs-rest AUC of COVID-19 = the binary view's AUC
               "chosen_on": "validation" if val is not None else "test (no validation data: optimistic)",
               "operating_points": []}
     yv, pv = binary_view(val.y_true, val.probs, val.class_names, positive) if val is not None else (yb, pb)
@@ -132,7 +124,7 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         "model": {"file": str(run), "backbone": payload["backbone"], "fine_tune": payload["fine_tune"],
                   "class_names": list(model.class_names)},
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
-        "ci": _confidence_intervals(test, n_boot, seed), "n_boot": n_boot, "per_source": per_source,
+        "ci": ci, "n_boot": n_boot, "per_source": per_source,
         "binary": binary, "calibration": calibration, "skipped": test.skipped, "warnings": _warnings(test, per_source),
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
