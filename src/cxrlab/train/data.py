@@ -79,8 +79,8 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
 
 def class_weights(data: TrainData) -> list[float]:
     """Balanced weights ``n / (C * count)`` from the training side."""
-    counts = pd.Series([data.frame.set_index("image").loc[i, "label"] for i in data.train_images]).value_counts()
-    total = len(data.train_images)
+    counts = data.frame.loc[data.frame["split"] == "train", "label"].value_counts()
+    total = int(counts.sum())
     return [total / (len(data.class_names) * counts[c]) for c in data.class_names]
 
 
