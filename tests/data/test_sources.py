@@ -8,7 +8,7 @@ import pytest
 
 from cxrlab.core import ManifestError
 from cxrlab.data import LabelMapper, load_source, read_folder_tree, read_manifest, read_metadata_csv, write_manifest
-from tests.conftest import gradient, write_dicom
+from tests.conftest import gradient
 
 
 def test_folder_tree_labels_patients_and_unknown_classes(bad_tree):

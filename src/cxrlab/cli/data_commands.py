@@ -29,9 +29,7 @@ from cxrlab.data import (
 )
 from cxrlab.data.audit import DedupeMode
 from cxrlab.data.duplicates import DEFAULT_MAX_DISTANCE
-from cxrlab.data.classes import SchemeName
 from cxrlab.data.manifest import Manifest
-from cxrlab.data.splits import Balance, BalanceScope
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder tree, manifest, metadata CSV or splits.csv.")]
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Class scheme: 3class or binary.")]

@@ -20,7 +20,7 @@ from typing import Literal
 
 import pandas as pd
 
-from cxrlab.core.errors import ConfigError, ManifestError
+from cxrlab.core.errors import ConfigError
 from cxrlab.data.classes import LabelMapper
 from cxrlab.data.manifest import Manifest, SkippedItem, finalise_manifest, read_table, require_columns
 

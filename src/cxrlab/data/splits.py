@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Literal
 
 import numpy as np

@@ -14,14 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
 from cxrlab.data.images import read_image  # noqa: E402
 from cxrlab.explain.gradcam import GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, overlay  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
-from cxrlab.preprocess import PreprocessConfig, Preprocessor, to_model_input  # noqa: E402
+from cxrlab.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 
 log = logging.getLogger(__name__)
 KINDS = ("true positive", "false positive", "false negative")
@@ -62,10 +61,9 @@ def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions
                 except InvalidImageError as err:
                     log.warning("gallery: %s", err)
                     continue
-                tensor = torch.from_numpy(to_model_input(x, model.spec.mean, model.spec.std, model.spec.in_chans))[None]
-                maps, _ = cam.explain(tensor, target=names.index(row.predicted))
+                heatmap, _ = cam.explain_image(x, target=names.index(row.predicted))
                 image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
-                image_ax.imshow(overlay(original, cam_to_original(maps[0], original.shape, preprocess)))
+                image_ax.imshow(overlay(original, cam_to_original(heatmap, original.shape, preprocess)))
                 image_ax.set_xlabel(Path(row.image).name[:28], fontsize=6)
                 image_ax.text(2, 10, f"true {row.label}\npred {row.predicted}", fontsize=6, color="white",
                               va="top", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})

@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, C
 from torch import nn
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.preprocess.transforms import to_model_input
 
 CamMethod = Literal["gradcam", "gradcam++"]
 _METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}
@@ -88,6 +89,17 @@ class GradCamExplainer:
             p.requires_grad_(flag)
             p.grad = None
         self.model.train(self._was_training)
+
+    def explain_image(self, pixels: np.ndarray, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`explain` for one preprocessed ``(H, W) uint8`` image, normalised as the model expects.
+
+        Returns:
+            ``(map (H, W) float32 in [0, 1], probabilities (num_classes,))``.
+        """
+        spec = self.model.spec
+        x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans))[None]
+        maps, probs = self.explain(x, target)
+        return maps[0], probs[0]
 
     def explain(self, x: torch.Tensor, target: int | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Maps and probabilities for a batch.

@@ -12,7 +12,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
 from cxrlab.core.io import atomic_write_text  # noqa: E402
@@ -20,7 +19,7 @@ from cxrlab.data.images import read_image  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, overlay  # noqa: E402
 from cxrlab.models import load_model  # noqa: E402
-from cxrlab.preprocess import Preprocessor, to_model_input  # noqa: E402
+from cxrlab.preprocess import Preprocessor  # noqa: E402
 
 log = logging.getLogger(__name__)
 MAX_OVERLAY_SIDE = 1024
@@ -70,15 +69,14 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
                 log.warning("%s", err)
                 records.append({"image": str(image), "error": err.reason})
                 continue
-            x = torch.from_numpy(to_model_input(processed.pixels, model.spec.mean, model.spec.std, model.spec.in_chans))
-            maps, probs = cam.explain(x[None])
-            probabilities = {c: float(p) for c, p in zip(model.class_names, probs[0])}
+            heatmap, probs = cam.explain_image(processed.pixels)
+            probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
             predicted = max(probabilities, key=probabilities.get)
             if max(original.shape) > MAX_OVERLAY_SIDE:
                 scale = MAX_OVERLAY_SIDE / max(original.shape)
                 original = cv2.resize(original, (round(original.shape[1] * scale), round(original.shape[0] * scale)),
                                       interpolation=cv2.INTER_AREA)
-            blended = overlay(original, cam_to_original(maps[0], original.shape, preprocess))
+            blended = overlay(original, cam_to_original(heatmap, original.shape, preprocess))
             target = out / f"{image.stem}_gradcam.png"
             _figure(original, blended, probabilities, f"{method}: evidence for {predicted}", target)
             records.append({"image": str(image), "probabilities": probabilities, "predicted": predicted,

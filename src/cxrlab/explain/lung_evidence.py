@@ -10,14 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
 from cxrlab.data.images import read_mask  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, in_mask_share  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
-from cxrlab.preprocess import PreprocessConfig, Preprocessor, to_model_input  # noqa: E402
+from cxrlab.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
 
 log = logging.getLogger(__name__)
 OUTSIDE_THRESHOLD = 0.5  # below this share, most of the evidence lies outside the lungs
@@ -54,9 +53,8 @@ def lung_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
             except InvalidImageError as err:
                 log.warning("lung evidence: %s", err)
                 continue
-            tensor = torch.from_numpy(to_model_input(x, model.spec.mean, model.spec.std, model.spec.in_chans))[None]
-            maps, _ = cam.explain(tensor, target=index[row.predicted])
-            share = in_mask_share(cam_to_original(maps[0], shape, preprocess), mask)
+            heatmap, _ = cam.explain_image(x, target=index[row.predicted])
+            share = in_mask_share(cam_to_original(heatmap, shape, preprocess), mask)
             out.append({"image": row.image, "label": row.label, "predicted": row.predicted,
                         "correct": row.label == row.predicted,
                         "in_lung_share": float("nan") if share is None else share,  # None: an all-zero map

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -84,7 +83,3 @@ class ClassifierHead(nn.Module):
         pooled = features.mean(dim=(2, 3)) if features.ndim == 4 else features
         return self.fc(self.mlp(pooled))
 
-
-def head_from(hidden: Sequence[int], dropout: Sequence[float], activation: Activation = "elu") -> HeadSpec:
-    """Build a custom :class:`HeadSpec` (validated)."""
-    return HeadSpec(tuple(hidden), tuple(dropout), activation)
