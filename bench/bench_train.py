@@ -111,14 +111,15 @@ def latency_ms(name: str, channels_last: bool, bf16: bool, compiled: bool = Fals
     return statistics.median(times)
 
 
-def gradcam_latency_ms(name: str, repeats: int = 20) -> float:
-    """Median latency of predict + Grad-CAM for one image (eager fp32, channels-last)."""
+def gradcam_latency_ms(name: str, repeats: int = 20, compiled: bool = False) -> float:
+    """Median latency of predict + Grad-CAM for one image (fp32, channels-last; eager, or with the
+    blocks before the target layer compiled)."""
     from cxrlab.explain import GradCamExplainer
 
     model = _model(name, "all", True).eval()
     x = _batch(1, True)
     times = []
-    with GradCamExplainer(model) as cam:
+    with GradCamExplainer(model, compile=compiled) as cam:
         for _ in range(3):
             cam.explain(x)
         for _ in range(repeats):
@@ -183,6 +184,7 @@ MEASUREMENTS = {
     "latency_fp32_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False, "compiled": True}, "tuned"),
     "latency_bf16_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True, "compiled": True}, "tuned"),
     "latency_gradcam": (gradcam_latency_ms, {"name": "efficientnet_lite0"}, "tuned"),
+    "latency_gradcam_compiled": (gradcam_latency_ms, {"name": "efficientnet_lite0", "compiled": True}, "tuned"),
     "sweep_baseline": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": False}, "default"),
     "sweep_fast": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": True}, "tuned"),
     "resnet50_train_fp32": (train_speed, {"name": "resnet50", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),

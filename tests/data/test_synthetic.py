@@ -37,3 +37,18 @@ def test_phantom_classes_lesions_and_patients(phantoms):
 def test_bad_arguments():
     with pytest.raises(ConfigError, match="n_patients"):
         generate_phantoms("/tmp/never", n_patients=2)
+
+
+def test_counterfactual_without_the_lesion_changes_only_the_lesion():
+    import numpy as np
+
+    from cxrlab.data.synthetic import random_anatomy, render_phantom
+
+    anatomy = random_anatomy(np.random.default_rng(5))
+    with_it, lungs, lesion = render_phantom(128, "Pneumonia", anatomy, np.random.default_rng(6))
+    without, lungs0, lesion0 = render_phantom(128, "Pneumonia", anatomy, np.random.default_rng(6), with_lesion=False)
+    assert (lungs == lungs0).all() and (lesion == lesion0).all() and lesion.any()
+    near = cv2.dilate(lesion, np.ones((15, 15), np.uint8)) > 0  # the opacity's blurred rim
+    difference = with_it.astype(int) - without.astype(int)
+    assert (difference[~near] == 0).all()
+    assert difference[lesion > 0].mean() > 40  # a dense opacity: clearly brighter

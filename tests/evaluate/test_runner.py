@@ -47,6 +47,12 @@ def test_cli_adds_grad_cam_lung_evidence(run_dir, tmp_path):
     assert saved["lung_evidence"]["n"] == len(evidence)
     report = (tmp_path / "report.md").read_text()
     assert "Grad-CAM evidence inside the lungs" in report and "lung_evidence.png" in report
+    lesions = pd.read_csv(tmp_path / "lesion_evidence.csv")  # the pointing game on the phantoms' planted lesions
+    games = saved["lesion_evidence"]  # the report's maps, and LayerCAM on the finer grid for contrast
+    assert [(g["method"], g["layer"]) for g in games] == [("gradcam", "last"), ("layercam", "fine")]
+    assert len(lesions) == 2 * games[0]["n"] > 0 and set(lesions["label"]) <= {"COVID-19", "Pneumonia"}
+    assert lesions["peak_distance"].ge(0).all() and (lesions["hit"] == (lesions["peak_distance"] <= 15 / 224)).all()
+    assert "Does the heatmap fall on the finding?" in report
     assert "first_layer_filters.png" in report  # the stem is frozen (k=2): the figure states no change
     galleries = sorted(p.name for p in tmp_path.glob("gallery_*.png"))
     assert galleries and all(name in report for name in galleries)

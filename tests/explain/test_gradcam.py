@@ -104,3 +104,48 @@ def test_first_layer_filter_figure_states_the_change(tmp_path):
         first_conv(after).weight.add_(0.01)
     path = plot_first_layer_filters(after, before, tmp_path / "f.png")
     assert path.stat().st_size > 5_000 and first_conv(after) is after.backbone.conv1
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_fine_layer_has_a_finer_grid_and_is_not_registered(name):
+    model = create_classifier(name, 3, pretrained="none", fine_tune=0, seed=0)
+    keys = list(model.state_dict())
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, level=level: sizes.__setitem__(level, out.shape[-1]))
+             for level, m in (("last", model.cam_layer()), ("fine", model.cam_layer("fine")))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, model.spec.in_chans, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    assert sizes["fine"] > sizes["last"]
+    assert list(model.state_dict()) == keys  # the cached choice is not a submodule
+
+
+@pytest.mark.parametrize("method", ["hirescam", "layercam"])
+def test_other_methods_at_the_fine_layer(method):
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=2, seed=0).eval()
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with GradCamExplainer(model, method, layer="fine") as cam:
+        maps, probs = cam.explain(x, target=1)
+    assert maps.shape == (1, 128, 128) and maps.max() > 0 and np.allclose(probs.sum(), 1, atol=1e-5)
+    with pytest.raises(ConfigError, match="'last' or 'fine'"):
+        model.cam_layer("middle")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_compiled_prefix_gives_the_same_maps():
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=2, seed=0).eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with GradCamExplainer(model, "hirescam", "fine") as cam:
+        eager, eager_probs = cam.explain(x, target=0)
+    explainer = GradCamExplainer(model, "hirescam", "fine", compile=True)
+    with explainer as cam:
+        compiled, probs = cam.explain(x, target=0)
+    assert np.allclose(probs, eager_probs, atol=1e-4) and np.abs(compiled - eager).max() < 0.01
+    assert not explainer._split.anchor._forward_hooks and all(p.grad is None for p in model.parameters())
+
+
+def test_compiled_prefix_needs_a_block_end():
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=2, seed=0)
+    with pytest.raises(ConfigError, match="end of a block"):
+        GradCamExplainer(model, layer="backbone.blocks.4.0", compile=True)

@@ -7,7 +7,7 @@ import typer
 from cxrlab.cli.data_commands import audit, manifest, split, synth
 from cxrlab.cli.demo import demo
 from cxrlab.cli.doctor import doctor
-from cxrlab.cli.evaluate_command import evaluate_command
+from cxrlab.cli.evaluate_command import compare_command, evaluate_command
 from cxrlab.cli.explain_command import explain_command
 from cxrlab.cli.prepare_command import prepare_command
 from cxrlab.cli.train_commands import backbones, train_command
@@ -32,6 +32,7 @@ app.command("train")(train_command)
 app.command("backbones")(backbones)
 app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
+app.command("compare")(compare_command)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

@@ -18,13 +18,15 @@ def evaluate_command(
     n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% CIs.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     no_gradcam: Annotated[bool, typer.Option("--no-gradcam", help="Skip the Grad-CAM sections (in-lung evidence, galleries, filters).")] = False,
+    cam_method: Annotated[str, typer.Option(help="Map of the explanation sections: gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
+    cam_layer: Annotated[Optional[str], typer.Option(help="last (default), fine (a finer grid) or a module name.")] = None,
 ) -> None:
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures."""
     from cxrlab.study.evaluation import evaluate_and_explain
 
     with handle_errors():
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,
-                                       explanations=not no_gradcam)
+                                       explanations=not no_gradcam, method=cam_method, layer=cam_layer)  # type: ignore[arg-type]
         m, ci = results["metrics"], results["ci"]
         console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): accuracy "
                       f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC AUC "
@@ -35,8 +37,32 @@ def evaluate_command(
             lung = results["lung_evidence"]
             console.print(f"Grad-CAM in-lung share: median {lung['median']:.2f} over {lung['n']} images with masks "
                           f"(lungs cover {lung['median_lung_area']:.2f}); {len(lung['mostly_outside'])} mostly outside")
+        for game in results.get("lesion_evidence", []):
+            if game.get("n"):
+                console.print(f"pointing game ({game['method']} @ {game['layer']}): the map's peak on the lesion in "
+                              f"{game['hit_rate']:.0%} of {game['n']} images with lesion masks")
         for warning in results["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}")
         console.print(f"wrote {Path(out) / 'report.html'}, {Path(out) / 'report.md'} and {Path(out) / 'metrics.json'}")
 
 
+
+
+def compare_command(
+    eval_a: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model A.")],
+    eval_b: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model B, on the same images.")],
+    out: Annotated[Path, typer.Option(help="Output folder for comparison.md and comparison.json.")],
+) -> None:
+    """Are two models really different? DeLong test per class AUC and McNemar test for accuracy."""
+    from cxrlab.evaluate.compare import compare_evaluations
+
+    with handle_errors():
+        result = compare_evaluations(eval_a, eval_b, out)
+        acc = result["accuracy"]
+        console.print(f"{result['n']} paired images. Accuracy A {acc['a']:.3f} vs B {acc['b']:.3f}: McNemar p = "
+                      f"{acc['p_value']:.3g}{'' if acc['significant'] else ' (within noise)'}")
+        for name, t in result["per_class"].items():
+            console.print(f"  {name:10s} AUC {t['auc_a']:.3f} vs {t['auc_b']:.3f}, A − B {t['difference']:+.3f} "
+                          f"({t['low']:+.3f} to {t['high']:+.3f}), DeLong p = {t['p_value']:.3g}"
+                          f"{'' if t['significant'] else ' (within noise)'}")
+        console.print(f"wrote {Path(out) / 'comparison.md'} and {Path(out) / 'comparison.json'}")

@@ -14,8 +14,9 @@ def explain_command(
     run: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...).")],
     out: Annotated[Path, typer.Option(help="Output folder for overlays and explanations.json.")],
-    method: Annotated[str, typer.Option(help="gradcam or gradcam++.")] = "gradcam",
-    layer: Annotated[Optional[str], typer.Option(help="Module to explain (default: the backbone's last block).")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
+    layer: Annotated[Optional[str], typer.Option(help="last (default: the backbone's last block), fine (the last block "
+                                                      "with a finer grid) or a module name.")] = None,
 ) -> None:
     """Per-class probabilities and a Grad-CAM heatmap on each image (research use only)."""
     from cxrlab.evaluate.predictions import resolve_model_path

@@ -20,7 +20,7 @@ from cxrlab.data.classes import LabelMapper
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "label", "patient_id", "source", "view")
-PATH_COLUMNS = ("image", "mask")
+PATH_COLUMNS = ("image", "mask", "lesion")  # lesion: a mask of the finding (phantoms)
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 

@@ -42,7 +42,8 @@ class _Anatomy:
     body_h: float
 
 
-def _anatomy(rng: np.random.Generator) -> _Anatomy:
+def random_anatomy(rng: np.random.Generator) -> _Anatomy:
+    """One fake patient's fixed anatomy (lung, heart and body geometry)."""
     return _Anatomy(cx=rng.uniform(0.45, 0.55), cy=rng.uniform(0.46, 0.56), lung_w=rng.uniform(0.11, 0.14),
                     lung_h=rng.uniform(0.27, 0.32), gap=rng.uniform(0.14, 0.17), heart=rng.uniform(0.09, 0.13),
                     tilt=rng.uniform(-6, 6), body_w=rng.uniform(0.36, 0.47), body_h=rng.uniform(0.42, 0.52))
@@ -79,8 +80,12 @@ def _lesion(size: int, label: str, lungs: np.ndarray, a: _Anatomy, rng: np.rando
 
 
 def render_phantom(size: int, label: str, anatomy: _Anatomy, rng: np.random.Generator,
-                   source: str = SOURCES[0]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   source: str = SOURCES[0], with_lesion: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one phantom.
+
+    ``with_lesion=False`` draws the same phantom (same random draws) without its opacity, the
+    lesion mask still marking where it would be: the counterfactual that shows whether a model
+    relies on the finding itself.
 
     Returns:
         ``(image, lung_mask, lesion_mask)``, each ``(size, size) uint8``; masks are 0/255.
@@ -102,7 +107,8 @@ def render_phantom(size: int, label: str, anatomy: _Anatomy, rng: np.random.Gene
                         0 if side > 0 else 90, 90 if side > 0 else 180, 0.22, max(1, size // 100))
     img += ribs * (lungs > 0)
     lesion = _lesion(size, label, lungs, anatomy, rng)
-    img += lesion
+    if with_lesion:
+        img += lesion
     img = cv2.GaussianBlur(img, (0, 0), size / 200)
     shift = rng.uniform(-0.05, 0.05, size=2) * size
     angle = rng.uniform(-6, 6)
@@ -162,7 +168,7 @@ def generate_phantoms(out_dir: str | Path, n_patients: int = 60, size: int = 256
     for p in range(n_patients):
         label = PHANTOM_CLASSES[p % 3]
         source = SOURCES[(p // 3) % 2]
-        anatomy = _anatomy(rng)
+        anatomy = random_anatomy(rng)
         for k in range(int(rng.integers(1, max_images_per_patient + 1))):
             image, lungs, lesion = render_phantom(size, label, anatomy, rng, source)
             stem = f"{source}-p{p:04d}-{k}"
@@ -171,5 +177,5 @@ def generate_phantoms(out_dir: str | Path, n_patients: int = 60, size: int = 256
             rows.append({"image": str(out / "images" / f"{stem}.png"), "label": label,
                          "patient_id": f"{source}:p{p:04d}", "source": source, "view": "PA",
                          "mask": str(out / "masks" / f"{stem}.png"),
-                         "lesion": f"lesions/{stem}.png"})
+                         "lesion": str(out / "lesions" / f"{stem}.png")})
     return write_table(pd.DataFrame(rows), out / "manifest.csv")

@@ -136,7 +136,8 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     for i, name in enumerate(test.class_names):
         predictions[name] = test.probs[:, i]
     predictions["predicted"] = [test.class_names[i] for i in test.probs.argmax(1)]
-    predictions["mask"] = test.frame["mask"] if "mask" in test.frame.columns else ""
+    for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
+        predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
     predictions.to_csv(out / "predictions.csv", index=False)
     results["figures"] = {name: str(path) for name, path in figures.items()}
     write_report(results, out)

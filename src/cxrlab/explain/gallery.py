@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
 from cxrlab.data.images import read_image  # noqa: E402
-from cxrlab.explain.gradcam import GradCamExplainer  # noqa: E402
+from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, overlay  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
 from cxrlab.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
@@ -36,7 +36,7 @@ def select_examples(predictions: pd.DataFrame, class_name: str, per_kind: int = 
 
 
 def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions: pd.DataFrame, class_name: str,
-                 path: Path, per_kind: int = 3) -> Path | None:
+                 path: Path, per_kind: int = 3, method: CamMethod = "gradcam", layer: str | None = None) -> Path | None:
     """One figure for ``class_name``: a row per kind, each tile the heatmap and the class confidences.
 
     Returns:
@@ -51,7 +51,7 @@ def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions
                              gridspec_kw={"width_ratios": [3, 1.4] * per_kind}, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    with GradCamExplainer(model) as cam:
+    with GradCamExplainer(model, method, layer) as cam:
         for r, kind in enumerate(KINDS):
             axes[r, 0].set_title(f"{kind}s", loc="left", fontsize=10, fontweight="bold")
             for c, row in enumerate(examples[kind].itertuples()):

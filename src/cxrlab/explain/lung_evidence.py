@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import matplotlib
@@ -11,19 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxrlab.core.errors import InvalidImageError  # noqa: E402
-from cxrlab.data.images import read_mask  # noqa: E402
-from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
-from cxrlab.explain.overlay import cam_to_original, in_mask_share  # noqa: E402
+from cxrlab.explain.gradcam import CamMethod  # noqa: E402
+from cxrlab.explain.masked_maps import maps_with_masks, rows_with  # noqa: E402
+from cxrlab.explain.overlay import in_mask_share  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
-from cxrlab.preprocess import PreprocessConfig, Preprocessor  # noqa: E402
+from cxrlab.preprocess import PreprocessConfig  # noqa: E402
 
-log = logging.getLogger(__name__)
 OUTSIDE_THRESHOLD = 0.5  # below this share, most of the evidence lies outside the lungs
 
 
 def lung_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.DataFrame,
-                  method: CamMethod = "gradcam") -> pd.DataFrame:
+                  method: CamMethod = "gradcam", layer: str | None = None) -> pd.DataFrame:
     """Share of Grad-CAM mass inside the lung mask for every row of ``frame`` that has a mask.
 
     Args:
@@ -31,34 +28,22 @@ def lung_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
         preprocess: Its preprocessing.
         frame: Rows with ``image``, ``mask``, ``label`` and ``predicted``.
         method: CAM method.
+        layer: Target layer (``last``, ``fine`` or a module name; default: the model's).
 
     Returns:
         ``image, label, predicted, correct, in_lung_share, lung_area`` per image with a readable
         mask (explaining the predicted class); ``lung_area`` is the share of the image the lungs
         cover, i.e. what a heatmap spread evenly over the image would score.
     """
-    rows = frame[frame.get("mask", pd.Series("", index=frame.index)).fillna("") != ""]
-    pre = Preprocessor(preprocess)
-    out = []
     index = {c: i for i, c in enumerate(model.class_names)}
-    with GradCamExplainer(model, method) as cam:
-        for row in rows.itertuples():
-            try:
-                processed = pre(row.image)
-                x = processed.pixels
-                # the share is computed at up to 512 px on the original geometry; no second decode
-                scale = min(1.0, 512 / max(processed.orig_height, processed.orig_width))
-                shape = (max(1, round(processed.orig_height * scale)), max(1, round(processed.orig_width * scale)))
-                mask = read_mask(row.mask, shape)
-            except InvalidImageError as err:
-                log.warning("lung evidence: %s", err)
-                continue
-            heatmap, _ = cam.explain_image(x, target=index[row.predicted])
-            share = in_mask_share(cam_to_original(heatmap, shape, preprocess), mask)
-            out.append({"image": row.image, "label": row.label, "predicted": row.predicted,
-                        "correct": row.label == row.predicted,
-                        "in_lung_share": float("nan") if share is None else share,  # None: an all-zero map
-                        "lung_area": float(mask.mean())})
+    out = []
+    for row, heatmap, mask in maps_with_masks(model, preprocess, rows_with(frame, "mask"), "mask",
+                                              lambda row: index[row.predicted], method, layer):
+        share = in_mask_share(heatmap, mask)
+        out.append({"image": row.image, "label": row.label, "predicted": row.predicted,
+                    "correct": row.label == row.predicted,
+                    "in_lung_share": float("nan") if share is None else share,  # None: an all-zero map
+                    "lung_area": float(mask.mean())})
     return pd.DataFrame(out, columns=["image", "label", "predicted", "correct", "in_lung_share", "lung_area"])
 
 

@@ -114,9 +114,48 @@ class CxrClassifier(nn.Module):
         """Logits from cached activations entering block ``start`` (frozen-prefix caching)."""
         return self.head(self.forward_blocks(activations, start))
 
-    def cam_layer(self) -> nn.Module:
-        """The module whose output Grad-CAM uses by default: the last block's last module."""
-        return self._groups[-1][-1]
+    def cam_layer(self, level: Literal["last", "fine"] = "last") -> nn.Module:
+        """The module whose output a class-activation map uses.
+
+        ``last``: the last block's last module (the usual Grad-CAM choice). ``fine``: the last
+        block whose output grid is finer than the last block's (stride 16 instead of 32 for most
+        backbones: 14×14 instead of 7×7 at 224 px), found by one forward pass at the native size.
+        """
+        if level == "last":
+            return self._groups[-1][-1]
+        if level != "fine":
+            raise ConfigError(f"cam layer level: choose 'last' or 'fine', got {level!r}")
+        if getattr(self, "_fine_group", None) is None:  # an int: a module attribute would be registered
+            self._fine_group = self._find_fine_group()
+        return self._groups[self._fine_group][-1]
+
+    def _find_fine_group(self) -> int:
+        sizes: dict[int, int] = {}
+
+        def record(i: int):
+            def hook(module, args, output) -> None:
+                if isinstance(output, torch.Tensor) and output.dim() == 4:
+                    sizes.setdefault(i, output.shape[-1])
+            return hook
+
+        hooks = [group[-1].register_forward_hook(record(i)) for i, group in enumerate(self._groups)]
+        was_training = self.training
+        try:
+            self.eval()
+            side = self.spec.input_size
+            with torch.no_grad():
+                self(torch.zeros(1, self.spec.in_chans, side, side, device=next(self.parameters()).device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        last = sizes.get(self.num_blocks - 1)
+        finer = [i for i, size in sizes.items() if last is not None and size > last]
+        return max(finer) if finer else self.num_blocks - 1
+
+    def block_ending_with(self, module: nn.Module) -> int | None:
+        """Index of the block whose last module is ``module`` (``None``: no block ends with it)."""
+        return next((i for i, group in enumerate(self._groups) if group[-1] is module), None)
 
     def count_parameters(self, trainable_only: bool = False) -> int:
         """Number of (trainable) parameters."""

@@ -11,10 +11,13 @@ import pandas as pd
 from cxrlab.evaluate.predictions import load_for_evaluation
 from cxrlab.evaluate.runner import evaluate_run, write_report
 from cxrlab.explain import (
+    CamMethod,
+    lesion_evidence,
     lung_evidence,
     plot_first_layer_filters,
     plot_gallery,
     plot_lung_evidence,
+    summarise_lesion_evidence,
     summarise_lung_evidence,
 )
 from cxrlab.models import WeightsUnavailableError, create_classifier
@@ -24,17 +27,18 @@ log = logging.getLogger(__name__)
 
 def evaluate_and_explain(run: str | Path, out: str | Path, *, data: str | Path | None = None,
                          splits: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-                         explanations: bool = True) -> dict:
+                         explanations: bool = True, method: CamMethod = "gradcam", layer: str | None = None) -> dict:
     """:func:`cxrlab.evaluate.runner.evaluate_run`, then :func:`add_explanations` (unless disabled)."""
     results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
-    return add_explanations(results, Path(run), Path(out)) if explanations else results
+    return add_explanations(results, Path(run), Path(out), method, layer) if explanations else results
 
 
-def add_explanations(results: dict, run: Path, out: Path) -> dict:
-    """Add the Grad-CAM sections to an evaluation: in-lung evidence, galleries, first-layer filters.
+def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "gradcam", layer: str | None = None) -> dict:
+    """Add the Grad-CAM sections to an evaluation: in-lung evidence, the pointing game on lesion
+    masks, galleries, first-layer filters.
 
     Returns:
-        ``results`` with ``lung_evidence``, ``extra_tables`` and more ``figures``; the report
+        ``results`` with ``lung_evidence``, ``lesion_evidence`` (images with lesion masks), ``extra_tables`` and more ``figures``; the report
         files are rewritten once.
     """
     out = Path(out)
@@ -42,7 +46,7 @@ def add_explanations(results: dict, run: Path, out: Path) -> dict:
     model, preprocess, payload = load_for_evaluation(run)
     figures = results.setdefault("figures", {})
     if (predictions["mask"] != "").any():
-        table = lung_evidence(model, preprocess, predictions)
+        table = lung_evidence(model, preprocess, predictions, method, layer)
         table.to_csv(out / "lung_evidence.csv", index=False)
         summary = summarise_lung_evidence(table)
         results["lung_evidence"] = summary
@@ -51,8 +55,13 @@ def add_explanations(results: dict, run: Path, out: Path) -> dict:
             figures["Grad-CAM evidence inside the lungs"] = str(plot_lung_evidence(table, out / "lung_evidence.png"))
         else:
             log.warning("Grad-CAM gave no evidence (all-zero maps) for the images with masks")
+    if "lesion" in predictions.columns and (predictions["lesion"] != "").any():
+        results["lesion_evidence"] = _pointing_game(model, preprocess, predictions, out, method, layer)
+        if results["lesion_evidence"][0]["n"]:
+            results.setdefault("extra_tables", []).append(_lesion_table(results["lesion_evidence"]))
     for name in model.class_names:
-        path = plot_gallery(model, preprocess, predictions, name, out / f"gallery_{name.replace('/', '-')}.png")
+        path = plot_gallery(model, preprocess, predictions, name, out / f"gallery_{name.replace('/', '-')}.png",
+                            method=method, layer=layer)
         if path is not None:
             figures[f"{name}: true/false positives and false negatives"] = str(path)
     try:  # the starting weights, when they can be had offline
@@ -77,3 +86,30 @@ def _lung_tables(summary: dict) -> list[dict]:
          "rows": [[Path(r["image"]).name, r["label"], r["predicted"], f"{r['in_lung_share']:.2f}"]
                   for r in summary["mostly_outside"][:30]]},
     ]
+
+
+def _pointing_game(model, preprocess, predictions: pd.DataFrame, out: Path, method: CamMethod,
+                   layer: str | None) -> list[dict]:
+    """The pointing game with the report's maps and, for contrast, with LayerCAM on the finer grid
+    (which localised the phantoms' opacities far better than Grad-CAM on the last block)."""
+    settings = [(method, layer or "last")]
+    if settings[0] != ("layercam", "fine"):
+        settings.append(("layercam", "fine"))
+    summaries, frames = [], []
+    for cam_method, cam_layer in settings:
+        table = lesion_evidence(model, preprocess, predictions, cam_method, cam_layer)
+        frames.append(table.assign(method=cam_method, layer=cam_layer))
+        summaries.append({**summarise_lesion_evidence(table), "method": cam_method, "layer": cam_layer})
+    pd.concat(frames).to_csv(out / "lesion_evidence.csv", index=False)
+    return summaries
+
+
+def _lesion_table(summaries: list[dict]) -> dict:
+    rows = [[f"{s['method']} @ {s['layer']}", label, str(v["n"]), f"{v['hit_rate']:.2f}", f"{v['median_lesion_share']:.3f}",
+             f"{v['median_lesion_area']:.3f}"] for s in summaries for label, v in s["per_class"].items()]
+    return {"title": f"Does the heatmap fall on the finding? Pointing game on {summaries[0]['n']} test images with lesion "
+                     f"masks: a hit is a map peak within {summaries[0]['tolerance']:.3f} of the image side of the "
+                     "lesion. A low hit rate with high accuracy means the map does not show where the model looks, "
+                     "or the model looks elsewhere.",
+            "header": ["map", "true class", "images", "hit rate", "median share of the map on the lesion",
+                       "median lesion area (share of image)"], "rows": rows}

@@ -1,0 +1,76 @@
+"""Paired model comparison: DeLong per class, McNemar on accuracy, refusal of unpaired data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.core import ConfigError
+from cxrlab.evaluate import delong_test
+from cxrlab.evaluate.compare import compare_predictions, mcnemar
+
+CLASSES = ("COVID-19", "Pneumonia", "Normal")
+
+
+def _table(rng: np.random.Generator, labels: np.ndarray, skill: float) -> pd.DataFrame:
+    logits = rng.normal(0, 1, (len(labels), 3))
+    logits[np.arange(len(labels)), [CLASSES.index(v) for v in labels]] += skill
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    frame = pd.DataFrame(probs, columns=list(CLASSES))
+    frame.insert(0, "image", [f"img{i}.png" for i in range(len(labels))])
+    frame.insert(1, "patient_id", [f"p{i // 2}" for i in range(len(labels))])
+    frame.insert(2, "label", labels)
+    frame["predicted"] = [CLASSES[i] for i in probs.argmax(1)]
+    return frame
+
+
+def test_mcnemar_matches_the_binomial_definition():
+    a = np.array([True] * 10 + [False] * 3 + [True] * 5)
+    b = np.array([False] * 10 + [True] * 3 + [True] * 5)
+    result = mcnemar(a, b)
+    assert (result["a_only"], result["b_only"]) == (10, 3)
+    assert result["p_value"] == pytest.approx(stats.binomtest(10, 13, 0.5).pvalue)
+    assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_compare_finds_a_real_difference_and_not_a_fake_one():
+    rng = np.random.default_rng(0)
+    labels = np.array(CLASSES * 100)
+    strong, weak, twin = _table(rng, labels, 3.0), _table(rng, labels, 0.5), _table(rng, labels, 3.0)
+    result = compare_predictions(strong, weak.sample(frac=1, random_state=1), CLASSES)  # row order must not matter
+    assert result["n"] == 300 and result["accuracy"]["significant"] and result["accuracy"]["a"] > result["accuracy"]["b"]
+    reference = delong_test((labels == "COVID-19").astype(int), strong["COVID-19"].to_numpy(), weak["COVID-19"].to_numpy())
+    assert result["per_class"]["COVID-19"]["difference"] == pytest.approx(reference["difference"])
+    assert all(v["significant"] and v["difference"] > 0 for v in result["per_class"].values())
+    same = compare_predictions(strong, twin, CLASSES)  # equally good models: noise only
+    assert not any(v["significant"] for v in same["per_class"].values())
+
+
+def test_compare_refuses_unpaired_tables():
+    rng = np.random.default_rng(0)
+    labels = np.array(CLASSES * 10)
+    a = _table(rng, labels, 2.0)
+    with pytest.raises(ConfigError, match="different images"):
+        compare_predictions(a, a.iloc[:-1], CLASSES)
+    relabelled = a.assign(label=np.roll(labels, 1))
+    with pytest.raises(ConfigError, match="different labels"):
+        compare_predictions(a, relabelled, CLASSES)
+
+
+def test_cli_compares_two_evaluations(run_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path / "a"), "--n-boot", "10", "--no-gradcam"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert saved["accuracy"]["p_value"] == 1.0 and all(v["difference"] == 0 for v in saved["per_class"].values())
+    assert "within noise" in (tmp_path / "c" / "comparison.md").read_text()
+    missing = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "nothing"), "--out", str(tmp_path / "d")])
+    assert missing.exit_code != 0 and "run `cxrlab evaluate" in missing.output
