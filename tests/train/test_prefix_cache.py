@@ -50,3 +50,31 @@ def test_prefix_spills_to_disk_beyond_the_budget(tmp_path):
     on_disk = compute_prefix(model, data, max_bytes=1, spill_dir=tmp_path)
     assert list(tmp_path.glob("prefix-*.f32"))
     assert torch.allclose(torch.as_tensor(on_disk.activations[:]), in_memory.activations)
+
+
+def test_runs_share_a_prefix_store_and_match_in_run_caching(phantoms, tmp_path):
+    import json
+
+    import numpy as np
+
+    from cxrlab.train import build_config, train
+
+    base = {"data": str(phantoms), "size": 64, "epochs": 2, "batch_size": 8, "ratios": (0.6, 0.2, 0.2),
+            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "prepared": str(tmp_path / "prepared")}
+    own = train(build_config({**base, "out": str(tmp_path / "own")}))
+    shared = train(build_config({**base, "out": str(tmp_path / "shared"), "prefix_store": str(tmp_path / "store")}))
+    assert json.dumps(own.summary["val"]) == json.dumps(shared.summary["val"])  # same numbers, either cache
+    for a, b in zip(own.model.state_dict().values(), shared.model.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+    again = train(build_config({**base, "out": str(tmp_path / "again"), "prefix_store": str(tmp_path / "store")}))
+    assert json.dumps(again.summary["val"]) == json.dumps(shared.summary["val"])  # read from the store: same again
+    entries = sorted((tmp_path / "store").glob("*.npy"))
+    assert len(entries) == 1 and not list((tmp_path / "store").glob("*.tmp.npy"))
+    stamp = entries[0].stat().st_mtime_ns
+    # another split of the same images (another fold) reuses the entry; another k adds one
+    train(build_config({**base, "out": str(tmp_path / "seed1"), "seed": 1, "prefix_store": str(tmp_path / "store")}))
+    assert sorted((tmp_path / "store").glob("*.npy")) == entries and entries[0].stat().st_mtime_ns == stamp
+    train(build_config({**base, "out": str(tmp_path / "k1"), "fine_tune": 1, "prefix_store": str(tmp_path / "store")}))
+    assert len(list((tmp_path / "store").glob("*.npy"))) == 2
+    rows = np.load(entries[0], mmap_mode="r").shape[0]
+    assert rows == json.loads((tmp_path / "prepared" / "plan.json").read_text())["images"]  # every prepared image

@@ -153,6 +153,10 @@ class CxrClassifier(nn.Module):
         finer = [i for i, size in sizes.items() if last is not None and size > last]
         return max(finer) if finer else self.num_blocks - 1
 
+    def prefix_tensors(self, end: int) -> list[torch.Tensor]:
+        """Weights and buffers of blocks ``0..end-1`` (what a cached prefix depends on)."""
+        return [t for group in self._groups[:end] for module in group for t in module.state_dict().values()]
+
     def block_ending_with(self, module: nn.Module) -> int | None:
         """Index of the block whose last module is ``module`` (``None``: no block ends with it)."""
         return next((i for i, group in enumerate(self._groups) if group[-1] is module), None)

@@ -87,10 +87,14 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     cache_prefix: bool = True
     cache_max_gb: float = Field(4.0, gt=0)
+    prepared: str | None = Field(None, description="folder of prepared shards shared between runs (default: OUT/prepared)")
+    prefix_store: str | None = Field(None, description="folder of frozen-prefix activations shared between runs, "
+                                                        "keyed by the frozen weights, preprocessing and images")
     num_workers: int = Field(0, ge=0)
     seed: int = 0
     mlflow_uri: str | None = None
     experiment: str = "cxrlab"
+    mlflow_tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow run tags (a study's parent run)")
 
     @field_validator("fine_tune")
     @classmethod

@@ -41,7 +41,8 @@ def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
 
 
 def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress=None) -> TrainData:
-    """Read or make the split, prepare shards into ``out/prepared``, check every class is present.
+    """Read or make the split, prepare shards (into ``config.prepared`` or ``out/prepared``), check
+    every class is present.
 
     Raises:
         ConfigError: a class has no image on the train or validation side (before training).
@@ -59,12 +60,13 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if "view" not in frame.columns:
         frame = frame.assign(view="")
     preprocess = preprocess_for(config, spec)
-    summary = prepare(Manifest(frame.reset_index(drop=True), names), out / "prepared", preprocess, progress=progress)
+    prepared = Path(config.prepared) if config.prepared else out / "prepared"
+    summary = prepare(Manifest(frame.reset_index(drop=True), names), prepared, preprocess, progress=progress)
     skipped += summary.skipped
     if summary.images == 0:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise ConfigError(f"no usable images: all {len(skipped)} input(s) were skipped{first}")
-    reader = ShardReader(out / "prepared")
+    reader = ShardReader(prepared)
     present = set(reader.table["image"])
     frame = frame[frame["image"].isin(present)]
     for side in ("train", "val"):

@@ -7,29 +7,40 @@ makes sweeps over the fine-tuning degree affordable on a CPU (issue 3, item 5).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrlab.core.io import atomic_write_text
 from cxrlab.models.classifier import CxrClassifier
+from cxrlab.preprocess import PreprocessConfig, ShardDataset
 
 log = logging.getLogger(__name__)
 
 
 class ActivationDataset(Dataset):
-    """``(activation, target)`` pairs; activations in memory or in a disk-backed memmap."""
+    """``(activation, target)`` pairs; activations in memory or in a disk-backed memmap.
 
-    def __init__(self, activations: np.ndarray | torch.Tensor, targets: np.ndarray) -> None:
+    ``rows`` selects rows of ``activations`` (a store shared by runs holds every image).
+    """
+
+    def __init__(self, activations: np.ndarray | torch.Tensor, targets: np.ndarray,
+                 rows: np.ndarray | None = None) -> None:
         self.activations, self.targets = activations, targets
+        self.rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        act = self.activations[i]
+        act = self.activations[int(self.rows[i])]
         act = act if isinstance(act, torch.Tensor) else torch.from_numpy(np.array(act))
         return act, torch.tensor(self.targets[i])
 
@@ -73,3 +84,53 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
     model.train(was_training)
     activations = store if store is not None else torch.cat(chunks)
     return ActivationDataset(activations, np.concatenate(targets))
+
+
+def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset) -> str:
+    """Key of the activations entering block ``model.frozen_blocks``: the frozen blocks' weights and
+    buffers, the preprocessing, the input normalisation and the prepared images (in shard order)."""
+    start = model.frozen_blocks
+    digest = hashlib.sha256(json.dumps({
+        "backbone": model.spec.name, "start": start, "preprocess": preprocess.to_dict(),
+        "normalise": [dataset.mean, dataset.std, dataset.in_chans],
+        "images": dataset.reader.table["image"].tolist()}, sort_keys=True).encode())
+    for tensor in model.prefix_tensors(start):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+@torch.no_grad()
+def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], preprocess: PreprocessConfig,
+                  store: str | Path, batch_size: int = 64) -> list[ActivationDataset]:
+    """:func:`compute_prefix` through a folder shared by runs: the activations of *every* prepared
+    image are computed once per key (:func:`prefix_fingerprint`) and each run reads its rows.
+
+    Folds of a study share one entry per fine-tuning degree; a killed run leaves no partial entry
+    (written under a temporary name, renamed when complete).
+    """
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    first = datasets[0]
+    key = prefix_fingerprint(model, preprocess, first)
+    path, info = store / f"{key}.npy", store / f"{key}.json"
+    if not info.exists():
+        everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
+        was_training = model.training
+        model.eval()
+        tmp = store / f"{key}.{os.getpid()}.tmp.npy"
+        target = None
+        for i, (x, _) in enumerate(DataLoader(everything, batch_size=batch_size, shuffle=False)):
+            act = model.forward_blocks(x, 0, model.frozen_blocks)
+            if target is None:
+                target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                   shape=(len(everything), *act.shape[1:]))
+            target[i * batch_size:i * batch_size + len(act)] = act.numpy()
+        target.flush()
+        del target
+        os.replace(tmp, path)
+        model.train(was_training)
+        atomic_write_text(info, json.dumps({"backbone": model.spec.name, "start_block": model.frozen_blocks,
+                                            "images": len(everything)}) + "\n")
+        log.info("prefix store: computed %s (%d images)", path.name, len(everything))
+    activations = np.load(path, mmap_mode="r")
+    return [ActivationDataset(activations, ds.targets, rows=ds.rows) for ds in datasets]

@@ -32,7 +32,7 @@ from cxrlab.train.data import TrainData, class_weights, datasets, load_train_dat
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.plots import plot_curves
-from cxrlab.train.prefix_cache import can_cache, compute_prefix
+from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def _precision(config: TrainConfig, spec_name: str) -> str:
 
 def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger:
     uri = config.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
-    logger = MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri, run_name=out.name)
+    logger = MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri, run_name=out.name,
+                          tags=dict(config.mlflow_tags) or None)
     logger.log_hyperparams({k: str(v) for k, v in config.model_dump(mode="json").items()})
     return logger
 
@@ -128,8 +129,13 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) 
         start_block, fit_train, fit_val = 0, train_ds, val_ds
         if config.cache_prefix and can_cache(model, config.augment.enabled):
             start_block = model.frozen_blocks
-            fit_train = compute_prefix(model, train_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
-            fit_val = compute_prefix(model, val_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
+            with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
+                if config.prefix_store:
+                    fit_train, fit_val = stored_prefix(model, [train_ds, val_ds], data.preprocess, config.prefix_store)
+                else:
+                    fit_train = compute_prefix(model, train_ds, max_bytes=config.cache_max_gb * 1e9,
+                                               spill_dir=out / "cache")
+                    fit_val = compute_prefix(model, val_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
             cached_any = True
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block)
         trainer = L.Trainer(
