@@ -10,6 +10,7 @@ from cxrlab.cli.doctor import doctor
 from cxrlab.cli.evaluate_command import compare_command, evaluate_command
 from cxrlab.cli.explain_command import explain_command
 from cxrlab.cli.prepare_command import prepare_command
+from cxrlab.cli.study_command import study_command
 from cxrlab.cli.train_commands import backbones, train_command
 from cxrlab.core.logging import configure_logging
 
@@ -33,6 +34,7 @@ app.command("backbones")(backbones)
 app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
 app.command("compare")(compare_command)
+app.command("study")(study_command)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

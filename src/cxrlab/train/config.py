@@ -91,6 +91,7 @@ class TrainConfig(_Strict):
     prefix_store: str | None = Field(None, description="folder of frozen-prefix activations shared between runs, "
                                                         "keyed by the frozen weights, preprocessing and images")
     num_workers: int = Field(0, ge=0)
+    progress_bar: bool = Field(True, description="Lightning's per-epoch progress bar (a study shows its own)")
     seed: int = 0
     mlflow_uri: str | None = None
     experiment: str = "cxrlab"

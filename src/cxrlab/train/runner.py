@@ -141,7 +141,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) 
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
             logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True)],
-            enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
+            num_sanity_val_steps=0, deterministic=True,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
         try:

@@ -1,0 +1,48 @@
+"""``cxrlab study``: a grid of configurations × patient-grouped folds, resumable, with one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
+
+
+def study_command(
+    config: Annotated[Path, typer.Argument(help="Study YAML (see configs/studies/).")],
+    out: Annotated[Optional[Path], typer.Option(help="Study folder (default: runs/studies/<name>); rerun to resume.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Override the study's data.")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="Override the number of folds.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override base.epochs (quick trials).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run recorded failures again.")] = False,
+) -> None:
+    """Train every configuration on every fold, evaluate on the test side, write report and best-model."""
+    from cxrlab.study import load_study_config, run_study
+    from cxrlab.study.plan import cells
+
+    with handle_errors():
+        overrides: dict = {}
+        if data is not None:
+            overrides["data"], overrides["splits"] = str(data), None
+        if folds is not None:
+            overrides["folds"] = folds
+        study = load_study_config(config, overrides)
+        if epochs is not None:
+            study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})
+        target = out or Path("runs") / "studies" / study.name
+        quiet_lightning()
+        total = len(cells(study)) * study.num_folds
+        with progress_bar("study runs") as bar:
+            task = bar.add_task("study runs", total=total)
+            result = run_study(study, target, progress=lambda text: bar.update(task, advance=1, description=text[:60]),
+                               retry_failed=retry_failed)
+        console.print(f"{result.trained} run(s) trained, {result.reused} reused, {result.failed} failed")
+        if result.best is not None:
+            row = result.summary[result.summary["cell"] == result.best].iloc[0]
+            metric = study.select_metric
+            console.print(f"best: {result.best} ({metric} {row[f'{metric}_mean']:.3f} ± {row[f'{metric}_sd']:.3f})"
+                          f" → {target / 'best-model'}")
+        console.print(f"wrote {target / 'report.html'}, {target / 'report.md'}, {target / 'results.csv'} and "
+                      f"{target / 'summary.csv'}")

@@ -1,0 +1,124 @@
+"""A study's plan: its cells (grid combinations), the fold split, and each run's training config."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
+from cxrlab.data.splits import assign_folds, check_no_leakage
+from cxrlab.models.registry import get_backbone_spec
+from cxrlab.study.config import StudyConfig
+from cxrlab.train.config import TrainConfig, build_config
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the grid's values."""
+
+    id: str
+    factors: dict
+
+    def label(self) -> str:
+        """``backbone=vgg16, fine_tune=2``."""
+        return ", ".join(f"{k}={v}" for k, v in self.factors.items())
+
+
+def _slug(factors: dict) -> str:
+    text = "__".join(f"{k}-{json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v}" for k, v in factors.items())
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
+    if len(slug) > 80:  # keep folder names short and unique
+        slug = slug[:64] + "-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    return slug or "base"
+
+
+def cells(config: StudyConfig) -> list[Cell]:
+    """Every combination of the grid's values, in the grid's order (ids readable and stable)."""
+    keys = list(config.grid)
+    return [Cell(_slug(dict(zip(keys, values, strict=True))), dict(zip(keys, values, strict=True)))
+            for values in itertools.product(*(config.grid[k] for k in keys))]
+
+
+def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
+    """The study's split, made once and kept in ``out/splits.csv``: a held-out test side and
+    patient-grouped, class-stratified folds over the rest (``fold`` -1 on the test side).
+
+    A rerun reads the saved split, so a resumed study trains on exactly the same folds.
+    """
+    saved = out / "splits.csv"
+    if saved.exists():
+        return load_source(saved, scheme=config.scheme).table
+    names = class_names(config.scheme)
+    if config.splits:
+        frame = load_source(config.splits, scheme=config.scheme).table  # runs the leakage guard
+        info = {"from": str(config.splits)}
+    else:
+        source = load_source(config.data, scheme=config.scheme)
+        frame, info = make_splits(source.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
+    frame = frame.reset_index(drop=True)
+    has_folds = "fold" in frame.columns and pd.to_numeric(frame["fold"]).max() >= 1
+    if config.num_folds > 1 and not (config.splits and has_folds):
+        pool = frame[frame["split"] != "test"]
+        frame["fold"] = -1
+        frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.num_folds, config.seed).to_numpy()
+    elif "fold" not in frame.columns:
+        frame["fold"] = -1
+    check_no_leakage(frame)
+    write_splits(frame, {**info, "scheme": config.scheme, "folds": config.num_folds}, out)
+    return frame
+
+
+def fold_frame(frame: pd.DataFrame, fold: int, num_folds: int) -> pd.DataFrame:
+    """The split of one run: fold ``fold`` validates, the other folds train, the test side stays."""
+    if num_folds <= 1:
+        return frame
+    out = frame.copy()
+    pool = out["split"] != "test"
+    folds = pd.to_numeric(out.loc[pool, "fold"]).astype(int)  # a split read back from CSV may hold text
+    out.loc[pool, "split"] = ["val" if f == fold else "train" for f in folds]
+    return out
+
+
+def run_config(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, shared: Path, tags: dict[str, str]) -> TrainConfig:
+    """The training config of one run (a cell on a fold).
+
+    Raises:
+        ConfigError: the cell's settings are invalid (names the field).
+    """
+    values = {**config.base, **cell.factors, "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
+              "scheme": config.scheme, "seed": config.seed, "mlflow_uri": config.mlflow_uri,
+              "experiment": config.experiment, "mlflow_tags": tags, "progress_bar": False}
+    if config.share_prefix:
+        values["prefix_store"] = str(shared / "prefix-store")
+    probe = build_config(values, origin=f"cell {cell.id}")
+    # one prepared folder per preprocessing: every run of the same size/contrast/resize shares it
+    size = probe.size or get_backbone_spec(probe.backbone).input_size
+    key = hashlib.sha1(json.dumps([size, probe.contrast, probe.resize]).encode()).hexdigest()[:12]
+    return build_config({**values, "prepared": str(shared / "prepared" / key)}, origin=f"cell {cell.id}")
+
+
+def check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to reuse a finished run whose recorded config differs from the one planned now.
+
+    Raises:
+        ConfigError: the study folder holds this run with other settings.
+    """
+    recorded = run_dir / "config.yaml"
+    if not recorded.exists():
+        return
+    import yaml
+
+    old = yaml.safe_load(recorded.read_text()) or {}
+    new = config.model_dump(mode="json")
+    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar"}
+    diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+    if diff:
+        raise ConfigError(f"{run_dir}: was trained with other settings ({', '.join(diff)}); "
+                          "use a new study folder (--out) or delete that run")

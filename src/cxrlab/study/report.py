@@ -1,0 +1,128 @@
+"""The study report: the comparison table, metric-vs-fine-tuning-degree figures, the test side."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cxrlab.core.io import atomic_write_text  # noqa: E402
+from cxrlab.evaluate.report import DISCLAIMER  # noqa: E402
+from cxrlab.study.config import StudyConfig  # noqa: E402
+from cxrlab.study.results import METRICS, POSITIVE  # noqa: E402
+
+LABELS = {"accuracy": "accuracy", "sensitivity": f"{POSITIVE} sensitivity", "specificity": f"{POSITIVE} specificity",
+          "auc_macro": "macro ROC AUC"}
+
+
+def _num(value, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _mean_sd(row: pd.Series, metric: str) -> str:
+    mean, sd = row.get(f"{metric}_mean"), row.get(f"{metric}_sd")
+    return _num(mean) + ("" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f" ± {sd:.3f}")
+
+
+def plot_metrics(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
+    """Each metric (mean ± sd over folds) against the fine-tuning degree, one line per other-factor
+    combination; without a ``fine_tune`` factor, against the cell."""
+    factors = [c for c in summary.columns if c.startswith("factor.")]
+    x_factor = "factor.fine_tune" if "factor.fine_tune" in factors else None
+    others = [c for c in factors if c != x_factor]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8), squeeze=False)
+    groups = summary.groupby(others, sort=False) if others else [("all", summary)]
+    for axis, metric in zip(axes[0], METRICS, strict=True):
+        for name, part in groups:
+            xs = part[x_factor].astype(str).tolist() if x_factor else part["cell"].tolist()
+            axis.errorbar(xs, part[f"{metric}_mean"], yerr=part[f"{metric}_sd"].fillna(0), marker="o", capsize=3,
+                          label=", ".join(map(str, name)) if isinstance(name, tuple) else str(name))
+            for x, cell, y in zip(xs, part["cell"], part[f"{metric}_mean"], strict=True):
+                if cell == best:
+                    axis.scatter([x], [y], s=160, facecolors="none", edgecolors="red", zorder=5)
+        axis.set(title=LABELS[metric], xlabel="fine-tuned blocks k" if x_factor else "cell", ylim=(0, 1.02))
+        axis.grid(alpha=0.3)
+        if not x_factor:
+            axis.tick_params(axis="x", rotation=60, labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("validation folds: mean ± sd (red ring: the best configuration)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, best: str | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    factors = [c for c in summary.columns if c.startswith("factor.")]
+    header = [f.removeprefix("factor.") for f in factors] + [
+        "folds ok", "accuracy", "sensitivity", "specificity", "AUC", "params", "trainable params", "s/epoch",
+        f"p vs best ({config.select_metric})", "test accuracy", "test AUC", f"test {POSITIVE} AUC", "DeLong p vs best"]
+    rows = []
+    for _, r in summary.iterrows():
+        noise = "" if r.get("within_noise") is None else (" (noise)" if r["within_noise"] else " (differs)")
+        mark = "**best** " if r["cell"] == best else ""
+        rows.append([mark + str(r[factors[0]])] + [str(r[f]) for f in factors[1:]] + [
+            f"{r['folds_ok']}/{config.num_folds}", *(_mean_sd(r, m) for m in METRICS),
+            f"{int(r['params']):,}" if pd.notna(r.get("params")) else "—",
+            f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
+            _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best")) + noise,
+            _num(r.get("test_accuracy")), _num(r.get("test_auc_macro")), _num(r.get("test_auc_positive")),
+            _num(r.get("test_p_vs_best"))])
+    out = [(f"Configurations: mean ± sd over {config.num_folds} validation fold(s); sensitivity/specificity of "
+            f"{POSITIVE}; test columns: the best fold of each configuration on the held-out test side", header, rows)]
+    failed = table[table["status"] == "failed"]
+    if len(failed):
+        out.append(("Failed runs (recorded; the others went on)", ["cell", "fold", "error"],
+                    [[r["cell"], str(r["fold"]), str(r["error"])[:200]] for _, r in failed.iterrows()]))
+    return out
+
+
+def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None) -> list[str]:
+    lines = [f"Study `{config.name}`: {len(summary)} configuration(s) × {config.num_folds} fold(s), "
+             f"patient-grouped; the best configuration is chosen by mean validation {config.select_metric}."]
+    if best is None:
+        return lines + ["No configuration finished all its folds."]
+    row = summary[summary["cell"] == best].iloc[0]
+    noise = summary[(summary["cell"] != best) & (summary["within_noise"] == True)]  # noqa: E712
+    lines.append(f"Best: {best} ({config.select_metric} {_mean_sd(row, config.select_metric)}); its model is in "
+                 "`best-model/`.")
+    if len(noise):
+        lines.append(f"{len(noise)} other configuration(s) are within noise of it (corrected resampled t-test, "
+                     "p ≥ 0.05): do not rank them on these differences.")
+    return lines
+
+
+def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
+                       best: str | None) -> None:
+    """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
+    figure = plot_metrics(summary, best, out / "metrics_vs_k.png") if len(summary) else None
+    tables, lines = _tables(config, table, summary, best), _lines(config, summary, best)
+    md = ["# Study report", "", f"_{DISCLAIMER}_", ""] + lines + [""]
+    for title, header, rows in tables:
+        md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    if figure:
+        md += ["## Figure", "", f"![metrics vs k]({figure.name})", ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab study report</title>",
+             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}table{border-collapse:"
+             "collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "th{background:#f0f0f0}td:first-child{text-align:left}img{max-width:100%}.note{color:#666}</style>"
+             "</head><body><h1>Study report</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
+    parts += [f"<p>{html.escape(line.replace('`', ''))}</p>" for line in lines]
+    for title, header, rows in tables:
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    if figure:
+        data = base64.b64encode(figure.read_bytes()).decode()
+        parts.append(f"<figure><img alt='metrics vs k' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</body></html>")
+    atomic_write_text(out / "report.html", "\n".join(parts))

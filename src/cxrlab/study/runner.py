@@ -1,0 +1,210 @@
+"""Run a study: every cell on every fold, resumable, failures recorded, then the test side.
+
+Layout of a study folder::
+
+    study.json            the study's config and its MLflow parent run
+    splits.csv            the held-out test side and the folds (made once, reused on resume)
+    runs/<cell>/fold<k>/  one training run each (summary.json marks it finished; failed.json failed)
+    shared/               prepared shards per preprocessing, the frozen-prefix store
+    results.csv/.parquet  one row per run; summary.csv: mean ± sd per cell, tests against the best
+    report.md/.html       the comparison table, the metric-vs-k figure, the test-side results
+    best-model/           the best cell's best fold, loadable by evaluate / explain / predict
+
+A run is finished when its ``summary.json`` exists (written atomically, last); a rerun of the
+same command skips finished runs, restarts the one that was interrupted, and retries failed
+ones only with ``retry_failed``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.core.errors import ConfigError, CxrlabError
+from cxrlab.core.io import atomic_write_bytes, atomic_write_text
+from cxrlab.data import write_splits
+from cxrlab.data.manifest import read_table, resolve_paths, write_table
+from cxrlab.study.config import StudyConfig
+from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
+from cxrlab.study.results import aggregate, compare_to_best, run_row
+from cxrlab.study.test_side import evaluate_cells
+from cxrlab.train import train
+
+log = logging.getLogger(__name__)
+SPLIT_FIELDS = ("data", "splits", "scheme", "ratios", "folds", "seed")
+
+
+@dataclass
+class StudyResult:
+    """Outcome of :func:`run_study`."""
+
+    out: Path
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    best: str | None
+    trained: int
+    reused: int
+    failed: int
+
+
+def _state(config: StudyConfig, out: Path, uri: str) -> dict:
+    path = out / "study.json"
+    current = config.model_dump(mode="json")
+    if path.exists():
+        state = json.loads(path.read_text())
+        diff = [k for k in SPLIT_FIELDS if state["config"].get(k) != current.get(k)]
+        if diff:
+            raise ConfigError(f"{out}: holds a study with other data or folds (differs in {', '.join(diff)}); "
+                              "use a new --out")
+        state["config"] = current
+    else:
+        state = {"name": config.name, "config": current}
+    if not state.get("mlflow_parent"):
+        state["mlflow_parent"] = _parent_run(config, uri)
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+    return state
+
+
+def _parent_run(config: StudyConfig, uri: str) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
+    run = client.create_run(experiment_id, run_name=config.name, tags={"cxrlab.study": config.name})
+    client.log_param(run.info.run_id, "grid", json.dumps(config.grid))
+    client.log_param(run.info.run_id, "folds", config.num_folds)
+    return run.info.run_id
+
+
+def _finish_parent(uri: str, run_id: str, summary: pd.DataFrame, best: str | None, metric: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if best is not None:
+        row = summary[summary["cell"] == best].iloc[0]
+        client.set_tag(run_id, "cxrlab.best_cell", best)
+        client.log_metric(run_id, f"best_{metric}_mean", float(row[f"{metric}_mean"]))
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
+    summary, failed = run_dir / "summary.json", run_dir / "failed.json"
+    if summary.exists():
+        data = json.loads(summary.read_text())
+        return ("done" if data.get("status") == "ok" else "failed"), data, data.get("status")
+    if failed.exists():
+        return "failed", None, json.loads(failed.read_text()).get("error")
+    return "todo", None, None
+
+
+def _record_failure(run_dir: Path, error: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "failed.json", json.dumps({"error": error}) + "\n")
+
+
+def _write_table(table: pd.DataFrame, out: Path, name: str) -> None:
+    atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
+    if name == "results":
+        atomic_write_bytes(out / f"{name}.parquet", table.astype({c: str for c in table.columns
+                                                                   if table[c].dtype == object}).to_parquet(index=False))
+
+
+def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], None] | None = None,
+              retry_failed: bool = False) -> StudyResult:
+    """Train every cell on every fold (skipping finished runs), evaluate the cells on the test side,
+    and write the tables, the report and ``best-model``.
+
+    Args:
+        config: The study.
+        out: Study folder (created; an existing one is resumed).
+        progress: Called with a short description after each run.
+        retry_failed: Run failed runs again (default: keep their recorded failure).
+
+    Raises:
+        ConfigError: ``out`` holds another study, or a finished run has other settings.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    state = _state(config, out, uri)
+    frame = study_split(config, out)
+    plan = cells(config)
+    rows, trained, reused, failed = [], 0, 0, 0
+    for cell in plan:
+        for fold in range(config.num_folds):
+            run_dir = out / "runs" / cell.id / f"fold{fold}"
+            status, summary, error = _run_status(run_dir)
+            if status == "failed" and retry_failed:
+                shutil.rmtree(run_dir)
+                status = "todo"
+            if status == "todo":
+                summary, error = _train_one(config, cell, fold, run_dir, frame, out, uri, state["mlflow_parent"])
+                trained += 1
+            else:
+                if status == "done":
+                    check_same_config(run_dir, run_config(config, cell, fold, run_dir, out / "shared", {}))
+                reused += 1
+            row = run_row(cell.id, cell.factors, fold, summary, error)
+            failed += row["status"] == "failed"
+            rows.append(row)
+            _write_table(pd.DataFrame(rows), out, "results")  # nothing finished is lost if we die now
+            if progress:
+                progress(f"{cell.label()} fold {fold}: {row['status']}")
+    table = pd.DataFrame(rows)
+    summary_table = aggregate(table, config.num_folds)
+    best, summary_table = compare_to_best(table, summary_table, config.select_metric)
+    summary_table = evaluate_cells(config, out, frame, table, summary_table, best)
+    _write_table(summary_table, out, "summary")
+    if best is not None:
+        _export_best(out, table, best)
+    from cxrlab.study.report import write_study_report
+
+    write_study_report(config, out, table, summary_table, best)
+    _finish_parent(uri, state["mlflow_parent"], summary_table, best, config.select_metric)
+    return StudyResult(out, table, summary_table, best, trained, reused, failed)
+
+
+def _train_one(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, frame: pd.DataFrame, out: Path,
+               uri: str, parent: str) -> tuple[dict | None, str | None]:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a run interrupted half-way: start it again from scratch
+    run_dir.mkdir(parents=True)
+    tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.fold": str(fold)}
+    try:
+        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, fold, run_dir,
+                                  out / "shared", tags)
+        write_splits(fold_frame(frame, fold, config.num_folds), {"study": config.name, "cell": cell.id, "fold": fold},
+                     run_dir)
+        result = train(train_config)
+        return result.summary, None
+    except (CxrlabError, RuntimeError, ValueError, MemoryError) as err:  # one bad cell must not stop the study
+        message = f"{type(err).__name__}: {err}"
+        log.warning("study: %s fold %d failed: %s", cell.label(), fold, message)
+        if not (run_dir / "summary.json").exists():
+            _record_failure(run_dir, message)
+        return None, message
+
+
+def _export_best(out: Path, table: pd.DataFrame, best: str) -> None:
+    ok = table[(table["cell"] == best) & (table["status"] == "ok")]
+    fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
+    source = out / "runs" / best / f"fold{fold}"
+    target = out / "best-model"
+    tmp = out / "best-model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in ("model.pt", "config.yaml", "summary.json", "metrics.csv", "splits.json", "curves.png"):
+        if (source / name).exists():
+            shutil.copy2(source / name, tmp / name)
+    # image paths in splits.csv are relative to its folder: rewrite them for the new one
+    write_table(resolve_paths(read_table(source / "splits.csv"), source), tmp / "splits.csv")
+    atomic_write_text(tmp / "origin.json", json.dumps({"cell": best, "fold": fold, "run": str(source)}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)

@@ -1,0 +1,152 @@
+"""Studies: config validation, the corrected t-test, a tiny study end to end, resume and kill -9."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from cxrlab.core import ConfigError
+from cxrlab.models import load_model
+from cxrlab.study import StudyConfig, corrected_resampled_ttest, load_study_config, run_study
+from cxrlab.study.plan import cells
+
+TIMING = ("seconds_per_epoch",)
+
+
+def test_config_names_the_bad_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"data": "x.csv", "grid": {"fine_tun": [0, 1]}}))
+    with pytest.raises(ConfigError, match="grid.fine_tun: not a training setting; did you mean 'fine_tune'"):
+        load_study_config(path)
+    path.write_text(yaml.safe_dump({"data": "x.csv", "base": {"seed": 3}}))
+    with pytest.raises(ConfigError, match="set by the study itself"):
+        load_study_config(path)
+    path.write_text(yaml.safe_dump({"data": "x.csv", "grid": {"fine_tune": []}}))
+    with pytest.raises(ConfigError, match="non-empty list"):
+        load_study_config(path)
+    grid = StudyConfig(data="x.csv", grid={"backbone": ["vgg16", "resnet50"], "fine_tune": [0, 2]})
+    assert [c.factors for c in cells(grid)][1] == {"backbone": "vgg16", "fine_tune": 2}
+    assert len({c.id for c in cells(grid)}) == 4
+
+
+def test_corrected_resampled_ttest_matches_its_formula():
+    a, b = np.array([0.80, 0.84, 0.79, 0.86, 0.83]), np.array([0.78, 0.80, 0.80, 0.81, 0.79])
+    d = a - b
+    t = d.mean() / math.sqrt((1 / 5 + 0.25) * d.var(ddof=1))
+    result = corrected_resampled_ttest(a, b, 0.25)
+    assert result["t"] == pytest.approx(t) and result["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
+    plain = stats.ttest_rel(a, b).pvalue
+    assert result["p_value"] > plain  # the correction is more cautious than the plain paired t-test
+    assert corrected_resampled_ttest(a, a, 0.25)["p_value"] == 1.0
+
+
+def _study(phantoms, **extra) -> StudyConfig:
+    return StudyConfig(name="tiny", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8},
+                       grid={"fine_tune": [0, 2, 99]}, **extra)
+
+
+def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in frame.columns if c in TIMING])
+
+
+def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
+    config = _study(phantoms)
+    first = run_study(config, tmp_path)
+    assert (first.trained, first.failed) == (6, 2)  # 3 cells × 2 folds; k=99 is recorded as failed, the rest go on
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert len(table) == 6 and set(table.loc[table["status"] == "failed", "cell"]) == {"fine_tune-99"}
+    assert "8 blocks" in table.loc[table["status"] == "failed", "error"].iloc[0]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert summary.set_index("cell").loc["fine_tune-2", "folds_ok"] == 2 and first.best in {"fine_tune-0", "fine_tune-2"}
+    assert summary["test_accuracy"].notna().sum() == 2  # both complete cells evaluated on the test side
+    # folds: one patient never on two sides, test side untouched by training
+    split = pd.read_csv(tmp_path / "splits.csv")
+    assert split.groupby("patient_id")["fold"].nunique().max() == 1 and (split.loc[split["split"] == "test", "fold"] == -1).all()
+    test_images = {(tmp_path / p).resolve() for p in split.loc[split["split"] == "test", "image"]}
+    val_images = set()
+    for fold in (0, 1):
+        run_dir = tmp_path / "runs" / "fine_tune-2" / f"fold{fold}"
+        run_split = pd.read_csv(run_dir / "splits.csv")
+        sides = {side: {(run_dir / p).resolve() for p in rows["image"]} for side, rows in run_split.groupby("split")}
+        assert sides["test"] == test_images and not sides["val"] & sides["train"]
+        val_images |= sides["val"]
+    assert val_images == {(tmp_path / p).resolve() for p in split.loc[split["split"] != "test", "image"]}  # folds cover the pool
+    # the prefix store holds one entry per k, shared by both folds
+    assert len(list((tmp_path / "shared" / "prefix-store").glob("*.npy"))) == 2
+    # best-model is a self-contained run folder that evaluate can load
+    model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
+    assert model.class_names == ("COVID-19", "Pneumonia", "Normal")
+    origin = json.loads((tmp_path / "best-model" / "origin.json").read_text())
+    assert origin["cell"] == first.best
+    best_split = pd.read_csv(tmp_path / "best-model" / "splits.csv")
+    assert all((tmp_path / "best-model" / p).resolve().exists() for p in best_split["image"].head(3))
+    report = (tmp_path / "report.md").read_text()
+    assert "**best**" in report and "Failed runs" in report and "metrics_vs_k.png" in report
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64") == 1
+    # MLflow: a parent run with one nested child per trained run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = json.loads((tmp_path / "study.json").read_text())["mlflow_parent"]
+    experiment = client.get_experiment_by_name("cxrlab-studies")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 4 and client.get_run(parent).data.tags["cxrlab.best_cell"] == first.best
+    # resume: nothing finished is recomputed and the table is the same
+    again = run_study(config, tmp_path)
+    assert again.trained == 0 and again.reused == 6
+    pd.testing.assert_frame_equal(_without_timing(pd.read_csv(tmp_path / "results.csv")), _without_timing(table))
+    # an interrupted run (folder without summary.json) is trained again, alone, to the same numbers
+    interrupted = tmp_path / "runs" / "fine_tune-0" / "fold1"
+    (interrupted / "summary.json").unlink()
+    third = run_study(config, tmp_path)
+    assert third.trained == 1
+    pd.testing.assert_frame_equal(_without_timing(pd.read_csv(tmp_path / "results.csv")), _without_timing(table))
+    with pytest.raises(ConfigError, match="other data or folds"):
+        run_study(config.model_copy(update={"folds": 3}), tmp_path)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_same_table(phantoms, tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "k9", "data": str(phantoms), "folds": 2,
+                                     "base": {"size": 64, "epochs": 2, "batch_size": 8}, "grid": {"fine_tune": [1, 2]}}))
+    command = [str(Path(sys.executable).parent / "cxrlab"), "study", str(study), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "out" / "runs").glob("*/fold*/summary.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the study
+    proc.wait()
+    finished = len(list((tmp_path / "out" / "runs").glob("*/fold*/summary.json")))
+    assert 1 <= finished < 4
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{4 - finished} run(s) trained, {finished} reused" in rerun.stdout.replace("\n", " ")
+    fresh = subprocess.run(command[:-1] + [str(tmp_path / "fresh")], capture_output=True, text=True, env=env, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    resumed = _without_timing(pd.read_csv(tmp_path / "out" / "results.csv"))
+    pd.testing.assert_frame_equal(resumed, _without_timing(pd.read_csv(tmp_path / "fresh" / "results.csv")))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "studies").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_study_configs_are_valid(path, tmp_path):
+    from cxrlab.study.plan import run_config
+
+    config = load_study_config(path)
+    for cell in cells(config):
+        train = run_config(config, cell, 0, tmp_path / cell.id, tmp_path / "shared", {})
+        assert train.scheme == config.scheme and not train.progress_bar
