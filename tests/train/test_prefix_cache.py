@@ -74,7 +74,19 @@ def test_runs_share_a_prefix_store_and_match_in_run_caching(phantoms, tmp_path):
     # another split of the same images (another fold) reuses the entry; another k adds one
     train(build_config({**base, "out": str(tmp_path / "seed1"), "seed": 1, "prefix_store": str(tmp_path / "store")}))
     assert sorted((tmp_path / "store").glob("*.npy")) == entries and entries[0].stat().st_mtime_ns == stamp
-    train(build_config({**base, "out": str(tmp_path / "k1"), "fine_tune": 1, "prefix_store": str(tmp_path / "store")}))
+    k1 = train(build_config({**base, "out": str(tmp_path / "k1"), "fine_tune": 1, "prefix_store": str(tmp_path / "store")}))
     assert len(list((tmp_path / "store").glob("*.npy"))) == 2
+    # the k=1 entry (7 frozen blocks) was built from the k=2 entry (6): one block run, not seven
+    derived = [json.loads(p.read_text()) for p in (tmp_path / "store").glob("*.json")]
+    assert sorted((d["start_block"], d["from_block"]) for d in derived) == [(6, 0), (7, 6)]
+    model = k1.model
+    model.set_fine_tune(1)
+    from cxrlab.preprocess import ShardDataset, ShardReader
+
+    reader = ShardReader(tmp_path / "prepared")
+    everything = ShardDataset(reader, model.class_names, mean=model.spec.mean, std=model.spec.std)
+    direct = compute_prefix(model, everything).activations
+    entry = next(p for p in (tmp_path / "store").glob("*.json") if json.loads(p.read_text())["start_block"] == 7)
+    assert torch.allclose(torch.from_numpy(np.load(entry.with_suffix(".npy"))), direct, atol=1e-4)
     rows = np.load(entries[0], mmap_mode="r").shape[0]
     assert rows == json.loads((tmp_path / "prepared" / "plan.json").read_text())["images"]  # every prepared image

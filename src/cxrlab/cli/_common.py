@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 
 import typer
@@ -57,3 +58,5 @@ def parse_label_map(items: list[str] | None) -> dict[str, str | None]:
 def quiet_lightning() -> None:
     """Keep Lightning's warnings but not its per-fit INFO banners (devices, a sales tip)."""
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Lightning's own use of a deprecated torch API, repeated at every fit: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

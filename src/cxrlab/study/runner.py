@@ -137,7 +137,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     frame = study_split(config, out)
     plan = cells(config)
     rows, trained, reused, failed = [], 0, 0, 0
-    for cell in plan:
+    for cell in _execution_order(plan):
         for fold in range(config.num_folds):
             run_dir = out / "runs" / cell.id / f"fold{fold}"
             status, summary, error = _run_status(run_dir)
@@ -157,7 +157,10 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
             _write_table(pd.DataFrame(rows), out, "results")  # nothing finished is lost if we die now
             if progress:
                 progress(f"{cell.label()} fold {fold}: {row['status']}")
-    table = pd.DataFrame(rows)
+    order = {cell.id: i for i, cell in enumerate(plan)}  # report in the grid's order
+    table = pd.DataFrame(rows).sort_values(["cell", "fold"], key=lambda c: c.map(order) if c.name == "cell" else c,
+                                           kind="stable").reset_index(drop=True)
+    _write_table(table, out, "results")
     summary_table = aggregate(table, config.num_folds)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
     summary_table = evaluate_cells(config, out, frame, table, summary_table, best)
@@ -169,6 +172,16 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     write_study_report(config, out, table, summary_table, best)
     _finish_parent(uri, state["mlflow_parent"], summary_table, best, config.select_metric)
     return StudyResult(out, table, summary_table, best, trained, reused, failed)
+
+
+def _execution_order(plan: list[Cell]) -> list[Cell]:
+    """Cells with more trainable blocks (fewer frozen ones) first: the prefix store then builds each
+    deeper entry from the previous one, so a k-sweep runs each frozen block about once per image."""
+    def trainable(cell: Cell) -> float:
+        k = cell.factors.get("fine_tune")
+        return float("inf") if k == "all" else (k if isinstance(k, int) else -1)
+
+    return sorted(plan, key=trainable, reverse=True)
 
 
 def _train_one(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, frame: pd.DataFrame, out: Path,

@@ -86,10 +86,12 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
     return ActivationDataset(activations, np.concatenate(targets))
 
 
-def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset) -> str:
-    """Key of the activations entering block ``model.frozen_blocks``: the frozen blocks' weights and
-    buffers, the preprocessing, the input normalisation and the prepared images (in shard order)."""
-    start = model.frozen_blocks
+def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset,
+                       start: int | None = None) -> str:
+    """Key of the activations entering block ``start`` (default ``model.frozen_blocks``): the weights
+    and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation and the
+    prepared images (in shard order)."""
+    start = model.frozen_blocks if start is None else start
     digest = hashlib.sha256(json.dumps({
         "backbone": model.spec.name, "start": start, "preprocess": preprocess.to_dict(),
         "normalise": [dataset.mean, dataset.std, dataset.in_chans],
@@ -99,14 +101,28 @@ def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, datas
     return digest.hexdigest()[:24]
 
 
+def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset, store: Path,
+            batch_size: int):
+    """Batches entering the first block to run, and that block: the deepest stored entry of the
+    same frozen weights below ``model.frozen_blocks`` when there is one, else the images."""
+    for base in range(model.frozen_blocks - 1, 0, -1):
+        key = prefix_fingerprint(model, preprocess, dataset, base)
+        if (store / f"{key}.json").exists():
+            stored = np.load(store / f"{key}.npy", mmap_mode="r")
+            batches = (torch.from_numpy(np.array(stored[i:i + batch_size])) for i in range(0, len(stored), batch_size))
+            return base, batches
+    return 0, (x for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False))
+
+
 @torch.no_grad()
 def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], preprocess: PreprocessConfig,
                   store: str | Path, batch_size: int = 64) -> list[ActivationDataset]:
     """:func:`compute_prefix` through a folder shared by runs: the activations of *every* prepared
     image are computed once per key (:func:`prefix_fingerprint`) and each run reads its rows.
 
-    Folds of a study share one entry per fine-tuning degree; a killed run leaves no partial entry
-    (written under a temporary name, renamed when complete).
+    Folds of a study share one entry per fine-tuning degree, and an entry is built from the deepest
+    existing entry below it (a sweep from large to small k runs each frozen block about once). A
+    killed run leaves no partial entry (written under a temporary name, renamed when complete).
     """
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
@@ -117,20 +133,22 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
         everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
         was_training = model.training
         model.eval()
+        base, batches = _inputs(model, preprocess, everything, store, batch_size)
         tmp = store / f"{key}.{os.getpid()}.tmp.npy"
-        target = None
-        for i, (x, _) in enumerate(DataLoader(everything, batch_size=batch_size, shuffle=False)):
-            act = model.forward_blocks(x, 0, model.frozen_blocks)
+        target, offset = None, 0
+        for x in batches:
+            act = model.forward_blocks(x, base, model.frozen_blocks)
             if target is None:
                 target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                    shape=(len(everything), *act.shape[1:]))
-            target[i * batch_size:i * batch_size + len(act)] = act.numpy()
+            target[offset:offset + len(act)] = act.numpy()
+            offset += len(act)
         target.flush()
         del target
         os.replace(tmp, path)
         model.train(was_training)
         atomic_write_text(info, json.dumps({"backbone": model.spec.name, "start_block": model.frozen_blocks,
-                                            "images": len(everything)}) + "\n")
-        log.info("prefix store: computed %s (%d images)", path.name, len(everything))
+                                            "from_block": base, "images": len(everything)}) + "\n")
+        log.info("prefix store: computed %s (%d images, from block %d)", path.name, len(everything), base)
     activations = np.load(path, mmap_mode="r")
     return [ActivationDataset(activations, ds.targets, rows=ds.rows) for ds in datasets]
