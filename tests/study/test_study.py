@@ -150,3 +150,18 @@ def test_shipped_study_configs_are_valid(path, tmp_path):
     for cell in cells(config):
         train = run_config(config, cell, 0, tmp_path / cell.id, tmp_path / "shared", {})
         assert train.scheme == config.scheme and not train.progress_bar
+
+
+def test_a_given_split_keeps_its_test_side(phantoms, tmp_path):
+    from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
+    from cxrlab.study.plan import fold_frame, study_split
+
+    frame, info = make_splits(load_source(phantoms).table, class_names("3class"), SplitConfig(folds=3, seed=4))
+    given = write_splits(frame, info, tmp_path / "given")
+    split = study_split(StudyConfig(splits=str(given), folds=2), tmp_path / "study")
+    assert set(split.loc[split["split"] == "test", "image"]) == set(frame.loc[frame["split"] == "test", "image"])
+    pool = split[split["split"] != "test"]
+    assert set(pool["fold"]) == {0, 1}  # folds over train + val of the given file, not its own train-only folds
+    for fold in (0, 1):
+        sides = fold_frame(split, fold, 2)["split"].value_counts()
+        assert sides["train"] + sides["val"] == len(pool) and sides["test"] == (split["split"] == "test").sum()

@@ -31,7 +31,7 @@ class StudyConfig(BaseModel):
 
     name: str = "study"
     data: str | None = None
-    splits: str | None = Field(None, description="a splits.csv whose test side (and folds, if any) to use")
+    splits: str | None = Field(None, description="a splits.csv whose test side to keep (folds are made over the rest)")
     scheme: Literal["3class", "binary"] = "3class"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     folds: int = Field(5, ge=0, le=20, description="CV folds over the train+validation pool; 0 or 1: the split as is")

@@ -47,8 +47,9 @@ def cells(config: StudyConfig) -> list[Cell]:
 
 
 def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
-    """The study's split, made once and kept in ``out/splits.csv``: a held-out test side and
-    patient-grouped, class-stratified folds over the rest (``fold`` -1 on the test side).
+    """The study's split, made once and kept in ``out/splits.csv``: a held-out test side (from
+    ``config.splits`` when given, else made with ``config.ratios``) and patient-grouped,
+    class-stratified folds over the rest (``fold`` -1 on the test side).
 
     A rerun reads the saved split, so a resumed study trains on exactly the same folds.
     """
@@ -63,13 +64,10 @@ def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
         source = load_source(config.data, scheme=config.scheme)
         frame, info = make_splits(source.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
     frame = frame.reset_index(drop=True)
-    has_folds = "fold" in frame.columns and pd.to_numeric(frame["fold"]).max() >= 1
-    if config.num_folds > 1 and not (config.splits and has_folds):
+    frame["fold"] = -1  # a given split file's own folds (over its train side only) are not used
+    if config.num_folds > 1:
         pool = frame[frame["split"] != "test"]
-        frame["fold"] = -1
         frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.num_folds, config.seed).to_numpy()
-    elif "fold" not in frame.columns:
-        frame["fold"] = -1
     check_no_leakage(frame)
     write_splits(frame, {**info, "scheme": config.scheme, "folds": config.num_folds}, out)
     return frame

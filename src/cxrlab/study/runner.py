@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.core.errors import ConfigError, CxrlabError
+from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.data import write_splits
 from cxrlab.data.manifest import read_table, resolve_paths, write_table
@@ -197,9 +197,10 @@ def _train_one(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, frame:
                      run_dir)
         result = train(train_config)
         return result.summary, None
-    except (CxrlabError, RuntimeError, ValueError, MemoryError) as err:  # one bad cell must not stop the study
+    except Exception as err:  # noqa: BLE001 -- one bad cell (setting, NaN, bug, memory) must not stop the study
         message = f"{type(err).__name__}: {err}"
         log.warning("study: %s fold %d failed: %s", cell.label(), fold, message)
+        log.debug("study: traceback of the failure", exc_info=True)
         if not (run_dir / "summary.json").exists():
             _record_failure(run_dir, message)
         return None, message
