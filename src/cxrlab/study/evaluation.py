@@ -38,8 +38,8 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     masks, galleries, first-layer filters.
 
     Returns:
-        ``results`` with ``lung_evidence``, ``lesion_evidence`` (images with lesion masks), ``extra_tables`` and more ``figures``; the report
-        files are rewritten once.
+        ``results`` with ``lung_evidence``, ``lesion_evidence`` (images with lesion masks),
+        ``extra_tables`` and more ``figures``; the report files are rewritten once.
     """
     out = Path(out)
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
