@@ -165,3 +165,15 @@ def test_a_given_split_keeps_its_test_side(phantoms, tmp_path):
     for fold in (0, 1):
         sides = fold_frame(split, fold, 2)["split"].value_counts()
         assert sides["train"] + sides["val"] == len(pool) and sides["test"] == (split["split"] == "test").sum()
+
+
+def test_binary_study(phantoms, tmp_path):
+    config = StudyConfig(name="bin", data=str(phantoms), scheme="binary", folds=2,
+                         base={"size": 64, "epochs": 1, "batch_size": 8}, grid={"fine_tune": [2]})
+    result = run_study(config, tmp_path)
+    assert result.failed == 0 and result.best == "fine_tune-2"
+    row = result.summary.iloc[0]
+    assert 0 <= row["sensitivity_mean"] <= 1 and 0 <= row["test_accuracy"] <= 1
+    assert isinstance(row["test_auc_positive"], float)  # NaN when the tiny test side holds one class
+    model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
+    assert model.class_names == ("COVID-19", "non-COVID")

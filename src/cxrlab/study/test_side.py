@@ -72,8 +72,9 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
         positive = POSITIVE if POSITIVE in names else names[0]
         columns["test_fold"].append(fold)
         columns["test_accuracy"].append(metrics["accuracy"])
-        columns["test_auc_macro"].append(metrics["macro"]["roc_auc"])
-        columns["test_auc_positive"].append(metrics["per_class"][positive]["roc_auc"])
+        for key, value in (("test_auc_macro", metrics["macro"]["roc_auc"]),
+                           ("test_auc_positive", metrics["per_class"][positive]["roc_auc"])):
+            columns[key].append(math.nan if value is None else value)  # None: one class only on the test side
         columns["test_p_vs_best"].append(math.nan)
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:
