@@ -148,7 +148,7 @@ def test_shipped_study_configs_are_valid(path, tmp_path):
 
     config = load_study_config(path)
     for cell in cells(config):
-        train = run_config(config, cell, 0, tmp_path / cell.id, tmp_path / "shared", {})
+        train = run_config(config, cell, tmp_path / cell.id, tmp_path / "shared", {})
         assert train.scheme == config.scheme and not train.progress_bar
 
 
@@ -177,3 +177,24 @@ def test_binary_study(phantoms, tmp_path):
     assert isinstance(row["test_auc_positive"], float)  # NaN when the tiny test side holds one class
     model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
     assert model.class_names == ("COVID-19", "non-COVID")
+
+
+def test_leave_one_source_out_of_the_best_configuration(tmp_path):
+    from cxrlab.data import generate_phantoms
+
+    phantoms = generate_phantoms(tmp_path / "phantoms", n_patients=48, size=64, seed=2, max_images_per_patient=1)
+    config = StudyConfig(name="loso", data=str(phantoms), folds=2, leave_one_source_out=True,
+                         base={"size": 64, "epochs": 1, "batch_size": 8}, grid={"fine_tune": [2]})
+    result = run_study(config, tmp_path / "study")
+    tmp_path = tmp_path / "study"
+    loso = json.loads((tmp_path / "leave_one_source_out.json").read_text())
+    assert set(loso["sources"]) == {"phantom-a", "phantom-b"} and loso["cell"] == result.best
+    for source, entry in loso["sources"].items():
+        run_split = pd.read_csv(tmp_path / "loso" / result.best / f"without-{source}" / "splits.csv")
+        assert set(run_split.loc[run_split["split"] == "test", "source"]) == {source}  # never trained on it
+        assert source not in set(run_split.loc[run_split["split"] != "test", "source"])
+        assert entry["status"] == "ok" and 0 <= entry["accuracy"] <= 1
+    assert "Leave one source out" in (tmp_path / "report.md").read_text()
+    stamp = (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns
+    run_study(config, tmp_path)  # resumed: the held-out runs are reused too
+    assert (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns == stamp

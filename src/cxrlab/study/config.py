@@ -40,6 +40,8 @@ class StudyConfig(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"fine_tune": [0, 1, 2, 3, 4, 5]})
     select_metric: Literal["auc_macro", "accuracy"] = "auc_macro"
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
+    leave_one_source_out: bool = Field(False, description="train the best configuration once per source on the "
+                                                          "other sources and test it on the unseen one")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"
 

@@ -84,8 +84,8 @@ def fold_frame(frame: pd.DataFrame, fold: int, num_folds: int) -> pd.DataFrame:
     return out
 
 
-def run_config(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, shared: Path, tags: dict[str, str]) -> TrainConfig:
-    """The training config of one run (a cell on a fold).
+def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tags: dict[str, str]) -> TrainConfig:
+    """The training config of one run of a cell (its split is written to ``run_dir/splits.csv``).
 
     Raises:
         ConfigError: the cell's settings are invalid (names the field).

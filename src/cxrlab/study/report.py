@@ -84,7 +84,21 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     return out
 
 
-def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None) -> list[str]:
+def _loso_table(loso: dict) -> tuple[str, list[str], list[list[str]]]:
+    rows = []
+    for source, r in loso["sources"].items():
+        classes = ", ".join(f"{k} {v}" for k, v in r["classes"].items())
+        if r["status"] != "ok":
+            rows.append([source, str(r["images"]), classes, "failed: " + str(r.get("error", ""))[:120], "", ""])
+            continue
+        recall = ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
+        rows.append([source, str(r["images"]), classes, _num(r["accuracy"]), _num(r["auc_macro"]), recall])
+    return (f"Leave one source out: {loso['cell']} trained on the other sources, tested on the unseen one "
+            f"(in-distribution validation accuracy {_num(loso.get('in_distribution_accuracy'))})",
+            ["unseen source", "images", "classes", "accuracy", "macro AUC", "recall per class"], rows)
+
+
+def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: dict | None = None) -> list[str]:
     lines = [f"Study `{config.name}`: {len(summary)} configuration(s) × {config.num_folds} fold(s), "
              f"patient-grouped; the best configuration is chosen by mean validation {config.select_metric}."]
     if best is None:
@@ -96,14 +110,19 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None) -> list
     if len(noise):
         lines.append(f"{len(noise)} other configuration(s) are within noise of it (corrected resampled t-test, "
                      "p ≥ 0.05): do not rank them on these differences.")
+    if loso and loso.get("skipped"):
+        lines.append(f"Leave-one-source-out was skipped: {loso['skipped']}.")
+    lines += [f"**Shortcut warning:** {w}." for w in (loso or {}).get("warnings", [])]
     return lines
 
 
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
-                       best: str | None) -> None:
+                       best: str | None, loso: dict | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
     figure = plot_metrics(summary, best, out / "metrics_vs_k.png") if len(summary) else None
-    tables, lines = _tables(config, table, summary, best), _lines(config, summary, best)
+    tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso)
+    if loso and loso.get("sources"):
+        tables.append(_loso_table(loso))
     md = ["# Study report", "", f"_{DISCLAIMER}_", ""] + lines + [""]
     for title, header, rows in tables:
         md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -33,6 +33,7 @@ from cxrlab.data.manifest import read_table, resolve_paths, write_table
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
 from cxrlab.study.results import aggregate, compare_to_best, run_row
+from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import evaluate_cells
 from cxrlab.train import train
 
@@ -145,11 +146,12 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
                 shutil.rmtree(run_dir)
                 status = "todo"
             if status == "todo":
-                summary, error = _train_one(config, cell, fold, run_dir, frame, out, uri, state["mlflow_parent"])
+                summary, error = _train_one(config, cell, f"fold{fold}", run_dir, fold_frame(frame, fold, config.num_folds),
+                                            out, uri, state["mlflow_parent"])
                 trained += 1
             else:
                 if status == "done":
-                    check_same_config(run_dir, run_config(config, cell, fold, run_dir, out / "shared", {}))
+                    check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}))
                 reused += 1
             row = run_row(cell.id, cell.factors, fold, summary, error)
             failed += row["status"] == "failed"
@@ -167,11 +169,36 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     _write_table(summary_table, out, "summary")
     if best is not None:
         _export_best(out, table, best)
+    loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
 
-    write_study_report(config, out, table, summary_table, best)
+    write_study_report(config, out, table, summary_table, best, loso)
     _finish_parent(uri, state["mlflow_parent"], summary_table, best, config.select_metric)
     return StudyResult(out, table, summary_table, best, trained, reused, failed)
+
+
+def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell],
+                          summary: pd.DataFrame, best: str | None, uri: str, parent: str,
+                          progress: Callable[[str], None] | None) -> dict | None:
+    if not config.leave_one_source_out or best is None:
+        return None
+    cell = next(c for c in plan if c.id == best)
+    in_distribution = float(summary.set_index("cell").loc[best, "accuracy_mean"])
+    try:
+        splits = source_runs(config, frame)
+    except ConfigError as err:
+        log.warning("study: leave-one-source-out skipped: %s", err)
+        result: dict = {"cell": best, "skipped": str(err), "sources": {}, "warnings": []}
+    else:
+        def train_one(part: str, run_dir: Path, split: pd.DataFrame):
+            outcome = _train_one(config, cell, part, run_dir, split, out, uri, parent)
+            if progress:
+                progress(f"{cell.label()} {part}: {'failed' if outcome[1] else 'ok'}")
+            return outcome
+
+        result = held_out_results(out, cell, splits, in_distribution, train_one)
+    atomic_write_text(out / "leave_one_source_out.json", json.dumps(result, indent=2, default=str) + "\n")
+    return result
 
 
 def _execution_order(plan: list[Cell]) -> list[Cell]:
@@ -184,22 +211,21 @@ def _execution_order(plan: list[Cell]) -> list[Cell]:
     return sorted(plan, key=trainable, reverse=True)
 
 
-def _train_one(config: StudyConfig, cell: Cell, fold: int, run_dir: Path, frame: pd.DataFrame, out: Path,
+def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split: pd.DataFrame, out: Path,
                uri: str, parent: str) -> tuple[dict | None, str | None]:
+    """Train one run on ``split`` (``part``: ``fold0``…, or ``without-<source>``); record a failure."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run interrupted half-way: start it again from scratch
     run_dir.mkdir(parents=True)
-    tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.fold": str(fold)}
+    tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.part": part}
     try:
-        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, fold, run_dir,
-                                  out / "shared", tags)
-        write_splits(fold_frame(frame, fold, config.num_folds), {"study": config.name, "cell": cell.id, "fold": fold},
-                     run_dir)
+        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags)
+        write_splits(split, {"study": config.name, "cell": cell.id, "part": part}, run_dir)
         result = train(train_config)
         return result.summary, None
     except Exception as err:  # noqa: BLE001 -- one bad cell (setting, NaN, bug, memory) must not stop the study
         message = f"{type(err).__name__}: {err}"
-        log.warning("study: %s fold %d failed: %s", cell.label(), fold, message)
+        log.warning("study: %s %s failed: %s", cell.label(), part, message)
         log.debug("study: traceback of the failure", exc_info=True)
         if not (run_dir / "summary.json").exists():
             _record_failure(run_dir, message)

@@ -26,7 +26,7 @@ from cxrlab.study.results import ALPHA, POSITIVE
 log = logging.getLogger(__name__)
 
 
-def _test_predictions(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataFrame:
+def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataFrame:
     """Class probabilities of a run's model on the test side (cached in the run folder)."""
     cached = run_dir / "test_predictions.csv"
     if cached.exists():
@@ -59,7 +59,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
             continue
         fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
         try:
-            predictions[cell] = _test_predictions(out / "runs" / cell / f"fold{fold}", test, out / "shared" / "prepared-test")
+            predictions[cell] = predict_test_side(out / "runs" / cell / f"fold{fold}", test, out / "shared" / "prepared-test")
         except CxrlabError as err:
             log.warning("study: test evaluation of %s failed: %s", cell, err)
             for key in columns:
