@@ -33,11 +33,15 @@ def study_command(
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})
         target = out or Path("runs") / "studies" / study.name
         quiet_lightning()
-        total = len(cells(study)) * study.num_folds
+        total = len(cells(study)) * study.num_folds  # leave-one-source-out runs extend it when they start
         with progress_bar("study runs") as bar:
             task = bar.add_task("study runs", total=total)
-            result = run_study(study, target, progress=lambda text: bar.update(task, advance=1, description=text[:60]),
-                               retry_failed=retry_failed)
+
+            def advance(text: str) -> None:
+                done = bar.tasks[0].completed + 1
+                bar.update(task, completed=done, total=max(bar.tasks[0].total or 0, done), description=text[:60])
+
+            result = run_study(study, target, progress=advance, retry_failed=retry_failed)
         console.print(f"{result.trained} run(s) trained, {result.reused} reused, {result.failed} failed")
         if result.best is not None:
             row = result.summary[result.summary["cell"] == result.best].iloc[0]

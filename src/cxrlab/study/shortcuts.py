@@ -69,7 +69,8 @@ def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_
         if in_distribution - metrics["accuracy"] > DROP_WARNING:
             results["warnings"].append(
                 f"trained without source {source}, the model's accuracy on it falls to {metrics['accuracy']:.2f} "
-                f"from {in_distribution:.2f} in distribution: part of what it learned identifies sources, not disease")
+                f"from {in_distribution:.2f} in distribution: it may have learned to recognise sources rather than "
+                "disease (or the other sources hold too few images like this one's)")
         if len(entry["classes"]) == 1:
             results["warnings"].append(
                 f"source {source} holds only {next(iter(entry['classes']))}: in the pooled data its class and its "
