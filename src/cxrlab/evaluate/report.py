@@ -61,40 +61,64 @@ def _summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict, figures: dict[str, Path]) -> str:
-    """The report as Markdown (figures linked by file name)."""
-    out = ["# Evaluation report", "", f"_{DISCLAIMER}_", ""] + _summary_lines(results) + [""]
-    for title, header, rows in _tables(results):
-        out += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def _is_warning(line: str) -> bool:
+    return line.startswith("**") and "warning" in line[:24].lower()
+
+
+def markdown_page(title: str, lines: list[str], tables: list[Table], figures: dict[str, Path],
+                  lists: list[tuple[str, list[str]]] = ()) -> str:
+    """A report as Markdown: title, disclaimer, summary lines, tables, figures (linked by file
+    name), then titled lists. Shared by the evaluation and the study reports."""
+    out = [f"# {title}", "", f"_{DISCLAIMER}_", ""] + lines + [""]
+    for heading, header, rows in tables:
+        out += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-    out += ["## Figures", ""] + [f"![{name}]({path.name})" for name, path in figures.items()]
-    if results["skipped"]:
-        out += ["", "## Images not evaluated", ""] + [f"- {i}: {r}" for i, r in results["skipped"]]
+    out += ["## Figures", ""] + [f"![{name}]({Path(path).name})" for name, path in figures.items()]
+    for heading, items in lists:
+        out += ["", f"## {heading}", ""] + [f"- {item}" for item in items]
     return "\n".join(out) + "\n"
 
 
-def render_html(results: dict, figures: dict[str, Path]) -> str:
-    """The report as one HTML page with tables and figures embedded (no external files)."""
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab evaluation report</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+def html_page(title: str, lines: list[str], tables: list[Table], figures: dict[str, Path],
+              lists: list[tuple[str, list[str]]] = ()) -> str:
+    """The same report as one HTML page with tables and figures embedded (no external files)."""
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab {html.escape(title.lower())}</title>",
+             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "th{background:#f0f0f0}td:first-child{text-align:left}.warn{color:#a00}.note{color:#666}"
              "img{max-width:100%}</style></head><body>",
-             "<h1>Evaluation report</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
-    for line in _summary_lines(results):
-        css = " class='warn'" if line.startswith("**Warning") else ""
+             f"<h1>{html.escape(title)}</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
+    for line in lines:
+        css = " class='warn'" if _is_warning(line) else ""
         parts.append(f"<p{css}>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
-    for title, header, rows in _tables(results):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rows]
+    for heading, header, rows in tables:
+        parts.append(f"<h2>{html.escape(heading)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c.replace('**', '').strip('*'))}</td>" for c in r) + "</tr>"
+                  for r in rows]
         parts.append("</table>")
     parts.append("<h2>Figures</h2>")
     for name, path in figures.items():
         data = base64.b64encode(Path(path).read_bytes()).decode()
         parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    if results["skipped"]:
-        parts.append("<h2>Images not evaluated</h2><ul>" + "".join(
-            f"<li>{html.escape(i)}: {html.escape(r)}</li>" for i, r in results["skipped"]) + "</ul>")
+    for heading, items in lists:
+        parts.append(f"<h2>{html.escape(heading)}</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _skipped(results: dict) -> list[tuple[str, list[str]]]:
+    return [("Images not evaluated", [f"{i}: {r}" for i, r in results["skipped"]])] if results["skipped"] else []
+
+
+def render_markdown(results: dict, figures: dict[str, Path]) -> str:
+    """The evaluation report as Markdown (figures linked by file name)."""
+    return markdown_page("Evaluation report", _summary_lines(results), _tables(results), figures, _skipped(results))
+
+
+def render_html(results: dict, figures: dict[str, Path]) -> str:
+    """The evaluation report as one self-contained HTML page."""
+    return html_page("Evaluation report", _summary_lines(results), _tables(results), figures, _skipped(results))

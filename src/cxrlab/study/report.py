@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrlab.core.io import atomic_write_text  # noqa: E402
-from cxrlab.evaluate.report import DISCLAIMER  # noqa: E402
+from cxrlab.evaluate.report import html_page, markdown_page  # noqa: E402
 from cxrlab.study.config import StudyConfig  # noqa: E402
 from cxrlab.study.results import METRICS, POSITIVE  # noqa: E402
 
@@ -119,29 +117,9 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: d
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
                        best: str | None, loso: dict | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
-    figure = plot_metrics(summary, best, out / "metrics_vs_k.png") if len(summary) else None
+    figures = {"metrics vs k": plot_metrics(summary, best, out / "metrics_vs_k.png")} if len(summary) else {}
     tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso)
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))
-    md = ["# Study report", "", f"_{DISCLAIMER}_", ""] + lines + [""]
-    for title, header, rows in tables:
-        md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-    if figure:
-        md += ["## Figure", "", f"![metrics vs k]({figure.name})", ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab study report</title>",
-             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}table{border-collapse:"
-             "collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "th{background:#f0f0f0}td:first-child{text-align:left}img{max-width:100%}.note{color:#666}</style>"
-             "</head><body><h1>Study report</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
-    parts += [f"<p>{html.escape(line.replace('`', ''))}</p>" for line in lines]
-    for title, header, rows in tables:
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in rows]
-        parts.append("</table>")
-    if figure:
-        data = base64.b64encode(figure.read_bytes()).decode()
-        parts.append(f"<figure><img alt='metrics vs k' src='data:image/png;base64,{data}'></figure>")
-    parts.append("</body></html>")
-    atomic_write_text(out / "report.html", "\n".join(parts))
+    atomic_write_text(out / "report.md", markdown_page("Study report", lines, tables, figures))
+    atomic_write_text(out / "report.html", html_page("Study report", lines, tables, figures))
