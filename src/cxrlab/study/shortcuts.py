@@ -14,14 +14,12 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cxrlab.data import class_names, leave_one_source_out
-from cxrlab.evaluate.metrics import compute_metrics
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import Cell
-from cxrlab.study.test_side import predict_test_side
+from cxrlab.study.test_side import predict_test_side, prediction_metrics
 
 log = logging.getLogger(__name__)
 DROP_WARNING = 0.15  # accuracy lost on an unseen source that the report calls out
@@ -58,9 +56,7 @@ def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_
         except Exception as err:  # noqa: BLE001 -- recorded like a failed run
             results["sources"][source] = {**entry, "status": "failed", "error": f"{type(err).__name__}: {err}"}
             continue
-        names = [c for c in predictions.columns if c not in ("image", "label")]
-        y = np.array([names.index(v) for v in predictions["label"]])
-        metrics = compute_metrics(y, predictions[names].to_numpy(), names)
+        metrics, names = prediction_metrics(predictions)
         recall = {name: metrics["per_class"][name]["sensitivity"] for name in names
                   if metrics["per_class"][name]["support"]}
         entry.update(status="ok", accuracy=metrics["accuracy"], recall=recall,

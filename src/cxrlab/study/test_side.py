@@ -41,6 +41,14 @@ def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataF
     return frame
 
 
+def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
+    """:func:`compute_metrics` of a table of ``image``, ``label`` and one probability column per class,
+    and the class names (column order)."""
+    names = [c for c in predictions.columns if c not in ("image", "label")]
+    y = np.array([names.index(v) for v in predictions["label"]])
+    return compute_metrics(y, predictions[names].to_numpy(), names), names
+
+
 def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame,
                    best: str | None) -> pd.DataFrame:
     """Add test-side columns to ``summary``: accuracy, macro AUC, COVID-19 AUC of each complete cell's
@@ -65,10 +73,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
             for key in columns:
                 columns[key].append(math.nan)
             continue
-        names = [c for c in predictions[cell].columns if c not in ("image", "label")]
-        frame = predictions[cell]
-        y = np.array([names.index(v) for v in frame["label"]])
-        metrics = compute_metrics(y, frame[names].to_numpy(), names)
+        metrics, names = prediction_metrics(predictions[cell])
         positive = POSITIVE if POSITIVE in names else names[0]
         columns["test_fold"].append(fold)
         columns["test_accuracy"].append(metrics["accuracy"])
