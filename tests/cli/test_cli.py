@@ -81,11 +81,17 @@ def test_user_errors_are_one_line(phantoms, tmp_path):
     assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--patients", "30", "--size", "32"])
+def test_demo_runs_a_small_study_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--patients", "30", "--size", "32", "--folds", "2",
+                                 "--epochs", "1"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "splits.csv").exists() and (tmp_path / "demo" / "prepared" / "plan.json").exists()
-    assert (tmp_path / "demo" / "train" / "model.pt").exists() and "validation accuracy" in result.output
+    assert (out / "splits.csv").exists() and (out / "audit.md").exists() and (out / "best-model" / "model.pt").exists()
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["factor.fine_tune"].astype(str).tolist() == ["0", "2", "all"] and (summary["folds_ok"] == 2).all()
+    report = (out / "report.md").read_text()
+    assert "± " in report and "Leave one source out" in report and "Source probe" in report
+    assert "best" in result.output and "report.html" in result.output
 
 
 def test_backbones_lists_the_registry():

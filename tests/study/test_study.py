@@ -95,6 +95,15 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "**best**" in report and "Failed runs" in report and "metrics_vs_k.png" in report
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64") == 1
+    # shortcut audit of the best model: source probe (two phantom sources) and lung checks (phantoms have masks)
+    audit = json.loads((tmp_path / "shortcut_audit.json").read_text())
+    probes = audit["source_probe"]["probes"]
+    assert set(probes) == {"fine-tuned (best model)", "pretrained (before fine-tuning)"}
+    assert 0 <= probes["fine-tuned (best model)"]["all"]["balanced_accuracy"] <= 1
+    assert set(audit["lungs"]["masked_inputs"]["variants"]) == {"full image", "lungs only", "lungs removed"}
+    evidence = audit["lungs"]["lung_evidence"]
+    assert evidence["n"] + evidence["no_evidence"] == (split["split"] == "test").sum()  # no_evidence: all-zero maps
+    assert "Source probe" in report and "lungs or everything else blacked out" in report
     # MLflow: a parent run with one nested child per trained run
     from mlflow import MlflowClient
 

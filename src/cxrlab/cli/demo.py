@@ -1,4 +1,4 @@
-"""``cxrlab demo``: the main job on the embedded synthetic data, end to end."""
+"""``cxrlab demo``: the main job on the embedded synthetic data, end to end — a small study."""
 
 from __future__ import annotations
 
@@ -8,53 +8,55 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
-from cxrlab.cli.prepare_command import print_summary
+from cxrlab.cli.study_command import print_study_summary
 from cxrlab.core.io import atomic_write_text
-from cxrlab.data import SplitConfig, audit_splits, generate_phantoms, load_source, make_splits, write_splits
-from cxrlab.preprocess import PreprocessConfig, prepare
+from cxrlab.data import audit_splits, generate_phantoms, load_source
 
 
-def demo(out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/demo"),
+def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/demo"),
          patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 90,
-         size: Annotated[int, typer.Option(help="Prepared image side.")] = 224,
+         size: Annotated[int, typer.Option(help="Image side the backbone sees.")] = 224,
+         folds: Annotated[int, typer.Option(help="Patient-grouped folds.")] = 3,
+         epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 3,
          seed: Annotated[int, typer.Option(help="Seed.")] = 0) -> None:
-    """Generate phantoms, split by patient, audit the split, prepare CLAHE shards, train efficientnet_lite0."""
+    """Generate phantoms, then a study: efficientnet_lite0 (offline ImageNet weights) fine-tuned to
+    k = 0, 2 and all blocks on patient-grouped folds, tested on held-out patients, with the report,
+    the shortcut audit and the best model exported to OUT/best-model."""
+    from cxrlab.study import StudyConfig, run_study
+    from cxrlab.study.plan import cells, study_split
+
     with handle_errors():
-        console.rule("1/5 synthetic phantoms")
+        console.rule("1/4 synthetic phantoms")
         manifest_path = generate_phantoms(out / "data", n_patients=patients, size=256, seed=seed)
         manifest = load_source(manifest_path)
         console.print(f"{manifest_path}: {len(manifest)} images of {manifest.table['patient_id'].nunique()} "
                       f"patients, {manifest.class_counts()}")
-        console.rule("2/5 patient-grouped split (8:1:1, 5 folds)")
-        frame, info = make_splits(manifest.table, manifest.class_names, SplitConfig(seed=seed))
-        splits_path = write_splits(frame, info, out)
-        for side, counts in info["counts"].items():
-            console.print(f"  {side:5s} {counts['images']:4d} images, {counts['patients']:3d} patients, {counts['classes']}")
-        console.print(f"wrote {splits_path}")
-        console.rule("3/5 split-integrity audit")
+        study = StudyConfig(name="demo", data=str(manifest_path), folds=folds, seed=seed,
+                            base={"backbone": "efficientnet_lite0", "size": size, "contrast": "clahe",
+                                  "epochs": epochs, "patience": 3},
+                            grid={"fine_tune": [0, 2, "all"]}, leave_one_source_out=True)
+        console.rule(f"2/4 patient-grouped split: 10% of patients held out for testing, {folds} folds over the rest")
+        frame = study_split(study, out)
+        sides = frame.assign(side=[s if s == "test" else f"fold {f}" for s, f in zip(frame["split"], frame["fold"], strict=True)])
+        console.print(sides.groupby(["side", "label"]).size().unstack(fill_value=0).to_string())
         with progress_bar("hashing") as bar:
             task = bar.add_task("hashing", total=len(frame))
             report = audit_splits(frame, progress=lambda n: bar.advance(task, n))
         atomic_write_text(out / "audit.md", report.to_markdown())
         console.print(f"leakage guard: {report.leakage or 'OK'}; near-duplicate pairs across sides: "
-                      f"{len(report.cross_side)}; wrote {out / 'audit.md'}")
-        console.rule("4/5 prepare shards (CLAHE, local engine)")
-        config = PreprocessConfig(size=size, contrast="clahe")
-        with progress_bar("prepare") as bar:
-            task = bar.add_task("prepare", total=len(manifest))
-            summary = prepare(manifest, out / "prepared", config, progress=lambda n: bar.advance(task, n))
-        print_summary(summary)
-        console.rule("5/5 train efficientnet_lite0 (ImageNet weights offline, last 2 blocks, 3 epochs)")
-        from cxrlab.train import build_config, train
-
+                      f"{len(report.cross_side)}; wrote {out / 'splits.csv'}, {out / 'audit.md'}")
+        console.rule(f"3/4 study: fine_tune k ∈ {{0, 2, all}} × {folds} folds, {epochs} epochs each, then "
+                     "leave-one-source-out")
         quiet_lightning()
+        with progress_bar("study runs") as bar:
+            task = bar.add_task("study runs", total=len(cells(study)) * study.num_folds)
 
-        config = build_config({"splits": str(splits_path), "out": str(out / "train"), "backbone": "efficientnet_lite0",
-                               "fine_tune": 2, "epochs": 3, "size": size, "seed": seed})
-        result = train(config)
-        val = result.summary["val"]
-        for name, m in val["per_class"].items():
-            console.print(f"  {name:10s} sensitivity {m['sensitivity']:.3f}  specificity {m['specificity']:.3f}  "
-                          f"AUC {m['auc']:.3f}  (n={m['support']})")
-        console.print(f"validation accuracy {val['accuracy']:.3f}, macro AUC {val['auc_macro']:.3f}; model: "
-                      f"{result.out / 'model.pt'}; curves: {result.out / 'curves.png'}")
+            def advance(text: str) -> None:
+                done = bar.tasks[0].completed + 1
+                bar.update(task, completed=done, total=max(bar.tasks[0].total or 0, done), description=text[:60])
+
+            result = run_study(study, out, progress=advance)
+        console.rule("4/4 results")
+        print_study_summary(result.summary, study.select_metric, result.best)
+        console.print(f"best model: {out / 'best-model'}; report: {out / 'report.html'} (and report.md)")
+

@@ -43,10 +43,25 @@ def study_command(
 
             result = run_study(study, target, progress=advance, retry_failed=retry_failed)
         console.print(f"{result.trained} run(s) trained, {result.reused} reused, {result.failed} failed")
+        print_study_summary(result.summary, study.select_metric, result.best)
         if result.best is not None:
-            row = result.summary[result.summary["cell"] == result.best].iloc[0]
-            metric = study.select_metric
-            console.print(f"best: {result.best} ({metric} {row[f'{metric}_mean']:.3f} ± {row[f'{metric}_sd']:.3f})"
-                          f" → {target / 'best-model'}")
+            console.print(f"best: {result.best} → {target / 'best-model'}")
         console.print(f"wrote {target / 'report.html'}, {target / 'report.md'}, {target / 'results.csv'} and "
                       f"{target / 'summary.csv'}")
+
+
+
+def print_study_summary(summary, metric: str, best: str | None) -> None:
+    """A table: each configuration's mean±sd over validation folds and its test-side figures."""
+    from rich.table import Table
+
+    factors = [c for c in summary.columns if c.startswith("factor.")]
+    short = {"accuracy": "acc", "auc_macro": "AUC"}
+    metrics = ["accuracy"] + ([metric] if metric != "accuracy" else [])
+    table = Table(*[f.removeprefix("factor.") for f in factors], *[f"val {short[m]}" for m in metrics],
+                  *[f"test {short[m]}" for m in metrics], "", title="validation: mean±sd over folds")
+    for _, row in summary.iterrows():
+        table.add_row(*[str(row[f]) for f in factors],
+                      *[f"{row[f'{m}_mean']:.3f}±{row[f'{m}_sd']:.3f}" for m in metrics],
+                      *[f"{row[f'test_{m}']:.3f}" for m in metrics], "best" if row["cell"] == best else "")
+    console.print(table)

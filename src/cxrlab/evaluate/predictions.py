@@ -47,9 +47,12 @@ def resolve_model_path(run: str | Path) -> Path:
     return path
 
 
-def predict_frame(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.DataFrame, work_dir: Path,
-                  batch_size: int = 32) -> Predictions:
-    """Preprocess ``frame``'s images into shards under ``work_dir`` and predict them.
+def prepared_dataset(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.DataFrame,
+                     work_dir: Path) -> tuple[pd.DataFrame, ShardDataset, list[tuple[str, str]]]:
+    """Preprocess ``frame``'s images into shards under ``work_dir`` (reused when already there).
+
+    Returns:
+        ``(rows that could be read, their dataset normalised for the model, skipped (image, reason))``.
 
     Raises:
         ConfigError: a label is not one of the model's classes, or no image could be read.
@@ -66,10 +69,20 @@ def predict_frame(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
     kept = frame[frame["image"].isin(set(reader.table["image"]))].reset_index(drop=True)
     dataset = ShardDataset(reader, model.class_names, images=kept["image"].tolist(), mean=model.spec.mean,
                            std=model.spec.std, in_chans=model.spec.in_chans)
+    return kept, dataset, list(summary.skipped)
+
+
+def predict_frame(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.DataFrame, work_dir: Path,
+                  batch_size: int = 32) -> Predictions:
+    """Preprocess ``frame``'s images into shards under ``work_dir`` and predict them.
+
+    Raises:
+        ConfigError: a label is not one of the model's classes, or no image could be read.
+    """
+    kept, dataset, skipped = prepared_dataset(model, preprocess, frame, work_dir)
     runner = InferenceModel(model, "fp32")
     logits = [runner.logits(x) for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size)]
-    return Predictions(kept, torch.cat(logits).numpy(), np.asarray(dataset.targets), model.class_names,
-                       list(summary.skipped))
+    return Predictions(kept, torch.cat(logits).numpy(), np.asarray(dataset.targets), model.class_names, skipped)
 
 
 def load_for_evaluation(run: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:

@@ -19,6 +19,7 @@ from cxrlab.core.errors import CxrlabError
 from cxrlab.models.registry import BackboneSpec
 
 log = logging.getLogger(__name__)
+_ANNOUNCED: set[tuple[str, str]] = set()
 
 _CLASSIFIER_PREFIXES = ("classifier.", "fc.", "_fc.", "head.", "last_linear.", "classif.", "pre_logits.")
 _WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -146,5 +147,7 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path
         downloaded = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, in_chans=spec.in_chans)
         source, origin = downloaded.state_dict(), f"timm hub ({spec.timm_name})"
     backbone.load_state_dict(map_state_dict(source, backbone, origin), strict=True)
-    log.info("%s: loaded pretrained weights from %s", spec.name, origin)
+    level = logging.DEBUG if (spec.name, origin) in _ANNOUNCED else logging.INFO  # a study loads them per run
+    _ANNOUNCED.add((spec.name, origin))
+    log.log(level, "%s: loaded pretrained weights from %s", spec.name, origin)
     return origin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +16,42 @@ from cxrlab.train.config import TrainConfig
 RESERVED = ("data", "splits", "out", "scheme", "ratios", "seed", "prepared", "prefix_store", "mlflow_uri",
             "experiment", "mlflow_tags", "progress_bar")
 SELECT_METRICS = ("auc_macro", "accuracy")
+M = TypeVar("M", bound=BaseModel)
+
+
+def check_setting_names(section: str, keys) -> None:
+    """Each key names a training setting a study or search may set (``augment.rotation`` names a part
+    of one).
+
+    Raises:
+        ValueError: ``section.key`` is unknown (with the closest name) or set by the study itself.
+    """
+    for key in keys:
+        head, _, part = key.partition(".")
+        if head in RESERVED:
+            raise ValueError(f"{section}.{key}: set by the study itself (use the study's own {head!r} field "
+                             "where there is one)")
+        if head not in TrainConfig.model_fields:
+            close = difflib.get_close_matches(head, list(TrainConfig.model_fields), n=1)
+            raise ValueError(f"{section}.{key}: not a training setting" + (f"; did you mean {close[0]!r}?" if close else ""))
+        parts = getattr(TrainConfig.model_fields[head].annotation, "model_fields", None)
+        if part and (parts is None or part not in parts):
+            close = difflib.get_close_matches(part, list(parts or []), n=1)
+            raise ValueError(f"{section}.{key}: not a part of {head!r}" + (f"; did you mean {head}.{close[0]}?" if close else ""))
+
+
+def merge_settings(base: dict, factors: dict) -> dict:
+    """``base`` updated with ``factors``; a dotted factor (``augment.rotation``) sets one part of a
+    nested setting and keeps the others ``base`` gives."""
+    out = dict(base)
+    for key, value in factors.items():
+        head, _, part = key.partition(".")
+        if part:
+            nested = out.get(head)
+            out[head] = {**(nested if isinstance(nested, dict) else {}), part: value}
+        else:
+            out[key] = value
+    return out
 
 
 class StudyConfig(BaseModel):
@@ -42,6 +78,8 @@ class StudyConfig(BaseModel):
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
     leave_one_source_out: bool = Field(False, description="train the best configuration once per source on the "
                                                           "other sources and test it on the unseen one")
+    shortcut_checks: bool = Field(True, description="probe the best model's features for the source, and test "
+                                                    "its evidence and calls with the lungs removed (masks needed)")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"
 
@@ -49,14 +87,8 @@ class StudyConfig(BaseModel):
     def _check(self) -> StudyConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
-        for section, keys in (("base", list(self.base)), ("grid", list(self.grid))):
-            for key in keys:
-                if key in RESERVED:
-                    raise ValueError(f"{section}.{key}: set by the study itself (use the study's own {key!r} field "
-                                     "where there is one)")
-                if key not in TrainConfig.model_fields:
-                    close = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=1)
-                    raise ValueError(f"{section}.{key}: not a training setting" + (f"; did you mean {close[0]!r}?" if close else ""))
+        check_setting_names("base", self.base)
+        check_setting_names("grid", self.grid)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: give a non-empty list of values")
@@ -68,8 +100,8 @@ class StudyConfig(BaseModel):
         return self.folds if self.folds >= 2 else 1
 
 
-def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyConfig:
-    """Read a study YAML (relative ``data``/``splits`` resolve against the YAML's folder).
+def load_yaml_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
+    """Read a YAML config into ``model`` (relative ``data``/``splits`` resolve against the YAML's folder).
 
     Raises:
         ConfigError: unreadable file or an invalid field (named).
@@ -78,17 +110,26 @@ def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyC
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read study config ({err})") from err
+        raise ConfigError(f"{path}: cannot read config ({err})") from err
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a study config is a mapping of fields")
+        raise ConfigError(f"{path}: a config is a mapping of fields")
     for key in ("data", "splits"):
         if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
             candidate = path.parent / values[key]
             values[key] = str(candidate if candidate.exists() else Path(values[key]))
     values.update(overrides or {})
     try:
-        return StudyConfig(**values)
+        return model(**values)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "config"
         raise ConfigError(f"{path}: field {field!r}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyConfig:
+    """Read a study YAML (see :func:`load_yaml_config`).
+
+    Raises:
+        ConfigError: unreadable file or an invalid field (named).
+    """
+    return load_yaml_config(path, StudyConfig, overrides)

@@ -15,7 +15,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
-from cxrlab.study.config import StudyConfig
+from cxrlab.study.config import StudyConfig, merge_settings
 from cxrlab.train.config import TrainConfig, build_config
 
 
@@ -90,7 +90,7 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
     Raises:
         ConfigError: the cell's settings are invalid (names the field).
     """
-    values = {**config.base, **cell.factors, "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
+    values = {**merge_settings(config.base, cell.factors), "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
               "scheme": config.scheme, "seed": config.seed, "mlflow_uri": config.mlflow_uri,
               "experiment": config.experiment, "mlflow_tags": tags, "progress_bar": False}
     if config.share_prefix:

@@ -96,7 +96,51 @@ def _loso_table(loso: dict) -> tuple[str, list[str], list[list[str]]]:
             ["unseen source", "images", "classes", "accuracy", "macro AUC", "recall per class"], rows)
 
 
-def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: dict | None = None) -> list[str]:
+def _probe_table(audit: dict) -> tuple[str, list[str], list[list[str]]]:
+    rows = []
+    for features, probe in audit["probes"].items():
+        for scope, p in [("all images", probe["all"])] + [(f"{label} only", q) for label, q in probe["within_class"].items()]:
+            if "skipped" in p:
+                rows.append([features, scope, "—", "—", "—", p["skipped"]])
+            else:
+                mix = ", ".join(f"{k} {v}" for k, v in p["sources"].items())
+                rows.append([features, scope, str(p["n"]), _num(p["balanced_accuracy"], 2), _num(p["chance"], 2), mix])
+    v = next(iter(audit["probes"].values())).get("association") if audit["probes"] else None
+    return ("Source probe: a logistic regression on the pooled last-block features predicts each image's source "
+            f"(patient-grouped cross-validation). Source × class association: Cramér's V {_num(v, 2)} (0 = classes "
+            "spread evenly over sources, 1 = each source holds one class)",
+            ["features", "images probed", "n", "balanced accuracy", "chance", "images per source"], rows)
+
+
+def _lung_tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    inputs, share = audit["masked_inputs"], audit["lung_evidence"]
+    rows = []
+    for variant, v in inputs["variants"].items():
+        recall = ", ".join(f"{k} {r:.2f}" for k, r in v["recall"].items())
+        rows.append([variant, _num(v["accuracy"], 2), _num(v["auc_macro"], 2), recall, _num(v["p_above_chance"])])
+    tables = [(f"The best model on {inputs['n']} test images with lung masks, whole and with the lungs or everything "
+               f"else blacked out (always naming the commonest class scores {_num(inputs['no_information_rate'], 2)}; "
+               "p: one-sided binomial test against that)",
+               ["input", "accuracy", "macro AUC", "recall per class", "p above chance"], rows)]
+    if share.get("n"):
+        tables.append((f"Grad-CAM evidence inside the lungs ({share['n']} test images; a map spread evenly would "
+                       f"score the lungs' median area {_num(share['median_lung_area'], 2)})",
+                       ["true class / prediction", "images", "median in-lung share", "mostly outside (< 0.5)"],
+                       [[g, str(v["n"]), _num(v["median"], 2), str(v["below_half"])] for g, v in share["groups"].items()]))
+    return tables
+
+
+def _audit_tables(audit: dict | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    tables = []
+    if audit and audit.get("source_probe", {}).get("probes"):
+        tables.append(_probe_table(audit["source_probe"]))
+    if audit and "masked_inputs" in audit.get("lungs", {}):
+        tables += _lung_tables(audit["lungs"])
+    return tables
+
+
+def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: dict | None = None,
+           audit: dict | None = None) -> list[str]:
     lines = [f"Study `{config.name}`: {len(summary)} configuration(s) × {config.num_folds} fold(s), "
              f"patient-grouped; the best configuration is chosen by mean validation {config.select_metric}."]
     if best is None:
@@ -111,15 +155,22 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: d
     if loso and loso.get("skipped"):
         lines.append(f"Leave-one-source-out was skipped: {loso['skipped']}.")
     lines += [f"**Shortcut warning:** {w}." for w in (loso or {}).get("warnings", [])]
+    for name, part in (audit or {}).items():
+        if not isinstance(part, dict):
+            continue
+        if part.get("skipped"):
+            lines.append(f"{'Source probe' if name == 'source_probe' else 'Lung checks'} skipped: {part['skipped']}.")
+        lines += [f"**Shortcut warning:** {w}." for w in part.get("warnings", [])]
     return lines
 
 
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
-                       best: str | None, loso: dict | None = None) -> None:
+                       best: str | None, loso: dict | None = None, audit: dict | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
     figures = {"metrics vs k": plot_metrics(summary, best, out / "metrics_vs_k.png")} if len(summary) else {}
-    tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso)
+    tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso, audit)
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))
+    tables += _audit_tables(audit)
     atomic_write_text(out / "report.md", markdown_page("Study report", lines, tables, figures))
     atomic_write_text(out / "report.html", html_page("Study report", lines, tables, figures))

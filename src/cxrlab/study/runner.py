@@ -29,12 +29,13 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.data import write_splits
-from cxrlab.data.manifest import read_table, resolve_paths, write_table
 from cxrlab.study.config import StudyConfig
+from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
 from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import evaluate_cells
+from cxrlab.study.tracking import finish_parent_run, start_parent_run
 from cxrlab.train import train
 
 log = logging.getLogger(__name__)
@@ -67,32 +68,11 @@ def _state(config: StudyConfig, out: Path, uri: str) -> dict:
     else:
         state = {"name": config.name, "config": current}
     if not state.get("mlflow_parent"):
-        state["mlflow_parent"] = _parent_run(config, uri)
+        state["mlflow_parent"] = start_parent_run(uri, config.experiment, config.name,
+                                                  {"grid": config.grid, "folds": config.num_folds},
+                                                  {"cxrlab.study": config.name})
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
     return state
-
-
-def _parent_run(config: StudyConfig, uri: str) -> str:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(config.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-    run = client.create_run(experiment_id, run_name=config.name, tags={"cxrlab.study": config.name})
-    client.log_param(run.info.run_id, "grid", json.dumps(config.grid))
-    client.log_param(run.info.run_id, "folds", config.num_folds)
-    return run.info.run_id
-
-
-def _finish_parent(uri: str, run_id: str, summary: pd.DataFrame, best: str | None, metric: str) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    if best is not None:
-        row = summary[summary["cell"] == best].iloc[0]
-        client.set_tag(run_id, "cxrlab.best_cell", best)
-        client.log_metric(run_id, f"best_{metric}_mean", float(row[f"{metric}_mean"]))
-    client.set_terminated(run_id, "FINISHED")
 
 
 def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
@@ -172,8 +152,12 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
 
-    write_study_report(config, out, table, summary_table, best, loso)
-    _finish_parent(uri, state["mlflow_parent"], summary_table, best, config.select_metric)
+    audit = _shortcut_checks(config, out, frame, best)
+    write_study_report(config, out, table, summary_table, best, loso, audit)
+    metric = config.select_metric
+    best_row = summary_table.set_index("cell").loc[best] if best is not None else None
+    finish_parent_run(uri, state["mlflow_parent"], {"cxrlab.best_cell": best} if best is not None else {},
+                      {f"best_{metric}_mean": float(best_row[f"{metric}_mean"])} if best_row is not None else {})
     return StudyResult(out, table, summary_table, best, trained, reused, failed)
 
 
@@ -199,6 +183,25 @@ def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, p
         result = held_out_results(out, cell, splits, in_distribution, train_one)
     atomic_write_text(out / "leave_one_source_out.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: str | None) -> dict | None:
+    """The source probe and the lung checks of the best model (written to ``shortcut_audit.json``);
+    a failing check is recorded, never fatal: the study's results are already safe."""
+    if not config.shortcut_checks or best is None:
+        return None
+    from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
+
+    audit: dict = {"cell": best}
+    for name, check in (("source_probe", lambda: source_probe_audit(config, out, frame)),
+                        ("lungs", lambda: lung_audit(out, frame))):
+        try:
+            audit[name] = check()
+        except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
+            log.warning("study: %s check failed: %s", name, err)
+            audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}
+    atomic_write_text(out / "shortcut_audit.json", json.dumps(audit, indent=2, default=str) + "\n")
+    return audit
 
 
 def _execution_order(plan: list[Cell]) -> list[Cell]:
@@ -235,16 +238,4 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
 def _export_best(out: Path, table: pd.DataFrame, best: str) -> None:
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
     fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
-    source = out / "runs" / best / f"fold{fold}"
-    target = out / "best-model"
-    tmp = out / "best-model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name in ("model.pt", "config.yaml", "summary.json", "metrics.csv", "splits.json", "curves.png"):
-        if (source / name).exists():
-            shutil.copy2(source / name, tmp / name)
-    # image paths in splits.csv are relative to its folder: rewrite them for the new one
-    write_table(resolve_paths(read_table(source / "splits.csv"), source), tmp / "splits.csv")
-    atomic_write_text(tmp / "origin.json", json.dumps({"cell": best, "fold": fold, "run": str(source)}) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    export_run(out / "runs" / best / f"fold{fold}", out / "best-model", {"cell": best, "fold": fold})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
     return PreprocessConfig(size=config.size or spec.input_size, contrast=config.contrast, resize=config.resize)
 
 
+def check_classes_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
+    """Every class has images on the train and the validation side.
+
+    Raises:
+        ConfigError: a side lacks a class (named).
+    """
+    for side in ("train", "val"):
+        counts = frame.loc[frame["split"] == side, "label"].value_counts()
+        missing = [c for c in names if counts.get(c, 0) == 0]
+        if missing:
+            raise ConfigError(f"the {side} side has no images of class(es) {', '.join(missing)}; "
+                              "fix the split or the data before training")
+
+
 def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress=None) -> TrainData:
     """Read or make the split, prepare shards (into ``config.prepared`` or ``out/prepared``), check
     every class is present.
@@ -69,12 +84,7 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     reader = ShardReader(prepared)
     present = set(reader.table["image"])
     frame = frame[frame["image"].isin(present)]
-    for side in ("train", "val"):
-        counts = frame.loc[frame["split"] == side, "label"].value_counts()
-        missing = [c for c in names if counts.get(c, 0) == 0]
-        if missing:
-            raise ConfigError(f"the {side} side has no images of class(es) {', '.join(missing)}; "
-                              "fix the split or the data before training")
+    check_classes_present(frame, names)
     return TrainData(frame, names, preprocess, reader, frame.loc[frame["split"] == "train", "image"].tolist(),
                      frame.loc[frame["split"] == "val", "image"].tolist(), skipped)
 

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,11 @@ def _evaluate(model: CxrClassifier, dataset, batch_size: int) -> dict:
     return classification_summary(torch.cat(targets).numpy(), torch.cat(probs).numpy(), model.class_names)
 
 
-def train(config: TrainConfig, progress=None) -> TrainResult:
+def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Train, keep the best model by validation loss, and write the run directory.
+
+    ``callbacks`` join Lightning's for every phase (e.g. a tuner's pruning callback; an exception
+    one raises ends the run without a ``summary.json``).
 
     Raises:
         ConfigError / WeightsUnavailableError / LeakageError: before any training starts.
@@ -104,7 +108,7 @@ def train(config: TrainConfig, progress=None) -> TrainResult:
         model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
                                   weights=config.weights, allow_download=config.allow_download,
                                   class_names=data.class_names, seed=config.seed)
-        summary = _fit(model, data, config, out)
+        summary = _fit(model, data, config, out, callbacks)
     summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_curves(out / "metrics.csv", out / "curves.png")
@@ -113,7 +117,8 @@ def train(config: TrainConfig, progress=None) -> TrainResult:
     return TrainResult(out, summary, model)
 
 
-def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) -> dict:
+def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
+         callbacks: Sequence[L.Callback] = ()) -> dict:
     spec = model.spec
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -140,7 +145,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path) 
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block)
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
-            logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True)],
+            logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True),
+                                     *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, deterministic=True,
             log_every_n_steps=1, default_root_dir=str(out))

@@ -1,0 +1,29 @@
+"""Export a finished run as a study's or a search's ``best-model`` folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cxrlab.core.io import atomic_write_text
+from cxrlab.data.manifest import read_table, resolve_paths, write_table
+
+FILES = ("model.pt", "config.yaml", "summary.json", "metrics.csv", "splits.json", "curves.png")
+
+
+def export_run(source: Path, target: Path, origin: dict) -> Path:
+    """Copy a run folder's model and records to ``target`` (replaced atomically), with the split's
+    image paths rewritten for the new folder and ``origin.json`` naming where it came from."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, tmp / name)
+    # image paths in splits.csv are relative to its folder: rewrite them for the new one
+    write_table(resolve_paths(read_table(source / "splits.csv"), source), tmp / "splits.csv")
+    atomic_write_text(tmp / "origin.json", json.dumps({**origin, "run": str(source)}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

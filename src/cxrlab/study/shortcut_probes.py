@@ -1,0 +1,119 @@
+"""Shortcut audit, parts two and three, on the study's best model.
+
+* **Source probe**: can the model's features (and, for contrast, the untouched pretrained
+  backbone's) tell which source an image came from — over all images and within one class?
+* **Lungs**: on test images with lung masks, the share of Grad-CAM evidence inside the lungs,
+  and the model's calls on lung-only images and on images with the lungs blacked out.
+
+Each part writes plain-words warnings when it points to shortcut learning. Part one
+(leave-one-source-out) is in :mod:`cxrlab.study.shortcuts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.evaluate.masked_inputs import VARIANTS, masked_input_predictions, summarise_masked_inputs
+from cxrlab.evaluate.predictions import prepared_dataset
+from cxrlab.evaluate.source_probe import pooled_features, source_probe
+from cxrlab.explain import lung_evidence, summarise_lung_evidence
+from cxrlab.models import WeightsUnavailableError, create_classifier, load_model
+from cxrlab.study.config import StudyConfig
+
+log = logging.getLogger(__name__)
+PROBE_WARNING = 0.8  # balanced accuracy at which features "recognise" sources
+ASSOCIATION_WARNING = 0.3  # Cramér's V of source × class at which classes are "unevenly spread" over sources
+
+
+def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame) -> dict:
+    """The source probe on every image of the study, with the best model's features and the pretrained
+    backbone's (when its weights are available offline).
+
+    Returns:
+        ``{"probes": {features: probe result}, "warnings": [...]}`` (see :func:`source_probe`).
+    """
+    if frame["source"].fillna("").astype(str).nunique() < 2:
+        return {"skipped": "the data has a single source", "probes": {}, "warnings": []}
+    model, preprocess, payload = load_model(out / "best-model" / "model.pt")
+    key = hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    kept, dataset, _ = prepared_dataset(model, preprocess, frame, out / "shared" / "prepared-probe" / key)
+    models = {"fine-tuned (best model)": model}
+    try:
+        models["pretrained (before fine-tuning)"] = create_classifier(payload["backbone"], len(model.class_names))
+    except WeightsUnavailableError as err:
+        log.info("source probe: no pretrained contrast (%s)", err)
+    probes = {name: source_probe(pooled_features(m, dataset), kept, folds=5, seed=config.seed)
+              for name, m in models.items()}
+    return {"probes": probes, "warnings": _probe_warnings(probes)}
+
+
+def _probe_warnings(probes: dict) -> list[str]:
+    warnings = []
+    for name, probe in probes.items():
+        overall, v = probe["all"], probe.get("association")
+        if "skipped" in overall or overall["balanced_accuracy"] < PROBE_WARNING:
+            continue
+        within = [f"{label} {p['balanced_accuracy']:.2f}" for label, p in probe["within_class"].items()
+                  if "skipped" not in p and p["balanced_accuracy"] >= PROBE_WARNING]
+        text = (f"the {name} features tell an image's source with balanced accuracy {overall['balanced_accuracy']:.2f} "
+                f"(chance {overall['chance']:.2f})")
+        if within:
+            text += f", even among images of one class ({', '.join(within)})"
+        if v is not None and v >= ASSOCIATION_WARNING:
+            warnings.append(f"{text}, and classes are spread unevenly over the sources (Cramér's V {v:.2f}): the "
+                            "class signal may partly be a source signal; check the leave-one-source-out figures")
+        elif name.startswith("fine-tuned"):
+            warnings.append(f"{text}; classes are spread evenly enough over the sources that this alone is not a "
+                            "shortcut, but a new source may look unfamiliar to the model")
+    return warnings
+
+
+def lung_audit(out: Path, frame: pd.DataFrame) -> dict:
+    """Grad-CAM in-lung share and lung-only / lungs-removed calls of the best model on test images
+    with lung masks.
+
+    Returns:
+        ``{"masked_inputs": summary, "lung_evidence": summary, "warnings": [...]}``, or
+        ``{"skipped": reason}`` without masked test images.
+    """
+    test = frame[frame["split"] == "test"]
+    masks = test.get("mask", pd.Series("", index=test.index)).fillna("").astype(str)
+    test = test[masks != ""]
+    if test.empty:
+        return {"skipped": "no test image has a lung mask", "warnings": []}
+    model, preprocess, _ = load_model(out / "best-model" / "model.pt")
+    table = masked_input_predictions(model, preprocess, test)
+    if table.empty:
+        return {"skipped": "no masked test image could be read", "warnings": []}
+    table.to_csv(out / "masked_inputs.csv", index=False)
+    names = list(model.class_names)
+    inputs = summarise_masked_inputs(table, names)
+    full = table[table["variant"] == VARIANTS[0]]
+    calls = full.assign(predicted=full[names].idxmax(axis=1)).merge(test[["image", "mask"]], on="image")
+    evidence = lung_evidence(model, preprocess, calls)
+    evidence.to_csv(out / "lung_evidence.csv", index=False)
+    share = summarise_lung_evidence(evidence)
+    return {"masked_inputs": inputs, "lung_evidence": {k: v for k, v in share.items() if k != "mostly_outside"},
+            "warnings": _lung_warnings(inputs, share)}
+
+
+def _lung_warnings(inputs: dict, share: dict) -> list[str]:
+    warnings = []
+    removed = inputs["variants"].get(VARIANTS[2])
+    if inputs.get("evidence_outside_lungs") and removed:
+        warnings.append(
+            f"with the lungs blacked out the model still calls {removed['accuracy']:.2f} of {inputs['n']} test images "
+            f"right, above the {inputs['no_information_rate']:.2f} of always naming the commonest class "
+            f"(p = {removed['p_above_chance']:.3f}): it finds class evidence outside the lungs")
+    if share.get("n") and not math.isnan(share["median"]) and share["median"] < share["median_lung_area"]:
+        warnings.append(
+            f"the median share of Grad-CAM evidence inside the lungs is {share['median']:.2f}, less than the "
+            f"{share['median_lung_area']:.2f} a map spread evenly over the image would give: the model looks "
+            "elsewhere more than at the lungs")
+    return warnings
