@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "manifest", "split", "audit", "prepare", "demo", "doctor"]
+COMMANDS = ["synth", "manifest", "split", "audit", "prepare", "train", "backbones", "evaluate", "explain", "compare",
+            "study", "tune", "demo", "doctor"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -12,6 +12,7 @@ from cxrlab.cli.explain_command import explain_command
 from cxrlab.cli.prepare_command import prepare_command
 from cxrlab.cli.study_command import study_command
 from cxrlab.cli.train_commands import backbones, train_command
+from cxrlab.cli.tune_command import tune_command
 from cxrlab.core.logging import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -35,6 +36,7 @@ app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
 app.command("compare")(compare_command)
 app.command("study")(study_command)
+app.command("tune")(tune_command)
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

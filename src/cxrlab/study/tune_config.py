@@ -1,0 +1,123 @@
+"""``TuneConfig``: a hyper-parameter search (Optuna) over training settings, from one YAML file.
+
+A search space maps training settings (dotted for nested ones, e.g. ``augment.rotation``) to
+
+* a list — a categorical choice: ``optimizer: [adam, rmsprop, sgd]``, ``fine_tune: [0, 2, all]``;
+* ``{low, high}`` with optional ``log: true`` or ``step`` — a float range, or an integer range
+  when ``low`` and ``high`` are both integers: ``lr: {low: 1.0e-5, high: 1.0e-2, log: true}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxrlab.study.config import check_setting_names, load_yaml_config
+
+METRICS = {"auc_macro": "maximize", "accuracy": "maximize", "val_loss": "minimize"}
+MONITORED = {"auc_macro": "val_auc", "accuracy": "val_acc", "val_loss": "val_loss"}  # per-epoch values for pruning
+
+
+class Range(BaseModel):
+    """A numeric range: float, or int when both ends are integers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float | int
+    high: float | int
+    log: bool = False
+    step: float | int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if self.high <= self.low:
+            raise ValueError(f"high ({self.high}) must exceed low ({self.low})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        """Both ends are integers (and the step, when given)."""
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1))
+
+
+class TuneConfig(BaseModel):
+    """A search: ``trials`` training runs with settings drawn from ``space`` on top of ``base``,
+    each on the same patient-grouped train/validation split; the test side is held out and used
+    once, for the best trial."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "tune"
+    data: str | None = None
+    splits: str | None = Field(None, description="a splits.csv to use as is (train/val/test sides)")
+    scheme: Literal["3class", "binary"] = "3class"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every trial")
+    space: dict[str, list[Any] | Range] = Field(default_factory=lambda: {"lr": Range(low=1e-4, high=1e-2, log=True)})
+    trials: int = Field(20, ge=1, description="trials in total (a resumed search runs the missing ones)")
+    timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
+    metric: Literal["auc_macro", "accuracy", "val_loss"] = "auc_macro"
+    pruning: bool = Field(True, description="median pruning on the per-epoch validation metric")
+    startup_trials: int = Field(5, ge=1, description="random trials before TPE models the space; the pruner "
+                                                     "waits for as many finished trials")
+    storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: SQLite in the "
+                                                  "output folder); a shared database lets several machines search together")
+    share_prefix: bool = Field(True, description="reuse frozen-prefix activations across trials")
+    mlflow_uri: str | None = None
+    experiment: str = "cxrlab-tuning"
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _ranges(cls, space: Any) -> Any:
+        if not isinstance(space, dict):
+            return space
+        out = {}
+        for key, value in space.items():
+            if isinstance(value, dict):
+                try:
+                    value = Range(**value)
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"space.{key}{'.' + where if where else ''}: "
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+            elif not isinstance(value, list | Range):
+                raise ValueError(f"space.{key}: give a list of choices or a {{low, high}} range")
+            out[key] = value
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneConfig:
+        if not self.data and not self.splits:
+            raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        if not self.space:
+            raise ValueError("space: give at least one setting to search")
+        check_setting_names("base", self.base)
+        check_setting_names("space", self.space)
+        for key, choices in self.space.items():
+            if isinstance(choices, list) and not choices:
+                raise ValueError(f"space.{key}: give a non-empty list of choices or a {{low, high}} range")
+            if "." not in key and any(k.startswith(key + ".") for k in self.space):
+                raise ValueError(f"space.{key}: searched both as a whole and by its parts")
+        return self
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` or ``minimize``."""
+        return METRICS[self.metric]
+
+
+def load_tune_config(path: str | Path, overrides: dict | None = None) -> TuneConfig:
+    """Read a tuning YAML (relative ``data``/``splits`` resolve against the YAML's folder).
+
+    Raises:
+        ConfigError: unreadable file or an invalid field (named).
+    """
+    return load_yaml_config(path, TuneConfig, overrides)
