@@ -86,3 +86,18 @@ def test_masked_inputs_of_a_trained_model(run_dir, tmp_path):
     np.testing.assert_allclose(probs[0::3], usual.probs, atol=1e-4)
     broken = test.assign(mask=[str(tmp_path / "missing.png")] + list(test["mask"][1:]))
     assert len(masked_input_predictions(model, preprocess, broken)) == 3 * (len(test) - 1)  # skipped, named in a warning
+
+
+def test_masked_input_summary_keeps_power_when_one_class_dominates():
+    names = ["COVID-19", "Normal"]
+    labels = ["COVID-19"] * 30 + ["Normal"] * 4
+    rng = np.random.default_rng(1)
+    rows = []
+    for variant in VARIANTS:
+        for i, y in enumerate(labels):  # always called COVID-19, but COVID-19 images score higher
+            p = 0.8 + 0.15 * rng.random() if y == "COVID-19" else 0.6 + 0.15 * rng.random()
+            rows.append({"image": f"i{i}", "label": y, "variant": variant, "COVID-19": p, "Normal": 1 - p})
+    summary = summarise_masked_inputs(pd.DataFrame(rows), names)
+    removed = summary["variants"]["lungs removed"]
+    assert removed["accuracy"] == pytest.approx(30 / 34) and removed["p_above_chance"] > 0.05  # accuracy: no power
+    assert removed["auc_positive"] == 1.0 and removed["p_auc_above_half"] < 0.05 and summary["evidence_outside_lungs"]

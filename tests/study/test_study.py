@@ -207,3 +207,20 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
     stamp = (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns
     run_study(config, tmp_path)  # resumed: the held-out runs are reused too
     assert (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_runs_in_parallel_processes_give_the_sequential_table(phantoms, tmp_path):
+    config = StudyConfig(name="par", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8},
+                         grid={"fine_tune": [1, 2]}, shortcut_checks=False)
+    sequential = run_study(config, tmp_path / "one")
+    parallel = run_study(config.model_copy(update={"workers": 2}), tmp_path / "two")
+    assert parallel.trained == 4 and parallel.failed == 0
+    one, two = (_without_timing(pd.read_csv(tmp_path / d / "results.csv")) for d in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two, check_exact=False, atol=0.02)  # one thread per process: last digits may move
+    # the shared prefix store was filled once per k although folds of a k ran at the same time
+    assert len(list((tmp_path / "two" / "shared" / "prefix-store").glob("*.npy"))) == 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cxrlab-studies").experiment_id])
+    assert len(runs) == 5  # the parent and one nested run per training run, all written from two processes

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import warnings
 from collections.abc import Iterator
 
 import typer
@@ -12,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cxrlab.core.errors import CxrlabError
+from cxrlab.core.logging import quiet_lightning  # noqa: F401 -- the commands' import point
 
 console = Console()
 err_console = Console(stderr=True)
@@ -53,10 +52,3 @@ def parse_label_map(items: list[str] | None) -> dict[str, str | None]:
         raw, target = item.split("=", 1)
         out[raw.strip()] = None if target.strip().lower() == "drop" else target.strip()
     return out
-
-
-def quiet_lightning() -> None:
-    """Keep Lightning's warnings but not its per-fit INFO banners (devices, a sales tip)."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    # Lightning's own use of a deprecated torch API, repeated at every fit: nothing a user can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

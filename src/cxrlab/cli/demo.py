@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
-from cxrlab.cli.study_command import print_study_summary
+from cxrlab.cli.study_command import print_study_summary, print_warnings
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import audit_splits, generate_phantoms, load_source
 
@@ -35,7 +35,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
                             base={"backbone": "efficientnet_lite0", "size": size, "contrast": "clahe",
                                   "epochs": epochs, "patience": 3},
                             grid={"fine_tune": [0, 2, "all"]}, leave_one_source_out=True)
-        console.rule(f"2/4 patient-grouped split: 10% of patients held out for testing, {folds} folds over the rest")
+        console.rule(f"2/4 split by patient: 10% held out, {folds} folds")
         frame = study_split(study, out)
         sides = frame.assign(side=[s if s == "test" else f"fold {f}" for s, f in zip(frame["split"], frame["fold"], strict=True)])
         console.print(sides.groupby(["side", "label"]).size().unstack(fill_value=0).to_string())
@@ -45,8 +45,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
         atomic_write_text(out / "audit.md", report.to_markdown())
         console.print(f"leakage guard: {report.leakage or 'OK'}; near-duplicate pairs across sides: "
                       f"{len(report.cross_side)}; wrote {out / 'splits.csv'}, {out / 'audit.md'}")
-        console.rule(f"3/4 study: fine_tune k ∈ {{0, 2, all}} × {folds} folds, {epochs} epochs each, then "
-                     "leave-one-source-out")
+        console.rule(f"3/4 study: k ∈ {{0, 2, all}} × {folds} folds, {epochs} epochs; shortcut audit")
         quiet_lightning()
         with progress_bar("study runs") as bar:
             task = bar.add_task("study runs", total=len(cells(study)) * study.num_folds)
@@ -58,5 +57,6 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
             result = run_study(study, out, progress=advance)
         console.rule("4/4 results")
         print_study_summary(result.summary, study.select_metric, result.best)
+        print_warnings(result.warnings)
         console.print(f"best model: {out / 'best-model'}; report: {out / 'report.html'} (and report.md)")
 

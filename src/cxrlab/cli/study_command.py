@@ -17,6 +17,8 @@ def study_command(
     folds: Annotated[Optional[int], typer.Option(help="Override the number of folds.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override base.epochs (quick trials).")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run recorded failures again.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Runs trained at once, each in its own process "
+                                                        "(default: the study's setting, 1).")] = None,
 ) -> None:
     """Train every configuration on every fold, evaluate on the test side, write report and best-model."""
     from cxrlab.study import load_study_config, run_study
@@ -28,6 +30,8 @@ def study_command(
             overrides["data"], overrides["splits"] = str(data), None
         if folds is not None:
             overrides["folds"] = folds
+        if workers is not None:
+            overrides["workers"] = workers
         study = load_study_config(config, overrides)
         if epochs is not None:
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})
@@ -44,6 +48,7 @@ def study_command(
             result = run_study(study, target, progress=advance, retry_failed=retry_failed)
         console.print(f"{result.trained} run(s) trained, {result.reused} reused, {result.failed} failed")
         print_study_summary(result.summary, study.select_metric, result.best)
+        print_warnings(result.warnings)
         if result.best is not None:
             console.print(f"best: {result.best} → {target / 'best-model'}")
         console.print(f"wrote {target / 'report.html'}, {target / 'report.md'}, {target / 'results.csv'} and "
@@ -65,3 +70,11 @@ def print_study_summary(summary, metric: str, best: str | None) -> None:
                       *[f"{row[f'{m}_mean']:.3f}±{row[f'{m}_sd']:.3f}" for m in metrics],
                       *[f"{row[f'test_{m}']:.3f}" for m in metrics], "best" if row["cell"] == best else "")
     console.print(table)
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """The shortcut audit's warnings, or that it found nothing to warn about."""
+    for text in warnings:
+        console.print(f"[bold yellow]shortcut warning:[/] {text}", highlight=False)
+    if not warnings:
+        console.print("shortcut audit: no warnings (see the report for its figures)")

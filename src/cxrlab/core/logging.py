@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from rich.logging import RichHandler
 
@@ -14,3 +15,10 @@ def configure_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's warnings but not its per-fit INFO banners (devices, a sales tip)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Lightning's own use of a deprecated torch API, repeated at every fit: nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

@@ -28,6 +28,7 @@ from cxrlab.models.classifier import CxrClassifier
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 5  # per source, for a source to take part in a probe
+PROBE_C = 0.01  # inverse regularisation strength of the probe
 
 
 @torch.inference_mode()
@@ -52,7 +53,8 @@ def _probe(features: np.ndarray, sources: np.ndarray, groups: np.ndarray, folds:
     splits = int(min(folds, patients.min()))
     if splits < 2:
         return {"skipped": f"source {patients.idxmin()} has a single patient: no patient-grouped probe"}
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+    # strongly regularised: a backbone gives ~1,000+ features for a few hundred images
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=3000, class_weight="balanced"))
     cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*least populated class.*")  # small sources: fewer groups than folds

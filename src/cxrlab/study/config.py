@@ -76,6 +76,8 @@ class StudyConfig(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"fine_tune": [0, 1, 2, 3, 4, 5]})
     select_metric: Literal["auc_macro", "accuracy"] = "auc_macro"
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
+    workers: int = Field(1, ge=1, le=64, description="runs trained at once, each in its own process with an equal "
+                                                     "share of the CPU threads")
     leave_one_source_out: bool = Field(False, description="train the best configuration once per source on the "
                                                           "other sources and test it on the unseen one")
     shortcut_checks: bool = Field(True, description="probe the best model's features for the source, and test "

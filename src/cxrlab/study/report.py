@@ -117,11 +117,15 @@ def _lung_tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = []
     for variant, v in inputs["variants"].items():
         recall = ", ".join(f"{k} {r:.2f}" for k, r in v["recall"].items())
-        rows.append([variant, _num(v["accuracy"], 2), _num(v["auc_macro"], 2), recall, _num(v["p_above_chance"])])
+        rows.append([variant, _num(v["accuracy"], 2), _num(v["p_above_chance"]), _num(v["auc_positive"], 2),
+                     _num(v["p_auc_above_half"]), _num(v["auc_macro"], 2), recall])
+    positive = inputs.get("positive", "")
     tables = [(f"The best model on {inputs['n']} test images with lung masks, whole and with the lungs or everything "
-               f"else blacked out (always naming the commonest class scores {_num(inputs['no_information_rate'], 2)}; "
-               "p: one-sided binomial test against that)",
-               ["input", "accuracy", "macro AUC", "recall per class", "p above chance"], rows)]
+               f"else blacked out. Always naming the commonest class scores accuracy "
+               f"{_num(inputs['no_information_rate'], 2)} (p: one-sided binomial test against that); {positive} AUC p: "
+               "DeLong, one-sided against 0.5. Evidence that survives removing the lungs lies outside them",
+               ["input", "accuracy", "p above chance", f"{positive} AUC", "p above 0.5", "macro AUC", "recall per class"],
+               rows)]
     if share.get("n"):
         tables.append((f"Grad-CAM evidence inside the lungs ({share['n']} test images; a map spread evenly would "
                        f"score the lungs' median area {_num(share['median_lung_area'], 2)})",
@@ -161,6 +165,7 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: d
         if part.get("skipped"):
             lines.append(f"{'Source probe' if name == 'source_probe' else 'Lung checks'} skipped: {part['skipped']}.")
         lines += [f"**Shortcut warning:** {w}." for w in part.get("warnings", [])]
+        lines += [f"Note: {n}." for n in part.get("notes", [])]
     return lines
 
 

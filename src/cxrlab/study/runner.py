@@ -17,8 +17,10 @@ ones only with ``retry_failed``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
+from cxrlab.core.logging import configure_logging, quiet_lightning
+from cxrlab.core.runtime import default_workers
 from cxrlab.data import write_splits
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
@@ -53,6 +57,7 @@ class StudyResult:
     trained: int
     reused: int
     failed: int
+    warnings: list[str]
 
 
 def _state(config: StudyConfig, out: Path, uri: str) -> dict:
@@ -117,7 +122,9 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     state = _state(config, out, uri)
     frame = study_split(config, out)
     plan = cells(config)
-    rows, trained, reused, failed = [], 0, 0, 0
+    rows: dict[tuple[str, int], dict] = {}
+    jobs: list[tuple[Cell, int, Path]] = []
+    reused = 0
     for cell in _execution_order(plan):
         for fold in range(config.num_folds):
             run_dir = out / "runs" / cell.id / f"fold{fold}"
@@ -126,22 +133,30 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
                 shutil.rmtree(run_dir)
                 status = "todo"
             if status == "todo":
-                summary, error = _train_one(config, cell, f"fold{fold}", run_dir, fold_frame(frame, fold, config.num_folds),
-                                            out, uri, state["mlflow_parent"])
-                trained += 1
-            else:
-                if status == "done":
-                    check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}))
-                reused += 1
-            row = run_row(cell.id, cell.factors, fold, summary, error)
-            failed += row["status"] == "failed"
-            rows.append(row)
-            _write_table(pd.DataFrame(rows), out, "results")  # nothing finished is lost if we die now
+                jobs.append((cell, fold, run_dir))
+                continue
+            if status == "done":
+                check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}))
+            reused += 1
+            rows[(cell.id, fold)] = run_row(cell.id, cell.factors, fold, summary, error)
             if progress:
-                progress(f"{cell.label()} fold {fold}: {row['status']}")
+                progress(f"{cell.label()} fold {fold}: {rows[(cell.id, fold)]['status']} (done before)")
+
+    def finished(cell: Cell, fold: int, outcome: tuple[dict | None, str | None]) -> None:
+        rows[(cell.id, fold)] = run_row(cell.id, cell.factors, fold, *outcome)
+        _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die now
+        if progress:
+            progress(f"{cell.label()} fold {fold}: {rows[(cell.id, fold)]['status']}")
+
+    work = [(cell, fold, (config, cell, f"fold{fold}", run_dir, fold_frame(frame, fold, config.num_folds), out, uri,
+                          state["mlflow_parent"])) for cell, fold, run_dir in jobs]
+    _run_jobs(work, config.workers, finished)
+    trained = len(jobs)
+    failed = sum(row["status"] == "failed" for row in rows.values())
     order = {cell.id: i for i, cell in enumerate(plan)}  # report in the grid's order
-    table = pd.DataFrame(rows).sort_values(["cell", "fold"], key=lambda c: c.map(order) if c.name == "cell" else c,
-                                           kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(list(rows.values()))
+    table = table.sort_values(["cell", "fold"], key=lambda c: c.map(order) if c.name == "cell" else c,
+                              kind="stable").reset_index(drop=True)
     _write_table(table, out, "results")
     summary_table = aggregate(table, config.num_folds)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
@@ -158,7 +173,9 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     best_row = summary_table.set_index("cell").loc[best] if best is not None else None
     finish_parent_run(uri, state["mlflow_parent"], {"cxrlab.best_cell": best} if best is not None else {},
                       {f"best_{metric}_mean": float(best_row[f"{metric}_mean"])} if best_row is not None else {})
-    return StudyResult(out, table, summary_table, best, trained, reused, failed)
+    warnings = [w for part in [loso or {}, *(audit or {}).values()] if isinstance(part, dict)
+                for w in part.get("warnings", [])]
+    return StudyResult(out, table, summary_table, best, trained, reused, failed, warnings)
 
 
 def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell],
@@ -202,6 +219,38 @@ def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: 
             audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}
     atomic_write_text(out / "shortcut_audit.json", json.dumps(audit, indent=2, default=str) + "\n")
     return audit
+
+
+def _run_jobs(work: list[tuple[Cell, int, tuple]], workers: int,
+              finished: Callable[[Cell, int, tuple[dict | None, str | None]], None]) -> None:
+    """Train each job (``_train_one``'s arguments), here or in ``workers`` processes, and call
+    ``finished`` in this process as each one ends."""
+    if workers <= 1 or len(work) <= 1:
+        for cell, fold, arguments in work:
+            finished(cell, fold, _train_one(*arguments))
+        return
+    threads = max(1, default_workers() // workers)
+    context = multiprocessing.get_context("spawn")  # fork after torch and MLflow threads is unsafe
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                                initargs=(threads, logging.getLogger("cxrlab").level)) as pool:
+        futures = {pool.submit(_train_one, *arguments): (cell, fold) for cell, fold, arguments in work}
+        for future in concurrent.futures.as_completed(futures):
+            cell, fold = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as err:  # noqa: BLE001 -- a worker that died (memory): record, go on
+                outcome = (None, f"{type(err).__name__}: {err}")
+            finished(cell, fold, outcome)
+
+
+def _worker_init(threads: int, level: int) -> None:
+    """A worker process: its share of the CPU threads; warnings only (the parent reports progress)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    configure_logging()
+    logging.getLogger("cxrlab").setLevel(max(level, logging.WARNING))
+    quiet_lightning()
 
 
 def _execution_order(plan: list[Cell]) -> list[Cell]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.evaluate.masked_inputs import VARIANTS, masked_input_predictions, summarise_masked_inputs
+from cxrlab.evaluate.masked_inputs import ALPHA, VARIANTS, masked_input_predictions, summarise_masked_inputs
 from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.evaluate.source_probe import pooled_features, source_probe
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
@@ -28,6 +28,7 @@ from cxrlab.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
 PROBE_WARNING = 0.8  # balanced accuracy at which features "recognise" sources
+WEAK_SUBSET = 0.8  # share of the commonest class among masked test images above which the lung checks say they are weak
 ASSOCIATION_WARNING = 0.3  # Cramér's V of source × class at which classes are "unevenly spread" over sources
 
 
@@ -99,18 +100,28 @@ def lung_audit(out: Path, frame: pd.DataFrame) -> dict:
     evidence = lung_evidence(model, preprocess, calls)
     evidence.to_csv(out / "lung_evidence.csv", index=False)
     share = summarise_lung_evidence(evidence)
+    notes = []
+    if inputs["no_information_rate"] >= WEAK_SUBSET:
+        counts = table[table["variant"] == VARIANTS[0]]["label"].value_counts()
+        notes.append(f"the lung checks see {inputs['n']} test images with masks, {counts.iloc[0]} of them "
+                     f"{counts.index[0]}: with so few of the other classes they have little power (predicted masks "
+                     "for every image would help)")
     return {"masked_inputs": inputs, "lung_evidence": {k: v for k, v in share.items() if k != "mostly_outside"},
-            "warnings": _lung_warnings(inputs, share)}
+            "warnings": _lung_warnings(inputs, share), "notes": notes}
 
 
 def _lung_warnings(inputs: dict, share: dict) -> list[str]:
     warnings = []
     removed = inputs["variants"].get(VARIANTS[2])
     if inputs.get("evidence_outside_lungs") and removed:
-        warnings.append(
-            f"with the lungs blacked out the model still calls {removed['accuracy']:.2f} of {inputs['n']} test images "
-            f"right, above the {inputs['no_information_rate']:.2f} of always naming the commonest class "
-            f"(p = {removed['p_above_chance']:.3f}): it finds class evidence outside the lungs")
+        if removed["p_above_chance"] < ALPHA:
+            found = (f"still calls {removed['accuracy']:.2f} of {inputs['n']} test images right, above the "
+                     f"{inputs['no_information_rate']:.2f} of always naming the commonest class "
+                     f"(p = {removed['p_above_chance']:.3f})")
+        else:
+            found = (f"still ranks {inputs['positive']} above the other classes with AUC {removed['auc_positive']:.2f} "
+                     f"on {inputs['n']} test images (p = {removed['p_auc_above_half']:.3f} against 0.5)")
+        warnings.append(f"with the lungs blacked out the model {found}: it finds class evidence outside the lungs")
     if share.get("n") and not math.isnan(share["median"]) and share["median"] < share["median_lung_area"]:
         warnings.append(
             f"the median share of Grad-CAM evidence inside the lungs is {share['median']:.2f}, less than the "

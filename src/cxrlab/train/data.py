@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cxrlab.core.errors import ConfigError
@@ -76,7 +77,9 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
         frame = frame.assign(view="")
     preprocess = preprocess_for(config, spec)
     prepared = Path(config.prepared) if config.prepared else out / "prepared"
-    summary = prepare(Manifest(frame.reset_index(drop=True), names), prepared, preprocess, progress=progress)
+    prepared.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(prepared.with_name(prepared.name + ".lock"))):  # runs in parallel may share the folder
+        summary = prepare(Manifest(frame.reset_index(drop=True), names), prepared, preprocess, progress=progress)
     skipped += summary.skipped
     if summary.images == 0:
         first = f" (first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ""

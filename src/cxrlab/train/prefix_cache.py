@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.core.io import atomic_write_text
@@ -129,26 +130,34 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
     first = datasets[0]
     key = prefix_fingerprint(model, preprocess, first)
     path, info = store / f"{key}.npy", store / f"{key}.json"
-    if not info.exists():
-        everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
-        was_training = model.training
-        model.eval()
-        base, batches = _inputs(model, preprocess, everything, store, batch_size)
-        tmp = store / f"{key}.{os.getpid()}.tmp.npy"
-        target, offset = None, 0
-        for x in batches:
-            act = model.forward_blocks(x, base, model.frozen_blocks)
-            if target is None:
-                target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                   shape=(len(everything), *act.shape[1:]))
-            target[offset:offset + len(act)] = act.numpy()
-            offset += len(act)
-        target.flush()
-        del target
-        os.replace(tmp, path)
-        model.train(was_training)
-        atomic_write_text(info, json.dumps({"backbone": model.spec.name, "start_block": model.frozen_blocks,
-                                            "from_block": base, "images": len(everything)}) + "\n")
-        log.info("prefix store: computed %s (%d images, from block %d)", path.name, len(everything), base)
+    with FileLock(str(store / f"{key}.lock")):  # parallel runs of a study: one computes, the others wait and read
+        if not info.exists():
+            _fill_entry(model, preprocess, first, store, key, batch_size)
     activations = np.load(path, mmap_mode="r")
     return [ActivationDataset(activations, ds.targets, rows=ds.rows) for ds in datasets]
+
+
+def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: ShardDataset, store: Path, key: str,
+                batch_size: int) -> None:
+    """Compute the activations of every prepared image entering the model's first trainable block."""
+    path, info = store / f"{key}.npy", store / f"{key}.json"
+    everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
+    was_training = model.training
+    model.eval()
+    base, batches = _inputs(model, preprocess, everything, store, batch_size)
+    tmp = store / f"{key}.{os.getpid()}.tmp.npy"
+    target, offset = None, 0
+    for x in batches:
+        act = model.forward_blocks(x, base, model.frozen_blocks)
+        if target is None:
+            target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                               shape=(len(everything), *act.shape[1:]))
+        target[offset:offset + len(act)] = act.numpy()
+        offset += len(act)
+    target.flush()
+    del target
+    os.replace(tmp, path)
+    model.train(was_training)
+    atomic_write_text(info, json.dumps({"backbone": model.spec.name, "start_block": model.frozen_blocks,
+                                        "from_block": base, "images": len(everything)}) + "\n")
+    log.info("prefix store: computed %s (%d images, from block %d)", path.name, len(everything), base)
