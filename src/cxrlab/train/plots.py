@@ -43,3 +43,27 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+def plot_mask_overlays(images, truth, predicted, titles: list[str], out_png: Path, limit: int = 8) -> Path | None:
+    """Up to ``limit`` images with the given lung mask's outline (green) and the predicted one (red)."""
+    import cv2
+    import numpy as np
+
+    count = min(limit, len(images))
+    if count == 0:
+        return None
+    fig, axes = plt.subplots(1, count, figsize=(2.4 * count, 2.8), squeeze=False)
+    for axis, image, t, p, title in zip(axes[0], images, truth, predicted, titles, strict=False):
+        rgb = np.repeat(image[..., None], 3, axis=2).copy()
+        for mask, colour in ((t, (0, 220, 0)), (p, (230, 0, 0))):
+            contours, _ = cv2.findContours(np.asarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(rgb, contours, -1, colour, max(1, image.shape[0] // 128))
+        axis.imshow(rgb)
+        axis.set_title(title, fontsize=7)
+        axis.axis("off")
+    fig.suptitle("test images: given lung mask (green), predicted after clean-up (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,72 @@
+"""``cxrlab segment train|predict``: the lung segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
+
+app = typer.Typer(no_args_is_help=True, help="Lung segmentation: train a U-Net on lung masks, predict masks.")
+
+
+@app.command("train")
+def segment_train(
+    data: Annotated[Optional[list[Path]], typer.Option(help="Source with lung masks (repeatable): manifest, "
+                                                            "metadata CSV or folder tree.")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="A splits.csv to use instead of a new patient split.")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/segment"),
+    backbone: Annotated[str, typer.Option(help="Encoder backbone (offline weights for efficientnet_lite0/1/2).")] = "efficientnet_lite0",
+    weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file or folder.")] = None,
+    size: Annotated[int, typer.Option(help="Image side the U-Net sees.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Dice).")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Train the lung segmenter on a patient split of the images with masks; report Dice and IoU."""
+    from cxrlab.train.segmentation import build_segment_config, train_segmenter
+
+    with handle_errors():
+        config = build_segment_config({"data": tuple(str(d) for d in data or ()), "splits": str(splits) if splits else None,
+                                       "out": str(out), "backbone": backbone, "weights": str(weights) if weights else None,
+                                       "size": size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed})
+        quiet_lightning()
+        summary = train_segmenter(config)
+        for side in ("val", "test"):
+            s = summary[side]
+            if s.get("n"):
+                console.print(f"{side:4s} {s['n']:4d} images: Dice {s['dice_clean_mean']:.3f} (median "
+                              f"{s['dice_clean_median']:.3f}, 5th percentile {s['dice_clean_p05']:.3f}), IoU "
+                              f"{s['iou_clean_mean']:.3f}; before clean-up Dice {s['dice_mean']:.3f}")
+        console.print(f"wrote {out / 'segmenter.pt'}, {out / 'summary.json'}, {out / 'metrics.csv'}")
+
+
+@app.command("predict")
+def segment_predict(
+    model: Annotated[Path, typer.Argument(help="segmenter.pt or its run folder.")],
+    data: Annotated[Path, typer.Option(help="Images to segment: manifest, metadata CSV, splits.csv or folder tree.")],
+    out: Annotated[Path, typer.Option(help="Output folder: masks/ and manifest.csv.")] = Path("runs/masks"),
+    replace: Annotated[bool, typer.Option("--replace", help="Also replace the masks the data already has.")] = False,
+) -> None:
+    """Predict lung masks for the images without one; write them and a manifest that uses them."""
+    from cxrlab.data import load_source
+    from cxrlab.evaluate.lung_masks import predict_lung_masks
+
+    with handle_errors():
+        table = load_source(data).table
+        with progress_bar("segment") as bar:
+            task = bar.add_task("segment", total=len(table))
+            _, summary = predict_lung_masks(model, table, out, replace=replace,
+                                            progress=lambda n: bar.advance(task, n))
+        console.print(f"{summary['predicted']} mask(s) predicted, {summary['kept_given']} given mask(s) kept, "
+                      f"{len(summary['skipped'])} image(s) skipped")
+        for image, reason in summary["skipped"][:10]:
+            console.print(f"  skipped {image}: {reason}", highlight=False)
+        dice = summary["dice_vs_given"]
+        if dice["n"]:
+            console.print(f"overlap with the {dice['n']} given masks: mean Dice {dice['mean']:.3f} (median "
+                          f"{dice['median']:.3f}; optimistic for images the segmenter was trained on)")
+        console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'masks'}")

@@ -1,0 +1,86 @@
+"""Predicted lung masks for the images of a table: masks on each image's own geometry, a manifest
+that points to them, and their overlap with the masks a data set already has."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cxrlab.core.errors import InvalidImageError
+from cxrlab.data.images import read_mask
+from cxrlab.data.manifest import write_table
+from cxrlab.models.registry import get_backbone_spec
+from cxrlab.models.segmenter import load_segmenter
+from cxrlab.preprocess import Preprocessor
+from cxrlab.preprocess.masks import clean_lung_mask, dice_iou
+from cxrlab.train.segmentation import predict_probabilities
+
+log = logging.getLogger(__name__)
+BATCH = 16
+
+
+def _mask_name(image: str) -> str:
+    # the stem keeps it readable; the hash keeps two images with one stem apart
+    return f"{Path(image).stem}-{hashlib.sha1(image.encode()).hexdigest()[:8]}.png"
+
+
+def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Path, *, replace: bool = False,
+                       progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Segment the lungs of every row of ``frame`` that lacks a mask (every row with ``replace``).
+
+    Writes ``out/masks/*.png`` (cleaned: the two largest components, holes filled, on the image's
+    own geometry) and ``out/manifest.csv``: ``frame`` with ``mask`` pointing to the predicted
+    masks and ``mask_source`` = ``predicted`` for them. Rows that already have a mask are also
+    segmented, to report the overlap with it (``dice_vs_given``), but keep their mask unless
+    ``replace``.
+
+    Returns:
+        ``(the new table, {"predicted", "kept_given", "skipped": [(image, reason)], "dice_vs_given"})``.
+    """
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    net, preprocess, payload = load_segmenter(segmenter)
+    spec = get_backbone_spec(payload["backbone"])
+    pre = Preprocessor(preprocess)
+    frame = frame.reset_index(drop=True).copy()
+    for column in ("mask", "mask_source"):
+        frame[column] = frame.get(column, pd.Series("", index=frame.index)).fillna("").astype(str)
+    given = frame["mask"] != ""
+    skipped, overlaps, predicted = [], [], 0
+    for start in range(0, len(frame), BATCH):
+        rows, pixels = [], []
+        for i in range(start, min(start + BATCH, len(frame))):
+            try:
+                processed = pre(frame.at[i, "image"])
+            except InvalidImageError as err:
+                skipped.append((frame.at[i, "image"], err.reason))
+                log.warning("segment: %s", err)
+                continue
+            rows.append((i, processed.orig_height, processed.orig_width))
+            pixels.append(processed.pixels)
+        probs = predict_probabilities(net, np.stack(pixels), spec) if pixels else []
+        for (i, height, width), p in zip(rows, probs, strict=True):
+            mask = clean_lung_mask(cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
+            if given[i]:
+                try:
+                    overlaps.append(dice_iou(mask, read_mask(frame.at[i, "mask"], (height, width)))[0])
+                except InvalidImageError as err:
+                    log.warning("segment: given mask unusable: %s", err)
+                if not replace:
+                    continue
+            path = out / "masks" / _mask_name(frame.at[i, "image"])
+            cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+            frame.at[i, "mask"], frame.at[i, "mask_source"] = str(path.resolve()), "predicted"
+            predicted += 1
+        if progress:
+            progress(min(BATCH, len(frame) - start))
+    write_table(frame, out / "manifest.csv")
+    dice = {"n": len(overlaps), "mean": float(np.mean(overlaps)), "median": float(np.median(overlaps))} if overlaps else {"n": 0}
+    return frame, {"predicted": predicted, "kept_given": int(given.sum()) if not replace else 0, "skipped": skipped,
+                   "dice_vs_given": dice}

@@ -1,0 +1,99 @@
+"""Lung segmentation: a U-Net (segmentation-models-pytorch) whose encoder is a registry backbone
+with its offline pretrained weights, and self-contained segmenter files.
+
+The encoder is timm's feature extractor of the backbone (``tu-<timm name>``); its tensors are a
+subset of the classifier backbone's, so the same offline weights fill it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+import cxrlab
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_bytes
+from cxrlab.models.factory import create_backbone
+from cxrlab.models.registry import BackboneSpec, get_backbone_spec
+from cxrlab.models.weights import WeightsUnavailableError, load_pretrained
+from cxrlab.preprocess.config import PreprocessConfig
+
+FORMAT = "cxrlab-segmenter/1"
+DECODER_CHANNELS = (128, 64, 32, 16, 8)  # half smp's default: lungs are large, smooth shapes; twice as fast on a CPU
+
+
+def create_segmenter(backbone: str = "efficientnet_lite0", *, pretrained: str = "imagenet",
+                     weights: str | Path | None = None, allow_download: bool = False,
+                     decoder_channels: tuple[int, ...] = DECODER_CHANNELS) -> smp.Unet:
+    """A one-class U-Net (logits) on ``backbone``'s feature pyramid.
+
+    Args:
+        backbone: Registry name (``cxrlab backbones``).
+        pretrained: ``imagenet`` (offline package, ``weights`` or download) or ``none``.
+        weights: Checkpoint file or folder for the encoder.
+        allow_download: Let timm download weights when no offline source exists.
+
+    Raises:
+        ConfigError: the backbone has no feature pyramid in timm.
+        WeightsUnavailableError: pretrained weights were asked for and none are available offline.
+    """
+    spec = get_backbone_spec(backbone)
+    try:
+        net = smp.Unet(encoder_name=f"tu-{spec.timm_name}", encoder_weights=None, in_channels=spec.in_chans,
+                       classes=1, decoder_channels=tuple(decoder_channels))
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ConfigError(f"{backbone}: cannot build a U-Net encoder from it ({err})") from err
+    _match_batchnorm(net.encoder, spec)
+    net.weights_origin = "random"
+    if pretrained == "imagenet" or weights is not None:
+        full = create_backbone(spec)
+        origin = load_pretrained(full, spec, weights, allow_download)
+        missing, _ = net.encoder.model.load_state_dict(full.state_dict(), strict=False)  # no head tensors needed
+        if missing:
+            raise WeightsUnavailableError(f"{origin}: lacks encoder tensors {missing[:3]} of {backbone}")
+        net.weights_origin = origin
+    return net
+
+
+def _match_batchnorm(module: nn.Module, spec: BackboneSpec) -> None:
+    if spec.bn_eps is not None:  # weights trained in TensorFlow expect its BatchNorm epsilon
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps = spec.bn_eps
+
+
+def save_segmenter(net: smp.Unet, path: str | Path, backbone: str, preprocess: PreprocessConfig,
+                   extra: dict | None = None) -> Path:
+    """Write the segmenter with its backbone name and preprocessing (atomically)."""
+    payload = {"format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": backbone,
+               "decoder_channels": [b.conv1[0].out_channels for b in net.decoder.blocks], "preprocess": preprocess.to_dict(),
+               "state_dict": net.state_dict(), "extra": extra or {}}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_segmenter(path: str | Path) -> tuple[smp.Unet, PreprocessConfig, dict]:
+    """Load a file written by :func:`save_segmenter` (eval mode, no weights packages needed).
+
+    Raises:
+        ConfigError: not a cxrlab segmenter file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "segmenter.pt"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError(f"{path}: cannot read segmenter file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a cxrlab segmenter file (expected format {FORMAT})")
+    net = create_segmenter(payload["backbone"], pretrained="none", decoder_channels=tuple(payload["decoder_channels"]))
+    net.load_state_dict(payload["state_dict"])
+    return net.eval(), PreprocessConfig.from_dict(payload["preprocess"]), payload
