@@ -68,7 +68,7 @@ def main() -> None:
                              "best": str(summary.sort_values("auc_macro_mean", ascending=False)["cell"].iloc[0])}
             print(f"{mode:14s} {seconds:8.1f} s  best {results[mode]['best']}", flush=True)
     base = results.get("plain") or next(iter(results.values()))
-    for mode, r in results.items():
+    for r in results.values():
         if base:
             r["speed_up_vs_first"] = round(base["seconds"] / r["seconds"], 2)
             r["max_auc_difference_vs_first"] = max(abs(r["auc_macro_mean"][c] - base["auc_macro_mean"][c])

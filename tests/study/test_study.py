@@ -212,7 +212,7 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
 def test_runs_in_parallel_processes_give_the_sequential_table(phantoms, tmp_path):
     config = StudyConfig(name="par", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8},
                          grid={"fine_tune": [1, 2]}, shortcut_checks=False)
-    sequential = run_study(config, tmp_path / "one")
+    run_study(config, tmp_path / "one")
     parallel = run_study(config.model_copy(update={"workers": 2}), tmp_path / "two")
     assert parallel.trained == 4 and parallel.failed == 0
     one, two = (_without_timing(pd.read_csv(tmp_path / d / "results.csv")) for d in ("one", "two"))

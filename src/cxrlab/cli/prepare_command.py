@@ -48,6 +48,8 @@ def prepare_command(
     contrast_at: Annotated[str, typer.Option(help="source (papers' order) or target (faster).")] = "source",
     resize: Annotated[str, typer.Option(help="stretch or letterbox.")] = "stretch",
     lung_crop: Annotated[bool, typer.Option(help="Crop to the lung mask where one exists.")] = False,
+    inpaint_artifacts: Annotated[bool, typer.Option(help="Paint out burned-in text, markers and thin frames "
+                                                         "(outside the lung mask where one exists).")] = False,
     fast_decode: Annotated[bool, typer.Option(help="Reduced-scale JPEG decoding (faster).")] = False,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images.")] = DEFAULT_MAX_PIXELS,
     min_side: Annotated[int, typer.Option(help="Refuse images with a shorter side.")] = DEFAULT_MIN_SIDE,
@@ -66,7 +68,8 @@ def prepare_command(
             raise typer.BadParameter("choose one of --clahe and --equalize")
         config = PreprocessConfig(size=size, resize=resize, contrast="clahe" if clahe else "equalize" if equalize else "none",  # type: ignore[arg-type]
                                   clahe_clip=clahe_clip, clahe_grid=clahe_grid, contrast_at=contrast_at,  # type: ignore[arg-type]
-                                  lung_crop=lung_crop, fast_decode=fast_decode, max_pixels=max_pixels, min_side=min_side)
+                                  lung_crop=lung_crop, fast_decode=fast_decode, max_pixels=max_pixels, min_side=min_side,
+                                  artifacts="inpaint" if inpaint_artifacts else "keep")
         manifest = load(data, scheme, label_map, keep_blank_view)
         with progress_bar(f"prepare ({engine})") as bar:
             task = bar.add_task(f"prepare ({engine})", total=len(manifest))
@@ -74,3 +77,9 @@ def prepare_command(
                               spark_master=spark_master, overwrite=overwrite,
                               progress=lambda n: bar.advance(task, n))
         print_summary(summary)
+        if config.artifacts == "inpaint":
+            from cxrlab.preprocess.artifacts import plot_artifact_sample
+
+            figure = plot_artifact_sample(manifest.table, summary.artifacts, config, Path(summary.out_dir) / "artifacts.png")
+            console.print(f"artifacts painted out in {len(summary.artifacts)} of {summary.images} images "
+                          f"({sum(summary.artifacts.values()):,} pixels)" + (f"; sample: {figure}" if figure else ""))

@@ -11,6 +11,7 @@ from cxrlab.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 Contrast = Literal["none", "clahe", "equalize"]
 ResizeMode = Literal["stretch", "letterbox"]
 ContrastAt = Literal["source", "target"]
+Artifacts = Literal["keep", "inpaint"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class PreprocessConfig:
             papers' order) or at the ``target`` size (about twice as fast; slightly different).
         lung_crop: Crop to the lung mask's bounding box (images without a mask stay whole).
         crop_margin: Margin around the lung box, as a share of the box size.
+        artifacts: ``inpaint`` paints out burned-in text, markers and thin frames before any other
+            step (:mod:`cxrlab.preprocess.artifacts`; uses the lung mask when there is one), or
+            ``keep`` them.
         fast_decode: Decode JPEGs at a reduced scale (DCT scaling) while the shorter side
             stays >= 2 x ``size``; faster, slightly different pixels.
         max_pixels: Refuse larger images (decompression-bomb guard).
@@ -43,6 +47,7 @@ class PreprocessConfig:
     contrast_at: ContrastAt = "source"
     lung_crop: bool = False
     crop_margin: float = 0.05
+    artifacts: Artifacts = "keep"
     fast_decode: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = DEFAULT_MIN_SIDE
@@ -56,6 +61,7 @@ class PreprocessConfig:
             "clahe_grid": 1 <= self.clahe_grid <= 64,
             "contrast_at": self.contrast_at in ("source", "target"),
             "crop_margin": 0 <= self.crop_margin <= 1,
+            "artifacts": self.artifacts in ("keep", "inpaint"),
             "max_pixels": self.max_pixels > 0,
             "min_side": self.min_side >= 1,
         }

@@ -60,6 +60,7 @@ class ShardResult:
     written: int
     skipped: tuple[tuple[str, str], ...]
     seconds: float = 0.0
+    artifacts: dict[str, int] = field(default_factory=dict)
 
 
 def run_shard(task: ShardTask) -> ShardResult:
@@ -70,7 +71,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     start = time.perf_counter()
     config = PreprocessConfig.from_dict(task.config)
     pre = Preprocessor(config)
-    records, skipped = [], []
+    records, skipped, artifacts = [], [], {}
     for row in task.rows:
         try:
             out = pre(row["image"], row.get("mask") or None)
@@ -86,8 +87,10 @@ def run_shard(task: ShardTask) -> ShardResult:
             "view": row.get("view", ""), "height": out.pixels.shape[0], "width": out.pixels.shape[1],
             "orig_h": out.orig_height, "orig_w": out.orig_width, "pixels": out.pixels.tobytes(),
         })
-    write_shard(task.out_path, records, skipped, task.config)
-    return ShardResult(task.index, len(records), tuple(skipped), time.perf_counter() - start)
+        if out.artifact_pixels:
+            artifacts[row["image"]] = out.artifact_pixels
+    write_shard(task.out_path, records, skipped, task.config, artifacts)
+    return ShardResult(task.index, len(records), tuple(skipped), time.perf_counter() - start, artifacts)
 
 
 def _fingerprint(rows: list[dict]) -> str:
@@ -159,6 +162,7 @@ class PrepareSummary:
     class_counts: dict = field(default_factory=dict)
     source_counts: dict = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    artifacts: dict[str, int] = field(default_factory=dict)  # image → pixels painted out (inpaint only)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -211,10 +215,11 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
     pending = []
     for task in tasks:
         if Path(task.out_path).exists():
-            written, skipped = read_shard_info(task.out_path)
+            written, skipped, artifacts = read_shard_info(task.out_path)
             summary.shards_reused += 1
             summary.images += written
             summary.skipped.extend(skipped)
+            summary.artifacts.update(artifacts)
             if progress:
                 progress(len(task.rows))
         else:
@@ -236,6 +241,7 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
         summary.shards_written += 1
         summary.images += result.written
         summary.skipped.extend(result.skipped)
+        summary.artifacts.update(result.artifacts)
     summary.skipped = sorted(set(summary.skipped) | {(s.image, s.reason) for s in manifest.skipped})
     summary.class_counts, summary.source_counts = _collect_counts(out)
     summary.seconds = round(time.perf_counter() - start, 3)

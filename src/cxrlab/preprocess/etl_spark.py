@@ -93,7 +93,7 @@ def run_spark(tasks: list[ShardTask], master: str, progress: Callable[[ShardResu
         time.sleep(0.1)
     if "error" in box:
         raise box["error"]
-    results = [ShardResult(r["index"], r["written"], tuple(map(tuple, r["skipped"])), r["seconds"])
+    results = [ShardResult(r["index"], r["written"], tuple(map(tuple, r["skipped"])), r["seconds"], r["artifacts"])
                for r in box["results"]]
     for result in results[done:]:
         progress(result)

@@ -9,6 +9,7 @@ import numpy as np
 
 from cxrlab.core.errors import InvalidImageError
 from cxrlab.data.images import read_image, read_mask
+from cxrlab.preprocess.artifacts import remove_artifacts
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.transforms import Clahe, Compose, Equalize, LungCrop, Resize
 
@@ -21,11 +22,13 @@ class ProcessedImage:
         pixels: ``(size, size) uint8``.
         orig_height: Stored height of the source file.
         orig_width: Stored width of the source file.
+        artifact_pixels: Pixels painted out as burned-in marks (``artifacts="inpaint"``).
     """
 
     pixels: np.ndarray
     orig_height: int
     orig_width: int
+    artifact_pixels: int = 0
 
 
 def build_transforms(config: PreprocessConfig) -> Compose:
@@ -60,7 +63,7 @@ class Preprocessor:
 
         Args:
             path: Image file (any format :func:`cxrlab.data.read_image` reads).
-            mask_path: Lung mask, used when ``lung_crop`` is on.
+            mask_path: Lung mask, used by ``lung_crop`` and ``artifacts="inpaint"``.
 
         Raises:
             InvalidImageError: the image (or its mask) cannot be used; names the file.
@@ -69,10 +72,14 @@ class Preprocessor:
         decoded = read_image(path, max_pixels=cfg.max_pixels, min_side=cfg.min_side,
                              reduce_to=2 * cfg.size if cfg.fast_decode else None)
         mask = None
-        if cfg.lung_crop and mask_path:
+        if (cfg.lung_crop or cfg.artifacts == "inpaint") and mask_path:
             try:
                 mask = read_mask(mask_path, decoded.pixels.shape)
             except InvalidImageError as err:
                 raise InvalidImageError(path, f"its lung mask is unusable ({err.reason}): {mask_path}") from err
-        pixels, _ = self.transforms(decoded.pixels, mask)
-        return ProcessedImage(np.ascontiguousarray(pixels), decoded.orig_height, decoded.orig_width)
+        pixels, touched = decoded.pixels, 0
+        if cfg.artifacts == "inpaint":
+            cleaned = remove_artifacts(pixels, mask)
+            pixels, touched = cleaned.pixels, cleaned.touched
+        pixels, _ = self.transforms(pixels, mask if cfg.lung_crop else None)
+        return ProcessedImage(np.ascontiguousarray(pixels), decoded.orig_height, decoded.orig_width, touched)

@@ -51,7 +51,8 @@ def shard_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / SHARD_DIR / f"part-{index:05d}.parquet"
 
 
-def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, str]], config: dict) -> None:
+def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, str]], config: dict,
+                artifacts: dict[str, int] | None = None) -> None:
     """Write one shard atomically (complete file or none).
 
     Args:
@@ -59,18 +60,21 @@ def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, 
         records: Dicts with the schema's columns; ``pixels`` as ``bytes``.
         skipped: ``(image, reason)`` of the shard's failed inputs.
         config: Preprocessing settings, stored in the metadata.
+        artifacts: Pixels painted out per image (images with none are left out), stored too.
     """
     columns = {f.name: [r[f.name] for r in records] for f in SHARD_SCHEMA}
     schema = SHARD_SCHEMA.with_metadata({"cxrlab.config": json.dumps(config, sort_keys=True),
-                                         "cxrlab.skipped": json.dumps(skipped)})
+                                         "cxrlab.skipped": json.dumps(skipped),
+                                         "cxrlab.artifacts": json.dumps(artifacts or {})})
     table = pa.table(columns, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=max(1, len(records)), compression="zstd")
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]]]:
-    """``(rows, skipped)`` of a finished shard from its footer, without reading pixels.
+def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]], dict[str, int]]:
+    """``(rows, skipped, artifact pixels per image)`` of a finished shard from its footer, without
+    reading pixels.
 
     Raises:
         ManifestError: the file is not a readable shard.
@@ -81,7 +85,7 @@ def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]]]:
         raise ManifestError(f"{path}: not a readable shard ({err})") from err
     kv = meta.metadata or {}
     skipped = json.loads(kv.get(b"cxrlab.skipped", b"[]"))
-    return meta.num_rows, [tuple(s) for s in skipped]
+    return meta.num_rows, [tuple(s) for s in skipped], json.loads(kv.get(b"cxrlab.artifacts", b"{}"))
 
 
 class ShardReader:

@@ -66,6 +66,8 @@ class TrainConfig(_Strict):
     size: int | None = Field(None, ge=32, le=1024, description="input side; default: the backbone's native size")
     contrast: Literal["none", "clahe", "equalize"] = "clahe"
     resize: Literal["stretch", "letterbox"] = "stretch"
+    artifacts: Literal["keep", "inpaint"] = Field("keep", description="paint out burned-in text, markers and "
+                                                                      "thin frames before preprocessing")
 
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
