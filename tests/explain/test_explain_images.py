@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
@@ -24,3 +25,21 @@ def test_explain_writes_overlays_json_and_skips_bad_files(phantoms, tmp_path):
     assert records[0]["predicted"] in records[0]["probabilities"]
     figure = cv2.imread(records[0]["overlay"])
     assert figure is not None and figure.shape[1] > figure.shape[0]  # image, overlay and bars side by side
+
+
+def test_maps_of_a_lung_cropping_model_go_back_into_the_crop_box():
+    from cxrlab.explain import cam_to_original
+    from cxrlab.preprocess import PreprocessConfig
+    from cxrlab.preprocess.transforms import LungCrop
+
+    lungs = np.zeros((200, 100), bool)
+    lungs[50:150, 20:80] = True
+    config = PreprocessConfig(size=32, lung_crop=True, crop_margin=0.0)
+    cam = np.zeros((32, 32), np.float32)
+    cam[:16, :16] = 1.0  # evidence in the crop's top-left quarter
+    mapped = cam_to_original(cam, (200, 100), config, lungs)
+    assert LungCrop(0.0).box(lungs) == (50, 150, 20, 80)
+    assert mapped[:50].sum() == 0 and mapped[150:].sum() == 0 and mapped[:, :20].sum() == 0  # nothing outside the box
+    assert mapped[55:95, 25:45].min() > 0.9 and mapped[110:145, 55:75].max() < 0.1
+    whole = cam_to_original(cam, (200, 100), PreprocessConfig(size=32))  # no crop: the map covers the image
+    assert whole[:90, :45].min() > 0.9

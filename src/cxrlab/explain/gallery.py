@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrlab.core.errors import InvalidImageError  # noqa: E402
-from cxrlab.data.images import read_image  # noqa: E402
+from cxrlab.data.images import read_image, read_mask  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import cam_to_original, overlay  # noqa: E402
 from cxrlab.models.classifier import CxrClassifier  # noqa: E402
@@ -55,15 +55,17 @@ def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions
         for r, kind in enumerate(KINDS):
             axes[r, 0].set_title(f"{kind}s", loc="left", fontsize=10, fontweight="bold")
             for c, row in enumerate(examples[kind].itertuples()):
+                lung_path = str(getattr(row, "mask", "") or "")
                 try:
-                    x = pre(row.image).pixels
+                    x = pre(row.image, lung_path or None).pixels
                     original = read_image(row.image, max_pixels=preprocess.max_pixels, reduce_to=256).pixels
+                    lungs = read_mask(lung_path, original.shape) if preprocess.lung_crop and lung_path else None
                 except InvalidImageError as err:
                     log.warning("gallery: %s", err)
                     continue
                 heatmap, _ = cam.explain_image(x, target=names.index(row.predicted))
                 image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
-                image_ax.imshow(overlay(original, cam_to_original(heatmap, original.shape, preprocess)))
+                image_ax.imshow(overlay(original, cam_to_original(heatmap, original.shape, preprocess, lungs)))
                 image_ax.set_xlabel(Path(row.image).name[:28], fontsize=6)
                 image_ax.text(2, 10, f"true {row.label}\npred {row.predicted}", fontsize=6, color="white",
                               va="top", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1})

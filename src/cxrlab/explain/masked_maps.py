@@ -37,13 +37,15 @@ def maps_with_masks(model: CxrClassifier, preprocess: PreprocessConfig, rows: pd
     pre = Preprocessor(preprocess)
     with GradCamExplainer(model, method, layer=layer) as cam:
         for row in rows.itertuples():
+            lung_path = str(getattr(row, "mask", "") or "")  # a lung-cropping model crops to it
             try:
-                processed = pre(row.image)
+                processed = pre(row.image, lung_path or None)
                 scale = min(1.0, MAX_SIDE / max(processed.orig_height, processed.orig_width))
                 shape = (max(1, round(processed.orig_height * scale)), max(1, round(processed.orig_width * scale)))
                 mask = read_mask(getattr(row, column), shape)
+                lungs = read_mask(lung_path, shape) if preprocess.lung_crop and lung_path else None
             except InvalidImageError as err:
                 log.warning("%s evidence: %s", column, err)
                 continue
             heatmap, _ = cam.explain_image(processed.pixels, target=target(row))
-            yield row, cam_to_original(heatmap, shape, preprocess), mask
+            yield row, cam_to_original(heatmap, shape, preprocess, lungs), mask

@@ -7,11 +7,24 @@ import numpy as np
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from cxrlab.preprocess.config import PreprocessConfig
+from cxrlab.preprocess.transforms import LungCrop
 
 
-def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], preprocess: PreprocessConfig) -> np.ndarray:
-    """Map a ``(size, size)`` map back onto the original ``(H, W)`` image (undoing stretch or letterbox)."""
+def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], preprocess: PreprocessConfig,
+                    lung_mask: np.ndarray | None = None) -> np.ndarray:
+    """Map a ``(size, size)`` map back onto the original ``(H, W)`` image, undoing stretch or letterbox
+    and, for a lung-cropping model, the crop (``lung_mask``: the mask it cropped to; outside the
+    crop the map is 0)."""
     h, w = original_shape
+    if preprocess.lung_crop and lung_mask is not None:
+        if lung_mask.shape != (h, w):
+            lung_mask = cv2.resize(lung_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        box = LungCrop(preprocess.crop_margin).box(lung_mask)
+        if box is not None:
+            y0, y1, x0, x1 = box
+            out = np.zeros((h, w), np.float32)
+            out[y0:y1, x0:x1] = cam_to_original(cam, (y1 - y0, x1 - x0), preprocess)
+            return out
     if preprocess.resize == "letterbox":
         size = cam.shape[0]
         scale = size / max(h, w)

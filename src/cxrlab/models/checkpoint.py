@@ -36,6 +36,22 @@ def save_model(model: CxrClassifier, path: str | Path, preprocess: PreprocessCon
     return Path(path)
 
 
+def read_payload(path: str | Path, expected: str, kind: str) -> dict:
+    """The dict a cxrlab model file holds, checked for its ``format``.
+
+    Raises:
+        ConfigError: unreadable, or not a cxrlab ``kind`` file.
+    """
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise ConfigError(f"{path}: cannot read {kind} file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        raise ConfigError(f"{path}: not a cxrlab {kind} file (expected format {expected})")
+    return payload
+
+
 def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:
     """Load a model file written by :func:`save_model` (no network, no weights packages needed).
 
@@ -45,13 +61,7 @@ def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]
     Raises:
         ConfigError: not a cxrlab model file.
     """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"{path}: cannot read model file ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a cxrlab model file (expected format {FORMAT})")
+    payload = read_payload(path, FORMAT, "model")
     head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
     model = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
                               fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]))

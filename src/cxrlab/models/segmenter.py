@@ -8,7 +8,6 @@ subset of the classifier backbone's, so the same offline weights fill it.
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -18,6 +17,7 @@ from torch import nn
 import cxrlab
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes
+from cxrlab.models.checkpoint import read_payload
 from cxrlab.models.factory import create_backbone
 from cxrlab.models.registry import BackboneSpec, get_backbone_spec
 from cxrlab.models.weights import WeightsUnavailableError, load_pretrained
@@ -88,12 +88,7 @@ def load_segmenter(path: str | Path) -> tuple[smp.Unet, PreprocessConfig, dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "segmenter.pt"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"{path}: cannot read segmenter file ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a cxrlab segmenter file (expected format {FORMAT})")
+    payload = read_payload(path, FORMAT, "segmenter")
     net = create_segmenter(payload["backbone"], pretrained="none", decoder_channels=tuple(payload["decoder_channels"]))
     net.load_state_dict(payload["state_dict"])
     return net.eval(), PreprocessConfig.from_dict(payload["preprocess"]), payload

@@ -83,16 +83,21 @@ class LungCrop:
     def __init__(self, margin: float = 0.05) -> None:
         self.margin = margin
 
+    def box(self, mask: np.ndarray) -> tuple[int, int, int, int] | None:
+        """``(y0, y1, x0, x1)`` of the crop on ``mask``'s grid, or ``None`` for an empty mask."""
+        if not mask.any():
+            return None
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        dy, dx = int((y1 - y0) * self.margin), int((x1 - x0) * self.margin)
+        return max(0, y0 - dy), min(mask.shape[0], y1 + dy), max(0, x0 - dx), min(mask.shape[1], x1 + dx)
+
     def __call__(self, image: np.ndarray, mask: Mask = None) -> tuple[np.ndarray, Mask]:
         if mask is None or not mask.any():
             return image, mask
         if mask.shape != image.shape:
             mask = cv2.resize(mask.astype(np.uint8), image.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        dy, dx = int((y1 - y0) * self.margin), int((x1 - x0) * self.margin)
-        y0, y1 = max(0, y0 - dy), min(image.shape[0], y1 + dy)
-        x0, x1 = max(0, x0 - dx), min(image.shape[1], x1 + dx)
+        y0, y1, x0, x1 = self.box(mask)
         return image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
 
 

@@ -54,7 +54,27 @@ def merge_settings(base: dict, factors: dict) -> dict:
     return out
 
 
-class StudyConfig(BaseModel):
+class DataSettings(BaseModel):
+    """What studies and searches share: the data, its split, and training settings for every run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str | None = None
+    splits: str | None = Field(None, description="a splits.csv to start from (its test side is kept)")
+    scheme: Literal["3class", "binary"] = "3class"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every run")
+
+    @model_validator(mode="after")
+    def _check_data(self) -> DataSettings:
+        if not self.data and not self.splits:
+            raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        check_setting_names("base", self.base)
+        return self
+
+
+class StudyConfig(DataSettings):
     """A study: ``base`` training settings, a ``grid`` of factors, ``folds`` patient-grouped CV folds.
 
     Every combination of the grid's values is a *cell*; each cell is trained once per fold
@@ -63,16 +83,8 @@ class StudyConfig(BaseModel):
     test side. The test side never takes part in training or in choosing the best cell.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: str = "study"
-    data: str | None = None
-    splits: str | None = Field(None, description="a splits.csv whose test side to keep (folds are made over the rest)")
-    scheme: Literal["3class", "binary"] = "3class"
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     folds: int = Field(5, ge=0, le=20, description="CV folds over the train+validation pool; 0 or 1: the split as is")
-    seed: int = 0
-    base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every run")
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"fine_tune": [0, 1, 2, 3, 4, 5]})
     select_metric: Literal["auc_macro", "accuracy"] = "auc_macro"
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
@@ -87,9 +99,6 @@ class StudyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        if not self.data and not self.splits:
-            raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
-        check_setting_names("base", self.base)
         check_setting_names("grid", self.grid)
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:

@@ -98,7 +98,8 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
     probe = build_config(values, origin=f"cell {cell.id}")
     # one prepared folder per preprocessing: every run of the same size/contrast/resize shares it
     size = probe.size or get_backbone_spec(probe.backbone).input_size
-    settings = [size, probe.contrast, probe.resize] + ([probe.artifacts] if probe.artifacts != "keep" else [])
+    extra = {k: v for k, v in (("artifacts", probe.artifacts), ("lung_crop", probe.lung_crop)) if v not in ("keep", False)}
+    settings = [size, probe.contrast, probe.resize] + ([extra] if extra else [])
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]  # unchanged for older studies' folders
     return build_config({**values, "prepared": str(shared / "prepared" / key)}, origin=f"cell {cell.id}")
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cxrlab.study.config import check_setting_names, load_yaml_config
+from cxrlab.study.config import DataSettings, check_setting_names, load_yaml_config
 
 METRICS = {"auc_macro": "maximize", "accuracy": "maximize", "val_loss": "minimize"}
 MONITORED = {"auc_macro": "val_auc", "accuracy": "val_acc", "val_loss": "val_loss"}  # per-epoch values for pruning
@@ -46,20 +46,12 @@ class Range(BaseModel):
         return all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1))
 
 
-class TuneConfig(BaseModel):
+class TuneConfig(DataSettings):
     """A search: ``trials`` training runs with settings drawn from ``space`` on top of ``base``,
     each on the same patient-grouped train/validation split; the test side is held out and used
     once, for the best trial."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: str = "tune"
-    data: str | None = None
-    splits: str | None = Field(None, description="a splits.csv to use as is (train/val/test sides)")
-    scheme: Literal["3class", "binary"] = "3class"
-    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every trial")
     space: dict[str, list[Any] | Range] = Field(default_factory=lambda: {"lr": Range(low=1e-4, high=1e-2, log=True)})
     trials: int = Field(20, ge=1, description="trials in total (a resumed search runs the missing ones)")
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
@@ -95,11 +87,8 @@ class TuneConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
-        if not self.data and not self.splits:
-            raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
         if not self.space:
             raise ValueError("space: give at least one setting to search")
-        check_setting_names("base", self.base)
         check_setting_names("space", self.space)
         for key, choices in self.space.items():
             if isinstance(choices, list) and not choices:

@@ -68,6 +68,8 @@ class TrainConfig(_Strict):
     resize: Literal["stretch", "letterbox"] = "stretch"
     artifacts: Literal["keep", "inpaint"] = Field("keep", description="paint out burned-in text, markers and "
                                                                       "thin frames before preprocessing")
+    lung_crop: bool = Field(False, description="crop each image to its lung mask's box (images without a mask "
+                                               "stay whole; cxrlab segment predict fills in masks)")
 
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)

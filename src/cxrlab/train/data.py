@@ -40,7 +40,7 @@ class TrainData:
 def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
     """Preprocessing of a run: the backbone's native size unless ``size`` is set."""
     return PreprocessConfig(size=config.size or spec.input_size, contrast=config.contrast, resize=config.resize,
-                            artifacts=config.artifacts)
+                            artifacts=config.artifacts, lung_crop=config.lung_crop)
 
 
 def check_classes_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
