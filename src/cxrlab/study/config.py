@@ -6,11 +6,10 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cxrlab.core.errors import ConfigError
-from cxrlab.train.config import TrainConfig
+from cxrlab.train.config import TrainConfig, read_yaml_mapping
 
 # fields a study sets itself for every run
 RESERVED = ("data", "splits", "out", "scheme", "ratios", "seed", "prepared", "prefix_store", "mlflow_uri",
@@ -118,12 +117,7 @@ def load_yaml_config(path: str | Path, model: type[M], overrides: dict | None = 
         ConfigError: unreadable file or an invalid field (named).
     """
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a config is a mapping of fields")
+    values = read_yaml_mapping(path)
     for key in ("data", "splits"):
         if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
             candidate = path.parent / values[key]

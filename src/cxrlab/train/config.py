@@ -153,20 +153,28 @@ def build_config(values: dict, origin: str = "config") -> TrainConfig:
         raise ConfigError(_format_error(err, origin)) from None
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The ``field: value`` mapping a YAML config file holds (empty file: ``{}``).
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of field: value")
+    return values
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
     """Read a YAML config and apply command-line overrides (``None`` values are ignored).
 
     Raises:
         ConfigError: unreadable YAML or an invalid field (named).
     """
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read config ({err})") from err
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of field: value")
+    values = read_yaml_mapping(path) if path is not None else {}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return build_config(values, str(path) if path else "config")
