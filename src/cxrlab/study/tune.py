@@ -18,12 +18,13 @@ tried again. Failed trials (bad settings, NaN) are recorded and the search goes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,15 +220,15 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
     return _finish(config, out, study, trials, frame, uri, state["mlflow_parent"], ran)
 
 
-class _quiet_optuna:
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
     """Optuna logs every trial at INFO: the progress bar and trials.csv already say it."""
-
-    def __enter__(self) -> None:
-        self.level = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def __exit__(self, *exc) -> None:
-        optuna.logging.set_verbosity(self.level)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def _write_trials(study: optuna.Study, out: Path) -> pd.DataFrame:
