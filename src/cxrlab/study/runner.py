@@ -207,13 +207,16 @@ def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: 
     a failing check is recorded, never fatal: the study's results are already safe."""
     if not config.shortcut_checks or best is None:
         return None
+    from cxrlab.models import load_model
     from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
 
     audit: dict = {"cell": best}
-    for name, check in (("source_probe", lambda: source_probe_audit(config, out, frame)),
-                        ("lungs", lambda: lung_audit(out, frame))):
+    loaded = None
+    for name, check in (("source_probe", lambda model: source_probe_audit(config, out, frame, model)),
+                        ("lungs", lambda model: lung_audit(out, frame, model))):
         try:
-            audit[name] = check()
+            loaded = loaded or load_model(out / "best-model" / "model.pt")  # once, for both checks
+            audit[name] = check(loaded)
         except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
             log.warning("study: %s check failed: %s", name, err)
             audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}

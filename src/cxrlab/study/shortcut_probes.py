@@ -23,7 +23,7 @@ from cxrlab.evaluate.masked_inputs import ALPHA, VARIANTS, masked_input_predicti
 from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.evaluate.source_probe import pooled_features, source_probe
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
-from cxrlab.models import WeightsUnavailableError, create_classifier, load_model
+from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,17 @@ WEAK_SUBSET = 0.8  # share of the commonest class among masked test images above
 ASSOCIATION_WARNING = 0.3  # Cramér's V of source × class at which classes are "unevenly spread" over sources
 
 
-def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame) -> dict:
+def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame, loaded: tuple) -> dict:
     """The source probe on every image of the study, with the best model's features and the pretrained
     backbone's (when its weights are available offline).
 
     Returns:
-        ``{"probes": {features: probe result}, "warnings": [...]}`` (see :func:`source_probe`).
+        ``{"probes": {features: probe result}, "warnings": [...]}`` (see :func:`source_probe`);
+        ``loaded``: the best model as :func:`cxrlab.models.load_model` returns it.
     """
     if frame["source"].fillna("").astype(str).nunique() < 2:
         return {"skipped": "the data has a single source", "probes": {}, "warnings": []}
-    model, preprocess, payload = load_model(out / "best-model" / "model.pt")
+    model, preprocess, payload = loaded
     key = hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     kept, dataset, _ = prepared_dataset(model, preprocess, frame, out / "shared" / "prepared-probe" / key)
     models = {"fine-tuned (best model)": model}
@@ -75,7 +76,7 @@ def _probe_warnings(probes: dict) -> list[str]:
     return warnings
 
 
-def lung_audit(out: Path, frame: pd.DataFrame) -> dict:
+def lung_audit(out: Path, frame: pd.DataFrame, loaded: tuple) -> dict:
     """Grad-CAM in-lung share and lung-only / lungs-removed calls of the best model on test images
     with lung masks.
 
@@ -88,7 +89,7 @@ def lung_audit(out: Path, frame: pd.DataFrame) -> dict:
     test = test[masks != ""]
     if test.empty:
         return {"skipped": "no test image has a lung mask", "warnings": []}
-    model, preprocess, _ = load_model(out / "best-model" / "model.pt")
+    model, preprocess, _ = loaded
     table = masked_input_predictions(model, preprocess, test)
     if table.empty:
         return {"skipped": "no masked test image could be read", "warnings": []}

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,12 +260,10 @@ def _finish(config: TuneConfig, out: Path, study: optuna.Study, trials: pd.DataF
         export_run(run_dir, out / "best-model", {"trial": best.number, "settings": _settings(best)})
         test_side = frame[frame["split"] == "test"]
         if len(test_side):
-            started = time.perf_counter()
             metrics, names = prediction_metrics(predict_test_side(run_dir, test_side, out / "shared" / "prepared-test"))
             test = {"accuracy": metrics["accuracy"], "auc_macro": metrics["macro"]["roc_auc"], "n": metrics["n"],
                     "per_class": {n: {k: metrics["per_class"][n][k] for k in ("sensitivity", "specificity", "roc_auc")}
                                   for n in names}}
-            log.debug("tune: test side in %.1f s", time.perf_counter() - started)
     importances = _importances(study) if len(complete) >= 3 else {}
     write_tune_report(config, out, trials, best, test, importances)
     finish_parent_run(uri, parent, {"cxrlab.best_trial": str(best.number)} if best else {},
