@@ -46,3 +46,38 @@ def test_dataset_transform_and_errors(prepared):
         ShardDataset(out, ("COVID-19", "non-COVID"))
     with pytest.raises(ManifestError, match="1 requested image"):
         ShardDataset(out, manifest.class_names, images=["/nowhere/x.png"])
+
+
+def test_kept_lung_masks_follow_the_pixels_and_images_without_one_are_skipped(prepared, tmp_path):
+    import json
+
+    import cv2
+
+    from cxrlab.data.manifest import Manifest
+
+    out, manifest, _ = prepared
+    with pytest.raises(ManifestError, match="no lung masks"):
+        ShardDataset(out, manifest.class_names, with_masks=True)
+    table = manifest.table.copy()
+    table.loc[0, "mask"] = ""
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.zeros((64, 64), np.uint8))
+    table.loc[1, "mask"] = str(blank)
+    masked = tmp_path / "masked"
+    summary = prepare(Manifest(table, manifest.class_names), masked, PreprocessConfig(size=32, keep_mask=True),
+                      workers=1)
+    reasons = dict(summary.skipped)
+    assert "no lung mask" in reasons[table.loc[0, "image"]] and "lung mask is empty" in reasons[table.loc[1, "image"]]
+    reader = ShardReader(masked)
+    assert reader.has_masks and summary.images == len(table) - 2
+    row = int(np.flatnonzero(reader.table["image"] == table.loc[2, "image"])[0])
+    truth = cv2.resize(cv2.imread(table.loc[2, "mask"], cv2.IMREAD_GRAYSCALE), (32, 32),
+                       interpolation=cv2.INTER_NEAREST) > 127
+    np.testing.assert_array_equal(reader.mask(row).astype(bool), truth)
+    x, _ = ShardDataset(reader, manifest.class_names, with_masks=True)[row]
+    assert x.shape == (4, 32, 32)
+    np.testing.assert_array_equal(x[-1].numpy().astype(bool), truth)
+    plan = json.loads((out / "plan.json").read_text())  # a folder prepared before keep_mask existed still resumes
+    plan["config"].pop("keep_mask")
+    (out / "plan.json").write_text(json.dumps(plan))
+    assert prepare(manifest, out, PreprocessConfig(size=32), workers=1).shards_written == 0

@@ -1,16 +1,21 @@
 """Guided attention: the differentiable Grad-CAM matches the explanation library's, the attention
-loss measures evidence outside the lungs, and its gradient reaches the network."""
+loss measures evidence outside the lungs, its gradient reaches the network, and the lung-attention
+model option trains (cached or not), saves and loads."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxrlab.models import create_classifier
+from cxrlab.core import ConfigError
+from cxrlab.models import create_classifier, load_model
+from cxrlab.preprocess import ShardReader
+from cxrlab.train import build_config, train
 from cxrlab.train.attention import attention_loss, differentiable_gradcam, guided_forward
 
 
@@ -66,3 +71,71 @@ def test_the_attention_loss_gradient_reaches_the_backbone_and_moves_evidence(mod
         loss.backward()
         optimizer.step()
     assert loss.item() < before
+
+
+def test_lung_attention_weights_the_feature_maps_by_the_mask():
+    torch.manual_seed(2)
+    net = create_classifier("efficientnet_lite0", 3, pretrained="none", lung_attention=True).eval()
+    image, mask = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64)
+    mask[0, :, :32] = 1.0  # left half
+    x = torch.cat([image, mask[:, None]], dim=1)
+    features = net.image_features(image)
+    attended = net.attend(features, mask)
+    assert torch.all(attended[0, :, :, 1:] == 0)  # a 2 × 2 grid: the right column lies outside the lungs
+    torch.testing.assert_close(attended[0].mean(dim=(1, 2)), features[0, :, :, :1].mean(dim=(1, 2)))  # lung average
+    torch.testing.assert_close(attended[1], features[1])  # an empty mask leaves the maps alone
+    torch.testing.assert_close(net(x), net.head(attended))
+    with pytest.raises(ConfigError, match="lung-mask channel"):
+        net(image)
+    plain = create_classifier("efficientnet_lite0", 3, pretrained="none").eval()
+    torch.testing.assert_close(plain(x), plain(image))  # other models ignore a mask channel
+
+
+def _guided_config(tmp_path, phantoms, name, **extra):
+    values = {"data": str(phantoms), "out": str(tmp_path / name), "size": 64, "epochs": 2, "batch_size": 8,
+              "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "lung_attention": True, "attention_loss": 1.0, **extra}
+    return build_config(values)
+
+
+def test_guided_training_is_the_same_with_and_without_the_prefix_cache(tmp_path, phantoms):
+    cached = train(_guided_config(tmp_path, phantoms, "cached", fine_tune=2))
+    plain = train(_guided_config(tmp_path, phantoms, "uncached", fine_tune=2, cache_prefix=False))
+    assert cached.summary["prefix_cache"] and not plain.summary["prefix_cache"]
+    metrics = pd.read_csv(cached.out / "metrics.csv")
+    assert metrics["val_attention"].between(0, 1).all() and metrics["train_attention"].between(0, 1).all()
+    for a, b in zip(cached.model.state_dict().values(), plain.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)
+    model, preprocess, payload = load_model(cached.out / "model.pt")
+    assert model.lung_attention and payload["lung_attention"] and preprocess.keep_mask
+    assert ShardReader(cached.out / "prepared").has_masks
+
+
+def test_attention_loss_alone_keeps_a_mask_free_model_and_augments_masks_with_images(tmp_path, phantoms):
+    result = train(_guided_config(tmp_path, phantoms, "loss-only", lung_attention=False, fine_tune=1,
+                                  augment={"enabled": True}))
+    assert not result.summary["prefix_cache"]
+    model, preprocess, _ = load_model(result.out / "model.pt")
+    assert not model.lung_attention and not preprocess.keep_mask  # predicting needs no masks
+
+
+def test_augmentation_moves_image_and_mask_together(tmp_path, phantoms):
+    from cxrlab.data import load_source
+    from cxrlab.preprocess import PreprocessConfig, ShardDataset, prepare
+    from cxrlab.preprocess.transforms import to_model_input
+    from cxrlab.train.augment import Augmenter
+    from cxrlab.train.config import AugmentConfig
+
+    manifest = load_source(phantoms)
+    prepare(manifest, tmp_path / "prep", PreprocessConfig(size=64, keep_mask=True), workers=1)
+    settings = AugmentConfig(enabled=True, rotation=30, crop_scale=(0.6, 0.8))
+    moved = ShardDataset(tmp_path / "prep", manifest.class_names, transform=Augmenter(settings, seed=3), with_masks=True)
+    x, _ = moved[0]
+    assert x.shape == (4, 64, 64) and set(torch.unique(x[-1]).tolist()) <= {0.0, 1.0}
+    reader = moved.reader
+    image = Augmenter(settings, seed=3)(reader.image(0))  # the same draws, image alone ...
+    mask = Augmenter(settings, seed=3)(reader.mask(0) * np.uint8(255)) > 127  # ... and mask alone
+    assert not np.array_equal(mask, reader.mask(0) > 0)  # the augmentation did move things
+    difference = np.abs(x[:3].numpy() - to_model_input(image, moved.mean, moved.std, 3)) * 255 * 0.229
+    assert difference.max() < 4 and difference.mean() < 0.2  # grey levels: OpenCV rounds 2-channel images its own way
+    assert (x[-1].numpy().astype(bool) == mask).mean() > 0.99  # same place, up to interpolation at the edge

@@ -42,6 +42,10 @@ def train_command(
     scheme: Annotated[Optional[str], typer.Option(help="3class or binary.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="32, bf16 or auto.")] = None,
     mlflow_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite next to OUT).")] = None,
+    lung_attention: Annotated[Optional[bool], typer.Option(
+        "--lung-attention", help="Guided attention: multiply the last feature maps by each image's lung mask.")] = None,
+    attention_loss: Annotated[Optional[float], typer.Option(
+        help="Alpha of the Grad-CAM attention loss (evidence outside the lungs); needs lung masks.")] = None,
 ) -> None:
     """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
     from cxrlab.train import load_config, train
@@ -54,7 +58,7 @@ def train_command(
                      "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
                      "weights": str(weights) if weights else None, "pretrained": pretrained,
                      "allow_download": allow_download, "scheme": scheme, "precision": precision,
-                     "mlflow_uri": mlflow_uri}
+                     "mlflow_uri": mlflow_uri, "lung_attention": lung_attention, "attention_loss": attention_loss}
         cfg = load_config(config, overrides)
         console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) → {cfg.out}")
         with progress_bar("prepare") as bar:

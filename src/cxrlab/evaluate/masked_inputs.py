@@ -67,8 +67,9 @@ def masked_input_predictions(model: CxrClassifier, preprocess: PreprocessConfig,
             log.warning("masked inputs: %s", err)
             continue
         for variant, pixels in zip(VARIANTS, _variants(decoded.pixels, mask), strict=True):
-            processed, _ = transforms(pixels, mask)
-            inputs.append(to_model_input(np.ascontiguousarray(processed), spec.mean, spec.std, spec.in_chans))
+            processed, moved = transforms(pixels, mask)
+            inputs.append(to_model_input(np.ascontiguousarray(processed), spec.mean, spec.std, spec.in_chans,
+                                         moved if model.lung_attention else None))
             rows.append({"image": row.image, "label": row.label, "variant": variant})
     table = pd.DataFrame(rows, columns=["image", "label", "variant"])
     if not rows:

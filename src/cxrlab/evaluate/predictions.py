@@ -68,7 +68,7 @@ def prepared_dataset(model: CxrClassifier, preprocess: PreprocessConfig, frame: 
     reader = ShardReader(work_dir)
     kept = frame[frame["image"].isin(set(reader.table["image"]))].reset_index(drop=True)
     dataset = ShardDataset(reader, model.class_names, images=kept["image"].tolist(), mean=model.spec.mean,
-                           std=model.spec.std, in_chans=model.spec.in_chans)
+                           std=model.spec.std, in_chans=model.spec.in_chans, with_masks=model.lung_attention)
     return kept, dataset, list(summary.skipped)
 
 

@@ -57,13 +57,13 @@ def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions
             for c, row in enumerate(examples[kind].itertuples()):
                 lung_path = str(getattr(row, "mask", "") or "")
                 try:
-                    x = pre(row.image, lung_path or None).pixels
+                    processed = pre(row.image, lung_path or None)
                     original = read_image(row.image, max_pixels=preprocess.max_pixels, reduce_to=256).pixels
                     lungs = read_mask(lung_path, original.shape) if preprocess.lung_crop and lung_path else None
                 except InvalidImageError as err:
                     log.warning("gallery: %s", err)
                     continue
-                heatmap, _ = cam.explain_image(x, target=names.index(row.predicted))
+                heatmap, _ = cam.explain_image(processed.pixels, names.index(row.predicted), processed.mask)
                 image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
                 image_ax.imshow(overlay(original, cam_to_original(heatmap, original.shape, preprocess, lungs)))
                 image_ax.set_xlabel(Path(row.image).name[:28], fontsize=6)

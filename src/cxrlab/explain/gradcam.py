@@ -70,7 +70,8 @@ class _SplitClassifier(nn.Module):
         self.anchor = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_from(self.anchor(self.prefix(x)), self.start)
+        image, mask = self.model.split_input(x)
+        return self.model.forward_from(self.anchor(self.prefix(image)), self.start, mask)
 
 
 class GradCamExplainer:
@@ -128,14 +129,24 @@ class GradCamExplainer:
             p.grad = None
         self.model.train(self._was_training)
 
-    def explain_image(self, pixels: np.ndarray, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def explain_image(self, pixels: np.ndarray, target: int | None = None,
+                      mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`explain` for one preprocessed ``(H, W) uint8`` image, normalised as the model expects.
+
+        Args:
+            pixels: The preprocessed image.
+            target: Class to explain (default: the predicted one).
+            mask: Its lung mask on the same grid (required by, and only used for, a lung-attention model).
 
         Returns:
             ``(map (H, W) float32 in [0, 1], probabilities (num_classes,))``.
         """
         spec = self.model.spec
-        x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans))[None]
+        needs_mask = getattr(self.model, "lung_attention", False)
+        if needs_mask and mask is None:
+            raise ConfigError("this model uses lung attention: explaining an image needs its lung mask")
+        x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans,
+                                            mask if needs_mask else None))[None]
         maps, probs = self.explain(x, target)
         return maps[0], probs[0]
 

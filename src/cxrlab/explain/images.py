@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxrlab.core.errors import InvalidImageError  # noqa: E402
+from cxrlab.core.errors import ConfigError, InvalidImageError  # noqa: E402
 from cxrlab.core.io import atomic_write_text  # noqa: E402
 from cxrlab.data.images import read_image  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
@@ -58,6 +58,9 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, preprocess, _ = load_model(model_path)
+    if model.lung_attention:
+        raise ConfigError(f"{model_path}: this model uses lung attention and needs a lung mask per image; explain "
+                          "it with 'cxrlab evaluate' on a manifest with masks ('cxrlab segment predict' makes them)")
     pre = Preprocessor(preprocess)
     records = []
     with GradCamExplainer(model, method, layer) as cam:

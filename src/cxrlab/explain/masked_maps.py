@@ -47,5 +47,5 @@ def maps_with_masks(model: CxrClassifier, preprocess: PreprocessConfig, rows: pd
             except InvalidImageError as err:
                 log.warning("%s evidence: %s", column, err)
                 continue
-            heatmap, _ = cam.explain_image(processed.pixels, target=target(row))
+            heatmap, _ = cam.explain_image(processed.pixels, target(row), processed.mask)
             yield row, cam_to_original(heatmap, shape, preprocess, lungs), mask

@@ -27,6 +27,7 @@ def save_model(model: CxrClassifier, path: str | Path, preprocess: PreprocessCon
     payload = {
         "format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": model.spec.name,
         "head": model.head_spec.to_dict(), "fine_tune": model.fine_tune, "class_names": list(model.class_names),
+        "lung_attention": model.lung_attention,
         "num_classes": model.head.fc.out_features, "mean": list(model.spec.mean), "std": list(model.spec.std),
         "preprocess": preprocess.to_dict(), "state_dict": model.state_dict(), "extra": extra or {},
     }
@@ -64,7 +65,8 @@ def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]
     payload = read_payload(path, FORMAT, "model")
     head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
     model = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
-                              fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]))
+                              fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
+                              lung_attention=bool(payload.get("lung_attention", False)))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, PreprocessConfig.from_dict(payload["preprocess"]), payload

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cxrlab.core.errors import ConfigError
@@ -33,22 +34,30 @@ class CxrClassifier(nn.Module):
     Frozen blocks keep their BatchNorm layers in eval mode (running statistics fixed) even
     when the model is in training mode, as Keras does for frozen layers.
 
+    With ``lung_attention`` (guided attention), the last block's feature maps are multiplied by
+    the lung mask resized to their grid (the share of each cell inside the lungs), scaled so the
+    weights average 1 per image: the head's global average pooling becomes an average over the
+    lungs. The mask travels as a last input channel (``to_model_input(..., mask=)``), so every
+    caller that runs ``model(x)`` (evaluation, Grad-CAM, the shortcut checks) works unchanged.
+
     Args:
         spec: Backbone metadata (partition, normalisation, input size).
         backbone: The timm model without its classifier.
         num_classes: Output classes.
         head: Head layout.
         class_names: Class names in output order (stored with checkpoints).
+        lung_attention: Multiply the last feature maps by the lung mask (see above).
 
     Shapes:
-        input ``(B, in_chans, H, W) float32`` normalised with ``spec.mean/std``;
-        output ``(B, num_classes)`` logits.
+        input ``(B, in_chans, H, W) float32`` normalised with ``spec.mean/std`` (``in_chans + 1``
+        channels with lung attention, the last a 0/1 lung mask); output ``(B, num_classes)`` logits.
     """
 
     def __init__(self, spec: BackboneSpec, backbone: nn.Module, num_classes: int, head: HeadSpec,
-                 class_names: tuple[str, ...] = ()) -> None:
+                 class_names: tuple[str, ...] = (), lung_attention: bool = False) -> None:
         super().__init__()
         self.spec, self.head_spec, self.class_names = spec, head, tuple(class_names)
+        self.lung_attention = lung_attention
         self.backbone = backbone
         self.group_names = spec.partition(backbone)
         modules = dict(backbone.named_modules())
@@ -103,16 +112,49 @@ class CxrClassifier(nn.Module):
                 x = module(x)
         return x
 
+    def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(image channels, lung mask (B, H, W) or None)`` of a model input: an input with one
+        channel more than the backbone takes carries a lung mask last (any model accepts it; only a
+        lung-attention model uses it).
+
+        Raises:
+            ConfigError: a lung-attention model got an input without the mask channel.
+        """
+        if x.shape[1] == self.spec.in_chans + 1:
+            return x[:, :-1], x[:, -1]
+        if self.lung_attention:
+            raise ConfigError(f"this model uses lung attention: its input needs {self.spec.in_chans} image channels "
+                              f"and a lung-mask channel, got {x.shape[1]} channel(s)")
+        return x, None
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, h, w)`` feature map of the last block for image channels only."""
+        return self.forward_blocks(image) if self.spec.sequential else self.backbone.forward_features(image)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h, w)`` feature map of the last block."""
-        return self.forward_blocks(x) if self.spec.sequential else self.backbone.forward_features(x)
+        """``(B, C, h, w)`` feature map of the last block (before any lung attention)."""
+        return self.image_features(self.split_input(x)[0])
+
+    def attend(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Features weighted by the lung mask on their grid (unchanged without lung attention or mask).
+
+        An image whose mask covers no cell of the grid keeps its features unweighted.
+        """
+        if not self.lung_attention or mask is None:
+            return features
+        inside = F.interpolate(mask[:, None].to(features.dtype), size=features.shape[-2:], mode="area")
+        mean = inside.mean(dim=(2, 3), keepdim=True)
+        weights = torch.where(mean > 0, inside / mean.clamp_min(1e-6), torch.ones_like(inside))
+        return features * weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        image, mask = self.split_input(x)
+        return self.head(self.attend(self.image_features(image), mask))
 
-    def forward_from(self, activations: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from cached activations entering block ``start`` (frozen-prefix caching)."""
-        return self.head(self.forward_blocks(activations, start))
+    def forward_from(self, activations: torch.Tensor, start: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from cached activations entering block ``start`` (frozen-prefix caching); ``mask``:
+        the images' lung masks for a lung-attention model."""
+        return self.head(self.attend(self.forward_blocks(activations, start), mask))
 
     def cam_layer(self, level: Literal["last", "fine"] = "last") -> nn.Module:
         """The module whose output a class-activation map uses.
@@ -144,7 +186,7 @@ class CxrClassifier(nn.Module):
             self.eval()
             side = self.spec.input_size
             with torch.no_grad():
-                self(torch.zeros(1, self.spec.in_chans, side, side, device=next(self.parameters()).device))
+                self.image_features(torch.zeros(1, self.spec.in_chans, side, side, device=next(self.parameters()).device))
         finally:
             for hook in hooks:
                 hook.remove()

@@ -32,7 +32,8 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
 def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "gap-128-64",
                       pretrained: Pretrained = "imagenet", weights: str | Path | None = None,
                       allow_download: bool = False, fine_tune: FineTune = "all",
-                      class_names: tuple[str, ...] = (), seed: int | None = None) -> CxrClassifier:
+                      class_names: tuple[str, ...] = (), seed: int | None = None,
+                      lung_attention: bool = False) -> CxrClassifier:
     """Build a classifier from the registry.
 
     Args:
@@ -46,6 +47,8 @@ def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "ga
         class_names: Stored on the model for checkpoints and reports.
         seed: Seed for the randomly initialised parts (head, and backbone without weights);
             the global RNG state is restored afterwards.
+        lung_attention: Multiply the last feature maps by the lung mask (guided attention; the
+            input then carries the mask as a last channel).
 
     Raises:
         ConfigError: unknown backbone, head or k. WeightsUnavailableError: no weights offline.
@@ -59,7 +62,7 @@ def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "ga
         if seed is not None:
             torch.manual_seed(seed)
         backbone = create_backbone(spec)
-        model = CxrClassifier(spec, backbone, num_classes, head_spec, class_names)
+        model = CxrClassifier(spec, backbone, num_classes, head_spec, class_names, lung_attention)
     model.weights_origin = "random"
     if pretrained == "imagenet" or weights is not None:
         model.weights_origin = load_pretrained(backbone, spec, weights, allow_download)

@@ -30,6 +30,8 @@ class PreprocessConfig:
             papers' order) or at the ``target`` size (about twice as fast; slightly different).
         lung_crop: Crop to the lung mask's bounding box (images without a mask stay whole).
         crop_margin: Margin around the lung box, as a share of the box size.
+        keep_mask: Store each image's lung mask, cropped and resized like the pixels, beside them
+            (guided-attention models need it; images without a usable, non-empty mask are skipped).
         artifacts: ``inpaint`` paints out burned-in text, markers and thin frames before any other
             step (:mod:`cxrlab.preprocess.artifacts`; uses the lung mask when there is one), or
             ``keep`` them.
@@ -48,6 +50,7 @@ class PreprocessConfig:
     lung_crop: bool = False
     crop_margin: float = 0.05
     artifacts: Artifacts = "keep"
+    keep_mask: bool = False
     fast_decode: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = DEFAULT_MIN_SIDE
@@ -75,7 +78,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
-        """Build from a dict, refusing unknown keys by name."""
+        """Build from a dict, refusing unknown keys by name (missing keys take their defaults, so
+        settings recorded before a key existed still load)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

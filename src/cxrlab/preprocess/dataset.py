@@ -28,22 +28,28 @@ class ShardDataset(Dataset):
         mean: Per-channel normalisation mean (the backbone's; ImageNet's by default).
         std: Per-channel normalisation standard deviation.
         in_chans: Channels the model expects (the grayscale image is replicated).
-        transform: Optional augmentation on the ``(H, W) uint8`` image (training only).
+        transform: Optional augmentation on the ``(H, W) uint8`` image (training only); with masks it
+            gets ``(H, W, 2)``, image and mask (0/255) stacked, so both move together.
+        with_masks: Append each image's stored lung mask as a last 0/1 channel.
 
     Returns (per item):
-        ``(x, y)``: ``x`` is ``(in_chans, H, W) float32``, ``(v / 255 - mean) / std``; ``y`` an
-        ``int64`` class index.
+        ``(x, y)``: ``x`` is ``(in_chans, H, W) float32``, ``(v / 255 - mean) / std`` (plus the mask
+        channel); ``y`` an ``int64`` class index.
 
     Raises:
         ConfigError: a label is not in ``class_names``.
-        ManifestError: requested images are not in the shards.
+        ManifestError: requested images are not in the shards, or masks are asked of shards without.
     """
 
     def __init__(self, shards: str | Path | ShardReader, class_names: Sequence[str], *,
                  images: Sequence[str] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, in_chans: int = 3,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None, with_masks: bool = False) -> None:
         self.reader = shards if isinstance(shards, ShardReader) else ShardReader(shards)
+        if with_masks and not self.reader.has_masks:
+            raise ManifestError("the prepared shards hold no lung masks; prepare them with keep_mask "
+                                "(a model with lung attention needs a mask per image)")
+        self.with_masks = with_masks
         self.class_names = tuple(class_names)
         if images is None:
             self.rows = np.arange(len(self.reader))
@@ -67,8 +73,13 @@ class ShardDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.reader.image(int(self.rows[i]))
-        if self.transform is not None:
+        row = int(self.rows[i])
+        image = self.reader.image(row)
+        mask = self.reader.mask(row) if self.with_masks else None
+        if self.transform is not None and mask is not None:
+            moved = self.transform(np.dstack([image, mask * np.uint8(255)]))
+            image, mask = moved[..., 0], moved[..., 1] > 127
+        elif self.transform is not None:
             image = self.transform(image)
-        x = to_model_input(np.ascontiguousarray(image), self.mean, self.std, self.in_chans)
+        x = to_model_input(np.ascontiguousarray(image), self.mean, self.std, self.in_chans, mask)
         return torch.from_numpy(x), torch.tensor(self.targets[i])

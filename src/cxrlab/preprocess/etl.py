@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from cxrlab.core.errors import ConfigError, InvalidImageError
@@ -86,6 +87,7 @@ def run_shard(task: ShardTask) -> ShardResult:
             "label": row["label"], "patient_id": row["patient_id"], "source": row["source"],
             "view": row.get("view", ""), "height": out.pixels.shape[0], "width": out.pixels.shape[1],
             "orig_h": out.orig_height, "orig_w": out.orig_width, "pixels": out.pixels.tobytes(),
+            "mask": None if out.mask is None else out.mask.astype(np.uint8).tobytes(),
         })
         if out.artifact_pixels:
             artifacts[row["image"]] = out.artifact_pixels
@@ -115,6 +117,8 @@ def plan_shards(manifest: Manifest, out_dir: Path, config: PreprocessConfig, sha
     plan_file = out_dir / PLAN_FILE
     if plan_file.exists() and not overwrite:
         old = json.loads(plan_file.read_text())
+        if isinstance(old.get("config"), dict):  # settings added since keep their defaults
+            old["config"] = {**PreprocessConfig().to_dict(), **old["config"]}
         diff = [k for k in plan if old.get(k) != plan[k]]
         if diff:
             raise ConfigError(

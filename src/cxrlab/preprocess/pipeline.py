@@ -23,12 +23,14 @@ class ProcessedImage:
         orig_height: Stored height of the source file.
         orig_width: Stored width of the source file.
         artifact_pixels: Pixels painted out as burned-in marks (``artifacts="inpaint"``).
+        mask: ``(size, size) bool`` lung mask on the pixels' grid (``keep_mask`` only).
     """
 
     pixels: np.ndarray
     orig_height: int
     orig_width: int
     artifact_pixels: int = 0
+    mask: np.ndarray | None = None
 
 
 def build_transforms(config: PreprocessConfig) -> Compose:
@@ -63,16 +65,20 @@ class Preprocessor:
 
         Args:
             path: Image file (any format :func:`cxrlab.data.read_image` reads).
-            mask_path: Lung mask, used by ``lung_crop`` and ``artifacts="inpaint"``.
+            mask_path: Lung mask, used by ``lung_crop``, ``artifacts="inpaint"`` and ``keep_mask``.
 
         Raises:
-            InvalidImageError: the image (or its mask) cannot be used; names the file.
+            InvalidImageError: the image (or its mask) cannot be used, or ``keep_mask`` is set and
+                there is no non-empty mask; names the file.
         """
         cfg = self.config
+        if cfg.keep_mask and not mask_path:
+            raise InvalidImageError(path, "no lung mask (the model multiplies its features by one; "
+                                          "'cxrlab segment predict' makes them)")
         decoded = read_image(path, max_pixels=cfg.max_pixels, min_side=cfg.min_side,
                              reduce_to=2 * cfg.size if cfg.fast_decode else None)
         mask = None
-        if (cfg.lung_crop or cfg.artifacts == "inpaint") and mask_path:
+        if (cfg.lung_crop or cfg.artifacts == "inpaint" or cfg.keep_mask) and mask_path:
             try:
                 mask = read_mask(mask_path, decoded.pixels.shape)
             except InvalidImageError as err:
@@ -81,5 +87,8 @@ class Preprocessor:
         if cfg.artifacts == "inpaint":
             cleaned = remove_artifacts(pixels, mask)
             pixels, touched = cleaned.pixels, cleaned.touched
-        pixels, _ = self.transforms(pixels, mask if cfg.lung_crop else None)
-        return ProcessedImage(np.ascontiguousarray(pixels), decoded.orig_height, decoded.orig_width, touched)
+        pixels, moved = self.transforms(pixels, mask if cfg.lung_crop or cfg.keep_mask else None)
+        if cfg.keep_mask and not moved.any():
+            raise InvalidImageError(path, f"its lung mask is empty: {mask_path}")
+        return ProcessedImage(np.ascontiguousarray(pixels), decoded.orig_height, decoded.orig_width, touched,
+                              np.ascontiguousarray(moved) if cfg.keep_mask else None)

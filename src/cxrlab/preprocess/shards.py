@@ -15,6 +15,7 @@ width      int32    stored array width (= size)
 orig_h     int32    height of the source file
 orig_w     int32    width of the source file
 pixels     binary   ``height * width`` bytes, row-major uint8 grayscale
+mask       binary   (``keep_mask`` only) the lung mask on the same grid, 0/1 bytes
 ========== ======== ===========================================================
 
 The file's key-value metadata holds ``cxrlab.config`` (preprocessing settings) and
@@ -44,6 +45,7 @@ SHARD_SCHEMA = pa.schema([
     ("orig_h", pa.int32()), ("orig_w", pa.int32()), ("pixels", pa.binary()),
 ])
 META_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pixels"]
+MASK_FIELD = pa.field("mask", pa.binary())
 
 
 def shard_path(out_dir: str | Path, index: int) -> Path:
@@ -62,8 +64,9 @@ def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, 
         config: Preprocessing settings, stored in the metadata.
         artifacts: Pixels painted out per image (images with none are left out), stored too.
     """
-    columns = {f.name: [r[f.name] for r in records] for f in SHARD_SCHEMA}
-    schema = SHARD_SCHEMA.with_metadata({"cxrlab.config": json.dumps(config, sort_keys=True),
+    schema = SHARD_SCHEMA.append(MASK_FIELD) if config.get("keep_mask") else SHARD_SCHEMA
+    columns = {f.name: [r[f.name] for r in records] for f in schema}
+    schema = schema.with_metadata({"cxrlab.config": json.dumps(config, sort_keys=True),
                                          "cxrlab.skipped": json.dumps(skipped),
                                          "cxrlab.artifacts": json.dumps(artifacts or {})})
     table = pa.table(columns, schema=schema)
@@ -112,8 +115,10 @@ class ShardReader:
         meta = tables[0].schema.metadata or {}
         self.config = json.loads(meta.get(b"cxrlab.config", b"{}"))
         self._pixels = arrow.column("pixels").to_pylist()
+        self._masks = arrow.column("mask").to_pylist() if "mask" in arrow.column_names else None
         self._shapes = list(zip(arrow.column("height").to_pylist(), arrow.column("width").to_pylist()))
-        self.table = resolve_paths(arrow.drop_columns(["pixels"]).to_pandas(), out_dir)
+        bulky = [c for c in ("pixels", "mask") if c in arrow.column_names]
+        self.table = resolve_paths(arrow.drop_columns(bulky).to_pandas(), out_dir)
 
     def __len__(self) -> int:
         return len(self._pixels)
@@ -121,6 +126,21 @@ class ShardReader:
     def image(self, index: int) -> np.ndarray:
         """``(H, W) uint8`` image of row ``index`` (a read-only view of the stored bytes)."""
         return np.frombuffer(self._pixels[index], np.uint8).reshape(self._shapes[index])
+
+    @property
+    def has_masks(self) -> bool:
+        """True when the shards hold lung masks (prepared with ``keep_mask``)."""
+        return self._masks is not None
+
+    def mask(self, index: int) -> np.ndarray:
+        """``(H, W) uint8`` 0/1 lung mask of row ``index``.
+
+        Raises:
+            ManifestError: the shards hold no masks.
+        """
+        if self._masks is None:
+            raise ManifestError("these shards hold no lung masks (prepare them with keep_mask)")
+        return np.frombuffer(self._masks[index], np.uint8).reshape(self._shapes[index])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict]:
         return self.image(index), self.table.iloc[index].to_dict()

@@ -153,7 +153,7 @@ class Compose:
 
 
 def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                   in_chans: int = 3) -> np.ndarray:
+                   in_chans: int = 3, mask: np.ndarray | None = None) -> np.ndarray:
     """Scale to [0, 1], replicate to ``in_chans`` channels and normalise per channel.
 
     Args:
@@ -161,9 +161,11 @@ def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float
         mean: Per-channel mean (length ``in_chans`` or 1), e.g. ImageNet's.
         std: Per-channel standard deviation.
         in_chans: Output channels (3 for ImageNet backbones, 1 for grayscale models).
+        mask: ``(H, W)`` lung mask, appended as a last 0/1 channel (the input of a model with
+            lung attention, which splits it off again).
 
     Returns:
-        ``(in_chans, H, W) float32``, ``(x / 255 - mean) / std``.
+        ``(in_chans, H, W) float32``, ``(x / 255 - mean) / std`` (``in_chans + 1`` channels with a mask).
     """
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ConfigError(f"to_model_input: expected (H, W) uint8, got {image.shape} {image.dtype}")
@@ -172,5 +174,9 @@ def to_model_input(image: np.ndarray, mean: Sequence[float], std: Sequence[float
     mean_a = np.asarray(mean, np.float32).reshape(-1, 1, 1)
     std_a = np.asarray(std, np.float32).reshape(-1, 1, 1)
     x = image.astype(np.float32)[None] * (1.0 / 255.0)
-    x = np.repeat(x, in_chans, axis=0)
-    return (x - mean_a) / std_a
+    x = (np.repeat(x, in_chans, axis=0) - mean_a) / std_a
+    if mask is None:
+        return x
+    if mask.shape != image.shape:
+        raise ConfigError(f"to_model_input: mask {mask.shape} does not match the image {image.shape}")
+    return np.concatenate([x, (np.asarray(mask) > 0).astype(np.float32)[None]])

@@ -34,7 +34,8 @@ class BestModelKeeper(L.Callback):
 
 
 class MetricsCsv(L.Callback):
-    """Appends one row per epoch (phase, losses, accuracy, AUC, learning rate, seconds) to a CSV."""
+    """Appends one row per epoch (phase, losses, accuracy, AUC, learning rate, seconds; the attention
+    loss when training with it) to a CSV."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.rows, self.phase, self.epoch_offset = path, [], 0, 0
@@ -50,5 +51,8 @@ class MetricsCsv(L.Callback):
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": time.perf_counter() - self._start}
         for key in ("train_loss", "val_loss", "val_acc", "val_auc"):
             row[key] = float(metrics[key]) if key in metrics else math.nan
+        for key in ("train_attention", "val_attention"):  # runs with the attention loss
+            if key in metrics:
+                row[key] = float(metrics[key])
         self.rows.append(row)
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))

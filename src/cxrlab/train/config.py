@@ -70,6 +70,11 @@ class TrainConfig(_Strict):
                                                                       "thin frames before preprocessing")
     lung_crop: bool = Field(False, description="crop each image to its lung mask's box (images without a mask "
                                                "stay whole; cxrlab segment predict fills in masks)")
+    lung_attention: bool = Field(False, description="guided attention: multiply the last feature maps by the lung "
+                                                    "mask (every image needs one, also when predicting)")
+    attention_loss: float = Field(0.0, ge=0, description="alpha: add alpha x the share of the true class's Grad-CAM "
+                                                         "outside the lungs to the training loss (masks needed for "
+                                                         "training only)")
 
     optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)

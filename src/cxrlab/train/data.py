@@ -38,9 +38,15 @@ class TrainData:
 
 
 def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
-    """Preprocessing of a run: the backbone's native size unless ``size`` is set."""
+    """Preprocessing of a run: the backbone's native size unless ``size`` is set; lung masks kept beside
+    the pixels when lung attention or the attention loss needs them."""
     return PreprocessConfig(size=config.size or spec.input_size, contrast=config.contrast, resize=config.resize,
-                            artifacts=config.artifacts, lung_crop=config.lung_crop)
+                            artifacts=config.artifacts, lung_crop=config.lung_crop, keep_mask=uses_masks(config))
+
+
+def uses_masks(config: TrainConfig) -> bool:
+    """True when training needs each image's lung mask."""
+    return config.lung_attention or config.attention_loss > 0
 
 
 def check_classes_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
@@ -101,8 +107,9 @@ def class_weights(data: TrainData) -> list[float]:
 
 
 def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec) -> tuple[ShardDataset, ShardDataset]:
-    """Train dataset (augmented when enabled) and validation dataset (never augmented)."""
-    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans}
+    """Train dataset (augmented when enabled) and validation dataset (never augmented); lung masks as a
+    last input channel when the run uses them."""
+    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config)}
     augment = Augmenter(config.augment, config.seed) if config.augment.enabled else None
     train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
     val = ShardDataset(data.reader, data.class_names, images=data.val_images, **common)

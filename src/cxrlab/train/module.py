@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import lightning as L
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from cxrlab.core.errors import CxrlabError
 from cxrlab.models.classifier import CxrClassifier
+from cxrlab.train.attention import attention_loss, differentiable_gradcam
 from cxrlab.train.config import TrainConfig
 from cxrlab.train.metrics import classification_summary
 
@@ -28,7 +30,13 @@ class ClassifierModule(L.LightningModule):
         lr: Learning rate of this phase.
         epochs: Epochs of this phase (for the cosine schedule).
         class_weights: Cross-entropy weights per class, or ``None``.
-        start_block: 0 for images; ``k`` when batches are activations entering block ``k``.
+        start_block: 0 for images; ``k`` when batches are activations entering block ``k``
+            (``(activations, y)`` or, with lung masks, ``(activations, y, mask)``).
+
+    With ``config.attention_loss`` α > 0 the training loss is cross-entropy + α · the share of the
+    true class's differentiable Grad-CAM (on the last block's features, before any lung attention)
+    that lies outside the lung mask (:mod:`cxrlab.train.attention`). The validation loss that early
+    stopping and the best-model choice watch stays the plain cross-entropy.
     """
 
     def __init__(self, model: CxrClassifier, config: TrainConfig, lr: float, epochs: int,
@@ -41,19 +49,44 @@ class ClassifierModule(L.LightningModule):
         self._val_logits: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_from(x, self.start_block) if self.start_block else self.model(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.forward_from(x, self.start_block, mask) if self.start_block else self.model(x)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # channels-last convolutions run about 2x faster on oneDNN CPUs (bench/bench_train.py)
-        x, y = batch
+        x, *rest = batch
         if self.config.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return (x, *rest)
+
+    def _features(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(last-block features, lung mask or None, targets)`` of a batch of images or activations."""
+        if self.start_block:
+            activations, y, *mask = batch
+            return self.model.forward_blocks(activations, self.start_block), (mask[0] if mask else None), y
+        x, y = batch
+        image, mask = self.model.split_input(x)
+        return self.model.image_features(image), mask, y
+
+    def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, loss, targets)``; the attention term joins the loss in training only."""
+        features, mask, y = self._features(batch)
+        guided = bool(self.config.attention_loss) and mask is not None
+        if guided and not features.requires_grad:
+            features = features.detach().requires_grad_()  # frozen backbone: the map still needs the head's gradient
+        # validation runs under no_grad (the trainer's inference mode is off for guided runs): the map needs a graph
+        with torch.enable_grad() if guided else nullcontext():
+            logits = self.model.head(self.model.attend(features, mask)).float()
+            loss = F.cross_entropy(logits, y, weight=self.class_weights)
+            if guided:
+                attention = attention_loss(differentiable_gradcam(features, logits, y), mask)
+                self.log(f"{stage}_attention", attention, on_step=False, on_epoch=True, batch_size=len(y))
+                if stage == "train":
+                    loss = loss + self.config.attention_loss * attention
+        return logits, loss, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x).float(), y, weight=self.class_weights)
+        _, loss, y = self._step(batch, "train")
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
                                      f"{batch_idx}; stopped (lower the learning rate?); the last good model is kept")
@@ -61,9 +94,9 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x).float()
-        self.log("val_loss", F.cross_entropy(logits, y, weight=self.class_weights), on_epoch=True, batch_size=len(y))
+        logits, loss, y = self._step(batch, "val")
+        logits, loss = logits.detach(), loss.detach()
+        self.log("val_loss", loss, on_epoch=True, batch_size=len(y))
         self._val_logits.append(logits.detach().cpu())
         self._val_targets.append(y.detach().cpu())
 

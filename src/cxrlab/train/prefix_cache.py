@@ -27,23 +27,27 @@ log = logging.getLogger(__name__)
 
 
 class ActivationDataset(Dataset):
-    """``(activation, target)`` pairs; activations in memory or in a disk-backed memmap.
+    """``(activation, target)`` pairs, or ``(activation, target, lung mask)`` with ``masks``;
+    activations in memory or in a disk-backed memmap.
 
-    ``rows`` selects rows of ``activations`` (a store shared by runs holds every image).
+    ``rows`` selects rows of ``activations`` (a store shared by runs holds every image); ``masks``
+    holds one ``(H, W) uint8`` mask per item, in item order.
     """
 
     def __init__(self, activations: np.ndarray | torch.Tensor, targets: np.ndarray,
-                 rows: np.ndarray | None = None) -> None:
-        self.activations, self.targets = activations, targets
+                 rows: np.ndarray | None = None, masks: np.ndarray | None = None) -> None:
+        self.activations, self.targets, self.masks = activations, targets, masks
         self.rows = np.arange(len(targets)) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         act = self.activations[int(self.rows[i])]
         act = act if isinstance(act, torch.Tensor) else torch.from_numpy(np.array(act))
-        return act, torch.tensor(self.targets[i])
+        if self.masks is None:
+            return act, torch.tensor(self.targets[i])
+        return act, torch.tensor(self.targets[i]), torch.from_numpy(self.masks[i])
 
 
 def can_cache(model: CxrClassifier, augment: bool) -> bool:
@@ -67,9 +71,12 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
     model.eval()
     start = model.frozen_blocks
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks, targets, store, offset = [], [], None, 0
+    chunks, targets, masks, store, offset = [], [], [], None, 0
     for x, y in loader:
-        act = model.forward_blocks(x, 0, start)
+        image, mask = model.split_input(x)
+        if mask is not None:
+            masks.append(mask.to(torch.uint8).numpy())
+        act = model.forward_blocks(image, 0, start)
         if store is None and act[0].numel() * 4 * len(dataset) > max_bytes:
             path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +91,7 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
         targets.append(y.numpy())
     model.train(was_training)
     activations = store if store is not None else torch.cat(chunks)
-    return ActivationDataset(activations, np.concatenate(targets))
+    return ActivationDataset(activations, np.concatenate(targets), masks=np.concatenate(masks) if masks else None)
 
 
 def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset,
@@ -93,8 +100,9 @@ def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, datas
     and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation and the
     prepared images (in shard order)."""
     start = model.frozen_blocks if start is None else start
+    settings = {k: v for k, v in preprocess.to_dict().items() if k != "keep_mask"}  # masks do not change pixels
     digest = hashlib.sha256(json.dumps({
-        "backbone": model.spec.name, "start": start, "preprocess": preprocess.to_dict(),
+        "backbone": model.spec.name, "start": start, "preprocess": settings,
         "normalise": [dataset.mean, dataset.std, dataset.in_chans],
         "images": dataset.reader.table["image"].tolist()}, sort_keys=True).encode())
     for tensor in model.prefix_tensors(start):
@@ -134,7 +142,9 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
         if not info.exists():
             _fill_entry(model, preprocess, first, store, key, batch_size)
     activations = np.load(path, mmap_mode="r")
-    return [ActivationDataset(activations, ds.targets, rows=ds.rows) for ds in datasets]
+    return [ActivationDataset(activations, ds.targets, rows=ds.rows,
+                              masks=np.stack([ds.reader.mask(int(r)) for r in ds.rows]) if ds.with_masks else None)
+            for ds in datasets]
 
 
 def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: ShardDataset, store: Path, key: str,

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -107,7 +107,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         data = load_train_data(config, spec, out, progress)
         model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
                                   weights=config.weights, allow_download=config.allow_download,
-                                  class_names=data.class_names, seed=config.seed)
+                                  class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention)
         summary = _fit(model, data, config, out, callbacks)
     summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -124,7 +124,9 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         model.to(memory_format=torch.channels_last)
     train_ds, val_ds = datasets(data, config, spec)
     weights = class_weights(data) if config.class_balance == "weights" else None
-    keeper, csv = BestModelKeeper(out / "model.pt", data.preprocess), MetricsCsv(out / "metrics.csv")
+    # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
+    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention))
+    csv = MetricsCsv(out / "metrics.csv")
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
     for index, phase in enumerate(config.resolved_phases()):
@@ -148,7 +150,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True),
                                      *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
-            num_sanity_val_steps=0, deterministic=True,
+            num_sanity_val_steps=0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
         try:
