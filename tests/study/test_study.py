@@ -94,7 +94,8 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     assert all((tmp_path / "best-model" / p).resolve().exists() for p in best_split["image"].head(3))
     report = (tmp_path / "report.md").read_text()
     assert "**best**" in report and "Failed runs" in report and "metrics_vs_k.png" in report
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64") == 1
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64") == 2  # metrics vs k, test side
+    assert "test in-lung share" in report and summary["test_accuracy_low"].notna().sum() == 2
     # shortcut audit of the best model: source probe (two phantom sources) and lung checks (phantoms have masks)
     audit = json.loads((tmp_path / "shortcut_audit.json").read_text())
     probes = audit["source_probe"]["probes"]
@@ -224,3 +225,37 @@ def test_runs_in_parallel_processes_give_the_sequential_table(phantoms, tmp_path
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cxrlab-studies").experiment_id])
     assert len(runs) == 5  # the parent and one nested run per training run, all written from two processes
+
+
+def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantoms, tmp_path):
+    from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
+
+    config = StudyConfig(name="guided", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8,
+                                                                            "fine_tune": 2},
+                         variants={"plain": {}, "guided attention": {"lung_attention": True, "attention_loss": 1.0}})
+    assert config.grid == {}  # variants alone: no default k sweep on top
+    assert [c.settings for c in cells(config)] == [{}, {"lung_attention": True, "attention_loss": 1.0}]
+    result = run_study(config, tmp_path)
+    assert result.failed == 0
+    summary = result.summary.set_index("cell")
+    assert list(summary.index) == ["variant-plain", "variant-guided_attention"]
+    for cell, row in summary.iterrows():
+        assert row["test_accuracy_low"] <= row["test_accuracy"] <= row["test_accuracy_high"], cell
+        assert 0 <= row["test_in_lung_share_low"] <= row["test_in_lung_share"] <= row["test_in_lung_share_high"] <= 1
+        assert 0 < row["test_lung_area"] < 1 and row["test_lung_images"] > 0
+    fold = int(summary.loc["variant-guided_attention", "test_fold"])
+    guided = tmp_path / "runs" / "variant-guided_attention" / f"fold{fold}"
+    assert len(pd.read_csv(guided / "test_lung_evidence.csv")) == summary.loc["variant-guided_attention", "test_lung_images"]
+    report = (tmp_path / "report.md").read_text()
+    assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report
+    # the shortcut checks run on a lung-attention model too (its masks ride along as an input channel)
+    loaded = load_model(guided / "model.pt")
+    assert loaded[0].lung_attention
+    split = pd.read_csv(tmp_path / "splits.csv")
+    split["image"] = [str((tmp_path / p).resolve()) for p in split["image"]]
+    split["mask"] = [str((tmp_path / p).resolve()) for p in split["mask"]]
+    (tmp_path / "audit").mkdir()
+    lungs = lung_audit(tmp_path / "audit", split, loaded)
+    assert set(lungs["masked_inputs"]["variants"]) == {"full image", "lungs only", "lungs removed"}
+    probe = source_probe_audit(config, tmp_path / "audit", split, loaded)
+    assert "fine-tuned (best model)" in probe["probes"]

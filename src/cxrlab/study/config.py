@@ -76,7 +76,7 @@ class DataSettings(BaseModel):
 class StudyConfig(DataSettings):
     """A study: ``base`` training settings, a ``grid`` of factors, ``folds`` patient-grouped CV folds.
 
-    Every combination of the grid's values is a *cell*; each cell is trained once per fold
+    Every combination of the grid's values (times each of the named ``variants``, when given) is a *cell*; each cell is trained once per fold
     (train on the other folds of the train+validation pool, validate on this one) and, when all
     folds are done, its best fold's model (lowest validation loss) is evaluated on the held-out
     test side. The test side never takes part in training or in choosing the best cell.
@@ -85,6 +85,9 @@ class StudyConfig(DataSettings):
     name: str = "study"
     folds: int = Field(5, ge=0, le=20, description="CV folds over the train+validation pool; 0 or 1: the split as is")
     grid: dict[str, list[Any]] = Field(default_factory=lambda: {"fine_tune": [0, 1, 2, 3, 4, 5]})
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named bundles of training settings (e.g. 'guided attention': "
+                                          "{lung_attention: true, attention_loss: 1.0}), each crossed with the grid")
     select_metric: Literal["auc_macro", "accuracy"] = "auc_macro"
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
     workers: int = Field(1, ge=1, le=64, description="runs trained at once, each in its own process with an equal "
@@ -93,8 +96,16 @@ class StudyConfig(DataSettings):
                                                           "other sources and test it on the unseen one")
     shortcut_checks: bool = Field(True, description="probe the best model's features for the source, and test "
                                                     "its evidence and calls with the lungs removed (masks needed)")
+    n_boot: int = Field(1000, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variants_alone(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("variants") and "grid" not in values:
+            values = {**values, "grid": {}}  # the variants are the comparison: no default k sweep on top
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
@@ -102,6 +113,13 @@ class StudyConfig(DataSettings):
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{key}: give a non-empty list of values")
+        for name, settings in self.variants.items():
+            if not name.strip():
+                raise ValueError("variants: a variant needs a name")
+            check_setting_names(f"variants.{name}", settings)
+            shared = sorted(set(settings) & set(self.grid))
+            if shared:
+                raise ValueError(f"variants.{name}: sets {', '.join(shared)}, which the grid varies too")
         return self
 
     @property

@@ -17,14 +17,17 @@ from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.study.config import StudyConfig, merge_settings
 from cxrlab.train.config import TrainConfig, build_config
+from cxrlab.train.data import uses_masks
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One combination of the grid's values."""
+    """One combination of the grid's values (and a variant): ``factors`` as the tables show them,
+    ``settings`` the training settings they stand for."""
 
     id: str
     factors: dict
+    settings: dict
 
     def label(self) -> str:
         """``backbone=vgg16, fine_tune=2``."""
@@ -40,10 +43,14 @@ def _slug(factors: dict) -> str:
 
 
 def cells(config: StudyConfig) -> list[Cell]:
-    """Every combination of the grid's values, in the grid's order (ids readable and stable)."""
+    """Every combination of the grid's values, times each variant, in the config's order (ids readable
+    and stable)."""
     keys = list(config.grid)
-    return [Cell(_slug(dict(zip(keys, values, strict=True))), dict(zip(keys, values, strict=True)))
-            for values in itertools.product(*(config.grid[k] for k in keys))]
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(config.grid[k] for k in keys))]
+    if not config.variants:
+        return [Cell(_slug(factors), factors, factors) for factors in combos]
+    return [Cell(_slug({"variant": name, **factors}), {"variant": name, **factors}, {**bundle, **factors})
+            for name, bundle in config.variants.items() for factors in combos]
 
 
 def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
@@ -90,7 +97,7 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
     Raises:
         ConfigError: the cell's settings are invalid (names the field).
     """
-    values = {**merge_settings(config.base, cell.factors), "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
+    values = {**merge_settings(config.base, cell.settings), "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
               "scheme": config.scheme, "seed": config.seed, "mlflow_uri": config.mlflow_uri,
               "experiment": config.experiment, "mlflow_tags": tags, "progress_bar": False}
     if config.share_prefix:
@@ -98,7 +105,8 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
     probe = build_config(values, origin=f"cell {cell.id}")
     # one prepared folder per preprocessing: every run of the same size/contrast/resize shares it
     size = probe.size or get_backbone_spec(probe.backbone).input_size
-    extra = {k: v for k, v in (("artifacts", probe.artifacts), ("lung_crop", probe.lung_crop)) if v not in ("keep", False)}
+    extra = {k: v for k, v in (("artifacts", probe.artifacts), ("lung_crop", probe.lung_crop),
+                               ("keep_mask", uses_masks(probe))) if v not in ("keep", False)}
     settings = [size, probe.contrast, probe.resize] + ([extra] if extra else [])
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]  # unchanged for older studies' folders
     return build_config({**values, "prepared": str(shared / "prepared" / key)}, origin=f"cell {cell.id}")

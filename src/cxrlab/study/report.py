@@ -29,6 +29,48 @@ def _mean_sd(row: pd.Series, metric: str) -> str:
     return _num(mean) + ("" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f" ± {sd:.3f}")
 
 
+def _with_ci(row: pd.Series, key: str, digits: int = 3) -> str:
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
+        return _num(row.get(key), digits)
+    return f"{_num(row.get(key), digits)} [{low:.2f}, {high:.2f}]"
+
+
+def _has(summary: pd.DataFrame, column: str) -> bool:
+    return column in summary and pd.to_numeric(summary[column], errors="coerce").notna().any()
+
+
+def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
+    """Per configuration on the test side: accuracy, macro AUC and (with lung masks) the Grad-CAM
+    in-lung share, each with its 95% interval; right for the right reason next to right."""
+    panels = [("test_accuracy", "test accuracy"), ("test_auc_macro", "test macro ROC AUC")]
+    if _has(summary, "test_in_lung_share"):
+        panels.append(("test_in_lung_share", "Grad-CAM evidence inside the lungs"))
+    factors = [c for c in summary.columns if c.startswith("factor.")]
+    labels = [", ".join(str(r[f]) for f in factors) for _, r in summary.iterrows()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 0.5 * len(summary) + 1.8), squeeze=False)
+    for axis, (key, title) in zip(axes[0], panels, strict=True):
+        values = pd.to_numeric(summary[key], errors="coerce")
+        low = (values - pd.to_numeric(summary.get(f"{key}_low"), errors="coerce")).fillna(0).clip(lower=0)
+        high = (pd.to_numeric(summary.get(f"{key}_high"), errors="coerce") - values).fillna(0).clip(lower=0)
+        colours = ["tab:red" if c == best else "tab:blue" for c in summary["cell"]]
+        axis.barh(labels, values.fillna(0), xerr=[low, high], color=colours, alpha=0.75, capsize=3)
+        if key == "test_in_lung_share":
+            axis.scatter(summary["test_lung_area"], labels, marker="|", s=200, color="black", zorder=5,
+                         label="lung area (evenly spread evidence)")
+            axis.legend(fontsize=7, loc="lower right")
+        axis.set(title=title, xlim=(0, 1.02))
+        axis.invert_yaxis()
+        axis.grid(axis="x", alpha=0.3)
+    for axis in axes[0][1:]:
+        axis.set_yticklabels([])
+    fig.suptitle("test side: each configuration's best fold, 95% patient-bootstrap intervals (red: best)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_metrics(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
     """Each metric (mean ± sd over folds) against the fine-tuning degree, one line per other-factor
     combination; without a ``fine_tune`` factor, against the cell."""
@@ -61,7 +103,11 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     factors = [c for c in summary.columns if c.startswith("factor.")]
     header = [f.removeprefix("factor.") for f in factors] + [
         "folds ok", "accuracy", "sensitivity", "specificity", "AUC", "params", "trainable params", "s/epoch",
-        f"p vs best ({config.select_metric})", "test accuracy", "test AUC", f"test {POSITIVE} AUC", "DeLong p vs best"]
+        f"p vs best ({config.select_metric})", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE} AUC",
+        "DeLong p vs best"]
+    shares = _has(summary, "test_in_lung_share")
+    if shares:
+        header.append("test in-lung share [95% CI] (lung area)")
     rows = []
     for _, r in summary.iterrows():
         noise = "" if r.get("within_noise") is None else (" (noise)" if r["within_noise"] else " (differs)")
@@ -71,10 +117,14 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             f"{int(r['params']):,}" if pd.notna(r.get("params")) else "—",
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best")) + noise,
-            _num(r.get("test_accuracy")), _num(r.get("test_auc_macro")), _num(r.get("test_auc_positive")),
-            _num(r.get("test_p_vs_best"))])
+            _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
+            _num(r.get("test_p_vs_best"))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
+                                              if shares else []))
     out = [(f"Configurations: mean ± sd over {config.num_folds} validation fold(s); sensitivity/specificity of "
-            f"{POSITIVE}; test columns: the best fold of each configuration on the held-out test side", header, rows)]
+            f"{POSITIVE}; test columns: the best fold of each configuration on the held-out test side (intervals: "
+            "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
+            "lung mask, beside the lungs' mean share of the image, which evenly spread evidence would score)",
+            header, rows)]
     failed = table[table["status"] == "failed"]
     if len(failed):
         out.append(("Failed runs (recorded; the others went on)", ["cell", "fold", "error"],
@@ -173,6 +223,8 @@ def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summ
                        best: str | None, loso: dict | None = None, audit: dict | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
     figures = {"metrics vs k": plot_metrics(summary, best, out / "metrics_vs_k.png")} if len(summary) else {}
+    if _has(summary, "test_accuracy"):
+        figures["test side"] = plot_test_side(summary, best, out / "test_side.png")
     tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso, audit)
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))

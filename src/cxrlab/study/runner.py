@@ -74,7 +74,8 @@ def _state(config: StudyConfig, out: Path, uri: str) -> dict:
         state = {"name": config.name, "config": current}
     if not state.get("mlflow_parent"):
         state["mlflow_parent"] = start_parent_run(uri, config.experiment, config.name,
-                                                  {"grid": config.grid, "folds": config.num_folds},
+                                                  {"grid": config.grid, "variants": config.variants,
+                                                   "folds": config.num_folds},
                                                   {"cxrlab.study": config.name})
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
     return state
@@ -260,7 +261,7 @@ def _execution_order(plan: list[Cell]) -> list[Cell]:
     """Cells with more trainable blocks (fewer frozen ones) first: the prefix store then builds each
     deeper entry from the previous one, so a k-sweep runs each frozen block about once per image."""
     def trainable(cell: Cell) -> float:
-        k = cell.factors.get("fine_tune")
+        k = cell.settings.get("fine_tune")
         return float("inf") if k == "all" else (k if isinstance(k, int) else -1)
 
     return sorted(plan, key=trainable, reverse=True)

@@ -1,4 +1,5 @@
-"""The held-out test side of a study: each complete cell's best fold, and DeLong against the best cell.
+"""The held-out test side of a study: each complete cell's best fold with confidence intervals and its
+Grad-CAM in-lung share, and DeLong against the best cell.
 
 Only the best cell is chosen on validation folds; the test side reports how the choice holds
 up and whether the cells' test AUCs differ beyond noise.
@@ -16,9 +17,13 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core.errors import CxrlabError
+from cxrlab.core.io import atomic_write_text
+from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis
 from cxrlab.evaluate.delong import delong_test
 from cxrlab.evaluate.metrics import compute_metrics
 from cxrlab.evaluate.predictions import predict_frame
+from cxrlab.explain import lung_evidence
+from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.results import ALPHA, POSITIVE
@@ -49,38 +54,97 @@ def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
     return compute_metrics(y, predictions[names].to_numpy(), names), names
 
 
+TEST_COLUMNS = ("test_fold", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
+                "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_in_lung_share",
+                "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_lung_images")
+
+
+def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed: int) -> dict:
+    """Patient-bootstrap 95% intervals of accuracy and macro AUC of a prediction table."""
+    names = [c for c in predictions.columns if c not in ("image", "label")]
+    y = np.array([names.index(v) for v in predictions["label"]])
+    probs = predictions[names].to_numpy()
+
+    def statistics(rows: np.ndarray) -> dict:
+        m = compute_metrics(y[rows], probs[rows], names)
+        return {"accuracy": m["accuracy"], "auc_macro": m["macro"]["roc_auc"]}
+
+    return bootstrap_cis(statistics, patients.to_numpy(), n_boot, seed)
+
+
+def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_boot: int, seed: int) -> dict | None:
+    """Mean share of the Grad-CAM evidence (for the predicted class) inside the lungs over the test
+    images with lung masks, with its patient-bootstrap 95% interval, and the lungs' mean share of the
+    image (what evenly spread evidence would score). Maps are cached in ``test_lung_evidence.csv``.
+
+    Returns ``None`` when no test image has a mask.
+    """
+    names = [c for c in predictions.columns if c not in ("image", "label")]
+    rows = rows_with(test, "mask").merge(
+        predictions.assign(predicted=predictions[names].idxmax(axis=1))[["image", "predicted"]], on="image")
+    if rows.empty:
+        return None
+    cached = run_dir / "test_lung_evidence.csv"
+    if cached.exists():
+        table = pd.read_csv(cached)
+    else:
+        model, preprocess, _ = load_model(run_dir / "model.pt")
+        table = lung_evidence(model, preprocess, rows)
+        atomic_write_text(cached, table.to_csv(index=False))
+    table = table.dropna(subset=["in_lung_share"]).merge(rows[["image", "patient_id"]], on="image")
+    if table.empty:
+        return None
+    share = table["in_lung_share"].to_numpy()
+    ci = bootstrap_ci(lambda r: float(share[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
+    return {"test_in_lung_share": ci["value"], "test_in_lung_share_low": ci["low"], "test_in_lung_share_high": ci["high"],
+            "test_lung_area": float(table["lung_area"].mean()), "test_lung_images": int(len(table))}
+
+
+def _cell_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path,
+                    predictions: pd.DataFrame) -> dict:
+    metrics, names = prediction_metrics(predictions)
+    positive = POSITIVE if POSITIVE in names else names[0]
+    auc_positive = metrics["per_class"][positive]["roc_auc"]
+    patients = predictions.merge(test[["image", "patient_id"]], on="image")["patient_id"]
+    cis = metric_cis(predictions, patients, config.n_boot, config.seed)
+    row = {"test_accuracy": metrics["accuracy"], "test_auc_macro": metrics["macro"]["roc_auc"],
+           "test_auc_positive": auc_positive}
+    for key in ("accuracy", "auc_macro"):
+        row[f"test_{key}_low"], row[f"test_{key}_high"] = cis[key]["low"], cis[key]["high"]
+    try:
+        row.update(lung_share(run_dir, test, predictions, config.n_boot, config.seed) or {})
+    except CxrlabError as err:  # the metrics above stand without it
+        log.warning("study: Grad-CAM lung share of %s failed: %s", run_dir, err)
+    return {k: (math.nan if v is None else v) for k, v in row.items()}  # None: undefined (one class only)
+
+
 def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame,
                    best: str | None) -> pd.DataFrame:
-    """Add test-side columns to ``summary``: accuracy, macro AUC, COVID-19 AUC of each complete cell's
-    best fold (lowest validation loss), and DeLong's p for its COVID-19 AUC against the best cell's."""
+    """Add test-side columns to ``summary`` for each complete cell's best fold (lowest validation loss):
+    accuracy and macro AUC with patient-bootstrap 95% intervals, COVID-19 AUC, DeLong's p for that
+    AUC against the best cell's, and the Grad-CAM in-lung share (mean and interval) on the test
+    images with lung masks."""
     test = split[split["split"] == "test"]
-    columns = {"test_fold": [], "test_accuracy": [], "test_auc_macro": [], "test_auc_positive": [], "test_p_vs_best": []}
     if test.empty:
         log.warning("study: the split has no test side; no test-set evaluation")
-        return summary.assign(**{k: math.nan for k in columns})
+        return summary.assign(**{k: math.nan for k in TEST_COLUMNS}, test_within_noise=None)
     predictions: dict[str, pd.DataFrame] = {}
+    rows = []
     for cell, complete in zip(summary["cell"], summary["complete"], strict=True):
         ok = table[(table["cell"] == cell) & (table["status"] == "ok")]
+        row = dict.fromkeys(TEST_COLUMNS, math.nan)
+        rows.append(row)
         if not complete or ok.empty:
-            for key in columns:
-                columns[key].append(math.nan)
             continue
         fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
+        run_dir = out / "runs" / cell / f"fold{fold}"
         try:
-            predictions[cell] = predict_test_side(out / "runs" / cell / f"fold{fold}", test, out / "shared" / "prepared-test")
+            predictions[cell] = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
         except CxrlabError as err:
             log.warning("study: test evaluation of %s failed: %s", cell, err)
-            for key in columns:
-                columns[key].append(math.nan)
             continue
-        metrics, names = prediction_metrics(predictions[cell])
-        positive = POSITIVE if POSITIVE in names else names[0]
-        columns["test_fold"].append(fold)
-        columns["test_accuracy"].append(metrics["accuracy"])
-        for key, value in (("test_auc_macro", metrics["macro"]["roc_auc"]),
-                           ("test_auc_positive", metrics["per_class"][positive]["roc_auc"])):
-            columns[key].append(math.nan if value is None else value)  # None: one class only on the test side
-        columns["test_p_vs_best"].append(math.nan)
+        row.update(test_fold=fold, **_cell_test_side(config, test, run_dir, predictions[cell]))
+    columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:
         reference = predictions[best]
@@ -92,7 +156,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
             both = reference.merge(predictions[cell], on=["image", "label"], suffixes=("_best", ""))  # same images
             y = (both["label"] == positive).to_numpy().astype(int)
             if min(y.sum(), len(y) - y.sum()) >= 2:  # DeLong's variance needs two of each
-                test = delong_test(y, both[f"{positive}_best"].to_numpy(), both[positive].to_numpy())
-                out_summary.loc[i, "test_p_vs_best"] = test["p_value"]
+                result = delong_test(y, both[f"{positive}_best"].to_numpy(), both[positive].to_numpy())
+                out_summary.loc[i, "test_p_vs_best"] = result["p_value"]
     out_summary["test_within_noise"] = [None if math.isnan(p) else bool(p >= ALPHA) for p in out_summary["test_p_vs_best"]]
     return out_summary

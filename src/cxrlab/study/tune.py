@@ -185,7 +185,7 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
         tags = {"mlflow.parentRunId": state["mlflow_parent"], "cxrlab.tune": config.name,
                 "cxrlab.trial": str(trial.number)}
         try:
-            train_config = run_config(as_study, Cell(f"trial-{trial.number}", params), run_dir, out / "shared", tags)
+            train_config = run_config(as_study, Cell(f"trial-{trial.number}", params, params), run_dir, out / "shared", tags)
             write_splits(frame, {"tune": config.name, "trial": trial.number}, run_dir)
             summary = train(train_config, callbacks=[PruneOnPlateau(trial, MONITORED[config.metric])]).summary
         except optuna.TrialPruned:
