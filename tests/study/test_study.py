@@ -259,3 +259,19 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     assert set(lungs["masked_inputs"]["variants"]) == {"full image", "lungs only", "lungs removed"}
     probe = source_probe_audit(config, tmp_path / "audit", split, loaded)
     assert "fine-tuned (best model)" in probe["probes"]
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused(tmp_path):
+    from cxrlab.study.plan import check_same_config, run_config
+
+    config = StudyConfig(data="x.csv", grid={"fine_tune": [2]})
+    cell = cells(config)[0]
+    train = run_config(config, cell, tmp_path, tmp_path / "shared", {})
+    recorded = train.model_dump(mode="json")
+    recorded.pop("attention_loss")  # an older cxrlab wrote no such field
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    check_same_config(tmp_path, train)
+    recorded["fine_tune"] = 3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    with pytest.raises(ConfigError, match="fine_tune"):
+        check_same_config(tmp_path, train)

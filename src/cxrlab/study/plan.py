@@ -126,7 +126,8 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
     old = yaml.safe_load(recorded.read_text()) or {}
     new = config.model_dump(mode="json")
     ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar"}
-    diff = sorted(k for k in new if k not in ignore and old.get(k) != new[k])
+    defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
+    diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:
         raise ConfigError(f"{run_dir}: was trained with other settings ({', '.join(diff)}); "
                           "use a new study folder (--out) or delete that run")
