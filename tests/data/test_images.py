@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cxrlab.core import InvalidImageError
-from cxrlab.data import read_image, read_mask
+from cxrlab.data import decode_image, read_image, read_mask
 from tests.conftest import gradient, png_header_only, write_dicom
 
 
@@ -72,7 +72,7 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
     assert np.corrcoef(plain.ravel(), raw.ravel())[0, 1] > 0.999
 
 
-@pytest.mark.parametrize("name, make, reason", [
+BAD_INPUTS = [
     ("missing.png", lambda p: None, "file not found"),
     ("empty.png", lambda p: p.write_bytes(b""), "empty file"),
     ("text.png", lambda p: p.write_text("hello"), "not an image"),
@@ -82,7 +82,10 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
     ("cut.png", lambda p: p.write_bytes(cv2.imencode(".png", gradient(256, 256))[1].tobytes()[:300]), "truncated"),
     ("nopix.dcm", lambda p: write_dicom(p, np.zeros((8, 8)), with_pixels=False), "no pixel data"),
     ("fake.dcm", lambda p: p.write_text("not dicom"), "not a readable DICOM"),
-])
+]
+
+
+@pytest.mark.parametrize("name, make, reason", BAD_INPUTS)
 def test_bad_input_names_file_and_reason(tmp_path, name, make, reason):
     path = tmp_path / name
     make(path)
@@ -103,3 +106,14 @@ def test_read_mask_resizes_nearest(tmp_path):
     cv2.imwrite(str(tmp_path / "m.png"), mask)
     out = read_mask(tmp_path / "m.png", (40, 40))
     assert out.dtype == bool and out.sum() == 400
+
+
+@pytest.mark.parametrize("name, make, reason", [case for case in BAD_INPUTS if case[0] != "missing.png"])
+def test_bytes_in_memory_decode_like_files(tmp_path, name, make, reason):
+    path = tmp_path / name  # an upload: the same checks, errors named after the upload
+    make(path)
+    with pytest.raises(InvalidImageError) as info:
+        decode_image(path.read_bytes(), f"upload:{name}")
+    assert info.value.path == f"upload:{name}" and reason in info.value.reason
+    good = write_dicom(tmp_path / "good.dcm", gradient(64, 64).astype(np.uint16) * 16)
+    assert np.array_equal(decode_image(good.read_bytes(), "x.dcm").pixels, read_image(good).pixels)

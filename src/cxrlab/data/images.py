@@ -65,8 +65,6 @@ def _read_bytes(path: Path) -> bytes:
         buf = path.read_bytes()
     except OSError as err:
         raise InvalidImageError(path, f"cannot read file ({err.strerror or err})") from err
-    if not buf:
-        raise InvalidImageError(path, "empty file (0 bytes)")
     return buf
 
 
@@ -158,7 +156,20 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         (dtype('uint8'), 2)
     """
     path = Path(path)
-    buf = _read_bytes(path)
+    return decode_image(_read_bytes(path), path, max_pixels=max_pixels, min_side=min_side, reduce_to=reduce_to)
+
+
+def decode_image(buf: bytes, name: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int = DEFAULT_MIN_SIDE, reduce_to: int | None = None) -> DecodedImage:
+    """:func:`read_image` for bytes already in memory (an upload); ``name`` labels errors and, by its
+    suffix, marks DICOM data without the 128-byte preamble.
+
+    Raises:
+        InvalidImageError: as :func:`read_image`, naming ``name``; also for empty data.
+    """
+    path = Path(name)
+    if not buf:
+        raise InvalidImageError(path, "empty file (0 bytes)")
     if buf.startswith(_JPEG_MAGIC):
         return _decode_jpeg(path, buf, max_pixels, min_side, reduce_to)
     if buf.startswith(_PNG_MAGIC):
