@@ -46,12 +46,17 @@ def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataF
     return frame
 
 
-def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
-    """:func:`compute_metrics` of a table of ``image``, ``label`` and one probability column per class,
-    and the class names (column order)."""
+def _targets_and_probs(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Class indices, probabilities and class names of a table of ``image``, ``label`` and one
+    probability column per class."""
     names = [c for c in predictions.columns if c not in ("image", "label")]
-    y = np.array([names.index(v) for v in predictions["label"]])
-    return compute_metrics(y, predictions[names].to_numpy(), names), names
+    return np.array([names.index(v) for v in predictions["label"]]), predictions[names].to_numpy(), names
+
+
+def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
+    """:func:`compute_metrics` of a prediction table, and the class names (column order)."""
+    y, probs, names = _targets_and_probs(predictions)
+    return compute_metrics(y, probs, names), names
 
 
 TEST_COLUMNS = ("test_fold", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
@@ -61,9 +66,7 @@ TEST_COLUMNS = ("test_fold", "test_accuracy", "test_accuracy_low", "test_accurac
 
 def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed: int) -> dict:
     """Patient-bootstrap 95% intervals of accuracy and macro AUC of a prediction table."""
-    names = [c for c in predictions.columns if c not in ("image", "label")]
-    y = np.array([names.index(v) for v in predictions["label"]])
-    probs = predictions[names].to_numpy()
+    y, probs, names = _targets_and_probs(predictions)
 
     def statistics(rows: np.ndarray) -> dict:
         m = compute_metrics(y[rows], probs[rows], names)
