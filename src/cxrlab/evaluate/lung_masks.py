@@ -18,8 +18,8 @@ from cxrlab.data.manifest import write_table
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.models.segmenter import load_segmenter
 from cxrlab.preprocess import Preprocessor
-from cxrlab.preprocess.masks import clean_lung_mask, dice_iou
-from cxrlab.train.segmentation import predict_probabilities
+from cxrlab.preprocess.masks import dice_iou
+from cxrlab.train.segmentation import lung_mask_from_probability, predict_probabilities
 
 log = logging.getLogger(__name__)
 BATCH = 16
@@ -66,7 +66,7 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
             pixels.append(processed.pixels)
         probs = predict_probabilities(net, np.stack(pixels), spec) if pixels else []
         for (i, height, width), p in zip(rows, probs, strict=True):
-            mask = clean_lung_mask(cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
+            mask = lung_mask_from_probability(p, height, width)
             if given[i]:
                 try:
                     overlaps.append(dice_iou(mask, read_mask(frame.at[i, "mask"], (height, width)))[0])

@@ -15,7 +15,7 @@ from cxrlab.data import load_source
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics
-from cxrlab.evaluate.operating_point import choose_operating_point
+from cxrlab.train.operating_point import choose_operating_point
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
 from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
 from cxrlab.evaluate.report import render_html, render_markdown

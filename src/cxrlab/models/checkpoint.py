@@ -54,7 +54,8 @@ def read_payload(path: str | Path, expected: str, kind: str) -> dict:
 
 
 def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:
-    """Load a model file written by :func:`save_model` (no network, no weights packages needed).
+    """Load a model file written by :func:`save_model`, or a run folder's ``model.pt`` (no network, no
+    weights packages needed).
 
     Returns:
         ``(model in eval mode, preprocessing config, the whole payload)``.
@@ -62,7 +63,8 @@ def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]
     Raises:
         ConfigError: not a cxrlab model file.
     """
-    payload = read_payload(path, FORMAT, "model")
+    path = Path(path)
+    payload = read_payload(path / "model.pt" if path.is_dir() else path, FORMAT, "model")
     head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
     model = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
                               fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from cxrlab.core.errors import InvalidImageError
-from cxrlab.data.images import read_image, read_mask
+from cxrlab.data.images import DecodedImage, decode_image, read_image, read_mask
 from cxrlab.preprocess.artifacts import remove_artifacts
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.transforms import Clahe, Compose, Equalize, LungCrop, Resize
@@ -71,24 +72,59 @@ class Preprocessor:
             InvalidImageError: the image (or its mask) cannot be used, or ``keep_mask`` is set and
                 there is no non-empty mask; names the file.
         """
-        cfg = self.config
-        if cfg.keep_mask and not mask_path:
+        if self.config.keep_mask and not mask_path:
             raise InvalidImageError(path, "no lung mask (the model multiplies its features by one; "
                                           "'cxrlab segment predict' makes them)")
-        decoded = read_image(path, max_pixels=cfg.max_pixels, min_side=cfg.min_side,
-                             reduce_to=2 * cfg.size if cfg.fast_decode else None)
+        decoded = read_image(path, **self.decode_options)
         mask = None
-        if (cfg.lung_crop or cfg.artifacts == "inpaint" or cfg.keep_mask) and mask_path:
+        if self.needs_mask and mask_path:
             try:
                 mask = read_mask(mask_path, decoded.pixels.shape)
             except InvalidImageError as err:
                 raise InvalidImageError(path, f"its lung mask is unusable ({err.reason}): {mask_path}") from err
+        return self.process(decoded, path, mask, mask_path)
+
+    @property
+    def decode_options(self) -> dict:
+        """Keyword arguments for :func:`cxrlab.data.read_image` / ``decode_image`` under this config."""
+        cfg = self.config
+        return {"max_pixels": cfg.max_pixels, "min_side": cfg.min_side,
+                "reduce_to": 2 * cfg.size if cfg.fast_decode else None}
+
+    @property
+    def needs_mask(self) -> bool:
+        """Whether this config uses a lung mask (lung crop, inpainting, or a model that keeps it)."""
+        cfg = self.config
+        return cfg.lung_crop or cfg.artifacts == "inpaint" or cfg.keep_mask
+
+    def from_bytes(self, buf: bytes, name: str, mask: np.ndarray | None = None) -> ProcessedImage:
+        """Preprocess image bytes in memory (an upload); ``name`` labels errors; ``mask``: a lung mask
+        on any grid (resized to the image).
+
+        Raises:
+            InvalidImageError: as :meth:`__call__`, naming ``name``.
+        """
+        return self.process(decode_image(buf, name, **self.decode_options), name, mask)
+
+    def process(self, decoded: DecodedImage, name: str | Path, mask: np.ndarray | None = None,
+                mask_label: str | Path | None = None) -> ProcessedImage:
+        """Preprocess an already decoded image; ``mask``: its lung mask (resized to the image when needed).
+
+        Raises:
+            InvalidImageError: ``keep_mask`` is set and the mask is missing or empty; names ``name``.
+        """
+        cfg = self.config
+        if mask is not None and mask.shape != decoded.pixels.shape:
+            h, w = decoded.pixels.shape
+            mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        if cfg.keep_mask and mask is None:
+            raise InvalidImageError(name, "no lung mask (the model multiplies its features by one)")
         pixels, touched = decoded.pixels, 0
         if cfg.artifacts == "inpaint":
             cleaned = remove_artifacts(pixels, mask)
             pixels, touched = cleaned.pixels, cleaned.touched
         pixels, moved = self.transforms(pixels, mask if cfg.lung_crop or cfg.keep_mask else None)
         if cfg.keep_mask and not moved.any():
-            raise InvalidImageError(path, f"its lung mask is empty: {mask_path}")
+            raise InvalidImageError(name, f"its lung mask is empty{f': {mask_label}' if mask_label else ''}")
         return ProcessedImage(np.ascontiguousarray(pixels), decoded.orig_height, decoded.orig_width, touched,
                               np.ascontiguousarray(moved) if cfg.keep_mask else None)

@@ -38,7 +38,7 @@ from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
 from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
-from cxrlab.study.test_side import evaluate_cells
+from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
 from cxrlab.train import train
 
@@ -164,7 +164,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     summary_table = evaluate_cells(config, out, frame, table, summary_table, best)
     _write_table(summary_table, out, "summary")
     if best is not None:
-        _export_best(out, table, best)
+        _export_best(out, table, best, summary_table)
     loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
 
@@ -288,7 +288,19 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
         return None, message
 
 
-def _export_best(out: Path, table: pd.DataFrame, best: str) -> None:
+def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFrame) -> None:
+    """Export the best cell's fold with the lowest validation loss, with its test-side figures (the
+    same fold's: its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
     fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
-    export_run(out / "runs" / best / f"fold{fold}", out / "best-model", {"cell": best, "fold": fold})
+    row = summary[summary["cell"] == best].iloc[0]
+    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_fold"}
+    origin = {"cell": best, "fold": fold, "study": str(out)}
+    if row.get("test_fold") == fold:
+        origin["test"] = {k: v for k, v in test.items() if v is not None}
+    export_run(out / "runs" / best / f"fold{fold}", out / "best-model", origin)
+
+
+def _plain(value) -> float | int | None:
+    """A table cell as a JSON number, ``None`` for missing."""
+    return None if value is None or pd.isna(value) else value.item() if hasattr(value, "item") else value

@@ -106,11 +106,12 @@ def class_weights(data: TrainData) -> list[float]:
     return [total / (len(data.class_names) * counts[c]) for c in data.class_names]
 
 
-def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec) -> tuple[ShardDataset, ShardDataset]:
-    """Train dataset (augmented when enabled) and validation dataset (never augmented); lung masks as a
-    last input channel when the run uses them."""
+def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
+             augment: bool = True) -> tuple[ShardDataset, ShardDataset]:
+    """Train dataset (augmented when enabled and ``augment``) and validation dataset (never augmented);
+    lung masks as a last input channel when the run uses them."""
     common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config)}
-    augment = Augmenter(config.augment, config.seed) if config.augment.enabled else None
+    augment = Augmenter(config.augment, config.seed) if config.augment.enabled and augment else None
     train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
     val = ShardDataset(data.reader, data.class_names, images=data.val_images, **common)
     return train, val

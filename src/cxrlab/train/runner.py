@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import MLFlowLogger
@@ -25,6 +26,7 @@ from cxrlab.core.runtime import tune_allocator
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
+from cxrlab.models.checkpoint import save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
 from cxrlab.train.callbacks import BestModelKeeper, MetricsCsv
@@ -34,6 +36,7 @@ from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.plots import plot_curves
 from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
+from cxrlab.train.screening_reference import screening_reference
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,14 @@ def _head(config: TrainConfig) -> str | HeadSpec:
 
 
 @torch.no_grad()
-def _evaluate(model: CxrClassifier, dataset, batch_size: int) -> dict:
+def _predict(model: CxrClassifier, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(targets (N,), probabilities (N, C))`` of a dataset."""
     model.eval()
     probs, targets = [], []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
         probs.append(model(x).float().softmax(1))
         targets.append(y)
-    return classification_summary(torch.cat(targets).numpy(), torch.cat(probs).numpy(), model.class_names)
+    return torch.cat(targets).numpy(), torch.cat(probs).numpy()
 
 
 def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
@@ -167,11 +171,19 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             model.load_state_dict(keeper.best_state)  # restore the best before the next phase
         if status != "ok":
             break
-    val = _evaluate(model, val_ds, config.batch_size) if keeper.best_state is not None else {}
+    model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
+    val = {}
+    if keeper.best_state is not None:
+        targets, probs = _predict(model, val_ds, config.batch_size)
+        val = classification_summary(targets, probs, model.class_names)
+        if status == "ok":  # the model file gains what screening needs: OOD reference, operating point
+            plain_train = datasets(data, config, spec, augment=False)[0]
+            reference = screening_reference(model, plain_train, val_ds, targets, probs, config.batch_size)
+            save_model(model, keeper.path, keeper.preprocess,
+                       {"val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "screening": reference})
     logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
                         "best_val_auc": val.get("auc_macro") or float("nan")})
     logger.finalize("FINISHED" if status == "ok" else "FAILED")
-    model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
     return {
         "status": status, "backbone": spec.name, "fine_tune": config.fine_tune,
         "phases": [p.model_dump(mode="json") for p in config.resolved_phases()],

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -31,8 +32,8 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.models.registry import get_backbone_spec
-from cxrlab.models.segmenter import create_segmenter, save_segmenter
-from cxrlab.preprocess import PreprocessConfig
+from cxrlab.models.segmenter import create_segmenter, load_segmenter, save_segmenter
+from cxrlab.preprocess import PreprocessConfig, Preprocessor
 from cxrlab.preprocess.masks import clean_lung_mask, dice_iou, image_mask_pairs
 from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.plots import plot_mask_overlays
@@ -250,6 +251,29 @@ def predict_probabilities(net: torch.nn.Module, images: np.ndarray, spec, batch_
                                        for im in images[i:i + batch_size]]))
         out.append(net(x.contiguous(memory_format=torch.channels_last)).sigmoid()[:, 0].float().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
+
+
+def lung_mask_from_probability(probability: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(height, width) bool`` cleaned lung mask from a segmenter's ``(S, S)`` probabilities (stretched back)."""
+    return clean_lung_mask(cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
+
+
+class LungSegmenter:
+    """A trained segmenter file as a function: decoded image → lung mask on the image's own grid.
+
+    What screening needs for a model that crops to, inpaints around or attends to the lungs.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.net, preprocess, payload = load_segmenter(path)
+        self.spec = get_backbone_spec(payload["backbone"])
+        self.preprocessor = Preprocessor(preprocess)
+
+    def __call__(self, decoded) -> np.ndarray:
+        """``(H, W) bool`` mask of a :class:`cxrlab.data.images.DecodedImage`."""
+        pixels = self.preprocessor.process(decoded, "image").pixels
+        probability = predict_probabilities(self.net, pixels[None], self.spec)[0]
+        return lung_mask_from_probability(probability, *decoded.pixels.shape)
 
 
 def overlap_summary(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, rows: pd.DataFrame, spec) -> dict:

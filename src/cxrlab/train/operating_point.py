@@ -1,5 +1,8 @@
 """Operating points for a binary score: chosen on validation data, applied to test data.
 
+Training stores one in the model file (the threshold on P(COVID-19) that screening applies);
+``evaluate`` chooses them again on a validation side it is given.
+
 Choosing the threshold on the test set itself would report an optimistic sensitivity and
 specificity; cxrlab always picks it on validation predictions.
 """
