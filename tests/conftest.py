@@ -104,3 +104,14 @@ def real_data() -> Path:
     if not (REAL_DATA / "manifest.csv").exists():
         pytest.skip(f"real data not found at {REAL_DATA} (../shared/data/cxr-real)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def run_dir(phantoms, tmp_path_factory) -> Path:
+    """A tiny run trained on phantoms (96 px, 2 epochs): its model file carries the screening reference."""
+    from cxrlab.train import build_config, train
+
+    out = tmp_path_factory.mktemp("run")
+    config = build_config({"data": str(phantoms), "out": str(out / "r"), "size": 96, "epochs": 2, "batch_size": 8,
+                           "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{out / 'mlflow.db'}"})
+    return train(config).out

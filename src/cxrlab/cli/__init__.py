@@ -10,6 +10,7 @@ from cxrlab.cli.doctor import doctor
 from cxrlab.cli.evaluate_command import compare_command, evaluate_command
 from cxrlab.cli.explain_command import explain_command
 from cxrlab.cli.prepare_command import prepare_command
+from cxrlab.cli.screen_commands import export_command, predict_command, serve_command
 from cxrlab.cli.segment_command import app as segment_app
 from cxrlab.cli.study_command import study_command
 from cxrlab.cli.train_commands import backbones, train_command
@@ -36,6 +37,9 @@ app.command("backbones")(backbones)
 app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
 app.command("compare")(compare_command)
+app.command("predict")(predict_command)
+app.command("serve")(serve_command)
+app.command("export")(export_command)
 app.command("study")(study_command)
 app.command("tune")(tune_command)
 app.add_typer(segment_app, name="segment")

@@ -106,6 +106,7 @@ class GradCamExplainer:
         self._cam = None
         self._single_logit: bool | None = None
         self._split = _SplitClassifier(model, self.target_layer) if compile else None
+        self.activations: torch.Tensor | None = None
 
     def __enter__(self) -> GradCamExplainer:
         # Gradients are needed only from the target layer onwards: freeze every weight for the
@@ -115,9 +116,20 @@ class GradCamExplainer:
         for p, _ in self._grad_flags:
             p.requires_grad_(False)
         model, target = (self._split, self._split.anchor) if self._split else (self.model, self.target_layer)
-        self._hook = target.register_forward_hook(_require_grad)  # before the library's hook
+        self._hook = target.register_forward_hook(self._capture)  # before the library's hook
         self._cam = _METHODS[self.method](model=model, target_layers=[target])
         return self
+
+    def _capture(self, module: nn.Module, inputs, output):
+        self.activations = output.detach() if isinstance(output, torch.Tensor) else None
+        return _require_grad(module, inputs, output)
+
+    def pooled_activations(self) -> np.ndarray:
+        """``(B, C)`` target-layer activations of the last call, averaged over space: with the default
+        layer, the pooled features a :class:`cxrlab.models.ood.FeatureDistance` scores."""
+        if self.activations is None:
+            raise ConfigError("GradCamExplainer: no activations yet; call explain first")
+        return self.activations.float().mean(dim=(2, 3)).numpy()
 
     def __exit__(self, *exc) -> None:
         if self._cam is not None:

@@ -1,0 +1,87 @@
+"""``cxrlab predict``, ``cxrlab serve`` and ``cxrlab export``: a trained model as a screening tool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
+
+
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...) and folders (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder: predictions.csv, predictions.json, overlays/.")],
+    segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for models that use lung masks.")] = None,
+    method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
+    overlays: Annotated[bool, typer.Option(help="Write a Grad-CAM overlay PNG per image.")] = True,
+) -> None:
+    """Per-class probabilities, the class at the model's operating point, an out-of-distribution flag and
+    a Grad-CAM overlay for each image (research use only, not for clinical diagnosis)."""
+    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.explain.predict import expand_inputs, predict_images
+
+    with handle_errors():
+        files = expand_inputs(inputs)
+        with progress_bar("screening") as bar:
+            task = bar.add_task("screening", total=len(files))
+            rows = predict_images(resolve_model_path(model), files, out, segmenter=segmenter, method=method,  # type: ignore[arg-type]
+                                  overlays=overlays, progress=lambda n: bar.advance(task, n))
+        skipped = [r for r in rows if "error" in r]
+        flagged = [r for r in rows if r.get("ood")]
+        for r in skipped:
+            err_console.print(f"[yellow]skipped[/] {r['image']}: {r['error']}", highlight=False)
+        for r in rows[:20]:
+            if "error" not in r:
+                probs = ", ".join(f"{k} {v:.2f}" for k, v in r["probabilities"].items())
+                note = " [red](out of distribution)[/]" if r["ood"] else ""
+                console.print(f"{r['image']}: {r['predicted']} ({probs}){note}", highlight=False)
+        console.print(f"{len(rows) - len(skipped)} image(s) screened, {len(flagged)} flagged out of distribution, "
+                      f"{len(skipped)} skipped; wrote {out / 'predictions.csv'} and {out / 'predictions.json'}")
+
+
+def serve_command(
+    model: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for models that use lung masks.")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Larger uploads get 413.")] = 20.0,
+    timeout: Annotated[float, typer.Option(help="Seconds per screening (queue included) before a 504.")] = 30.0,
+    store_uploads: Annotated[Optional[Path], typer.Option(help="Keep accepted uploads in this folder (default: none kept).")] = None,
+    compile: Annotated[bool, typer.Option(help="Compile the model at start-up (slower start, faster requests).")] = False,
+) -> None:
+    """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
+    (research use only, not for clinical diagnosis)."""
+    import uvicorn
+
+    from cxrlab.core.runtime import tune_allocator
+    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.serve import ServeSettings, create_app
+
+    with handle_errors():
+        tune_allocator()
+        settings = ServeSettings(max_upload_mb=max_upload_mb, timeout_s=timeout, store_uploads=store_uploads,
+                                 segmenter=segmenter, compile=compile)
+        app = create_app(resolve_model_path(model), settings)
+        console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+def export_command(
+    model: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write (probabilities out, any batch size).")],
+    check: Annotated[bool, typer.Option(help="Compare onnxruntime's probabilities with PyTorch's on random inputs.")] = True,
+) -> None:
+    """Export a model to ONNX, for onnxruntime or any ONNX runtime; checks that the probabilities match."""
+    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.models import load_model
+    from cxrlab.models.onnx_export import export_onnx, onnx_difference
+
+    with handle_errors():
+        net, preprocess, _ = load_model(resolve_model_path(model))
+        export_onnx(net, onnx, preprocess)
+        console.print(f"wrote {onnx}")
+        if check:
+            console.print(f"largest probability difference onnxruntime vs PyTorch: {onnx_difference(net, onnx):.2e}")

@@ -1,0 +1,72 @@
+"""A model card (Mitchell et al., 2019) from a model file and the run folder beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+NOTICE = "research use only - not for clinical diagnosis"
+INTENDED_USE = ("Research on transfer learning and explanations for chest X-ray classification. Not a medical "
+                "device: research use only, not for clinical diagnosis, triage or any decision about a patient.")
+LIMITATIONS = ("Public chest X-ray sets confound class with source (hospital, scanner, burned-in text): a model can be "
+               "right for the wrong reason. Check the per-source and leave-one-source-out figures and the Grad-CAM "
+               "in-lung share before trusting any accuracy. Images unlike the training data are flagged (ood), not "
+               "refused; a flag means the probabilities should not be read at all.")
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _training_data(folder: Path) -> dict | None:
+    """Images per side and class (and per source) from the run's ``splits.csv``."""
+    try:
+        frame = pd.read_csv(folder / "splits.csv")
+    except (OSError, ValueError):
+        return None
+    if not {"split", "label"} <= set(frame.columns):
+        return None
+    out = {"images": {side: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
+                      for side, part in frame.groupby("split")}}
+    if "source" in frame.columns:
+        out["sources"] = sorted(map(str, frame["source"].dropna().unique()))
+    if "patient_id" in frame.columns:
+        out["patients"] = int(frame["patient_id"].nunique())
+    return out
+
+
+def model_card(payload: dict, model_path: str | Path, parameters: int | None = None) -> dict:
+    """The card as a JSON-ready dict: model, training data, validation and test figures, operating
+    point, out-of-distribution check, intended use and limitations.
+
+    Test figures (with patient-bootstrap 95% intervals) come from ``origin.json`` of a study's
+    ``best-model`` folder; a model without them says so rather than quoting validation figures as test ones.
+    """
+    folder = Path(model_path).parent
+    summary, origin = _json(folder / "summary.json"), _json(folder / "origin.json")
+    screening = payload.get("extra", {}).get("screening") or {}
+    ood = screening.get("ood")
+    preprocess = payload.get("preprocess", {})
+    val = summary.get("val") or {}
+    return {
+        "notice": NOTICE,
+        "model": {"file": Path(model_path).name, "backbone": payload.get("backbone"),
+                  "fine_tune": payload.get("fine_tune"), "head": payload.get("head"), "parameters": parameters,
+                  "classes": payload.get("class_names"), "lung_attention": payload.get("lung_attention", False),
+                  "input": {k: preprocess.get(k) for k in ("size", "contrast", "resize", "lung_crop", "artifacts")},
+                  "cxrlab_version": payload.get("cxrlab_version")},
+        "training_data": _training_data(folder),
+        "study": {k: origin[k] for k in ("cell", "fold") if k in origin} or None,
+        "validation": {k: val.get(k) for k in ("accuracy", "auc_macro", "per_class")} if val else None,
+        "test": origin.get("test") or "not measured for this file: run 'cxrlab evaluate' on held-out patients",
+        "operating_point": screening.get("operating_point") or "most probable class",
+        "out_of_distribution": ({"method": ood.get("method", "mahalanobis"), "threshold": float(ood["threshold"]),
+                                 "quantile_of_validation": float(ood["quantile"])} if ood else None),
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+    }

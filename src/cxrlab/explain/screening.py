@@ -1,0 +1,182 @@
+"""Screening one image at a time: per-class probabilities, the class at the model's operating point,
+an out-of-distribution flag, and a Grad-CAM heatmap, from one forward and one head-only backward pass.
+
+The engine behind ``cxrlab predict`` and ``cxrlab serve``: the model file is loaded once; the
+Grad-CAM hooks stay in place for the screener's lifetime; calls are serialised (hooks hold
+per-call state), so a server runs them in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.data.images import DecodedImage, decode_image, read_image
+from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
+from cxrlab.explain.model_card import model_card
+from cxrlab.explain.overlay import cam_to_original, overlay
+from cxrlab.models.checkpoint import load_model
+from cxrlab.models.ood import FeatureDistance
+from cxrlab.preprocess import Preprocessor
+from cxrlab.train.segmentation import LungSegmenter
+
+MAX_OVERLAY_SIDE = 1024
+
+
+@dataclass
+class Screening:
+    """What screening says about one image.
+
+    Attributes:
+        image: The file name (or upload name).
+        probabilities: Class → probability (sums to 1).
+        predicted: The class at the model's operating point (see :func:`decide`).
+        most_probable: The class with the highest probability.
+        ood_score: Mahalanobis distance of the image's features to the training images'
+            (``None`` when the model file has no reference).
+        ood: ``ood_score`` above the threshold set on validation images: the image does not look like
+            the training data (not a frontal chest X-ray, or from an unseen kind of source).
+        heatmap: ``(h, w) float32`` Grad-CAM for ``predicted`` on the original image (downsized to at
+            most 1024 px), in [0, 1].
+        original: ``(h, w) uint8`` that image.
+    """
+
+    image: str
+    probabilities: dict[str, float]
+    predicted: str
+    most_probable: str
+    ood_score: float | None
+    ood: bool | None
+    heatmap: np.ndarray = field(repr=False)
+    original: np.ndarray = field(repr=False)
+
+    def overlay(self) -> np.ndarray:
+        """``(h, w, 3) uint8`` RGB: the heatmap blended on the image."""
+        return overlay(self.original, self.heatmap)
+
+    def overlay_png(self) -> bytes:
+        """:meth:`overlay` encoded as PNG."""
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(self.overlay(), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ConfigError(f"{self.image}: cannot encode the overlay as PNG")
+        return buf.tobytes()
+
+    def record(self) -> dict:
+        """JSON-ready fields (no arrays)."""
+        return {"image": self.image, "probabilities": self.probabilities, "predicted": self.predicted,
+                "most_probable": self.most_probable, "ood_score": self.ood_score, "ood": self.ood}
+
+
+def decide(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> str:
+    """The predicted class: the positive class when its probability reaches the operating point's
+    threshold, else the most probable of the other classes; without an operating point, the most
+    probable class."""
+    if not operating_point or operating_point.get("positive") not in class_names:
+        return class_names[int(np.argmax(probabilities))]
+    column = class_names.index(operating_point["positive"])
+    if probabilities[column] >= operating_point["threshold"]:
+        return class_names[column]
+    others = np.array(probabilities, dtype=float)
+    others[column] = -np.inf
+    return class_names[int(np.argmax(others))]
+
+
+def _downsize(pixels: np.ndarray, side: int) -> np.ndarray:
+    if max(pixels.shape) <= side:
+        return pixels
+    scale = side / max(pixels.shape)
+    return cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                      interpolation=cv2.INTER_AREA)
+
+
+class Screener:
+    """A model file ready to screen images; use as a context manager or call :meth:`close`.
+
+    Args:
+        model_path: A cxrlab model file, or a run folder with ``model.pt``.
+        segmenter: A lung segmenter file, required for models whose preprocessing uses a lung mask
+            (lung crop, artifact inpainting, lung attention).
+        method: Grad-CAM variant.
+        compile: Compile the blocks before the Grad-CAM layer (20-40 s once, then faster: a server).
+
+    Raises:
+        ConfigError: not a model file, or the model needs lung masks and no segmenter is given.
+    """
+
+    def __init__(self, model_path: str | Path, *, segmenter: str | Path | None = None, method: CamMethod = "gradcam",
+                 compile: bool = False) -> None:
+        self.model, self.preprocess, self.payload = load_model(model_path)
+        self.model_path = Path(model_path) / "model.pt" if Path(model_path).is_dir() else Path(model_path)
+        self.class_names = list(self.model.class_names)
+        self.preprocessor = Preprocessor(self.preprocess)
+        if self.preprocessor.needs_mask and segmenter is None:
+            raise ConfigError(f"{model_path}: this model's preprocessing uses a lung mask (lung crop, inpainting or lung "
+                              "attention): give a lung segmenter file (--segmenter; 'cxrlab segment train' makes one)")
+        self.segmenter = LungSegmenter(segmenter) if segmenter is not None and self.preprocessor.needs_mask else None
+        reference = self.payload.get("extra", {}).get("screening") or {}
+        self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
+        self.operating_point = reference.get("operating_point")
+        self.method = method
+        self._cam = GradCamExplainer(self.model, method, None, compile=compile).__enter__()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Screener:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the Grad-CAM hooks."""
+        if self._cam is not None:
+            self._cam.__exit__(None, None, None)
+            self._cam = None
+
+    def screen_file(self, path: str | Path) -> Screening:
+        """Screen an image file.
+
+        Raises:
+            InvalidImageError: unreadable, corrupt, too large or too small (names the file).
+        """
+        return self.screen(read_image(path, **self.preprocessor.decode_options), str(path))
+
+    def screen_bytes(self, buf: bytes, name: str) -> Screening:
+        """Screen image bytes (an upload); ``name`` only labels errors and marks DICOM by suffix.
+
+        Raises:
+            InvalidImageError: not an image, corrupt, truncated, too large or too small.
+        """
+        return self.screen(decode_image(buf, name, **self.preprocessor.decode_options), name)
+
+    def screen(self, decoded: DecodedImage, name: str) -> Screening:
+        """Screen a decoded image."""
+        if self._cam is None:
+            raise ConfigError("Screener: closed")
+        with self._lock:
+            mask = self.segmenter(decoded) if self.segmenter is not None else None
+            processed = self.preprocessor.process(decoded, name, mask)
+            heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
+            features = self._cam.pooled_activations()
+        predicted = decide(probs, self.class_names, self.operating_point)
+        target = self.class_names.index(predicted)
+        if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
+            with self._lock:
+                heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
+        score, flagged = (None, None)
+        if self.ood is not None:
+            scores, flags = self.ood.flags(features)
+            score, flagged = float(scores[0]), bool(flags[0])
+        original = _downsize(decoded.pixels, MAX_OVERLAY_SIDE)
+        lungs = mask if self.preprocess.lung_crop else None
+        return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
+                         self.class_names[int(np.argmax(probs))], score, flagged,
+                         cam_to_original(heatmap, original.shape, self.preprocess, lungs), original)
+
+    def card(self) -> dict:
+        """The model's card: what it is, how it was trained and tested, what it is (not) for."""
+        return model_card(self.payload, self.model_path, self.model.count_parameters())

@@ -1,0 +1,123 @@
+"""Screening: the model file's reference (OOD, operating point), the predict table and overlays."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.covariance import LedoitWolf
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.core.errors import ConfigError
+from cxrlab.explain import Screener, predict_images
+from cxrlab.explain.screening import decide
+from cxrlab.models import create_classifier, save_model
+from cxrlab.models.ood import FeatureDistance
+from cxrlab.preprocess import PreprocessConfig
+
+CLASSES = ["COVID-19", "Pneumonia", "Normal"]
+
+
+def test_feature_distance_flags_about_one_percent_in_distribution_and_every_shifted_point():
+    rng = np.random.default_rng(0)
+    cov = np.diag(np.linspace(0.1, 3.0, 8))
+    train, val, fresh = (rng.multivariate_normal(np.zeros(8), cov, n) for n in (500, 2000, 4000))
+    reference = FeatureDistance.fit(train, val, quantile=0.99)
+    _, flagged = reference.flags(fresh)
+    assert 0.003 < flagged.mean() < 0.03
+    shifted = fresh[:200] + 4 * np.sqrt(np.diag(cov))  # four SDs off in every feature
+    assert reference.flags(shifted)[1].all()
+    exact = LedoitWolf().fit(train)  # scikit-learn's dense estimate gives the same distances
+    np.testing.assert_allclose(reference.score(fresh[:50]), np.sqrt(exact.mahalanobis(fresh[:50])), rtol=1e-4)
+    wide_train, wide_val = rng.normal(size=(20, 60)), rng.normal(size=(5, 60))  # more features than images
+    wide = FeatureDistance.fit(wide_train, wide_val)
+    np.testing.assert_allclose(wide.score(wide_val), np.sqrt(LedoitWolf().fit(wide_train).mahalanobis(wide_val)),
+                               rtol=1e-4)
+    again = FeatureDistance.from_dict(reference.to_dict())
+    np.testing.assert_allclose(again.score(fresh[:10]), reference.score(fresh[:10]), rtol=1e-6)
+    with pytest.raises(ConfigError, match="needs >= 2 training"):
+        FeatureDistance.fit(train[:1], val)
+
+
+def test_decide_applies_the_operating_point_and_falls_back_to_the_most_probable_class():
+    probs = np.array([0.30, 0.45, 0.25])
+    assert decide(probs, CLASSES, None) == "Pneumonia"
+    point = {"positive": "COVID-19", "threshold": 0.25}
+    assert decide(probs, CLASSES, point) == "COVID-19"  # above its threshold though not the top class
+    assert decide(np.array([0.20, 0.30, 0.50]), CLASSES, point) == "Normal"  # below: best of the others
+    assert decide(probs, ["A", "B", "C"], point) == "B"  # no such class: argmax
+
+
+def test_training_stores_the_screening_reference_set_on_validation(run_dir):
+    payload = torch.load(run_dir / "model.pt", weights_only=False)
+    reference = payload["extra"]["screening"]
+    assert reference["ood"]["method"] == "mahalanobis" and reference["ood"]["quantile"] == 0.99
+    train_images = int((pd.read_csv(run_dir / "splits.csv")["split"] == "train").sum())
+    assert reference["ood"]["mean"].shape == (1280,) and reference["ood"]["components"].shape == (train_images, 1280)
+    assert np.isfinite(reference["ood"]["threshold"]) and reference["ood"]["threshold"] > 0
+    point = reference["operating_point"]
+    assert point["positive"] == "COVID-19" and 0 <= point["threshold"] <= 1 and point["chosen_on"] == "validation"
+    assert payload["extra"]["epoch"] >= 0  # the best epoch is still recorded
+
+
+def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_training_set(run_dir, phantoms, tmp_path):
+    from skimage import data
+
+    test = pd.read_csv(run_dir / "splits.csv").query("split == 'test'")["image"].map(lambda p: str(run_dir / p))
+    photo, blank = tmp_path / "cat.jpg", tmp_path / "blank.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(blank), np.full((300, 300), 128, np.uint8))
+    (tmp_path / "notes.png").write_text("not an image")
+    rows = predict_images(run_dir, [*test, photo, blank, tmp_path / "notes.png", tmp_path / "missing.png"],
+                          tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "overlay"]
+    assert len(table) == len(test) + 2
+    np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)
+    assert set(table["predicted"]) <= set(CLASSES)
+    flagged, scores = table.set_index("image")["ood"], table.set_index("image")["ood_score"]
+    assert flagged[str(photo)] and flagged[str(blank)]
+    # a cat photo and a blank frame sit further from the training features than any held-out phantom
+    assert min(scores[str(photo)], scores[str(blank)]) > scores[list(test)].max()
+    assert flagged[list(test)].mean() <= 0.5  # a threshold from 7 validation images is coarse: most still pass
+    overlay = cv2.imread(table.set_index("image").at[str(photo), "overlay"])
+    assert overlay.shape[:2] == data.chelsea().shape[:2]  # on the original image's geometry
+    errors = {r["image"]: r["error"] for r in rows if "error" in r}
+    assert errors == {str(tmp_path / "notes.png"): "not an image (unrecognised file content)",
+                      str(tmp_path / "missing.png"): "file not found"}
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == rows
+
+
+def test_predict_command_takes_folders_and_reports_what_it_skipped(run_dir, phantoms, tmp_path):
+    images = phantoms.parent / "images"
+    result = CliRunner().invoke(app, ["predict", str(run_dir), str(images), "--out", str(tmp_path / "p"),
+                                      "--no-overlays"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert len(table) == len(list(images.glob("*.png"))) and table["overlay"].isna().all()
+    assert "image(s) screened" in result.output
+
+
+def test_a_model_that_needs_lung_masks_asks_for_a_segmenter(tmp_path):
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", class_names=tuple(CLASSES))
+    save_model(model, tmp_path / "model.pt", PreprocessConfig(size=64, lung_crop=True))
+    with pytest.raises(ConfigError, match="--segmenter"):
+        Screener(tmp_path / "model.pt")
+
+
+def test_screening_without_a_reference_gives_no_ood_score(phantoms, tmp_path):
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", class_names=tuple(CLASSES))
+    save_model(model, tmp_path / "model.pt", PreprocessConfig(size=64))
+    image = next((phantoms.parent / "images").glob("*.png"))
+    with Screener(tmp_path / "model.pt") as screener:
+        result = screener.screen_file(image)
+        card = screener.card()
+    assert result.ood is None and result.ood_score is None
+    assert result.predicted == result.most_probable
+    assert card["operating_point"] == "most probable class" and card["out_of_distribution"] is None
+    assert card["test"].startswith("not measured")
