@@ -1,0 +1,149 @@
+"""The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /model``, the page at ``/``, docs at ``/docs``.
+
+One :class:`cxrlab.explain.Screener` per app, loaded at start-up and closed at shutdown; each
+screening runs in a worker thread (never on the event loop), one at a time, under a timeout.
+Uploads are checked before decoding (size, content sniffing), decoded with the decompression-bomb
+guard, never written to disk unless ``store_uploads`` is set, and errors reach the client as a
+one-line reason without a stack trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+
+import cxrlab
+from cxrlab.core.errors import CxrlabError, InvalidImageError
+from cxrlab.core.io import atomic_write_bytes
+from cxrlab.explain.model_card import NOTICE
+from cxrlab.explain.screening import Screener
+from cxrlab.serve.uploads import UploadRejected, safe_name, sniff
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the service treats requests.
+
+    Attributes:
+        max_upload_mb: Larger uploads get 413 (checked on the declared length and while reading).
+        timeout_s: A screening (queue wait included) that takes longer gets 504.
+        store_uploads: Folder to keep accepted uploads in (under random names); ``None``: nothing stored.
+        segmenter: Lung segmenter file, for models whose preprocessing uses lung masks.
+        compile: Compile the model at start-up (slower start, faster requests).
+    """
+
+    max_upload_mb: float = 20.0
+    timeout_s: float = 30.0
+    store_uploads: Path | None = None
+    segmenter: Path | None = None
+    compile: bool = False
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"detail": reason}, status_code=status)
+
+
+def _status_for(err: InvalidImageError) -> int:
+    return 413 if err.reason.startswith("image too large") else 422
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    parts, size = [], 0
+    while chunk := await upload.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise UploadRejected(413, f"upload larger than the limit of {limit / 1024 / 1024:g} MB")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def create_app(model_path: str | Path, settings: ServeSettings | None = None) -> FastAPI:
+    """The app for one model file (loaded when the app starts: the lifespan)."""
+    settings = settings or ServeSettings()
+    state: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["screener"] = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile)
+        state["card"] = state["screener"].card()
+        state["limiter"] = anyio.CapacityLimiter(1)
+        log.info("serving %s (%s)", model_path, state["card"]["model"]["backbone"])
+        yield
+        state.pop("screener").close()
+
+    app = FastAPI(title="cxrlab screening", version=cxrlab.__version__, lifespan=lifespan,
+                  description=f"Chest X-ray screening with Grad-CAM: {NOTICE}.")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)  # the trace stays in the server log
+        return _error(500, "internal error")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return resources.files("cxrlab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: the model is loaded."""
+        return {"status": "ok", "model": Path(model_path).name, "classes": state["screener"].class_names}
+
+    @app.get("/model")
+    async def model() -> dict:
+        """The model card: backbone, fine-tuning degree, training data, test figures with 95% CIs,
+        operating point, out-of-distribution check, intended use."""
+        return state["card"]
+
+    @app.post("/predict", responses={400: {}, 413: {}, 415: {}, 422: {}, 504: {}})
+    async def predict(request: Request, file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")]):
+        """Per-class probabilities, the predicted class (at the model's operating point), an
+        out-of-distribution flag and the Grad-CAM overlay (PNG, base64)."""
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > settings.max_upload_bytes + CHUNK:  # multipart overhead is small
+            return _error(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB")
+        name = safe_name(file.filename)
+        try:
+            buf = await _read_limited(file, settings.max_upload_bytes)
+            sniff(buf, name)
+        except UploadRejected as err:
+            return _error(err.status, err.reason)
+        start = time.perf_counter()
+        try:
+            with anyio.fail_after(settings.timeout_s):
+                body = await anyio.to_thread.run_sync(_screen, buf, name, abandon_on_cancel=True,
+                                                      limiter=state["limiter"])
+        except TimeoutError:
+            return _error(504, f"screening took longer than {settings.timeout_s:g} s; try again later")
+        except InvalidImageError as err:
+            return _error(_status_for(err), f"{name}: {err.reason}")
+        except CxrlabError as err:
+            return _error(422, str(err))
+        if settings.store_uploads is not None:
+            atomic_write_bytes(Path(settings.store_uploads) / f"{uuid.uuid4().hex}-{name}", buf)
+        return {**body, "seconds": round(time.perf_counter() - start, 4), "notice": NOTICE}
+
+    def _screen(buf: bytes, name: str) -> dict:
+        """Screening and the overlay's PNG encoding: both off the event loop."""
+        result = state["screener"].screen_bytes(buf, name)
+        return {**result.record(), "overlay_png_base64": base64.b64encode(result.overlay_png()).decode("ascii")}
+
+    return app
