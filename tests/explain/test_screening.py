@@ -121,3 +121,18 @@ def test_screening_without_a_reference_gives_no_ood_score(phantoms, tmp_path):
     assert result.predicted == result.most_probable
     assert card["operating_point"] == "most probable class" and card["out_of_distribution"] is None
     assert card["test"].startswith("not measured")
+
+
+def test_screening_features_are_the_ones_the_reference_was_fitted_on(run_dir):
+    from cxrlab.models.ood import pooled_features
+    from cxrlab.preprocess.dataset import ShardDataset
+    from cxrlab.preprocess.shards import ShardReader
+
+    reader = ShardReader(run_dir / "prepared")
+    with Screener(run_dir) as screener:
+        spec = screener.model.spec
+        dataset = ShardDataset(reader, CLASSES, mean=spec.mean, std=spec.std, in_chans=spec.in_chans)
+        expected = pooled_features(screener.model, dataset)
+        for i in range(3):
+            screener._cam.explain_image(reader.image(i))
+            np.testing.assert_allclose(screener._features(reader.image(i))[0], expected[i], rtol=1e-4, atol=1e-5)

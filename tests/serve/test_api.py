@@ -67,13 +67,28 @@ def test_health_model_card_and_openapi(client):
      422, "truncated"),
     ("tiny.png", lambda tmp: cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes(), 422, "too small"),
     ("bomb.png", lambda tmp: png_header_only(tmp / "bomb.png", 30000, 30000).read_bytes(), 413, "decompression bomb"),
-    ("huge.png", lambda tmp: b"\x89PNG\r\n\x1a\n" + bytes(2 << 20), 413, "larger than the limit"),
+    ("big.png", lambda tmp: b"\x89PNG\r\n\x1a\n" + bytes(1 << 20), 413, "larger than the limit of 1 MB"),
 ])
 def test_bad_uploads_get_a_4xx_with_a_reason_and_no_stack_trace(client, tmp_path, name, make, status, reason):
     response = client.post("/predict", files={"file": (name, make(tmp_path))})
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
     assert reason in detail and "Traceback" not in detail and str(tmp_path) not in detail
+
+
+def test_bodies_far_over_the_limit_are_refused_before_parsing(client):
+    huge = b"\x89PNG\r\n\x1a\n" + bytes(8 << 20)
+    declared = client.post("/predict", files={"file": ("huge.png", huge)})  # Content-Length says 8 MB
+    assert declared.status_code == 413 and declared.text == "Content Too Large"
+
+    def chunked():  # no Content-Length: counted while it streams in
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n\r\n'
+        yield from (bytes(1 << 20) for _ in range(8))
+        yield b"\r\n--b--\r\n"
+
+    streamed = client.post("/predict", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413 and "larger than the limit" in streamed.json()["detail"]
+    assert client.get("/health").status_code == 200
 
 
 def test_client_paths_are_reduced_to_a_name_and_uploads_are_not_stored_by_default(run_dir, xray, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.data.images import DecodedImage, decode_image, read_image
@@ -23,6 +24,7 @@ from cxrlab.explain.overlay import cam_to_original, overlay
 from cxrlab.models.checkpoint import load_model
 from cxrlab.models.ood import FeatureDistance
 from cxrlab.preprocess import Preprocessor
+from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.segmentation import LungSegmenter
 
 MAX_OVERLAY_SIDE = 1024
@@ -161,7 +163,7 @@ class Screener:
             mask = self.segmenter(decoded) if self.segmenter is not None else None
             processed = self.preprocessor.process(decoded, name, mask)
             heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
-            features = self._cam.pooled_activations()
+            features = self._features(processed.pixels)
         predicted = decide(probs, self.class_names, self.operating_point)
         target = self.class_names.index(predicted)
         if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
@@ -176,6 +178,16 @@ class Screener:
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
                          self.class_names[int(np.argmax(probs))], score, flagged,
                          cam_to_original(heatmap, original.shape, self.preprocess, lungs), original)
+
+    def _features(self, pixels: np.ndarray) -> np.ndarray:
+        """``(1, D)`` pooled last-block features, as the OOD reference was fitted on: for a sequential
+        backbone the Grad-CAM layer's output from the pass just made, else one more forward pass."""
+        if self.model.spec.sequential:
+            return self._cam.pooled_activations()
+        spec = self.model.spec
+        x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans))[None]
+        with torch.no_grad():
+            return self.model.image_features(x).float().mean(dim=(2, 3)).numpy()
 
     def card(self) -> dict:
         """The model's card: what it is, how it was trained and tested, what it is (not) for."""

@@ -96,7 +96,15 @@ class FeatureDistance:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureDistance:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: not a reference this version of cxrlab wrote.
+        """
+        missing = {"mean", "components", "weights", "shift", "threshold", "quantile"} - set(data)
+        if missing:
+            raise ConfigError(f"ood reference: unknown format (missing {', '.join(sorted(missing))}); retrain or "
+                              "re-export the model with this version of cxrlab")
         return cls(np.asarray(data["mean"], np.float32), np.asarray(data["components"], np.float32),
                    np.asarray(data["weights"], np.float32), float(data["shift"]), float(data["threshold"]),
                    float(data["quantile"]))

@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cxrlab
 from cxrlab.core.errors import CxrlabError, InvalidImageError
@@ -33,6 +34,7 @@ from cxrlab.serve.uploads import UploadRejected, safe_name, sniff
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 
 
 @dataclass(frozen=True)
@@ -77,21 +79,34 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
 
 
 def create_app(model_path: str | Path, settings: ServeSettings | None = None) -> FastAPI:
-    """The app for one model file (loaded when the app starts: the lifespan)."""
+    """The app for one model file or run folder (loaded now; its Grad-CAM hooks released at shutdown).
+
+    Raises:
+        ConfigError: not a model file, or a model that needs lung masks without a segmenter.
+    """
     settings = settings or ServeSettings()
-    state: dict = {}
+    # loaded here, not at start-up: a bad model file fails before a server starts, in one line
+    screener = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile)
+    state: dict = {"screener": screener, "card": screener.card()}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["screener"] = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile)
-        state["card"] = state["screener"].card()
-        state["limiter"] = anyio.CapacityLimiter(1)
+        state["limiter"] = anyio.CapacityLimiter(1)  # one screening at a time (the Grad-CAM hooks hold state)
         log.info("serving %s (%s)", model_path, state["card"]["model"]["backbone"])
         yield
-        state.pop("screener").close()
+        screener.close()
 
+    # the whole request body is capped before parsing (FastAPI's limit: a bigger upload is never
+    # spooled to disk); the file part is measured again below for a precise message
     app = FastAPI(title="cxrlab screening", version=cxrlab.__version__, lifespan=lifespan,
-                  description=f"Chest X-ray screening with Grad-CAM: {NOTICE}.")
+                  description=f"Chest X-ray screening with Grad-CAM: {NOTICE}.",
+                  max_body_size=settings.max_upload_bytes + MULTIPART_SLACK)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 413:
+            return _error(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB")
+        return _error(err.status_code, str(err.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -114,12 +129,9 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         return state["card"]
 
     @app.post("/predict", responses={400: {}, 413: {}, 415: {}, 422: {}, 504: {}})
-    async def predict(request: Request, file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")]):
+    async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")]):
         """Per-class probabilities, the predicted class (at the model's operating point), an
         out-of-distribution flag and the Grad-CAM overlay (PNG, base64)."""
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_upload_bytes + CHUNK:  # multipart overhead is small
-            return _error(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB")
         name = safe_name(file.filename)
         try:
             buf = await _read_limited(file, settings.max_upload_bytes)
