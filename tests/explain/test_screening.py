@@ -76,12 +76,14 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     rows = predict_images(run_dir, [*test, photo, blank, tmp_path / "notes.png", tmp_path / "missing.png"],
                           tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "overlay"]
+    assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay"]
     assert len(table) == len(test) + 2
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     assert set(table["predicted"]) <= set(CLASSES)
     flagged, scores = table.set_index("image")["ood"], table.set_index("image")["ood_score"]
     assert flagged[str(photo)] and flagged[str(blank)]
+    reasons = table.set_index("image")["ood_reason"]
+    assert reasons[str(blank)].startswith("blank image") and reasons[str(photo)].startswith("features far")
     # a cat photo and a blank frame sit further from the training features than any held-out phantom
     assert min(scores[str(photo)], scores[str(blank)]) > scores[list(test)].max()
     assert flagged[list(test)].mean() <= 0.5  # a threshold from 7 validation images is coarse: most still pass
@@ -119,6 +121,10 @@ def test_screening_without_a_reference_gives_no_ood_score(phantoms, tmp_path):
         card = screener.card()
     assert result.ood is None and result.ood_score is None
     assert result.predicted == result.most_probable
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((256, 256), 30, np.uint8))
+    with Screener(tmp_path / "model.pt") as screener:
+        blank = screener.screen_file(tmp_path / "blank.png")  # flagged without any reference
+    assert blank.ood is True and blank.ood_score is None and blank.ood_reason.startswith("blank image")
     assert card["operating_point"] == "most probable class" and card["out_of_distribution"] is None
     assert card["test"].startswith("not measured")
 

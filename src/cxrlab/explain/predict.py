@@ -42,8 +42,9 @@ def _overlay_name(image: Path, taken: set[str]) -> str:
 def _write(out: Path, rows: list[dict], class_names: list[str]) -> None:
     ok = [r for r in rows if "error" not in r]
     table = pd.DataFrame([{"image": r["image"], **r["probabilities"], "predicted": r["predicted"],
-                           "ood_score": r["ood_score"], "ood": r["ood"], "overlay": r["overlay"]} for r in ok],
-                         columns=["image", *class_names, "predicted", "ood_score", "ood", "overlay"])
+                           "ood_score": r["ood_score"], "ood": r["ood"], "ood_reason": r["ood_reason"],
+                           "overlay": r["overlay"]} for r in ok],
+                         columns=["image", *class_names, "predicted", "ood_score", "ood", "ood_reason", "overlay"])
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
     atomic_write_text(out / "predictions.json", json.dumps(rows, indent=2) + "\n")
 
@@ -52,7 +53,8 @@ def predict_images(model_path: str | Path, inputs: Iterable[str | Path], out: st
                    segmenter: str | Path | None = None, method: CamMethod = "gradcam", overlays: bool = True,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
     """Screen every image under ``inputs``; write ``predictions.csv`` (one row per screened image:
-    ``image``, a probability column per class, ``predicted``, ``ood_score``, ``ood``, ``overlay``),
+    ``image``, a probability column per class, ``predicted``, ``ood_score``, ``ood``, ``ood_reason``,
+    ``overlay``),
     ``predictions.json`` (the same plus ``most_probable``, and an ``error`` record per skipped
     file) and ``overlays/<stem>_gradcam.png``.
 

@@ -42,9 +42,11 @@ class Screening:
         ood_score: Mahalanobis distance of the image's features to the training images'
             (``None`` when the model file has no reference).
         ood: ``ood_score`` above the threshold set on validation images: the image does not look like
-            the training data (not a frontal chest X-ray, or from an unseen kind of source).
+            the training data (not a frontal chest X-ray, or from an unseen kind of source), or a
+            blank image (flagged even without a reference).
+        ood_reason: Why ``ood`` is true, else ``None``.
         heatmap: ``(h, w) float32`` Grad-CAM for ``predicted`` on the original image (downsized to at
-            most 1024 px), in [0, 1].
+            most ``overlay_side``, 1024 px by default), in [0, 1].
         original: ``(h, w) uint8`` that image.
     """
 
@@ -54,6 +56,7 @@ class Screening:
     most_probable: str
     ood_score: float | None
     ood: bool | None
+    ood_reason: str | None
     heatmap: np.ndarray = field(repr=False)
     original: np.ndarray = field(repr=False)
 
@@ -71,7 +74,8 @@ class Screening:
     def record(self) -> dict:
         """JSON-ready fields (no arrays)."""
         return {"image": self.image, "probabilities": self.probabilities, "predicted": self.predicted,
-                "most_probable": self.most_probable, "ood_score": self.ood_score, "ood": self.ood}
+                "most_probable": self.most_probable, "ood_score": self.ood_score, "ood": self.ood,
+                "ood_reason": self.ood_reason}
 
 
 def decide(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> str:
@@ -86,6 +90,14 @@ def decide(probabilities: np.ndarray, class_names: list[str], operating_point: d
     others = np.array(probabilities, dtype=float)
     others[column] = -np.inf
     return class_names[int(np.argmax(others))]
+
+
+def is_blank(pixels: np.ndarray, min_spread: float = 4.0) -> bool:
+    """Whether an image is (almost) uniform: the 1st-99th percentile spread of its grey levels is
+    below ``min_spread`` (of 255). CLAHE would stretch such an image's noise into texture."""
+    sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+    low, high = np.percentile(sample, (1, 99))
+    return float(high - low) < min_spread
 
 
 def _downsize(pixels: np.ndarray, side: int) -> np.ndarray:
@@ -105,14 +117,16 @@ class Screener:
             (lung crop, artifact inpainting, lung attention).
         method: Grad-CAM variant.
         compile: Compile the blocks before the Grad-CAM layer (20-40 s once, then faster: a server).
+        overlay_side: Longest side of the image the heatmap is drawn on (the original is downsized).
 
     Raises:
         ConfigError: not a model file, or the model needs lung masks and no segmenter is given.
     """
 
     def __init__(self, model_path: str | Path, *, segmenter: str | Path | None = None, method: CamMethod = "gradcam",
-                 compile: bool = False) -> None:
+                 compile: bool = False, overlay_side: int = MAX_OVERLAY_SIDE) -> None:
         self.model, self.preprocess, self.payload = load_model(model_path)
+        self.overlay_side = overlay_side
         self.model_path = Path(model_path) / "model.pt" if Path(model_path).is_dir() else Path(model_path)
         self.class_names = list(self.model.class_names)
         self.preprocessor = Preprocessor(self.preprocess)
@@ -173,10 +187,13 @@ class Screener:
         if self.ood is not None:
             scores, flags = self.ood.flags(features)
             score, flagged = float(scores[0]), bool(flags[0])
-        original = _downsize(decoded.pixels, MAX_OVERLAY_SIDE)
+        reason = "features far from the training images'" if flagged else None
+        if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
+            flagged, reason = True, "blank image (almost no contrast)"
+        original = _downsize(decoded.pixels, self.overlay_side)
         lungs = mask if self.preprocess.lung_crop else None
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
-                         self.class_names[int(np.argmax(probs))], score, flagged,
+                         self.class_names[int(np.argmax(probs))], score, flagged, reason,
                          cam_to_original(heatmap, original.shape, self.preprocess, lungs), original)
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:

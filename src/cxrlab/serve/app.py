@@ -47,6 +47,7 @@ class ServeSettings:
         store_uploads: Folder to keep accepted uploads in (under random names); ``None``: nothing stored.
         segmenter: Lung segmenter file, for models whose preprocessing uses lung masks.
         compile: Compile the model at start-up (slower start, faster requests).
+        overlay_side: Longest side of the returned overlay (smaller: faster answers, lighter pages).
     """
 
     max_upload_mb: float = 20.0
@@ -54,6 +55,7 @@ class ServeSettings:
     store_uploads: Path | None = None
     segmenter: Path | None = None
     compile: bool = False
+    overlay_side: int = 512
 
     @property
     def max_upload_bytes(self) -> int:
@@ -86,7 +88,8 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     """
     settings = settings or ServeSettings()
     # loaded here, not at start-up: a bad model file fails before a server starts, in one line
-    screener = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile)
+    screener = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile,
+                        overlay_side=settings.overlay_side)
     state: dict = {"screener": screener, "card": screener.card()}
 
     @contextlib.asynccontextmanager
