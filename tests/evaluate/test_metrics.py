@@ -110,3 +110,17 @@ def test_many_statistics_share_one_set_of_replicates():
     assert len(calls) == 101  # the point estimate plus one call per replicate, for every statistic at once
     single = bootstrap_ci(lambda rows: float((probs[rows].argmax(1) == y[rows]).mean()), patients, n_boot=100)
     assert cis["accuracy"] == single and cis["n"]["low"] == cis["n"]["high"] == 200
+
+
+def test_the_bootstraps_lean_statistics_equal_the_full_tables():
+    from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
+
+    rng = np.random.default_rng(3)
+    for n, classes in ((40, 3), (9, 3), (12, 2)):
+        y = rng.integers(0, classes, n)
+        y[:1] = 0  # a tiny draw may lack a class: macro AUC averages the defined ones, as the table does
+        probs = rng.dirichlet(np.ones(classes), n)
+        full = compute_metrics(y, probs, [f"c{i}" for i in range(classes)])
+        lean = accuracy_and_macro_auc(y, probs)
+        assert lean["accuracy"] == pytest.approx(full["accuracy"])
+        assert lean["auc_macro"] == pytest.approx(full["macro"]["roc_auc"])

@@ -54,7 +54,7 @@ def test_corrected_resampled_ttest_matches_its_formula():
 
 def _study(phantoms, **extra) -> StudyConfig:
     return StudyConfig(name="tiny", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8},
-                       grid={"fine_tune": [0, 2, 99]}, **extra)
+                       grid={"fine_tune": [0, 2, 99]}, **{"n_boot": 50, **extra})  # few replicates: a fast suite
 
 
 def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
@@ -130,8 +130,9 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_table(phantoms, tmp_path):
     study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"name": "k9", "data": str(phantoms), "folds": 2,
-                                     "base": {"size": 64, "epochs": 2, "batch_size": 8}, "grid": {"fine_tune": [1, 2]}}))
+    study.write_text(yaml.safe_dump({"name": "k9", "data": str(phantoms), "folds": 2, "shortcut_checks": False,
+                                     "n_boot": 20, "base": {"size": 64, "epochs": 2, "batch_size": 8},
+                                     "grid": {"fine_tune": [1, 2]}}))  # resumption is the point, not the audits
     command = [str(Path(sys.executable).parent / "cxrlab"), "study", str(study), "--out", str(tmp_path / "out")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -178,7 +179,7 @@ def test_a_given_split_keeps_its_test_side(phantoms, tmp_path):
 
 
 def test_binary_study(phantoms, tmp_path):
-    config = StudyConfig(name="bin", data=str(phantoms), scheme="binary", folds=2,
+    config = StudyConfig(name="bin", data=str(phantoms), scheme="binary", folds=2, n_boot=50,
                          base={"size": 64, "epochs": 1, "batch_size": 8}, grid={"fine_tune": [2]})
     result = run_study(config, tmp_path)
     assert result.failed == 0 and result.best == "fine_tune-2"
@@ -193,7 +194,7 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
     from cxrlab.data import generate_phantoms
 
     phantoms = generate_phantoms(tmp_path / "phantoms", n_patients=48, size=64, seed=2, max_images_per_patient=1)
-    config = StudyConfig(name="loso", data=str(phantoms), folds=2, leave_one_source_out=True,
+    config = StudyConfig(name="loso", data=str(phantoms), folds=2, leave_one_source_out=True, n_boot=50,
                          base={"size": 64, "epochs": 1, "batch_size": 8}, grid={"fine_tune": [2]})
     result = run_study(config, tmp_path / "study")
     tmp_path = tmp_path / "study"
@@ -212,7 +213,7 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
 
 def test_runs_in_parallel_processes_give_the_sequential_table(phantoms, tmp_path):
     config = StudyConfig(name="par", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8},
-                         grid={"fine_tune": [1, 2]}, shortcut_checks=False)
+                         grid={"fine_tune": [1, 2]}, shortcut_checks=False, n_boot=20)
     run_study(config, tmp_path / "one")
     parallel = run_study(config.model_copy(update={"workers": 2}), tmp_path / "two")
     assert parallel.trained == 4 and parallel.failed == 0
@@ -232,7 +233,8 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
 
     config = StudyConfig(name="guided", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8,
                                                                             "fine_tune": 2},
-                         variants={"plain": {}, "guided attention": {"lung_attention": True, "attention_loss": 1.0}})
+                         variants={"plain": {}, "guided attention": {"lung_attention": True, "attention_loss": 1.0}},
+                         n_boot=50)
     assert config.grid == {}  # variants alone: no default k sweep on top
     assert [c.settings for c in cells(config)] == [{}, {"lung_attention": True, "attention_loss": 1.0}]
     result = run_study(config, tmp_path)

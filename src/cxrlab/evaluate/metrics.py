@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -67,6 +68,24 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, class_names: Seque
     return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else None,
             "per_class": per_class, "macro": _average(per_class, None), "weighted": _average(per_class, support),
             "confusion_matrix": cm.tolist(), "class_names": list(class_names)}
+
+
+def accuracy_and_macro_auc(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float | None]:
+    """``{"accuracy", "auc_macro"}`` as :func:`compute_metrics` defines them (macro AUC: the mean of the
+    one-vs-rest AUCs defined on these rows), without the rest of the table: what a bootstrap
+    replicate needs. The AUC is the Mann-Whitney statistic from mid-ranks (ties count half, as in
+    scikit-learn; a test checks they agree): 100x faster than ``roc_auc_score``'s validated path,
+    which made 1000 replicates take seconds per configuration."""
+    y_true = np.asarray(y_true, dtype=int)
+    aucs = []
+    for i in range(probs.shape[1]):
+        positive = y_true == i
+        n_pos = int(positive.sum())
+        if 0 < n_pos < len(y_true):
+            ranks = rankdata(probs[:, i])
+            aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y_true) - n_pos)))
+    return {"accuracy": float((probs.argmax(axis=1) == y_true).mean()) if len(y_true) else None,
+            "auc_macro": float(np.mean(aucs)) if aucs else None}
 
 
 def _average(per_class: dict, support: np.ndarray | None) -> dict:

@@ -20,7 +20,7 @@ from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis
 from cxrlab.evaluate.delong import delong_test
-from cxrlab.evaluate.metrics import compute_metrics
+from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
 from cxrlab.evaluate.predictions import predict_frame
 from cxrlab.explain import lung_evidence
 from cxrlab.explain.masked_maps import rows_with
@@ -68,11 +68,7 @@ def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed
     """Patient-bootstrap 95% intervals of accuracy and macro AUC of a prediction table."""
     y, probs, names = _targets_and_probs(predictions)
 
-    def statistics(rows: np.ndarray) -> dict:
-        m = compute_metrics(y[rows], probs[rows], names)
-        return {"accuracy": m["accuracy"], "auc_macro": m["macro"]["roc_auc"]}
-
-    return bootstrap_cis(statistics, patients.to_numpy(), n_boot, seed)
+    return bootstrap_cis(lambda rows: accuracy_and_macro_auc(y[rows], probs[rows]), patients.to_numpy(), n_boot, seed)
 
 
 def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_boot: int, seed: int) -> dict | None:
