@@ -60,6 +60,8 @@ def test_training_stores_the_screening_reference_set_on_validation(run_dir):
     train_images = int((pd.read_csv(run_dir / "splits.csv")["split"] == "train").sum())
     assert reference["ood"]["mean"].shape == (1280,) and reference["ood"]["components"].shape == (train_images, 1280)
     assert np.isfinite(reference["ood"]["threshold"]) and reference["ood"]["threshold"] > 0
+    fine = reference["ood_fine"]  # mid-level features of the finer-grid block: a second check
+    assert fine["components"].shape[0] == train_images and fine["mean"].shape[0] < 1280 and fine["threshold"] > 0
     point = reference["operating_point"]
     assert point["positive"] == "COVID-19" and 0 <= point["threshold"] <= 1 and point["chosen_on"] == "validation"
     assert payload["extra"]["epoch"] >= 0  # the best epoch is still recorded
@@ -130,7 +132,7 @@ def test_screening_without_a_reference_gives_no_ood_score(phantoms, tmp_path):
 
 
 def test_screening_features_are_the_ones_the_reference_was_fitted_on(run_dir):
-    from cxrlab.models.ood import pooled_features
+    from cxrlab.models.ood import pooled_features_at
     from cxrlab.preprocess.dataset import ShardDataset
     from cxrlab.preprocess.shards import ShardReader
 
@@ -138,7 +140,8 @@ def test_screening_features_are_the_ones_the_reference_was_fitted_on(run_dir):
     with Screener(run_dir) as screener:
         spec = screener.model.spec
         dataset = ShardDataset(reader, CLASSES, mean=spec.mean, std=spec.std, in_chans=spec.in_chans)
-        expected = pooled_features(screener.model, dataset)
+        expected = pooled_features_at(screener.model, dataset, ("last", "fine"))
         for i in range(3):
             screener._cam.explain_image(reader.image(i))
-            np.testing.assert_allclose(screener._features(reader.image(i))[0], expected[i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(screener._features(reader.image(i))[0], expected["last"][i], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(screener._fine[0], expected["fine"][i], rtol=1e-4, atol=1e-5)

@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.stats.contingency import association
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
@@ -24,22 +23,10 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxrlab.models.classifier import CxrClassifier
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 5  # per source, for a source to take part in a probe
 PROBE_C = 0.01  # inverse regularisation strength of the probe
-
-
-@torch.inference_mode()
-def pooled_features(model: CxrClassifier, dataset, batch_size: int = 32) -> np.ndarray:
-    """``(N, C)`` global-average-pooled last-block features of every item of ``dataset``."""
-    model.eval()
-    out = []
-    for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model.forward_features(x).float().mean(dim=(2, 3)))
-    return torch.cat(out).numpy()
 
 
 def _probe(features: np.ndarray, sources: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> dict:

@@ -50,7 +50,7 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
     folder = Path(model_path).parent
     summary, origin = _json(folder / "summary.json"), _json(folder / "origin.json")
     screening = payload.get("extra", {}).get("screening") or {}
-    ood = screening.get("ood")
+    ood, fine = screening.get("ood"), screening.get("ood_fine")
     preprocess = payload.get("preprocess", {})
     val = summary.get("val") or {}
     return {
@@ -66,7 +66,10 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
         "test": origin.get("test") or "not measured for this file: run 'cxrlab evaluate' on held-out patients",
         "operating_point": screening.get("operating_point") or "most probable class",
         "out_of_distribution": ({"method": ood.get("method", "mahalanobis"), "threshold": float(ood["threshold"]),
-                                 "quantile_of_validation": float(ood["quantile"])} if ood else None),
+                                 "quantile_of_validation": float(ood["quantile"]),
+                                 "mid_level_threshold": float(fine["threshold"]) if fine else None,
+                                 "blank_rule": "grey-level spread (1st-99th percentile) under 4 of 255"}
+                                if ood else None),
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }

@@ -136,6 +136,12 @@ class Screener:
         self.segmenter = LungSegmenter(segmenter) if segmenter is not None and self.preprocessor.needs_mask else None
         reference = self.payload.get("extra", {}).get("screening") or {}
         self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
+        self.ood_fine = FeatureDistance.from_dict(reference["ood_fine"]) if reference.get("ood_fine") else None
+        self._fine: np.ndarray | None = None
+        if self.ood_fine is not None and not compile:  # a compiled prefix runs past module hooks
+            self._fine_hook = self.model.cam_layer("fine").register_forward_hook(self._capture_fine)
+        else:
+            self.ood_fine, self._fine_hook = None, None
         self.operating_point = reference.get("operating_point")
         self.method = method
         self._cam = GradCamExplainer(self.model, method, None, compile=compile).__enter__()
@@ -147,8 +153,14 @@ class Screener:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _capture_fine(self, module, args, output) -> None:
+        self._fine = output.detach().float().mean(dim=(2, 3)).numpy()
+
     def close(self) -> None:
         """Remove the Grad-CAM hooks."""
+        if self._fine_hook is not None:
+            self._fine_hook.remove()
+            self._fine_hook = None
         if self._cam is not None:
             self._cam.__exit__(None, None, None)
             self._cam = None
@@ -177,7 +189,7 @@ class Screener:
             mask = self.segmenter(decoded) if self.segmenter is not None else None
             processed = self.preprocessor.process(decoded, name, mask)
             heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
-            features = self._features(processed.pixels)
+            features, fine = self._features(processed.pixels), self._fine
         predicted = decide(probs, self.class_names, self.operating_point)
         target = self.class_names.index(predicted)
         if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
@@ -188,6 +200,9 @@ class Screener:
             scores, flags = self.ood.flags(features)
             score, flagged = float(scores[0]), bool(flags[0])
         reason = "features far from the training images'" if flagged else None
+        if self.ood_fine is not None and fine is not None and self.ood_fine.flags(fine)[1][0]:
+            flagged = True
+            reason = reason or "mid-level features far from the training images' (e.g. a rotated radiograph)"
         if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
             flagged, reason = True, "blank image (almost no contrast)"
         original = _downsize(decoded.pixels, self.overlay_side)

@@ -110,12 +110,29 @@ class FeatureDistance:
                    float(data["quantile"]))
 
 
-@torch.no_grad()
+@torch.inference_mode()
+def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batch_size: int = 32) -> dict[str, np.ndarray]:
+    """``{level: (N, D)}`` globally pooled features of a dataset's images (before any lung attention):
+    ``last``, the last block's output; ``fine``, the output of the block ``model.cam_layer("fine")``
+    ends (a finer grid, mid-level features)."""
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {level: [] for level in levels}
+    hook = None
+    if "fine" in levels:
+        hook = model.cam_layer("fine").register_forward_hook(
+            lambda module, args, output: out["fine"].append(output.float().mean(dim=(2, 3))))
+    try:
+        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            image, _ = model.split_input(x.contiguous(memory_format=torch.channels_last))
+            last = model.image_features(image).float().mean(dim=(2, 3))
+            if "last" in out:
+                out["last"].append(last)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return {level: torch.cat(v).numpy() if v else np.zeros((0, 0), np.float32) for level, v in out.items()}
+
+
 def pooled_features(model, dataset, batch_size: int = 32) -> np.ndarray:
     """``(N, D)`` globally pooled last-block features (before any lung attention) of a dataset's images."""
-    model.eval()
-    out = []
-    for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        image, _ = model.split_input(x)
-        out.append(model.image_features(image).float().mean(dim=(2, 3)))
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return pooled_features_at(model, dataset, ("last",), batch_size)["last"]

@@ -21,7 +21,8 @@ import pandas as pd
 
 from cxrlab.evaluate.masked_inputs import ALPHA, VARIANTS, masked_input_predictions, summarise_masked_inputs
 from cxrlab.evaluate.predictions import prepared_dataset
-from cxrlab.evaluate.source_probe import pooled_features, source_probe
+from cxrlab.evaluate.source_probe import source_probe
+from cxrlab.models.ood import pooled_features
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
 from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.study.config import StudyConfig
