@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -17,12 +16,11 @@ from cxrlab.core.errors import ConfigError, InvalidImageError  # noqa: E402
 from cxrlab.core.io import atomic_write_text  # noqa: E402
 from cxrlab.data.images import read_image  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
-from cxrlab.explain.overlay import cam_to_original, overlay  # noqa: E402
+from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay  # noqa: E402
 from cxrlab.models import load_model  # noqa: E402
 from cxrlab.preprocess import Preprocessor  # noqa: E402
 
 log = logging.getLogger(__name__)
-MAX_OVERLAY_SIDE = 1024
 
 
 def _figure(original: np.ndarray, blended: np.ndarray, probs: dict[str, float], title: str, path: Path) -> None:
@@ -75,10 +73,7 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
             heatmap, probs = cam.explain_image(processed.pixels)
             probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
             predicted = max(probabilities, key=probabilities.get)
-            if max(original.shape) > MAX_OVERLAY_SIDE:
-                scale = MAX_OVERLAY_SIDE / max(original.shape)
-                original = cv2.resize(original, (round(original.shape[1] * scale), round(original.shape[0] * scale)),
-                                      interpolation=cv2.INTER_AREA)
+            original = downsize(original)
             blended = overlay(original, cam_to_original(heatmap, original.shape, preprocess))
             target = out / f"{image.stem}_gradcam.png"
             _figure(original, blended, probabilities, f"{method}: evidence for {predicted}", target)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
+from cxrlab.core.errors import CxrlabError
+from cxrlab.data.manifest import read_table
 
 NOTICE = "research use only - not for clinical diagnosis"
 INTENDED_USE = ("Research on transfer learning and explanations for chest X-ray classification. Not a medical "
@@ -26,15 +27,15 @@ def _json(path: Path) -> dict:
 def _training_data(folder: Path) -> dict | None:
     """Images per side and class (and per source) from the run's ``splits.csv``."""
     try:
-        frame = pd.read_csv(folder / "splits.csv")
-    except (OSError, ValueError):
+        frame = read_table(folder / "splits.csv")
+    except (CxrlabError, OSError):
         return None
     if not {"split", "label"} <= set(frame.columns):
         return None
     out = {"images": {side: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
                       for side, part in frame.groupby("split")}}
     if "source" in frame.columns:
-        out["sources"] = sorted(map(str, frame["source"].dropna().unique()))
+        out["sources"] = sorted(s for s in frame["source"].unique() if s)
     if "patient_id" in frame.columns:
         out["patients"] = int(frame["patient_id"].nunique())
     return out

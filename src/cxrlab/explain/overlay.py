@@ -10,6 +10,18 @@ from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.transforms import LungCrop
 
 
+MAX_OVERLAY_SIDE = 1024  # overlays are drawn on the original image downsized to at most this
+
+
+def downsize(pixels: np.ndarray, side: int = MAX_OVERLAY_SIDE) -> np.ndarray:
+    """``pixels`` scaled (area interpolation) so that the longer side is at most ``side``."""
+    if max(pixels.shape[:2]) <= side:
+        return pixels
+    scale = side / max(pixels.shape[:2])
+    return cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
+                      interpolation=cv2.INTER_AREA)
+
+
 def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], preprocess: PreprocessConfig,
                     lung_mask: np.ndarray | None = None) -> np.ndarray:
     """Map a ``(size, size)`` map back onto the original ``(H, W)`` image, undoing stretch or letterbox

@@ -20,14 +20,13 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.data.images import DecodedImage, decode_image, read_image
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
-from cxrlab.explain.overlay import cam_to_original, overlay
+from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay
 from cxrlab.models.checkpoint import load_model
 from cxrlab.models.ood import FeatureDistance
 from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.segmentation import LungSegmenter
 
-MAX_OVERLAY_SIDE = 1024
 
 
 @dataclass
@@ -98,14 +97,6 @@ def is_blank(pixels: np.ndarray, min_spread: float = 4.0) -> bool:
     sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
     low, high = np.percentile(sample, (1, 99))
     return float(high - low) < min_spread
-
-
-def _downsize(pixels: np.ndarray, side: int) -> np.ndarray:
-    if max(pixels.shape) <= side:
-        return pixels
-    scale = side / max(pixels.shape)
-    return cv2.resize(pixels, (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale)),
-                      interpolation=cv2.INTER_AREA)
 
 
 class Screener:
@@ -205,7 +196,7 @@ class Screener:
             reason = reason or "mid-level features far from the training images' (e.g. a rotated radiograph)"
         if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
             flagged, reason = True, "blank image (almost no contrast)"
-        original = _downsize(decoded.pixels, self.overlay_side)
+        original = downsize(decoded.pixels, self.overlay_side)
         lungs = mask if self.preprocess.lung_crop else None
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
                          self.class_names[int(np.argmax(probs))], score, flagged, reason,

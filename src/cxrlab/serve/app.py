@@ -90,12 +90,13 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     # loaded here, not at start-up: a bad model file fails before a server starts, in one line
     screener = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile,
                         overlay_side=settings.overlay_side)
-    state: dict = {"screener": screener, "card": screener.card()}
+    card = screener.card()
+    state: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["limiter"] = anyio.CapacityLimiter(1)  # one screening at a time (the Grad-CAM hooks hold state)
-        log.info("serving %s (%s)", model_path, state["card"]["model"]["backbone"])
+        log.info("serving %s (%s)", model_path, card["model"]["backbone"])
         yield
         screener.close()
 
@@ -123,13 +124,13 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     @app.get("/health")
     async def health() -> dict:
         """Liveness: the model is loaded."""
-        return {"status": "ok", "model": Path(model_path).name, "classes": state["screener"].class_names}
+        return {"status": "ok", "model": Path(model_path).name, "classes": screener.class_names}
 
     @app.get("/model")
     async def model() -> dict:
         """The model card: backbone, fine-tuning degree, training data, test figures with 95% CIs,
         operating point, out-of-distribution check, intended use."""
-        return state["card"]
+        return card
 
     @app.post("/predict", responses={400: {}, 413: {}, 415: {}, 422: {}, 504: {}})
     async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")]):
@@ -158,7 +159,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
 
     def _screen(buf: bytes, name: str) -> dict:
         """Screening and the overlay's PNG encoding: both off the event loop."""
-        result = state["screener"].screen_bytes(buf, name)
+        result = screener.screen_bytes(buf, name)
         return {**result.record(), "overlay_png_base64": base64.b64encode(result.overlay_png()).decode("ascii")}
 
     return app
