@@ -145,3 +145,18 @@ def test_screening_features_are_the_ones_the_reference_was_fitted_on(run_dir):
             screener._cam.explain_image(reader.image(i))
             np.testing.assert_allclose(screener._features(reader.image(i))[0], expected["last"][i], rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(screener._fine[0], expected["fine"][i], rtol=1e-4, atol=1e-5)
+
+
+def test_a_lung_cropping_model_screens_with_a_segmenter_file(phantoms, tmp_path):
+    from cxrlab.models.segmenter import create_segmenter, save_segmenter
+
+    torch.manual_seed(0)
+    save_segmenter(create_segmenter(pretrained="none"), tmp_path / "segmenter.pt", "efficientnet_lite0",
+                   PreprocessConfig(size=64))  # untrained: any mask exercises the path
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", class_names=tuple(CLASSES))
+    save_model(model, tmp_path / "model.pt", PreprocessConfig(size=64, lung_crop=True))
+    image = next((phantoms.parent / "images").glob("*.png"))
+    with Screener(tmp_path / "model.pt", segmenter=tmp_path / "segmenter.pt") as screener:
+        result = screener.screen_file(image)
+    assert abs(sum(result.probabilities.values()) - 1) < 1e-5
+    assert result.heatmap.shape == result.original.shape == cv2.imread(str(image), cv2.IMREAD_GRAYSCALE).shape
