@@ -40,10 +40,7 @@ def _overlay_name(image: Path, taken: set[str]) -> str:
 
 
 def _write(out: Path, rows: list[dict], class_names: list[str]) -> None:
-    ok = [r for r in rows if "error" not in r]
-    table = pd.DataFrame([{"image": r["image"], **r["probabilities"], "predicted": r["predicted"],
-                           "ood_score": r["ood_score"], "ood": r["ood"], "ood_reason": r["ood_reason"],
-                           "overlay": r["overlay"]} for r in ok],
+    table = pd.DataFrame([{**r, **r["probabilities"]} for r in rows if "error" not in r],
                          columns=["image", *class_names, "predicted", "ood_score", "ood", "ood_reason", "overlay"])
     atomic_write_text(out / "predictions.csv", table.to_csv(index=False))
     atomic_write_text(out / "predictions.json", json.dumps(rows, indent=2) + "\n")

@@ -181,10 +181,9 @@ class Screener:
             processed = self.preprocessor.process(decoded, name, mask)
             heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
             features, fine = self._features(processed.pixels), self._fine
-        predicted = decide(probs, self.class_names, self.operating_point)
-        target = self.class_names.index(predicted)
-        if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
-            with self._lock:
+            predicted = decide(probs, self.class_names, self.operating_point)
+            target = self.class_names.index(predicted)
+            if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
                 heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
         score, flagged = (None, None)
         if self.ood is not None:

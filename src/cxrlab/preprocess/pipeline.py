@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cxrlab.core.errors import InvalidImageError
-from cxrlab.data.images import DecodedImage, decode_image, read_image, read_mask
+from cxrlab.data.images import DecodedImage, read_image, read_mask
 from cxrlab.preprocess.artifacts import remove_artifacts
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.transforms import Clahe, Compose, Equalize, LungCrop, Resize
@@ -97,26 +96,15 @@ class Preprocessor:
         cfg = self.config
         return cfg.lung_crop or cfg.artifacts == "inpaint" or cfg.keep_mask
 
-    def from_bytes(self, buf: bytes, name: str, mask: np.ndarray | None = None) -> ProcessedImage:
-        """Preprocess image bytes in memory (an upload); ``name`` labels errors; ``mask``: a lung mask
-        on any grid (resized to the image).
-
-        Raises:
-            InvalidImageError: as :meth:`__call__`, naming ``name``.
-        """
-        return self.process(decode_image(buf, name, **self.decode_options), name, mask)
-
     def process(self, decoded: DecodedImage, name: str | Path, mask: np.ndarray | None = None,
                 mask_label: str | Path | None = None) -> ProcessedImage:
-        """Preprocess an already decoded image; ``mask``: its lung mask (resized to the image when needed).
+        """Preprocess an already decoded image (a file's or an upload's); ``mask``: its lung mask on the
+        image's grid (``read_mask`` and ``LungSegmenter`` give it so).
 
         Raises:
             InvalidImageError: ``keep_mask`` is set and the mask is missing or empty; names ``name``.
         """
         cfg = self.config
-        if mask is not None and mask.shape != decoded.pixels.shape:
-            h, w = decoded.pixels.shape
-            mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
         if cfg.keep_mask and mask is None:
             raise InvalidImageError(name, "no lung mask (the model multiplies its features by one)")
         pixels, touched = decoded.pixels, 0
