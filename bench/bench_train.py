@@ -1,6 +1,6 @@
 """Benchmark: training and inference speed of the classifiers on this CPU (issue 3, item 9).
 
-Run: ``.venv/bin/python bench/bench_train.py`` (about 10 minutes). Every figure is measured in a
+Run: ``.venv/bin/python bench/bench_train.py`` (about 12 minutes). Every figure is measured in a
 fresh subprocess, so allocator settings cannot leak between measurements, and is printed next
 to the plain baseline measured in the same run: fp32, NCHW, eager, glibc's default allocator,
 frozen layers recomputed every step (what the papers' code did). Writes ``bench/out/train.json``.
@@ -43,7 +43,19 @@ def _batch(n: int, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, steps: int = 6, batch: int = 32) -> float:
+def _median_rate(fn, images_per_call: int, calls: int, rounds: int = 3) -> float:
+    """Median images/s over ``rounds`` timed windows of ``calls`` calls each: one window on a
+    shared 2-core machine varied by up to 20% between runs, the median of three by far less."""
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rates.append(calls * images_per_call / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, steps: int = 4, batch: int = 32) -> float:
     """Training images/s (forward, backward, Adam step) at fine-tuning degree k."""
     model = _model(name, k, channels_last)
     model.train()
@@ -65,10 +77,8 @@ def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, ste
         optimizer.step()
 
     step()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
+    step()
+    return _median_rate(step, batch, steps)
 
 
 def _predict_fn(name: str, channels_last: bool, bf16: bool, compiled: bool):
@@ -91,10 +101,7 @@ def infer_speed(name: str, channels_last: bool, bf16: bool, compiled: bool = Fal
     x = _batch(batch, False)
     predict(x)
     predict(x)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        predict(x)
-    return repeats * batch / (time.perf_counter() - start)
+    return _median_rate(lambda: predict(x), batch, repeats)
 
 
 def latency_ms(name: str, channels_last: bool, bf16: bool, compiled: bool = False, repeats: int = 40) -> float:
@@ -125,6 +132,31 @@ def gradcam_latency_ms(name: str, repeats: int = 20, compiled: bool = False) -> 
         for _ in range(repeats):
             start = time.perf_counter()
             cam.explain(x)
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def gradcam_baseline_ms(name: str, repeats: int = 20) -> float:
+    """Median latency of the straightforward pytorch-grad-cam route for one image: a prediction
+    pass, then GradCAM with gradients through the whole network (fp32, channels-last)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxrlab.explain.gradcam import resolve_target_layer
+
+    model = _model(name, "all", True).eval()
+    x = _batch(1, True)
+    times = []
+    with GradCAM(model=model, target_layers=[resolve_target_layer(model)]) as cam:
+        def explain() -> None:
+            with torch.no_grad():
+                label = int(model(x).argmax(1))
+            cam(input_tensor=x, targets=[ClassifierOutputTarget(label)])
+        for _ in range(3):
+            explain()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            explain()
             times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
@@ -187,6 +219,7 @@ MEASUREMENTS = {
     "latency_fast": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False}, "tuned"),
     "latency_fp32_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": False, "compiled": True}, "tuned"),
     "latency_bf16_compiled": (latency_ms, {"name": "efficientnet_lite0", "channels_last": True, "bf16": True, "compiled": True}, "tuned"),
+    "latency_gradcam_baseline": (gradcam_baseline_ms, {"name": "efficientnet_lite0"}, "tuned"),
     "latency_gradcam": (gradcam_latency_ms, {"name": "efficientnet_lite0"}, "tuned"),
     "latency_gradcam_compiled": (gradcam_latency_ms, {"name": "efficientnet_lite0", "compiled": True}, "tuned"),
     "sweep_baseline": (sweep_seconds, {"name": "efficientnet_lite0", "optimized": False}, "default"),
