@@ -9,8 +9,8 @@ Run: ``.venv/bin/python bench/bench_serve.py --model RUN_OR_MODEL [--images FOLD
 2. **ONNX**: exports the model, checks onnxruntime's probabilities against PyTorch's on the
    preprocessed images (max difference), and times both at batch 1 and batch 32.
 3. **Out of distribution**: the share of held-out images (``split == test`` of the run's
-   ``splits.csv``) flagged, against photos, a text page, blank and noise frames, and the
-   X-rays turned 90 degrees or inverted.
+   ``splits.csv``) flagged, against photos, a text page, blank and noise frames, 10 of those
+   X-rays turned 90 degrees and all of them inverted; and which check fired (``ood_reason``).
 
 Writes ``bench/out/serve.json``; nothing here asserts a time.
 """
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -163,11 +164,12 @@ def _odd_inputs(images: list[Path], folder: Path) -> dict[str, list[Path]]:
     for i in range(3):
         cv2.imwrite(str(folder / f"noise{i}.png"), rng.integers(0, 256, (512, 512), np.uint8))
         made["noise"].append(folder / f"noise{i}.png")
-    for i, image in enumerate(images[:10]):
+    for i, image in enumerate(images):
         pixels = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(folder / f"turned{i}.png"), cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE))
+        if i < 10:
+            cv2.imwrite(str(folder / f"turned{i}.png"), cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE))
+            made["x-ray turned 90°"].append(folder / f"turned{i}.png")
         cv2.imwrite(str(folder / f"inverted{i}.png"), 255 - pixels)
-        made["x-ray turned 90°"].append(folder / f"turned{i}.png")
         made["x-ray inverted"].append(folder / f"inverted{i}.png")
     return made
 
@@ -181,7 +183,8 @@ def ood_bench(model_path: Path, test_images: list[Path]) -> dict:
             results = [screener.screen_file(p) for p in paths]
             scores = [r.ood_score for r in results]
             out[group] = {"n": len(results), "flagged": int(sum(bool(r.ood) for r in results)),
-                          "score_median": float(np.median(scores)), "score_min": float(np.min(scores))}
+                          "score_median": float(np.median(scores)), "score_min": float(np.min(scores)),
+                          "reasons": dict(Counter(r.ood_reason.split(" (")[0] for r in results if r.ood))}
     return out
 
 

@@ -18,6 +18,7 @@ from cxrlab.explain import Screener, predict_images
 from cxrlab.explain.screening import decide
 from cxrlab.models import create_classifier, save_model
 from cxrlab.models.ood import FeatureDistance
+from cxrlab.models.polarity import PolarityCheck
 from cxrlab.preprocess import PreprocessConfig
 
 CLASSES = ["COVID-19", "Pneumonia", "Normal"]
@@ -44,6 +45,50 @@ def test_feature_distance_flags_about_one_percent_in_distribution_and_every_shif
         FeatureDistance.fit(train[:1], val)
 
 
+def test_polarity_check_separates_two_feature_clouds_and_refuses_features_that_do_not():
+    rng = np.random.default_rng(0)
+    normal, val_normal = rng.normal(0, 1, (200, 16)), rng.normal(0, 1, (100, 16))
+    shift = np.r_[np.full(4, 3.0), np.zeros(12)]  # negatives differ in a few features only
+    inverted, val_inverted = normal + shift, val_normal + shift
+    check = PolarityCheck.fit(normal, inverted, val_normal, val_inverted)
+    assert check.val_accuracy >= 0.95
+    assert check.flags(val_inverted).mean() > 0.95 and check.flags(val_normal).mean() < 0.05
+    assert not check.flags(val_inverted + 8).any()  # far from every negative too: not called inverted
+    normal_reference = FeatureDistance.fit(normal, val_normal)
+    assert check.flags(val_inverted, normal_reference).mean() > 0.9
+    between = val_normal + 0.5 * shift  # half-way: the probe calls some inverted that lie nearer the normal ones
+    alone, gated = check.flags(between), check.flags(between, normal_reference)
+    assert (gated <= alone).all() and gated.sum() < alone.sum()
+    assert (check.negatives.score(between[gated]) < normal_reference.score(between[gated])).all()
+    again = PolarityCheck.from_dict(check.to_dict())
+    np.testing.assert_allclose(again.probability(val_normal[:10]), check.probability(val_normal[:10]), rtol=1e-6)
+    with pytest.raises(ConfigError, match="validation accuracy"):  # same distribution: nothing to learn
+        PolarityCheck.fit(normal, rng.normal(0, 1, (200, 16)), val_normal, rng.normal(0, 1, (100, 16)))
+    with pytest.raises(ConfigError, match="unknown format"):
+        PolarityCheck.from_dict({"mean": check.mean})
+
+
+def test_inverted_images_are_the_negatives_in_the_models_input_space(run_dir):
+    from cxrlab.preprocess.dataset import ShardDataset
+    from cxrlab.preprocess.transforms import to_model_input
+    from cxrlab.train.screening_reference import InvertedImages
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    plain = ShardDataset(run_dir / "prepared", CLASSES, mean=mean, std=std)
+    negative = ShardDataset(run_dir / "prepared", CLASSES, mean=mean, std=std, transform=lambda im: 255 - im)
+    inverted = InvertedImages(plain, mean, std, 3)
+    for i in (0, len(plain) - 1):
+        np.testing.assert_allclose(inverted[i][0].numpy(), negative[i][0].numpy(), atol=1e-5)
+        assert inverted[i][1] == plain[i][1]
+    image = np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    with_mask = [(torch.from_numpy(to_model_input(image, (0.5,), (0.25,), 1, mask)), torch.tensor(0))]
+    x = InvertedImages(with_mask, (0.5,), (0.25,), 1)[0][0].numpy()
+    np.testing.assert_allclose(x[0], to_model_input(255 - image, (0.5,), (0.25,), 1)[0], atol=1e-5)
+    np.testing.assert_array_equal(x[1], mask)  # the lung-mask channel is not inverted
+
+
 def test_decide_applies_the_operating_point_and_falls_back_to_the_most_probable_class():
     probs = np.array([0.30, 0.45, 0.25])
     assert decide(probs, CLASSES, None) == "Pneumonia"
@@ -62,6 +107,9 @@ def test_training_stores_the_screening_reference_set_on_validation(run_dir):
     assert np.isfinite(reference["ood"]["threshold"]) and reference["ood"]["threshold"] > 0
     fine = reference["ood_fine"]  # mid-level features of the finer-grid block: a second check
     assert fine["components"].shape[0] == train_images and fine["mean"].shape[0] < 1280 and fine["threshold"] > 0
+    polarity = reference["polarity"]  # a linear probe for negatives, gated by their own distance reference
+    assert polarity["val_accuracy"] >= 0.95 and polarity["coef"].shape == (1280,)
+    assert polarity["negatives"]["components"].shape == (train_images, 1280)
     point = reference["operating_point"]
     assert point["positive"] == "COVID-19" and 0 <= point["threshold"] <= 1 and point["chosen_on"] == "validation"
     assert payload["extra"]["epoch"] >= 0  # the best epoch is still recorded
@@ -71,21 +119,24 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     from skimage import data
 
     test = pd.read_csv(run_dir / "splits.csv").query("split == 'test'")["image"].map(lambda p: str(run_dir / p))
-    photo, blank = tmp_path / "cat.jpg", tmp_path / "blank.png"
+    photo, blank, negative = tmp_path / "cat.jpg", tmp_path / "blank.png", tmp_path / "negative.png"
     cv2.imwrite(str(photo), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(blank), np.full((300, 300), 128, np.uint8))
+    cv2.imwrite(str(negative), 255 - cv2.imread(test.iloc[0], cv2.IMREAD_GRAYSCALE))  # a held-out phantom, inverted
     (tmp_path / "notes.png").write_text("not an image")
-    rows = predict_images(run_dir, [*test, photo, blank, tmp_path / "notes.png", tmp_path / "missing.png"],
+    rows = predict_images(run_dir, [*test, photo, blank, negative, tmp_path / "notes.png", tmp_path / "missing.png"],
                           tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay"]
-    assert len(table) == len(test) + 2
+    assert len(table) == len(test) + 3
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     assert set(table["predicted"]) <= set(CLASSES)
     flagged, scores = table.set_index("image")["ood"], table.set_index("image")["ood_score"]
     assert flagged[str(photo)] and flagged[str(blank)]
     reasons = table.set_index("image")["ood_reason"]
     assert reasons[str(blank)].startswith("blank image") and reasons[str(photo)].startswith("features far")
+    assert flagged[str(negative)] and reasons[str(negative)].startswith("looks inverted")
+    assert not reasons[list(test)].fillna("").str.startswith("looks inverted").any()
     # a cat photo and a blank frame sit further from the training features than any held-out phantom
     assert min(scores[str(photo)], scores[str(blank)]) > scores[list(test)].max()
     assert flagged[list(test)].mean() <= 0.5  # a threshold from 7 validation images is coarse: most still pass

@@ -51,7 +51,7 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
     folder = Path(model_path).parent
     summary, origin = _json(folder / "summary.json"), _json(folder / "origin.json")
     screening = payload.get("extra", {}).get("screening") or {}
-    ood, fine = screening.get("ood"), screening.get("ood_fine")
+    ood, fine, polarity = screening.get("ood"), screening.get("ood_fine"), screening.get("polarity")
     preprocess = payload.get("preprocess", {})
     val = summary.get("val") or {}
     return {
@@ -69,6 +69,9 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
         "out_of_distribution": ({"method": ood.get("method", "mahalanobis"), "threshold": float(ood["threshold"]),
                                  "quantile_of_validation": float(ood["quantile"]),
                                  "mid_level_threshold": float(fine["threshold"]) if fine else None,
+                                 "inverted_image_check": ({"method": "logistic regression on pooled features",
+                                                           "validation_accuracy": float(polarity["val_accuracy"])}
+                                                          if polarity else None),
                                  "blank_rule": "grey-level spread (1st-99th percentile) under 4 of 255"}
                                 if ood else None),
         "intended_use": INTENDED_USE,

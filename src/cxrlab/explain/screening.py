@@ -23,6 +23,7 @@ from cxrlab.explain.model_card import model_card
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay
 from cxrlab.models.checkpoint import load_model
 from cxrlab.models.ood import FeatureDistance
+from cxrlab.models.polarity import PolarityCheck
 from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.segmentation import LungSegmenter
@@ -41,8 +42,9 @@ class Screening:
         ood_score: Mahalanobis distance of the image's features to the training images'
             (``None`` when the model file has no reference).
         ood: ``ood_score`` above the threshold set on validation images: the image does not look like
-            the training data (not a frontal chest X-ray, or from an unseen kind of source), or a
-            blank image (flagged even without a reference).
+            the training data (not a frontal chest X-ray, or from an unseen kind of source); or the
+            model file's polarity check says the image is a negative; or a blank image (flagged even
+            without a reference).
         ood_reason: Why ``ood`` is true, else ``None``.
         heatmap: ``(h, w) float32`` Grad-CAM for ``predicted`` on the original image (downsized to at
             most ``overlay_side``, 1024 px by default), in [0, 1].
@@ -128,6 +130,7 @@ class Screener:
         reference = self.payload.get("extra", {}).get("screening") or {}
         self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
         self.ood_fine = FeatureDistance.from_dict(reference["ood_fine"]) if reference.get("ood_fine") else None
+        self.polarity = PolarityCheck.from_dict(reference["polarity"]) if reference.get("polarity") else None
         self._fine: np.ndarray | None = None
         if self.ood_fine is not None and not compile:  # a compiled prefix runs past module hooks
             self._fine_hook = self.model.cam_layer("fine").register_forward_hook(self._capture_fine)
@@ -185,16 +188,20 @@ class Screener:
             target = self.class_names.index(predicted)
             if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
                 heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
-        score, flagged = (None, None)
+        score, reasons = None, []  # most specific first
+        if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
+            reasons.append("blank image (almost no contrast)")
+        if self.polarity is not None and self.polarity.flags(features, self.ood)[0]:  # distance alone missed negatives
+            reasons.append("looks inverted (lungs bright, bones dark): check the image's grey levels")
         if self.ood is not None:
             scores, flags = self.ood.flags(features)
-            score, flagged = float(scores[0]), bool(flags[0])
-        reason = "features far from the training images'" if flagged else None
+            score = float(scores[0])
+            if flags[0]:
+                reasons.append("features far from the training images'")
         if self.ood_fine is not None and fine is not None and self.ood_fine.flags(fine)[1][0]:
-            flagged = True
-            reason = reason or "mid-level features far from the training images' (e.g. a rotated radiograph)"
-        if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
-            flagged, reason = True, "blank image (almost no contrast)"
+            reasons.append("mid-level features far from the training images' (e.g. a rotated radiograph)")
+        flagged = True if reasons else (False if self.ood is not None else None)
+        reason = reasons[0] if reasons else None
         original = downsize(decoded.pixels, self.overlay_side)
         lungs = mask if self.preprocess.lung_crop else None
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,

@@ -1,15 +1,18 @@
-"""What screening needs from training, stored in the model file: an out-of-distribution reference
-and an operating point, both set on the run's own training and validation images."""
+"""What screening needs from training, stored in the model file: an out-of-distribution reference,
+a check for inverted images and an operating point, all set on the run's own training and
+validation images."""
 
 from __future__ import annotations
 
 import logging
 
 import numpy as np
+import torch
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.models.ood import FeatureDistance, pooled_features_at
+from cxrlab.models.polarity import PolarityCheck
 from cxrlab.train.operating_point import choose_operating_point
 
 log = logging.getLogger(__name__)
@@ -19,10 +22,43 @@ POSITIVE_CLASS = "COVID-19"  # the class screening thresholds, as in the papers
 OOD_LEVELS = ("last", "fine")
 
 
+class InvertedImages(torch.utils.data.Dataset):
+    """A dataset's images as negatives (``255 - v``), in the normalised space the model reads: with
+    ``x = (v / 255 - mean) / std`` the negative is ``(1 - 2 mean) / std - x``. A lung-mask channel
+    after the image channels is left as it is."""
+
+    def __init__(self, dataset, mean, std, channels: int) -> None:
+        self.dataset, self.channels = dataset, channels
+        mean, std = (torch.as_tensor(v, dtype=torch.float32).expand(channels) for v in (mean, std))
+        self.offset = ((1 - 2 * mean) / std).view(channels, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        x = x.clone()
+        x[:self.channels] = self.offset - x[:self.channels]
+        return x, y
+
+
+def _polarity_check(model: CxrClassifier, train_set, val_set, train: np.ndarray, val: np.ndarray,
+                    batch_size: int) -> dict | None:
+    spec = model.spec
+    inverted = [pooled_features_at(model, InvertedImages(ds, spec.mean, spec.std, spec.in_chans), ("last",),
+                                   batch_size)["last"] for ds in (train_set, val_set)]
+    try:
+        return PolarityCheck.fit(train, inverted[0], val, inverted[1]).to_dict()
+    except ConfigError as err:
+        log.warning("no check for inverted images in the model file: %s", err)
+        return None
+
+
 def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: np.ndarray, val_probs: np.ndarray,
                         batch_size: int = 32) -> dict:
     """``{"ood": FeatureDistance.to_dict() of the last block's pooled features, "ood_fine": the same for
-    the finer-grid block's, "operating_point": {...} or None}``.
+    the finer-grid block's, "polarity": PolarityCheck.to_dict() on the last block's pooled features,
+    "operating_point": {...} or None}``; a part that cannot be set is ``None``, with a warning.
 
     The operating point is the Youden threshold on validation P(COVID-19) when the classes include
     COVID-19 and the validation side has both COVID-19 and other images; otherwise screening
@@ -33,7 +69,7 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
         val_set: The validation images.
         val_targets: ``(M,)`` their class indices; ``val_probs``: ``(M, C)`` the model's probabilities.
     """
-    reference: dict = {"ood": None, "ood_fine": None, "operating_point": None}
+    reference: dict = {"ood": None, "ood_fine": None, "polarity": None, "operating_point": None}
     train = pooled_features_at(model, train_set, OOD_LEVELS, batch_size)
     val = pooled_features_at(model, val_set, OOD_LEVELS, batch_size)
     for level in OOD_LEVELS:
@@ -41,6 +77,7 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
             reference["ood" if level == "last" else f"ood_{level}"] = FeatureDistance.fit(train[level], val[level]).to_dict()
         except ConfigError as err:
             log.warning("no out-of-distribution reference (%s features) in the model file: %s", level, err)
+    reference["polarity"] = _polarity_check(model, train_set, val_set, train["last"], val["last"], batch_size)
     if POSITIVE_CLASS in model.class_names:
         column = list(model.class_names).index(POSITIVE_CLASS)
         try:
