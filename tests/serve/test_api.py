@@ -54,6 +54,7 @@ def test_health_model_card_and_openapi(client):
     assert "research use only" in card["intended_use"].lower() and "not for clinical diagnosis" in card["notice"]
     assert card["test"].startswith("not measured")  # a plain run has no held-out figures: it says so
     assert card["operating_point"]["chosen_on"] == "validation" and card["out_of_distribution"]["threshold"] > 0
+    assert card["out_of_distribution"]["inverted_image_check"]["validation_accuracy"] >= 0.95
     assert set(card["training_data"]["images"]) == {"train", "val", "test"}
     assert "/predict" in client.get("/openapi.json").json()["paths"]
     assert "Drop a chest X-ray" in client.get("/").text
