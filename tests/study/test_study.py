@@ -86,10 +86,15 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     # the prefix store holds one entry per k, shared by both folds
     assert len(list((tmp_path / "shared" / "prefix-store").glob("*.npy"))) == 2
     # best-model is a self-contained run folder that evaluate can load
-    model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
+    model, _, payload = load_model(tmp_path / "best-model" / "model.pt")
     assert model.class_names == ("COVID-19", "Pneumonia", "Normal")
     origin = json.loads((tmp_path / "best-model" / "origin.json").read_text())
     assert origin["cell"] == first.best
+    # only the exported run pays for the screening reference
+    assert payload["extra"]["screening"]["ood"]["threshold"] > 0
+    exported_from = Path(origin["run"])
+    others = [p for p in (tmp_path / "runs").glob("*/fold*/model.pt") if p.parent != exported_from]
+    assert others and not any(load_model(p)[2]["extra"].get("screening") for p in others)
     best_split = pd.read_csv(tmp_path / "best-model" / "splits.csv")
     assert all((tmp_path / "best-model" / p).resolve().exists() for p in best_split["image"].head(3))
     report = (tmp_path / "report.md").read_text()

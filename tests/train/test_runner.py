@@ -81,3 +81,28 @@ def test_bad_input_fails_before_training(tmp_path, phantoms):
     frame.to_csv(tmp_path / "moved.csv", index=False)  # relative paths now point nowhere
     with pytest.raises(ConfigError, match="no usable images: all .* skipped .*file not found"):
         train(build_config({"splits": str(tmp_path / "moved.csv"), "out": str(tmp_path / "m")}))
+
+
+def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_path, phantoms, run_dir):
+    import torch
+
+    from cxrlab.train import add_screening_reference
+
+    # the run_dir fixture's settings and seed, trained without the reference (as a study's runs are)
+    values = {"data": str(phantoms), "out": str(tmp_path / "r"), "size": 96, "epochs": 2, "batch_size": 8,
+              "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = train(build_config(values), screening=False).out
+    assert "screening" not in torch.load(out / "model.pt", weights_only=False)["extra"]
+    (out / "config.yaml").rename(out / "moved.yaml")
+    with pytest.raises(ConfigError, match="config.yaml"):
+        add_screening_reference(out)  # nothing to rebuild it from: a clear error naming the file
+    (out / "moved.yaml").rename(out / "config.yaml")
+    assert add_screening_reference(out) and not add_screening_reference(out)  # added once, then kept
+    added = torch.load(out / "model.pt", weights_only=False)["extra"]
+    written = torch.load(run_dir / "model.pt", weights_only=False)["extra"]
+    assert added["epoch"] == written["epoch"]
+    for key in ("ood", "ood_fine"):
+        assert added["screening"][key]["threshold"] == pytest.approx(written["screening"][key]["threshold"], rel=1e-4)
+    assert added["screening"]["polarity"]["val_accuracy"] == written["screening"]["polarity"]["val_accuracy"]
+    point, expected = added["screening"]["operating_point"], written["screening"]["operating_point"]
+    assert point["threshold"] == pytest.approx(expected["threshold"], abs=1e-5)

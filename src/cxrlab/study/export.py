@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
+from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.manifest import read_table, resolve_paths, write_table
+from cxrlab.train import add_screening_reference
+
+log = logging.getLogger(__name__)
 
 FILES = ("model.pt", "config.yaml", "summary.json", "metrics.csv", "splits.json", "curves.png")
 
 
 def export_run(source: Path, target: Path, origin: dict) -> Path:
     """Copy a run folder's model and records to ``target`` (replaced atomically), with the split's
-    image paths rewritten for the new folder and ``origin.json`` naming where it came from."""
+    image paths rewritten for the new folder and ``origin.json`` naming where it came from.
+
+    Runs of a study or search are trained without the screening reference; the exported one gets
+    it here, from its own training and validation images (a model without it still predicts,
+    without the out-of-distribution checks, and a warning says why)."""
+    try:
+        add_screening_reference(source)
+    except (CxrlabError, OSError) as err:
+        log.warning("%s: exported without a screening reference: %s", source, err)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

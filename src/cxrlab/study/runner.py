@@ -277,7 +277,7 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
     try:
         train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags)
         write_splits(split, {"study": config.name, "cell": cell.id, "part": part}, run_dir)
-        result = train(train_config)
+        result = train(train_config, screening=False)  # the exported run gets its reference then
         return result.summary, None
     except Exception as err:  # noqa: BLE001 -- one bad cell (setting, NaN, bug, memory) must not stop the study
         message = f"{type(err).__name__}: {err}"

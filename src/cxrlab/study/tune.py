@@ -187,7 +187,8 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
         try:
             train_config = run_config(as_study, Cell(f"trial-{trial.number}", params, params), run_dir, out / "shared", tags)
             write_splits(frame, {"tune": config.name, "trial": trial.number}, run_dir)
-            summary = train(train_config, callbacks=[PruneOnPlateau(trial, MONITORED[config.metric])]).summary
+            summary = train(train_config, callbacks=[PruneOnPlateau(trial, MONITORED[config.metric])],
+                            screening=False).summary  # the exported trial gets its reference then
         except optuna.TrialPruned:
             raise
         except Exception as err:

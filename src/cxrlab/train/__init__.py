@@ -6,10 +6,10 @@ from cxrlab.train.config import AugmentConfig, HeadConfig, PhaseConfig, TrainCon
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.prefix_cache import ActivationDataset, can_cache, compute_prefix
-from cxrlab.train.runner import TrainResult, train
+from cxrlab.train.runner import TrainResult, add_screening_reference, train
 
 __all__ = [
-    "ActivationDataset", "AugmentConfig", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
+    "ActivationDataset", "AugmentConfig", "add_screening_reference", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
     "TrainConfig", "TrainResult", "build_config", "can_cache", "classification_summary", "compute_prefix",
     "load_config", "train",
 ]

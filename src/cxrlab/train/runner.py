@@ -26,11 +26,11 @@ from cxrlab.core.runtime import tune_allocator
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
-from cxrlab.models.checkpoint import save_model
+from cxrlab.models.checkpoint import load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
 from cxrlab.train.callbacks import BestModelKeeper, MetricsCsv
-from cxrlab.train.config import TrainConfig
+from cxrlab.train.config import TrainConfig, load_config
 from cxrlab.train.data import TrainData, class_weights, datasets, load_train_data, loader
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
@@ -83,11 +83,13 @@ def _predict(model: CxrClassifier, dataset, batch_size: int) -> tuple[np.ndarray
     return torch.cat(targets).numpy(), torch.cat(probs).numpy()
 
 
-def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = (), screening: bool = True) -> TrainResult:
     """Train, keep the best model by validation loss, and write the run directory.
 
     ``callbacks`` join Lightning's for every phase (e.g. a tuner's pruning callback; an exception
-    one raises ends the run without a ``summary.json``).
+    one raises ends the run without a ``summary.json``). ``screening=False`` leaves the screening
+    reference out of ``model.pt`` (a study's runs: only the exported one needs it, and
+    :func:`add_screening_reference` adds it then).
 
     Raises:
         ConfigError / WeightsUnavailableError / LeakageError: before any training starts.
@@ -112,7 +114,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
                                   weights=config.weights, allow_download=config.allow_download,
                                   class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention)
-        summary = _fit(model, data, config, out, callbacks)
+        summary = _fit(model, data, config, out, callbacks, screening)
     summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot_curves(out / "metrics.csv", out / "curves.png")
@@ -122,7 +124,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
 
 
 def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
-         callbacks: Sequence[L.Callback] = ()) -> dict:
+         callbacks: Sequence[L.Callback] = (), screening: bool = True) -> dict:
     spec = model.spec
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -176,7 +178,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     if keeper.best_state is not None:
         targets, probs = _predict(model, val_ds, config.batch_size)
         val = classification_summary(targets, probs, model.class_names)
-        if status == "ok":  # the model file gains what screening needs: OOD reference, operating point
+        if status == "ok" and screening:  # the model file gains what screening needs
             plain_train = datasets(data, config, spec, augment=False)[0]
             reference = screening_reference(model, plain_train, val_ds, targets, probs, config.batch_size)
             save_model(model, keeper.path, keeper.preprocess,
@@ -195,3 +197,29 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},
     }
+
+
+def add_screening_reference(run: str | Path) -> bool:
+    """Add the screening reference (out-of-distribution and inverted-image checks, operating point)
+    to a finished run's ``model.pt`` that was trained with ``screening=False``, from the run's own
+    config, split and prepared images.
+
+    Returns:
+        True when it was added, False when the file already had one.
+
+    Raises:
+        ConfigError / ManifestError: the run's config, split or prepared images cannot be read.
+    """
+    run = Path(run)
+    model, preprocess, payload = load_model(run / "model.pt")
+    extra = payload.get("extra") or {}
+    if extra.get("screening"):
+        return False
+    config = load_config(run / "config.yaml", {"splits": str(run / "splits.csv"), "out": str(run)})
+    spec = model.spec
+    data = load_train_data(config, spec, run)
+    train_ds, val_ds = datasets(data, config, spec, augment=False)
+    targets, probs = _predict(model, val_ds, config.batch_size)
+    reference = screening_reference(model, train_ds, val_ds, targets, probs, config.batch_size)
+    save_model(model, run / "model.pt", preprocess, {**extra, "screening": reference})
+    return True
