@@ -124,3 +124,24 @@ def test_the_bootstraps_lean_statistics_equal_the_full_tables():
         lean = accuracy_and_macro_auc(y, probs)
         assert lean["accuracy"] == pytest.approx(full["accuracy"])
         assert lean["auc_macro"] == pytest.approx(full["macro"]["roc_auc"])
+
+
+def test_the_interval_statistics_equal_the_full_table_with_ties_and_missing_classes():
+    from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
+
+    rng = np.random.default_rng(5)
+    for n, classes in ((60, 3), (9, 3), (15, 2), (30, 3)):
+        y = rng.integers(0, classes, n)
+        if n == 30:
+            y[y == 2] = 1  # one class absent: its sensitivity and AUCs are undefined
+        probs = rng.dirichlet(np.ones(classes), n).round(1)  # rounding makes tied scores
+        names = [f"c{i}" for i in range(classes)]
+        full, lean = compute_metrics(y, probs, names), interval_metrics(y, probs, names)
+        assert lean["accuracy"] == pytest.approx(full["accuracy"])
+        assert lean["macro_roc_auc"] == pytest.approx(full["macro"]["roc_auc"])
+        for name in names:
+            for key in ("sensitivity", "specificity", "roc_auc", "pr_auc"):
+                expected = full["per_class"][name][key]
+                got = lean["per_class"][name][key]
+                assert (got is None) == (expected is None) and (got is None or got == pytest.approx(expected)), (n, name, key)
+

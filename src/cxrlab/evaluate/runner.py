@@ -14,7 +14,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
-from cxrlab.evaluate.metrics import binary_view, compute_metrics
+from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
 from cxrlab.train.operating_point import choose_operating_point
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
 from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
@@ -43,8 +43,8 @@ def _frames(run: Path, data: Path | None, splits: Path | None, scheme: str) -> t
 def _confidence_intervals(p: Predictions, n_boot: int, seed: int, positive: str) -> dict:
     """All CIs of the report from one set of patient-level bootstrap replicates."""
     def statistics(rows: np.ndarray) -> dict[str, float | None]:
-        m = compute_metrics(p.y_true[rows], p.probs[rows], p.class_names)
-        values = {"accuracy": m["accuracy"], "macro_roc_auc": m["macro"]["roc_auc"]}
+        m = interval_metrics(p.y_true[rows], p.probs[rows], p.class_names)
+        values = {"accuracy": m["accuracy"], "macro_roc_auc": m["macro_roc_auc"]}
         for name in p.class_names:
             values.update({f"{name}|{k}": m["per_class"][name][k] for k in CI_KEYS})
         return values
