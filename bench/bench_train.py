@@ -55,9 +55,12 @@ def _median_rate(fn, images_per_call: int, calls: int, rounds: int = 3) -> float
     return statistics.median(rates)
 
 
-def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, steps: int = 4, batch: int = 32) -> float:
-    """Training images/s (forward, backward, Adam step) at fine-tuning degree k."""
+def train_speed(name: str, k, cached: bool, channels_last: bool, bf16: bool, steps: int = 4, batch: int = 32,
+                frozen_bn: bool = False) -> float:
+    """Training images/s (forward, backward, Adam step) at fine-tuning degree k (``frozen_bn``: every
+    BatchNorm layer in inference mode, ``batchnorm: frozen``)."""
     model = _model(name, k, channels_last)
+    model.set_freeze_batchnorm(frozen_bn)
     model.train()
     x, y = _batch(batch, channels_last), torch.randint(0, 3, (batch,))
     start_block = model.frozen_blocks if cached else 0
@@ -206,6 +209,7 @@ MEASUREMENTS = {
     # name: (function, kwargs, allocator)
     "train_full_baseline": (train_speed, {"name": "efficientnet_lite0", "k": "all", "cached": False, "channels_last": False, "bf16": False}, "default"),
     "train_full_fast": (train_speed, {"name": "efficientnet_lite0", "k": "all", "cached": False, "channels_last": True, "bf16": False}, "tuned"),
+    "train_full_frozen_bn": (train_speed, {"name": "efficientnet_lite0", "k": "all", "cached": False, "channels_last": True, "bf16": False, "frozen_bn": True}, "tuned"),
     "train_k2_baseline": (train_speed, {"name": "efficientnet_lite0", "k": 2, "cached": False, "channels_last": False, "bf16": False}, "default"),
     "train_k2_cached": (train_speed, {"name": "efficientnet_lite0", "k": 2, "cached": True, "channels_last": True, "bf16": False}, "tuned"),
     "train_k0_baseline": (train_speed, {"name": "efficientnet_lite0", "k": 0, "cached": False, "channels_last": False, "bf16": False}, "default"),

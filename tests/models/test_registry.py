@@ -67,6 +67,14 @@ def test_forward_backward_frozen_bn_and_cam_layer(model):
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, frozen_bn[:3]))  # stats untouched
     assert isinstance(model.cam_layer(), nn.Module)
     model.zero_grad(set_to_none=True)
+    every_bn = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.set_freeze_batchnorm(True)  # Keras-style: inference-mode BatchNorm in the trainable blocks too
+    assert not any(m.training for m in every_bn) and model.head.training
+    trainable = model.count_parameters(trainable_only=True)
+    model.set_freeze_batchnorm(False)
+    assert model.count_parameters(trainable_only=True) == trainable  # scale and shift still learn
+    assert all(m.training for g in model._groups[-1:] for mod in g for m in mod.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 def test_sequential_blocks_equal_timm_forward_features(model):

@@ -106,3 +106,22 @@ def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_pat
     assert added["screening"]["polarity"]["val_accuracy"] == written["screening"]["polarity"]["val_accuracy"]
     point, expected = added["screening"]["operating_point"], written["screening"]["operating_point"]
     assert point["threshold"] == pytest.approx(expected["threshold"], abs=1e-5)
+
+
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_still_learns_scale_and_shift(tmp_path, phantoms):
+    import torch
+
+    from cxrlab.models import create_classifier, load_model
+
+    # 64 px: at 32 px the pretrained network's eval-mode features are all but zero (a 1x1 map), so nothing learns
+    out = train(_config(tmp_path, phantoms, "bn", fine_tune="all", batchnorm="frozen", epochs=1, size=64)).out
+    trained, _, _ = load_model(out / "model.pt")
+    fresh = create_classifier("efficientnet_lite0", 3, pretrained="imagenet", seed=0)
+    pairs = [(a, b) for a, b in zip(trained.backbone.modules(), fresh.backbone.modules())
+             if isinstance(a, torch.nn.BatchNorm2d)]
+    assert pairs and all(torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+                         for a, b in pairs)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in pairs)  # the affine parameters trained
+    with pytest.raises(ConfigError, match="batchnorm"):
+        _config(tmp_path, phantoms, "typo", batchnorm="fixed")
+

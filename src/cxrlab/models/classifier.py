@@ -63,6 +63,7 @@ class CxrClassifier(nn.Module):
         modules = dict(backbone.named_modules())
         self._groups = [[modules[n] for n in names] for names in self.group_names]  # not re-registered
         self.head = ClassifierHead(backbone.num_features, num_classes, head)
+        self.freeze_batchnorm = False
         self.fine_tune = self.num_blocks
         self.set_fine_tune("all")
 
@@ -95,12 +96,22 @@ class CxrClassifier(nn.Module):
         """Number of leading frozen blocks."""
         return self.num_blocks - self.fine_tune
 
+    def set_freeze_batchnorm(self, frozen: bool) -> CxrClassifier:
+        """Keep every BatchNorm layer of the backbone in inference mode while training (running
+        statistics stay the pretrained ones; the affine parameters of trainable blocks still learn)."""
+        self.freeze_batchnorm = frozen
+        return self.train(self.training)
+
     def train(self, mode: bool = True) -> CxrClassifier:
         super().train(mode)
         if mode:
             for group in self._groups[: self.frozen_blocks]:
                 for module in group:
                     module.eval()
+            if self.freeze_batchnorm:
+                for module in self.backbone.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         return self
 
     def forward_blocks(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:

@@ -61,6 +61,9 @@ class TrainConfig(_Strict):
     weights: str | None = None
     allow_download: bool = False
     fine_tune: FineTuneValue = 2
+    batchnorm: Literal["train", "frozen"] = Field(
+        "train", description="frozen: every BatchNorm layer keeps its pretrained statistics, also in the trainable "
+                             "blocks (its scale and shift still learn), as Keras' transfer-learning guide advises")
     head: str | HeadConfig = "gap-128-64"
 
     size: int | None = Field(None, ge=32, le=1024, description="input side; default: the backbone's native size")

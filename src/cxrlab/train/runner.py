@@ -114,6 +114,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
                                   weights=config.weights, allow_download=config.allow_download,
                                   class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention)
+        model.set_freeze_batchnorm(config.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
     summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
