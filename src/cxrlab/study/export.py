@@ -7,7 +7,6 @@ import logging
 import shutil
 from pathlib import Path
 
-from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.manifest import read_table, resolve_paths, write_table
 from cxrlab.train import add_screening_reference
@@ -26,8 +25,8 @@ def export_run(source: Path, target: Path, origin: dict) -> Path:
     without the out-of-distribution checks, and a warning says why)."""
     try:
         add_screening_reference(source)
-    except (CxrlabError, OSError) as err:
-        log.warning("%s: exported without a screening reference: %s", source, err)
+    except Exception as err:  # noqa: BLE001 -- a finished study must still export its model
+        log.warning("%s: exported without a screening reference: %s: %s", source, type(err).__name__, err)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

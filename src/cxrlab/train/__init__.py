@@ -9,7 +9,7 @@ from cxrlab.train.prefix_cache import ActivationDataset, can_cache, compute_pref
 from cxrlab.train.runner import TrainResult, add_screening_reference, train
 
 __all__ = [
-    "ActivationDataset", "AugmentConfig", "add_screening_reference", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
-    "TrainConfig", "TrainResult", "build_config", "can_cache", "classification_summary", "compute_prefix",
-    "load_config", "train",
+    "ActivationDataset", "AugmentConfig", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
+    "TrainConfig", "TrainResult", "add_screening_reference", "build_config", "can_cache", "classification_summary",
+    "compute_prefix", "load_config", "train",
 ]
