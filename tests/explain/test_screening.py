@@ -119,23 +119,26 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     from skimage import data
 
     test = pd.read_csv(run_dir / "splits.csv").query("split == 'test'")["image"].map(lambda p: str(run_dir / p))
-    photo, blank, negative = tmp_path / "cat.jpg", tmp_path / "blank.png", tmp_path / "negative.png"
+    photo, blank = tmp_path / "cat.jpg", tmp_path / "blank.png"
+    negatives = [tmp_path / f"negative{i}.png" for i in range(4)]  # held-out phantoms, inverted
     cv2.imwrite(str(photo), cv2.cvtColor(data.chelsea(), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(blank), np.full((300, 300), 128, np.uint8))
-    cv2.imwrite(str(negative), 255 - cv2.imread(test.iloc[0], cv2.IMREAD_GRAYSCALE))  # a held-out phantom, inverted
+    for path, image in zip(negatives, test):
+        cv2.imwrite(str(path), 255 - cv2.imread(image, cv2.IMREAD_GRAYSCALE))
     (tmp_path / "notes.png").write_text("not an image")
-    rows = predict_images(run_dir, [*test, photo, blank, negative, tmp_path / "notes.png", tmp_path / "missing.png"],
-                          tmp_path / "out")
+    rows = predict_images(run_dir, [*test, photo, blank, *negatives, tmp_path / "notes.png",
+                                    tmp_path / "missing.png"], tmp_path / "out")
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
     assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay"]
-    assert len(table) == len(test) + 3
+    assert len(table) == len(test) + 6
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     assert set(table["predicted"]) <= set(CLASSES)
     flagged, scores = table.set_index("image")["ood"], table.set_index("image")["ood_score"]
     assert flagged[str(photo)] and flagged[str(blank)]
     reasons = table.set_index("image")["ood_reason"]
     assert reasons[str(blank)].startswith("blank image") and reasons[str(photo)].startswith("features far")
-    assert flagged[str(negative)] and reasons[str(negative)].startswith("looks inverted")
+    negative = [str(p) for p in negatives]  # all flagged; most by the inverted check, the rest as far
+    assert flagged[negative].all() and reasons[negative].str.startswith("looks inverted").sum() >= 2
     assert not reasons[list(test)].fillna("").str.startswith("looks inverted").any()
     # a cat photo and a blank frame sit further from the training features than any held-out phantom
     assert min(scores[str(photo)], scores[str(blank)]) > scores[list(test)].max()
