@@ -44,8 +44,9 @@ def _batch(n: int, channels_last: bool) -> torch.Tensor:
 
 
 def _median_rate(fn, images_per_call: int, calls: int, rounds: int = 3) -> float:
-    """Median images/s over ``rounds`` timed windows of ``calls`` calls each: one window on a
-    shared 2-core machine varied by up to 20% between runs, the median of three by far less."""
+    """Median images/s over ``rounds`` timed windows of ``calls`` calls each: a window disturbed by
+    other work on this shared 2-core machine does not decide the figure (the machine's drift
+    between runs, up to 20% here, remains: the README shows repeated runs)."""
     rates = []
     for _ in range(rounds):
         start = time.perf_counter()
