@@ -55,9 +55,9 @@ def test_polarity_check_separates_two_feature_clouds_and_refuses_features_that_d
     assert check.flags(val_inverted).mean() > 0.95 and check.flags(val_normal).mean() < 0.05
     assert not check.flags(val_inverted + 8).any()  # far from every negative too: not called inverted
     normal_reference = FeatureDistance.fit(normal, val_normal)
-    assert check.flags(val_inverted, normal_reference).mean() > 0.9
+    assert check.flags(val_inverted, normal_reference.score(val_inverted)).mean() > 0.9
     between = val_normal + 0.5 * shift  # half-way: the probe calls some inverted that lie nearer the normal ones
-    alone, gated = check.flags(between), check.flags(between, normal_reference)
+    alone, gated = check.flags(between), check.flags(between, normal_reference.score(between))
     assert (gated <= alone).all() and gated.sum() < alone.sum()
     assert (check.negatives.score(between[gated]) < normal_reference.score(between[gated])).all()
     again = PolarityCheck.from_dict(check.to_dict())

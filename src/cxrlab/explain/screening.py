@@ -188,20 +188,19 @@ class Screener:
             target = self.class_names.index(predicted)
             if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
                 heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
-        score, reasons = None, []  # most specific first
+        scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
+        reasons = []  # most specific first
         if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
             reasons.append("blank image (almost no contrast)")
-        if self.polarity is not None and self.polarity.flags(features, self.ood)[0]:  # distance alone missed negatives
+        if self.polarity is not None and self.polarity.flags(features, scores)[0]:  # distance alone missed negatives
             reasons.append("looks inverted (lungs bright, bones dark): check the image's grey levels")
-        if self.ood is not None:
-            scores, flags = self.ood.flags(features)
-            score = float(scores[0])
-            if flags[0]:
-                reasons.append("features far from the training images'")
+        if far is not None and far[0]:
+            reasons.append("features far from the training images'")
         if self.ood_fine is not None and fine is not None and self.ood_fine.flags(fine)[1][0]:
             reasons.append("mid-level features far from the training images' (e.g. a rotated radiograph)")
         flagged = True if reasons else (False if self.ood is not None else None)
         reason = reasons[0] if reasons else None
+        score = float(scores[0]) if scores is not None else None
         original = downsize(decoded.pixels, self.overlay_side)
         lungs = mask if self.preprocess.lung_crop else None
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,

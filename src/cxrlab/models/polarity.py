@@ -80,14 +80,14 @@ class PolarityCheck:
         z = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.coef.astype(np.float64) + self.intercept
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
-    def flags(self, features: np.ndarray, normal: FeatureDistance | None = None) -> np.ndarray:
+    def flags(self, features: np.ndarray, normal_scores: np.ndarray | None = None) -> np.ndarray:
         """``(N,)`` True where an image looks inverted: probability above one half, within the inverted
-        training images' distance threshold and, given the ``normal`` (training images') reference,
-        nearer to the inverted images than to those. With a few dozen training images the probe alone
-        called 1 of 7 held-out phantoms inverted; the nearer-to rule rejected it."""
+        training images' distance threshold and, given ``normal_scores`` (the distances to the training
+        images' reference), nearer to the inverted images than to those. With a few dozen training
+        images the probe alone called 1 of 7 held-out phantoms inverted; the nearer-to rule rejected it."""
         scores, far = self.negatives.flags(features)
         inverted = (self.probability(features) > 0.5) & ~far
-        return inverted & (scores < normal.score(features)) if normal is not None else inverted
+        return inverted & (scores < normal_scores) if normal_scores is not None else inverted
 
     def to_dict(self) -> dict:
         """Form stored in a model file."""
