@@ -83,14 +83,15 @@ def test_bad_input_fails_before_training(tmp_path, phantoms):
         train(build_config({"splits": str(tmp_path / "moved.csv"), "out": str(tmp_path / "m")}))
 
 
-def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_path, phantoms, run_dir):
+def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_path, run_dir):
     import torch
 
     from cxrlab.train import add_screening_reference
+    from cxrlab.train.config import read_yaml_mapping
 
-    # the run_dir fixture's settings and seed, trained without the reference (as a study's runs are)
-    values = {"data": str(phantoms), "out": str(tmp_path / "r"), "size": 96, "epochs": 2, "batch_size": 8,
-              "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    # the run_dir fixture's own resolved config and seed, trained without the reference (as a study's runs are)
+    values = {**read_yaml_mapping(run_dir / "config.yaml"), "out": str(tmp_path / "r"),
+              "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     out = train(build_config(values), screening=False).out
     assert "screening" not in torch.load(out / "model.pt", weights_only=False)["extra"]
     (out / "config.yaml").rename(out / "moved.yaml")
