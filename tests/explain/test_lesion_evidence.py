@@ -120,5 +120,9 @@ def test_on_phantoms_the_fine_grained_map_points_at_the_planted_opacity(tmp_path
     for column in ("image", "lesion"):
         held_out[column] = [str((result.out / p).resolve()) for p in held_out[column]]
     table = lesion_evidence(model, preprocess, held_out.assign(predicted=held_out["label"]), "layercam", "fine")
+    # Trained quality differs between processors' kernels; the bars sit well below what was measured.
+    # Hit rate on these 30 held-out images: 0.80 with AMX kernels, 0.73 with ONEDNN_MAX_CPU_ISA=AVX2
+    # (6 images above the bar; a peak landing by chance on the opacity is ~5% of images). Validation
+    # accuracy: 1.0 on both.
     assert len(table) >= 20 and result.summary["val"]["accuracy"] >= 0.8
     assert table["hit"].mean() > 0.5

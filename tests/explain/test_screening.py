@@ -60,12 +60,26 @@ def test_polarity_check_separates_two_feature_clouds_and_refuses_features_that_d
     alone, gated = check.flags(between), check.flags(between, normal_reference.score(between))
     assert (gated <= alone).all() and gated.sum() < alone.sum()
     assert (check.negatives.score(between[gated]) < normal_reference.score(between[gated])).all()
+    assert check.val_margin > 0  # every validation sample on its side
     again = PolarityCheck.from_dict(check.to_dict())
     np.testing.assert_allclose(again.probability(val_normal[:10]), check.probability(val_normal[:10]), rtol=1e-6)
     with pytest.raises(ConfigError, match="validation accuracy"):  # same distribution: nothing to learn
         PolarityCheck.fit(normal, rng.normal(0, 1, (200, 16)), val_normal, rng.normal(0, 1, (100, 16)))
     with pytest.raises(ConfigError, match="unknown format"):
-        PolarityCheck.from_dict({"mean": check.mean})
+        PolarityCheck.from_dict({"coef": check.coef})
+
+
+def test_polarity_check_reads_the_standardised_logistic_probe_of_older_model_files():
+    rng = np.random.default_rng(1)
+    mean, scale, coef = rng.normal(size=6), rng.uniform(0.5, 2, 6), rng.normal(size=6)
+    negatives = FeatureDistance.fit(rng.normal(size=(20, 6)), rng.normal(size=(5, 6)))
+    old = {"method": "logistic", "mean": torch.from_numpy(mean), "scale": torch.from_numpy(scale),
+           "coef": torch.from_numpy(coef), "intercept": 0.3, "negatives": negatives.to_dict(), "val_accuracy": 0.97}
+    check = PolarityCheck.from_dict(old)
+    x = rng.normal(size=(10, 6))
+    expected = 1 / (1 + np.exp(-(((x - mean) / scale) @ coef + 0.3)))
+    np.testing.assert_allclose(check.probability(x), expected, rtol=1e-5)
+    assert check.val_accuracy == 0.97 and np.isnan(check.val_margin)
 
 
 def test_inverted_images_are_the_negatives_in_the_models_input_space(run_dir):
@@ -108,7 +122,10 @@ def test_training_stores_the_screening_reference_set_on_validation(run_dir):
     fine = reference["ood_fine"]  # mid-level features of the finer-grid block: a second check
     assert fine["components"].shape[0] == train_images and fine["mean"].shape[0] < 1280 and fine["threshold"] > 0
     polarity = reference["polarity"]  # a linear probe for negatives, gated by their own distance reference
-    assert polarity["val_accuracy"] >= 0.95 and polarity["coef"].shape == (1280,)
+    # The probe clears its 0.95 gate on this fixture with its smallest validation margin 9.8 SDs of its
+    # training scores, with AMX kernels and with ONEDNN_MAX_CPU_ISA=AVX2 alike (the standardised
+    # logistic probe it replaced missed 1 of 14 on one of them): rounding cannot flip a sample.
+    assert polarity["val_accuracy"] >= 0.95 and polarity["val_margin"] > 2 and polarity["coef"].shape == (1280,)
     assert polarity["negatives"]["components"].shape == (train_images, 1280)
     point = reference["operating_point"]
     assert point["positive"] == "COVID-19" and 0 <= point["threshold"] <= 1 and point["chosen_on"] == "validation"
@@ -137,12 +154,16 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     assert flagged[str(photo)] and flagged[str(blank)]
     reasons = table.set_index("image")["ood_reason"]
     assert reasons[str(blank)].startswith("blank image") and reasons[str(photo)].startswith("features far")
-    negative = [str(p) for p in negatives]  # all flagged; most by the inverted check, the rest as far
+    # all flagged; most by the inverted check, the rest as far (3 of 4 by the check on both ISAs: each
+    # of the 3 lies 3+ units inside the negatives' distance threshold of 46; kernels move it by 0.05)
+    negative = [str(p) for p in negatives]
     assert flagged[negative].all() and reasons[negative].str.startswith("looks inverted").sum() >= 2
     assert not reasons[list(test)].fillna("").str.startswith("looks inverted").any()
     # a cat photo and a blank frame sit further from the training features than any held-out phantom
     assert min(scores[str(photo)], scores[str(blank)]) > scores[list(test)].max()
-    assert flagged[list(test)].mean() <= 0.5  # a threshold from 7 validation images is coarse: most still pass
+    # a threshold from 7 validation images is coarse: most still pass (3 of 7 flagged on both ISAs, the
+    # unflagged ones 9 units under the threshold of 44, which moves by 0.01 between kernels)
+    assert flagged[list(test)].mean() <= 0.5
     overlay = cv2.imread(table.set_index("image").at[str(photo), "overlay"])
     assert overlay.shape[:2] == data.chelsea().shape[:2]  # on the original image's geometry
     errors = {r["image"]: r["error"] for r in rows if "error" in r}

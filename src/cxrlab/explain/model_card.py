@@ -69,11 +69,19 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
         "out_of_distribution": ({"method": ood.get("method", "mahalanobis"), "threshold": float(ood["threshold"]),
                                  "quantile_of_validation": float(ood["quantile"]),
                                  "mid_level_threshold": float(fine["threshold"]) if fine else None,
-                                 "inverted_image_check": ({"method": "logistic regression on pooled features",
-                                                           "validation_accuracy": float(polarity["val_accuracy"])}
-                                                          if polarity else None),
+                                 "inverted_image_check": _polarity_card(polarity),
                                  "blank_rule": "grey-level spread (1st-99th percentile) under 4 of 255"}
                                 if ood else None),
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
     }
+
+
+def _polarity_card(polarity: dict | None) -> dict | None:
+    if not polarity:
+        return None
+    method = {"shrinkage-lda": "shrinkage LDA on pooled features"}.get(
+        polarity.get("method", ""), "logistic regression on pooled features")
+    margin = float(polarity.get("val_margin", float("nan")))
+    return {"method": method, "validation_accuracy": float(polarity["val_accuracy"]),
+            "validation_margin_sd": None if margin != margin else round(margin, 2)}
