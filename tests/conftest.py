@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -55,6 +57,55 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
     idat = zlib.compress(b"\0" * (width + 1))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
     return path
+
+
+def jpeg_declaring(path: Path, width: int, height: int) -> Path:
+    """A small JPEG whose frame header (SOF0) claims width x height (a bomb stand-in for JPEG)."""
+    buf = bytearray(cv2.imencode(".jpg", gradient(64, 64))[1].tobytes())
+    sof = buf.index(b"\xff\xc0")
+    buf[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(buf))
+    return path
+
+
+def write_hostile_images(folder: Path) -> dict[str, str]:
+    """Files whose content breaks a decoder in a way a codec does not report by itself (the cases an
+    upload can carry too).
+
+    Returns:
+        ``{file name: a fragment of the reason it must be refused with}``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = gradient(64, 64).astype(np.uint16) * 16
+    jpeg_declaring(folder / "bomb.jpg", 20000, 20000)
+    write_dicom(folder / "window-zero.dcm", raw, window=(1000, 0))
+    write_dicom(folder / "window-negative.dcm", raw, window=(1000, -5))
+    slope = write_dicom(folder / "slope.dcm", raw, slope=1.2345)
+    slope.write_bytes(slope.read_bytes().replace(b"1.2345", b"abc   "))  # DS text a reader keeps as text
+    good = cv2.imencode(".jpg", gradient(256, 256))[1].tobytes()
+    (folder / "cut-with-eoi.jpg").write_bytes(good[: len(good) // 2] + b"\xff\xd9")  # ends as a whole JPEG does
+    for name, value in (("nan.tif", np.nan), ("inf.tif", np.inf)):
+        pixels = gradient(64, 64).astype(np.float32)
+        pixels[10:20, 10:20] = value
+        Image.fromarray(pixels, mode="F").save(folder / name)
+    return {"bomb.jpg": "too large", "window-zero.dcm": "Window Width", "window-negative.dcm": "Window Width",
+            "slope.dcm": "RescaleSlope 'abc' is not a number", "cut-with-eoi.jpg": "truncated JPEG",
+            "nan.tif": "NaN or infinite", "inf.tif": "NaN or infinite"}
+
+
+def write_hostile_files(folder: Path) -> dict[str, str]:
+    """Entries that are not image files at all, with image names: a symbolic link loop, a FIFO and a
+    device (a read would block or never end).
+
+    Returns:
+        ``{file name: a fragment of the reason it must be refused with}``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loop.png").symlink_to("loop.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    return {"loop.png": "symbolic link loop", "pipe.png": "not a regular file (a FIFO)",
+            "zero.png": "not a regular file (a device)"}
 
 
 @pytest.fixture(scope="session")

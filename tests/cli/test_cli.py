@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -97,11 +100,42 @@ def test_demo_runs_a_small_study_end_to_end(tmp_path):
 
 
 def test_backbones_lists_the_registry():
-    result = runner.invoke(app, ["backbones", "--json"])
+    result = runner.invoke(app, ["backbones", "--format", "json"])
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["efficientnet_lite0"]["offline_weights"] and rows["vgg16"]["blocks"] == 5
     assert 14_000_000 < rows["vgg16"]["params"] < 15_000_000  # VGG-16's conv blocks: 14.7 M
+    piped = subprocess.run([sys.executable, "-m", "cxrlab.cli", "backbones"], capture_output=True, text=True,
+                           check=True).stdout  # not a terminal: complete CSV rows, nothing cut to fit
+    table = pd.read_csv(io.StringIO(piped)).set_index("name")
+    assert table.loc["efficientnet_lite0", "timm"] == "efficientnet_lite0" and len(table) == len(rows)
+    assert runner.invoke(app, ["backbones", "--format", "xml"]).exit_code == 2
+
+
+def test_the_command_line_starts_without_importing_the_heavy_layers():
+    code = ("import sys, cxrlab.cli; heavy = ('torch', 'pandas', 'sklearn', 'lightning', 'mlflow', 'cv2'); "
+            "print(','.join(m for m in heavy if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""  # so --help and argument errors answer at once (they took 9-13 s with torch)
+
+
+def test_an_unexpected_error_prints_one_line_and_the_log_file_with_the_traceback(tmp_path, monkeypatch, capsys):
+    import cxrlab.data
+    from cxrlab.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(cxrlab.data, "generate_phantoms", broken)
+    monkeypatch.setenv("CXRLAB_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(sys, "argv", ["cxrlab", "synth", "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "unexpected RuntimeError: a bug over two lines" in err and "Traceback" not in err
+    [log] = (tmp_path / "logs").glob("cxrlab-*.log")
+    assert str(log) in " ".join(err.split()) and "Traceback" in log.read_text() and "synth" in log.read_text()
 
 
 def test_train_command_and_one_line_errors(phantoms, tmp_path):

@@ -5,11 +5,11 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cxrlab.core import InvalidImageError
 from cxrlab.data import decode_image, read_image, read_mask
-from tests.conftest import gradient, png_header_only, write_dicom
+from tests.conftest import gradient, png_header_only, write_dicom, write_hostile_files, write_hostile_images
 
 
 def test_png_8bit_roundtrip(tmp_path):
@@ -117,3 +117,32 @@ def test_bytes_in_memory_decode_like_files(tmp_path, name, make, reason):
     assert info.value.path == f"upload:{name}" and reason in info.value.reason
     good = write_dicom(tmp_path / "good.dcm", gradient(64, 64).astype(np.uint16) * 16)
     assert np.array_equal(decode_image(good.read_bytes(), "x.dcm").pixels, read_image(good).pixels)
+
+
+def test_hostile_content_and_entries_that_are_not_files_give_one_line_reasons(tmp_path):
+    cases = {**write_hostile_images(tmp_path), **write_hostile_files(tmp_path)}
+    for name, reason in cases.items():
+        with pytest.raises(InvalidImageError) as info:
+            read_image(tmp_path / name)
+        assert reason in info.value.reason and "\n" not in str(info.value), (name, info.value.reason)
+    for name in write_hostile_images(tmp_path / "bytes"):  # the same verdict on bytes (an upload)
+        with pytest.raises(InvalidImageError, match="|".join(["too large", "Window", "Rescale", "truncated", "NaN"])):
+            decode_image((tmp_path / "bytes" / name).read_bytes(), name)
+
+
+def test_jpeg_decoding_keeps_exif_orientation_reduced_decoding_and_stray_bytes(tmp_path):
+    image = Image.fromarray(gradient(40, 80))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(tmp_path / f"o{orientation}.jpg", exif=exif, quality=100)
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / f"o{orientation}.jpg")).convert("L"))
+        np.testing.assert_array_equal(read_image(tmp_path / f"o{orientation}.jpg").pixels, expected)
+    buf = cv2.imencode(".jpg", gradient(256, 256))[1].tobytes()
+    sos = buf.index(b"\xff\xda")  # stray bytes before the scan: libjpeg warns, the pixels are whole
+    (tmp_path / "stray.jpg").write_bytes(buf[:sos] + b"\x00\x00" + buf[sos:])
+    whole = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(read_image(tmp_path / "stray.jpg").pixels, whole)
+    cmyk = Image.fromarray(np.stack([gradient(64, 64)] * 3, axis=2)).convert("CMYK")
+    cmyk.save(tmp_path / "cmyk.jpg")  # libjpeg-turbo cannot make grey from CMYK: Pillow does
+    assert read_image(tmp_path / "cmyk.jpg").pixels.shape == (64, 64)

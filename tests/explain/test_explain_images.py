@@ -4,6 +4,7 @@ import json
 
 import cv2
 import numpy as np
+import pandas as pd
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
@@ -11,16 +12,19 @@ from cxrlab.models import create_classifier, save_model
 from cxrlab.preprocess import PreprocessConfig
 
 
-def test_explain_writes_overlays_json_and_skips_bad_files(phantoms, tmp_path):
+def test_explain_writes_overlays_and_tables_and_names_bad_files(phantoms, tmp_path):
     model = create_classifier("efficientnet_lite0", 3, fine_tune=1, class_names=("COVID-19", "Pneumonia", "Normal"), seed=0)
     save_model(model, tmp_path / "model.pt", PreprocessConfig(size=64, resize="letterbox"))
     image = next((phantoms.parent / "images").glob("*.png"))
     (tmp_path / "empty.png").write_bytes(b"")
     result = CliRunner().invoke(app, ["explain", str(tmp_path / "model.pt"), str(image), str(tmp_path / "empty.png"),
                                       "--out", str(tmp_path / "out"), "--method", "gradcam++"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # finished, but an input failed
     records = json.loads((tmp_path / "out" / "explanations.json").read_text())
     assert records[1] == {"image": str(tmp_path / "empty.png"), "error": "empty file (0 bytes)"}
+    table = pd.read_csv(tmp_path / "out" / "explanations.csv")
+    assert table["error"].tolist()[1] == "empty file (0 bytes)" and table["error"].isna().tolist()[0]
+    assert f"{tmp_path / 'empty.png'}: empty file" in result.output
     assert abs(sum(records[0]["probabilities"].values()) - 1) < 1e-5
     assert records[0]["predicted"] in records[0]["probabilities"]
     figure = cv2.imread(records[0]["overlay"])

@@ -145,9 +145,13 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     (tmp_path / "notes.png").write_text("not an image")
     rows = predict_images(run_dir, [*test, photo, blank, *negatives, tmp_path / "notes.png",
                                     tmp_path / "missing.png"], tmp_path / "out")
-    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(table.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay"]
-    assert len(table) == len(test) + 6
+    every = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(every.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay", "error"]
+    assert len(every) == len(test) + 8  # a row per input, the unreadable ones with their reason
+    errors = every.dropna(subset=["error"]).set_index("image")["error"].to_dict()
+    assert errors == {str(tmp_path / "notes.png"): "not an image (unrecognised file content)",
+                      str(tmp_path / "missing.png"): "file not found"}
+    table = every[every["error"].isna()]
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)
     assert set(table["predicted"]) <= set(CLASSES)
     flagged, scores = table.set_index("image")["ood"], table.set_index("image")["ood_score"]
@@ -166,10 +170,32 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     assert flagged[list(test)].mean() <= 0.5
     overlay = cv2.imread(table.set_index("image").at[str(photo), "overlay"])
     assert overlay.shape[:2] == data.chelsea().shape[:2]  # on the original image's geometry
-    errors = {r["image"]: r["error"] for r in rows if "error" in r}
-    assert errors == {str(tmp_path / "notes.png"): "not an image (unrecognised file content)",
-                      str(tmp_path / "missing.png"): "file not found"}
+    assert errors == {r["image"]: r["error"] for r in rows if "error" in r}
     assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == rows
+
+
+def test_predict_over_a_folder_of_hostile_files_writes_every_good_row_and_names_each_bad_one(run_dir, tmp_path):
+    from tests.conftest import write_hostile_files, write_hostile_images
+
+    folder = tmp_path / "in"
+    bad = {**write_hostile_images(folder), **write_hostile_files(folder)}
+    good = pd.read_csv(run_dir / "splits.csv")["image"].head(3).map(lambda p: run_dir / p)
+    for i, image in enumerate(good):
+        (folder / f"good{i}.png").write_bytes(image.read_bytes())
+    (folder / "sub.png").mkdir()  # a folder with an image's name is searched, not read
+    (folder / "sub.png" / "good3.png").write_bytes(good.iloc[0].read_bytes())
+    result = CliRunner().invoke(app, ["predict", str(run_dir), str(folder), "--out", str(tmp_path / "p"),
+                                      "--no-overlays"])
+    assert result.exit_code == 3, result.output  # finished, with failures
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("image")
+    assert len(table) == len(bad) + 4
+    screened = table[table["error"].isna()]
+    assert sorted(screened.index) == sorted(str(folder / n) for n in ("good0.png", "good1.png", "good2.png",
+                                                                      "sub.png/good3.png"))
+    for name, reason in bad.items():
+        assert reason in table.at[str(folder / name), "error"], (name, table.at[str(folder / name), "error"])
+        assert name in result.output
+    assert "Traceback" not in result.output
 
 
 def test_predict_command_takes_folders_and_reports_what_it_skipped(run_dir, phantoms, tmp_path):

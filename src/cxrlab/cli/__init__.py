@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
+from cxrlab.cli._common import EXIT_ERROR, err_console
 from cxrlab.cli.data_commands import audit, manifest, split, synth
 from cxrlab.cli.demo import demo
 from cxrlab.cli.doctor import doctor
@@ -15,7 +18,7 @@ from cxrlab.cli.segment_command import app as segment_app
 from cxrlab.cli.study_command import study_command
 from cxrlab.cli.train_commands import backbones, train_command
 from cxrlab.cli.tune_command import tune_command
-from cxrlab.core.logging import configure_logging
+from cxrlab.core.logging import configure_logging, write_crash_log
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="cxrlab: transfer-learning studies and explainable screening on chest X-rays "
@@ -48,5 +51,16 @@ app.command("doctor")(doctor)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an unexpected exception prints one line and the log file that holds
+    its traceback (exit code 1), never a bare traceback."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as err:  # the last line of defence: one line for the user, the trace in a file
+        log = write_crash_log()
+        reason = " ".join(str(err).split()) or "(no message)"
+        err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {reason} (traceback in {log}; "
+                          "please report it)", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_ERROR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import typer
@@ -12,8 +13,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.logging import quiet_lightning  # noqa: F401 -- the commands' import point
 
-console = Console()
-err_console = Console(stderr=True)
+# Exit codes (the README lists them): 0 everything done; 2 a command-line usage error (Click's);
+EXIT_ERROR = 1  # the command failed, with a one-line reason (an unexpected error also names a log file)
+EXIT_PARTIAL = 3  # finished, but some inputs or runs failed: each is named, everything else is written
+
+PIPE_WIDTH = 200  # columns when the output is not a terminal (rich's 80 would cut table cells)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console whose lines are never wrapped mid-path (``soft_wrap``) and, when writing to a file or a
+    pipe, whose tables are as wide as their content up to :data:`PIPE_WIDTH`: output stays complete
+    and grep-able."""
+    out = Console(stderr=stderr, soft_wrap=True)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = PIPE_WIDTH
+    return out
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 @contextlib.contextmanager
@@ -23,7 +41,15 @@ def handle_errors() -> Iterator[None]:
         yield
     except (CxrlabError, OSError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def exit_if_failed(failed: int, what: str) -> None:
+    """After everything that succeeded is written: exit with :data:`EXIT_PARTIAL` when ``failed`` > 0."""
+    if failed:
+        err_console.print(f"[bold yellow]{failed} {what} failed[/] (named above); exit code {EXIT_PARTIAL}",
+                          highlight=False)
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def progress_bar(description: str) -> Progress:

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from cxrlab.cli._common import console, handle_errors, parse_label_map, parse_ratios, progress_bar
+from cxrlab.core.defaults import DEFAULT_MAX_DISTANCE
 from cxrlab.core.io import atomic_write_text
-from cxrlab.data import (
-    SplitConfig,
-    audit_splits,
-    compute_hashes,
-    dedupe_splits,
-    duplicate_groups,
-    find_near_duplicates,
-    generate_phantoms,
-    group_patients,
-    leave_one_source_out,
-    load_source,
-    make_splits,
-    read_splits,
-    write_splits,
-    write_table,
-)
-from cxrlab.data.audit import DedupeMode
-from cxrlab.data.duplicates import DEFAULT_MAX_DISTANCE
-from cxrlab.data.manifest import Manifest
+
+if TYPE_CHECKING:
+    from cxrlab.data.manifest import Manifest
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder tree, manifest, metadata CSV or splits.csv.")]
 SchemeOpt = Annotated[str, typer.Option("--scheme", help="Class scheme: 3class or binary.")]
@@ -50,6 +35,8 @@ def show_skipped(manifest_skipped, limit: int = 20) -> None:
 
 def load(data: Path, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False) -> Manifest:
     """Load any input with the CLI's options."""
+    from cxrlab.data import load_source
+
     return load_source(data, scheme=scheme, label_map=parse_label_map(label_map),  # type: ignore[arg-type]
                        keep_blank_view=keep_blank_view)
 
@@ -59,6 +46,8 @@ def synth(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data
           size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
           seed: Annotated[int, typer.Option(help="Seed.")] = 0) -> None:
     """Generate the synthetic phantom data set (images, lung masks, lesion masks, manifest.csv)."""
+    from cxrlab.data import generate_phantoms
+
     with handle_errors():
         path = generate_phantoms(out, n_patients=patients, size=size, seed=seed)
         console.print(f"wrote {path}")
@@ -68,6 +57,8 @@ def manifest(data: DataOpt, out: Annotated[Path, typer.Option(help="Output .csv 
              scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
              keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
     """Read any input and write it as one manifest table (CSV or Parquet)."""
+    from cxrlab.data import write_table
+
     with handle_errors():
         m = load(data, scheme, label_map, keep_blank_view)
         write_table(m.table, out)
@@ -98,6 +89,8 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
           loso: Annotated[bool, typer.Option(help="Also write leave-one-source-out splits.")] = False,
           keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
     """Split by patient (stratified by class) into train/val/test with CV folds; write splits.csv."""
+    from cxrlab.data import SplitConfig, leave_one_source_out, make_splits, write_splits
+
     with handle_errors():
         m = load(data, scheme, label_map, keep_blank_view)
         show_skipped(m.skipped)
@@ -122,6 +115,8 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
 
 def _regroup(table):
     """Add ``group_id``: patients linked by near-duplicate images share one group."""
+    from cxrlab.data import compute_hashes, duplicate_groups, find_near_duplicates, group_patients
+
     with progress_bar("hashing") as bar:
         task = bar.add_task("hashing", total=len(table))
         hashes = compute_hashes(table["image"].tolist(), progress=lambda n: bar.advance(task, n))
@@ -136,6 +131,9 @@ def audit(splits: Annotated[Path, typer.Argument(help="splits.csv (or its folder
           fix: Annotated[Optional[str], typer.Option(help="drop | regroup: also write a corrected splits.csv in OUT/fixed.")] = None,
           workers: Annotated[int, typer.Option(help="Processes for hashing.")] = 1) -> None:
     """Split-integrity report: patients, class and source mix per side, near-duplicates across sides and sources."""
+    from cxrlab.data import audit_splits, dedupe_splits, read_splits, write_splits
+    from cxrlab.data.audit import DedupeMode
+
     with handle_errors():
         frame = read_splits(splits)
         out = out or (splits if splits.is_dir() else splits.parent)

@@ -10,7 +10,6 @@ import typer
 from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
 from cxrlab.cli.study_command import print_study_summary, print_warnings
 from cxrlab.core.io import atomic_write_text
-from cxrlab.data import audit_splits, generate_phantoms, load_source
 
 
 def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/demo"),
@@ -22,6 +21,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
     """Generate phantoms, then a study: efficientnet_lite0 (offline ImageNet weights) fine-tuned to
     k = 0, 2 and all blocks on patient-grouped folds, tested on held-out patients, with the report,
     the shortcut audit and the best model exported to OUT/best-model."""
+    from cxrlab.data import audit_splits, generate_phantoms, load_source
     from cxrlab.study import StudyConfig, run_study
     from cxrlab.study.plan import cells, study_split
 

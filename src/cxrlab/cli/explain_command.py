@@ -1,4 +1,4 @@
-"""``cxrlab explain``: Grad-CAM overlays and per-class probabilities for image files."""
+"""``cxrlab explain``: Grad-CAM overlays and per-class probabilities for image files and folders."""
 
 from __future__ import annotations
 
@@ -7,27 +7,37 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors
+from cxrlab.cli._common import console, err_console, exit_if_failed, handle_errors, progress_bar
 
 
 def explain_command(
     run: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...).")],
-    out: Annotated[Path, typer.Option(help="Output folder for overlays and explanations.json.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, DICOM, ...) and folders (searched "
+                                                      "recursively).")],
+    out: Annotated[Path, typer.Option(help="Output folder for overlays, explanations.csv and explanations.json.")],
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     layer: Annotated[Optional[str], typer.Option(help="last (default: the backbone's last block), fine (the last block "
                                                       "with a finer grid) or a module name.")] = None,
 ) -> None:
-    """Per-class probabilities and a Grad-CAM heatmap on each image (research use only)."""
+    """Per-class probabilities and a Grad-CAM heatmap on each image (research use only). Exit code 3 when
+    some inputs could not be read (each is a row with its reason; every other image is written)."""
+    from cxrlab.data.images import find_images
     from cxrlab.evaluate.predictions import resolve_model_path
     from cxrlab.explain import explain_images
 
     with handle_errors():
-        records = explain_images(resolve_model_path(run), [str(p) for p in images], out, method, layer)  # type: ignore[arg-type]
-        for r in records:
-            if "error" in r:
-                console.print(f"[yellow]skipped[/] {r['image']}: {r['error']}", highlight=False)
-            else:
+        files = find_images(images)
+        with progress_bar("explaining") as bar:
+            task = bar.add_task("explaining", total=len(files))
+            records = explain_images(resolve_model_path(run), files, out, method, layer,  # type: ignore[arg-type]
+                                     progress=lambda n: bar.advance(task, n))
+        failed = [r for r in records if "error" in r]
+        for r in failed:
+            err_console.print(f"[yellow]skipped[/] {r['image']}: {r['error']}", highlight=False)
+        for r in records[:20]:
+            if "error" not in r:
                 probs = ", ".join(f"{k} {v:.2f}" for k, v in r["probabilities"].items())
                 console.print(f"{r['image']}: {r['predicted']} ({probs}) → {r['overlay']}", highlight=False)
-        console.print(f"wrote {Path(out) / 'explanations.json'}")
+        console.print(f"{len(records) - len(failed)} image(s) explained, {len(failed)} skipped; wrote "
+                      f"{Path(out) / 'explanations.csv'} and {Path(out) / 'explanations.json'}")
+    exit_if_failed(len(failed), "input(s)")

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
 from cxrlab.cli.data_commands import DataOpt, LabelMapOpt, SchemeOpt, load
-from cxrlab.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
-from cxrlab.preprocess import PrepareSummary, PreprocessConfig, prepare
-from cxrlab.preprocess.etl import DEFAULT_SHARD_SIZE, REPORT_FILE, SKIPPED_FILE
+from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DEFAULT_SHARD_SIZE
+
+if TYPE_CHECKING:
+    from cxrlab.preprocess import PrepareSummary
 
 
 def print_summary(summary: PrepareSummary, limit: int = 30) -> None:
     """Counts per class and source, and every skipped file with its reason."""
+    from cxrlab.preprocess.etl import REPORT_FILE, SKIPPED_FILE
+
     sources = sorted({s for per in summary.source_counts.values() for s in per})
     table = Table(title=f"prepared {summary.images} images in {summary.seconds:.1f} s "
                         f"({summary.shards_written} shards written, {summary.shards_reused} reused)")
@@ -63,6 +66,8 @@ def prepare_command(
     overwrite: Annotated[bool, typer.Option(help="Delete existing shards in OUT first.")] = False,
 ) -> None:
     """Preprocess images into Parquet shards; resumable; bad files are skipped and reported."""
+    from cxrlab.preprocess import PreprocessConfig, prepare
+
     with handle_errors():
         if clahe and equalize:
             raise typer.BadParameter("choose one of --clahe and --equalize")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
+from cxrlab.cli._common import console, err_console, exit_if_failed, handle_errors, progress_bar
 
 
 def predict_command(
@@ -19,12 +19,14 @@ def predict_command(
     overlays: Annotated[bool, typer.Option(help="Write a Grad-CAM overlay PNG per image.")] = True,
 ) -> None:
     """Per-class probabilities, the class at the model's operating point, an out-of-distribution flag and
-    a Grad-CAM overlay for each image (research use only, not for clinical diagnosis)."""
+    a Grad-CAM overlay for each image (research use only, not for clinical diagnosis). Exit code 3 when
+    some inputs could not be read (each is a row with its reason; every other image is written)."""
+    from cxrlab.data.images import find_images
     from cxrlab.evaluate.predictions import resolve_model_path
-    from cxrlab.explain.predict import expand_inputs, predict_images
+    from cxrlab.explain.predict import predict_images
 
     with handle_errors():
-        files = expand_inputs(inputs)
+        files = find_images(inputs)
         with progress_bar("screening") as bar:
             task = bar.add_task("screening", total=len(files))
             rows = predict_images(resolve_model_path(model), files, out, segmenter=segmenter, method=method,  # type: ignore[arg-type]
@@ -40,6 +42,7 @@ def predict_command(
                 console.print(f"{r['image']}: {r['predicted']} ({probs}){note}", highlight=False)
         console.print(f"{len(rows) - len(skipped)} image(s) screened, {len(flagged)} flagged out of distribution, "
                       f"{len(skipped)} skipped; wrote {out / 'predictions.csv'} and {out / 'predictions.json'}")
+    exit_if_failed(len(skipped), "input(s)")
 
 
 def serve_command(

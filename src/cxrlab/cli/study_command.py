@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
 
 def study_command(
@@ -20,7 +20,8 @@ def study_command(
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once, each in its own process "
                                                         "(default: the study's setting, 1).")] = None,
 ) -> None:
-    """Train every configuration on every fold, evaluate on the test side, write report and best-model."""
+    """Train every configuration on every fold, evaluate on the test side, write report and best-model.
+    Exit code 3 when some runs failed (each is in results.csv with its error; the rest is written)."""
     from cxrlab.study import load_study_config, run_study
     from cxrlab.study.plan import cells
 
@@ -53,6 +54,7 @@ def study_command(
             console.print(f"best: {result.best} → {target / 'best-model'}")
         console.print(f"wrote {target / 'report.html'}, {target / 'report.md'}, {target / 'results.csv'} and "
                       f"{target / 'summary.csv'}")
+    exit_if_failed(result.failed, "run(s)")
 
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
 from cxrlab.cli._common import console, handle_errors, parse_ratios, progress_bar, quiet_lightning
-from cxrlab.models import create_backbone, get_backbone_spec, list_backbones
 
 
 def _fine_tune(value: str | None) -> int | str | None:
@@ -79,8 +79,17 @@ def train_command(
         console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
 
 
-def backbones(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def backbones(output: Annotated[Optional[str], typer.Option(
+        "--format", help="table, csv or json (default: table on a terminal, csv otherwise).")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.", hidden=True)] = False) -> None:
     """List registered backbones: timm name, parameters, blocks, input size, offline weights."""
+    output = "json" if json_out else output or ("table" if console.is_terminal else "csv")
+    if output not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"--format must be table, csv or json, got {output!r}")
+    import torch
+
+    from cxrlab.models import create_backbone, get_backbone_spec, list_backbones
+
     rows = []
     for name in list_backbones():
         spec = get_backbone_spec(name)
@@ -89,8 +98,13 @@ def backbones(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
         rows.append({"name": name, "timm": spec.timm_name, "params": sum(p.numel() for p in model.parameters()),
                      "blocks": len(spec.partition(model)), "input_size": spec.input_size,
                      "offline_weights": bool(spec.offline_weights)})
-    if json_out:
-        console.print_json(json.dumps(rows))
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if output == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return
     table = Table(title="backbones (parameters without the head)")
     for column in ("name", "timm", "params", "blocks", "input", "offline weights"):

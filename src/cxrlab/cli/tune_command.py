@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
 
 def tune_command(
@@ -19,7 +19,8 @@ def tune_command(
                                                         "the search between machines (default: SQLite in OUT).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override base.epochs (quick trials).")] = None,
 ) -> None:
-    """Search training settings with Optuna (TPE sampler, median pruning); report and export the best."""
+    """Search training settings with Optuna (TPE sampler, median pruning); report and export the best.
+    Exit code 3 when some trials failed (each is in trials.csv with its error)."""
     from cxrlab.study.tune import run_tune
     from cxrlab.study.tune_config import load_tune_config
 
@@ -48,3 +49,4 @@ def tune_command(
                 console.print(f"test side: accuracy {result.test['accuracy']:.3f}, macro AUC "
                               f"{result.test['auc_macro'] if result.test['auc_macro'] is None else round(result.test['auc_macro'], 3)}")
         console.print(f"wrote {target / 'report.html'}, {target / 'report.md'} and {target / 'trials.csv'}")
+    exit_if_failed(int(states.get("fail", 0)), "trial(s)")

@@ -34,7 +34,7 @@ class _FileError(CxrlabError):
 
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = str(path)
-        self.reason = reason
+        self.reason = " ".join(str(reason).split())  # one line, whatever a codec's message held
         super().__init__(f"{self.path}: {reason}")
 
     def __reduce__(self):  # keep picklable across process pools and Spark tasks

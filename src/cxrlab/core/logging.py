@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
 import warnings
+from pathlib import Path
 
 from rich.logging import RichHandler
 
 
 def configure_logging(verbose: bool = False) -> None:
-    """Send cxrlab's log records to stderr through rich, at INFO (or DEBUG when ``verbose``)."""
-    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    """Send cxrlab's log records to stderr (through rich on a terminal, plain lines otherwise), at INFO
+    (or DEBUG when ``verbose``)."""
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    else:  # a file or a pipe: one plain line per record, never wrapped, so it can be grepped
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root = logging.getLogger("cxrlab")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -22,3 +34,13 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     # Lightning's own use of a deprecated torch API, repeated at every fit: nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def write_crash_log() -> Path:
+    """Write the exception being handled, with its traceback and the command line, to a new file under
+    ``$CXRLAB_LOG_DIR`` (default: ``<temp dir>/cxrlab-logs``); returns its path."""
+    folder = Path(os.environ.get("CXRLAB_LOG_DIR") or Path(tempfile.gettempdir()) / "cxrlab-logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cxrlab-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}", encoding="utf-8")
+    return path

@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cxrlab.data.duplicates import DEFAULT_MAX_DISTANCE, compute_hashes, duplicate_groups, find_near_duplicates
+from cxrlab.core.defaults import DEFAULT_MAX_DISTANCE
+from cxrlab.data.duplicates import compute_hashes, duplicate_groups, find_near_duplicates
 from cxrlab.data.splits import SIDES, check_no_leakage, split_counts
 
 DedupeMode = Literal["drop", "regroup"]

@@ -54,6 +54,19 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     }
 
 
+def _check_number(ds: pydicom.Dataset, tag: str, name: str | Path) -> None:
+    """A numeric header field the pixel pipeline uses is a finite number (pydicom keeps a bad DS as text)."""
+    if tag not in ds:
+        return
+    raw = ds[tag].value
+    try:
+        ok = raw is None or raw == "" or bool(np.isfinite(float(raw)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidImageError(name, f"DICOM {tag} {str(raw)!r} is not a number")
+
+
 def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
                    max_pixels: int | None = None) -> np.ndarray:
     """Decode a DICOM's first frame to a display-ready grayscale image.
@@ -67,8 +80,8 @@ def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
         ``(H, W) uint8`` in [0, 255], bright = dense (MONOCHROME1 inverted).
 
     Raises:
-        InvalidImageError: not a DICOM, no pixel data, an undecodable transfer syntax or
-            too many pixels.
+        InvalidImageError: not a DICOM, no pixel data, an undecodable transfer syntax, too many
+            pixels, or a display header (rescale, window) that makes no sense.
     """
     name = path if path is not None else (source if isinstance(source, (str, Path)) else "<dicom>")
     try:
@@ -93,9 +106,14 @@ def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
         arr = arr[0]
     if arr.ndim == 3:  # colour (RGB / YBR) secondary capture
         arr = arr.astype(np.float32).mean(axis=2)
-    arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds)
-    out = scale_to_uint8(np.asarray(arr))
+    for tag in ("RescaleSlope", "RescaleIntercept"):
+        _check_number(ds, tag, name)
+    try:
+        arr = apply_modality_lut(arr, ds)
+        arr = apply_voi_lut(arr, ds)
+    except (ValueError, TypeError, IndexError, KeyError) as err:  # e.g. WindowWidth 0 or a malformed LUT
+        raise InvalidImageError(name, f"bad DICOM display header ({err})") from err
+    out = scale_to_uint8(np.asarray(arr), name)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         out = 255 - out
     return out

@@ -18,13 +18,11 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cxrlab.core.defaults import DEFAULT_MAX_DISTANCE
 from cxrlab.core.errors import InvalidImageError
 from cxrlab.data.images import read_image
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_DISTANCE = 4  # of 64 pHash bits; re-encoded or contrast-changed copies stay below
-# (on the curated cxr-real set, whose README says its copies were removed, no pair is <= 5 apart)
 
 
 def image_phash(path: str | Path) -> int | None:

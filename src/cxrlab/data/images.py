@@ -1,34 +1,50 @@
 """Decode any supported image file to an 8-bit grayscale array, refusing bad input clearly.
 
-One decoder for every later step (ETL, audit, training, serving). JPEGs go through OpenCV
+One decoder for every later step (ETL, audit, training, serving). JPEGs go through simplejpeg
 (libjpeg-turbo, with optional reduced-scale DCT decoding, which roughly halves preprocessing
-time when the target is much smaller than the source); PNG, BMP, TIFF and the rest go through
-Pillow, which handles 16-bit, palette and alpha modes; DICOM through pydicom.
+time when the target is much smaller than the source, and a strict mode: a truncated scan is an
+error, not grey fill); PNG, BMP, TIFF and the rest go through Pillow, which handles 16-bit,
+palette and alpha modes; DICOM through pydicom.
+
+Whatever a file holds, decoding ends in pixels or in :class:`InvalidImageError` with a one-line
+reason: a codec's own exception never escapes (a long run skips the file and goes on).
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_FILE_BYTES
 from cxrlab.core.errors import InvalidImageError
 from cxrlab.data._pixels import scale_to_uint8
 from cxrlab.data.dicom import DICOM_SUFFIXES, dicom_to_uint8, is_dicom_bytes
 
-DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; CXRs are at most ~4300 x 4300
-DEFAULT_MIN_SIDE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                   *DICOM_SUFFIXES)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What the content's first bytes say (never the name); DICOM is recognised apart (preamble + DICM).
+_MAGIC = {_PNG_MAGIC: "png", _JPEG_MAGIC: "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff", b"BM": "bmp",
+          b"GIF87a": "gif", b"GIF89a": "gif"}
+FORMATS = "PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+# EXIF orientation (tag 0x0112) -> the array operation that shows the image upright (as Pillow's
+# ImageOps.exif_transpose, which works on PIL images, not on the arrays simplejpeg returns)
+_ORIENTATION = {2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: np.transpose,
+                6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1)}
 
 
 @dataclass(frozen=True)
@@ -56,22 +72,55 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int, min_side: 
             path, f"image too small ({width}x{height} px; the shorter side must be >= {min_side} px)")
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise InvalidImageError(path, "file not found")
-    if path.is_dir():
-        raise InvalidImageError(path, "is a directory, not an image file")
+def sniff_format(buf: bytes, name: str | Path = "") -> str | None:
+    """The image format ``buf``'s content shows (``png``, ``jpeg``, ``tiff``, ``bmp``, ``gif``,
+    ``webp``, ``dicom``), or None; DICOM written without its preamble is recognised by a ``.dcm``
+    name only (the decoder then proves it)."""
+    if is_dicom_bytes(buf):  # before the others: a DICOM's preamble may hold a TIFF header
+        return "dicom"
+    for magic, kind in _MAGIC.items():
+        if buf.startswith(magic):
+            return kind
+    if buf[:4] == b"RIFF" and buf[8:12] == b"WEBP":
+        return "webp"
+    return "dicom" if Path(name).suffix.lower() in DICOM_SUFFIXES else None
+
+
+def _read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes; only a regular file of at most ``max_bytes`` is read (a FIFO would block,
+    a device never end)."""
     try:
-        buf = path.read_bytes()
+        info = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InvalidImageError(path, "symbolic link loop") from err
+        if isinstance(err, FileNotFoundError):
+            raise InvalidImageError(path, "broken symbolic link" if path.is_symlink() else "file not found") from err
+        raise InvalidImageError(path, f"cannot read file ({err.strerror or err})") from err
+    if stat.S_ISDIR(info.st_mode):
+        raise InvalidImageError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "special")
+        raise InvalidImageError(path, f"not a regular file ({kind}), not an image file")
+    if info.st_size > max_bytes:
+        raise InvalidImageError(path, f"file too large ({info.st_size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat above
+                raise InvalidImageError(path, "not a regular file, not an image file")
+            buf = f.read(max_bytes + 1)
     except OSError as err:
         raise InvalidImageError(path, f"cannot read file ({err.strerror or err})") from err
+    if len(buf) > max_bytes:  # grew since the stat above
+        raise InvalidImageError(path, f"file too large (> {max_bytes / 2**20:.0f} MB)")
     return buf
 
 
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
+def _pil_to_gray(path: Path, im: Image.Image) -> np.ndarray:
     """Pillow image of any mode → (H, W) uint8; transparency is flattened onto black."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return scale_to_uint8(np.asarray(im))  # >8-bit: min-max to 8 bits
+        return scale_to_uint8(np.asarray(im), path)  # >8-bit: min-max to 8 bits
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     if has_alpha:
         rgba = im.convert("RGBA")
@@ -89,7 +138,7 @@ def _decode_with_pillow(path: Path, buf: bytes, max_pixels: int, min_side: int) 
                 _check_size(path, width, height, max_pixels, min_side)
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                pixels = _pil_to_gray(im)
+                pixels = _pil_to_gray(path, im)
     except InvalidImageError:
         raise
     except UnidentifiedImageError as err:
@@ -111,23 +160,43 @@ def _jpeg_reduction(width: int, height: int, reduce_to: int | None) -> int:
     return factor
 
 
+def _exif_orientation(buf: bytes) -> int:
+    """The EXIF orientation tag of a JPEG (1 when absent or unreadable: shown as stored)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the size was checked before; only the header is read
+            with Image.open(io.BytesIO(buf)) as im:
+                return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unusable
+        return 1
+
+
 def _decode_jpeg(path: Path, buf: bytes, max_pixels: int, min_side: int,
                  reduce_to: int | None) -> DecodedImage:
     try:
-        with Image.open(io.BytesIO(buf)) as im:  # header only: size without decoding
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(buf, strict=False)  # size without decoding
+    except ValueError as err:
         raise InvalidImageError(path, f"corrupt JPEG header ({err})") from err
     _check_size(path, width, height, max_pixels, min_side)
-    # libjpeg fills a truncated scan with grey and only warns; a JPEG must end with EOI.
-    if buf.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
-        return _decode_with_pillow(path, buf, max_pixels, min_side)  # raises when truncated
     factor = _jpeg_reduction(width, height, reduce_to)
-    flag = _REDUCED_FLAGS.get(factor, cv2.IMREAD_GRAYSCALE)
-    pixels = cv2.imdecode(np.frombuffer(buf, np.uint8), flag)  # applies EXIF orientation
-    if pixels is None:
-        return _decode_with_pillow(path, buf, max_pixels, min_side)
-    return DecodedImage(pixels, height, width)
+    minimum = {"min_height": -(-height // factor), "min_width": -(-width // factor)} if factor > 1 else {}
+    try:  # strict: libjpeg fills a truncated or damaged scan with grey and only warns
+        pixels = simplejpeg.decode_jpeg(buf, colorspace="GRAY", strict=True, **minimum)[..., 0]
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        if "extraneous bytes" in message:  # stray bytes between segments: the scan itself is whole
+            pixels = cv2.imdecode(np.frombuffer(buf, np.uint8), _REDUCED_FLAGS.get(factor, cv2.IMREAD_GRAYSCALE))
+            if pixels is None:
+                raise InvalidImageError(path, f"corrupt JPEG ({message})") from err
+            return DecodedImage(pixels, height, width)  # OpenCV applied the EXIF orientation
+        if "color conversion" in message or "colorspace" in message.lower():  # CMYK/YCCK: Pillow converts
+            return _decode_with_pillow(path, buf, max_pixels, min_side)
+        reason = "truncated" if "premature end" in message.lower() else "corrupt"
+        raise InvalidImageError(path, f"{reason} JPEG ({message})") from err
+    orientation = _exif_orientation(buf)
+    if orientation in _ORIENTATION:
+        pixels = _ORIENTATION[orientation](pixels)
+    return DecodedImage(np.ascontiguousarray(pixels), height, width)
 
 
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -170,15 +239,37 @@ def decode_image(buf: bytes, name: str | Path, *, max_pixels: int = DEFAULT_MAX_
     path = Path(name)
     if not buf:
         raise InvalidImageError(path, "empty file (0 bytes)")
-    if buf.startswith(_JPEG_MAGIC):
-        return _decode_jpeg(path, buf, max_pixels, min_side, reduce_to)
-    if buf.startswith(_PNG_MAGIC):
+    try:
+        kind = sniff_format(buf, path)
+        if kind == "jpeg":
+            return _decode_jpeg(path, buf, max_pixels, min_side, reduce_to)
+        if kind == "dicom":
+            pixels = dicom_to_uint8(io.BytesIO(buf), path=path, max_pixels=max_pixels)
+            _check_size(path, pixels.shape[1], pixels.shape[0], max_pixels, min_side)
+            return DecodedImage(pixels, pixels.shape[0], pixels.shape[1])
         return _decode_with_pillow(path, buf, max_pixels, min_side)
-    if is_dicom_bytes(buf) or path.suffix.lower() in DICOM_SUFFIXES:
-        pixels = dicom_to_uint8(io.BytesIO(buf), path=path, max_pixels=max_pixels)
-        _check_size(path, pixels.shape[1], pixels.shape[0], max_pixels, min_side)
-        return DecodedImage(pixels, pixels.shape[0], pixels.shape[1])
-    return _decode_with_pillow(path, buf, max_pixels, min_side)
+    except InvalidImageError:
+        raise
+    except MemoryError as err:
+        raise InvalidImageError(path, "not enough memory to decode the image") from err
+    except Exception as err:  # a codec's own error type: still one file's one-line reason, never a crash
+        raise InvalidImageError(path, f"cannot decode ({type(err).__name__}: {err})") from err
+
+
+def find_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for entries with an image suffix, sorted.
+
+    Entries that are not regular files (a FIFO, a device, a broken or looping link) are listed too,
+    so that reading them says why they were skipped instead of leaving them out unnoticed; folders
+    are searched, not listed. Missing inputs are kept (reading them reports "file not found").
+    """
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        else:
+            out.append(item)
+    return out
 
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:

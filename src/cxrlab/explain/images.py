@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cxrlab.core.errors import ConfigError, InvalidImageError  # noqa: E402
-from cxrlab.core.io import atomic_write_text  # noqa: E402
-from cxrlab.data.images import read_image  # noqa: E402
+from cxrlab.data.images import find_images, read_image  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay  # noqa: E402
+from cxrlab.explain.records import RecordTable, overlay_name  # noqa: E402
 from cxrlab.models import load_model  # noqa: E402
 from cxrlab.preprocess import Preprocessor  # noqa: E402
 
@@ -44,10 +44,12 @@ def _figure(original: np.ndarray, blended: np.ndarray, probs: dict[str, float], 
 
 
 def explain_images(model_path: str | Path, images: list[str | Path], out: str | Path, method: CamMethod = "gradcam",
-                   layer: str | None = None) -> list[dict]:
-    """Write ``<stem>_gradcam.png`` per image and ``explanations.json`` into ``out``.
+                   layer: str | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Write ``<stem>_gradcam.png`` per image (files, and folders searched recursively) and
+    ``explanations.csv`` / ``explanations.json`` into ``out``.
 
-    Unreadable images are reported in the JSON (``error``) and skipped; the others go on.
+    An unreadable image is a row with its reason (``error``) and a warning; the others go on. The
+    tables are rewritten every 50 images, so an interrupted run keeps what it finished.
 
     Returns:
         One record per image: ``image``, ``probabilities`` (per class), ``predicted``, ``overlay``
@@ -60,24 +62,27 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
         raise ConfigError(f"{model_path}: this model uses lung attention and needs a lung mask per image; explain "
                           "it with 'cxrlab evaluate' on a manifest with masks ('cxrlab segment predict' makes them)")
     pre = Preprocessor(preprocess)
-    records = []
+    table = RecordTable(out, "explanations", list(model.class_names), ["predicted", "overlay"])
+    taken: set[str] = set()
     with GradCamExplainer(model, method, layer) as cam:
-        for image in map(Path, images):
+        for image in find_images(images):
             try:
                 processed = pre(image)
                 original = read_image(image, max_pixels=preprocess.max_pixels, reduce_to=MAX_OVERLAY_SIDE).pixels
             except InvalidImageError as err:
                 log.warning("%s", err)
-                records.append({"image": str(image), "error": err.reason})
-                continue
-            heatmap, probs = cam.explain_image(processed.pixels)
-            probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
-            predicted = max(probabilities, key=probabilities.get)
-            original = downsize(original)
-            blended = overlay(original, cam_to_original(heatmap, original.shape, preprocess))
-            target = out / f"{image.stem}_gradcam.png"
-            _figure(original, blended, probabilities, f"{method}: evidence for {predicted}", target)
-            records.append({"image": str(image), "probabilities": probabilities, "predicted": predicted,
-                            "overlay": str(target)})
-    atomic_write_text(out / "explanations.json", json.dumps(records, indent=2) + "\n")
-    return records
+                table.add({"image": str(image), "error": err.reason})
+            else:
+                heatmap, probs = cam.explain_image(processed.pixels)
+                probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
+                predicted = max(probabilities, key=probabilities.get)
+                original = downsize(original)
+                blended = overlay(original, cam_to_original(heatmap, original.shape, preprocess))
+                target = out / overlay_name(image, taken)
+                _figure(original, blended, probabilities, f"{method}: evidence for {predicted}", target)
+                table.add({"image": str(image), "probabilities": probabilities, "predicted": predicted,
+                           "overlay": str(target)})
+            if progress:
+                progress(1)
+    table.save()
+    return table.records

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 from cxrlab.core.errors import ConfigError
-from cxrlab.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
 Contrast = Literal["none", "clahe", "equalize"]
 ResizeMode = Literal["stretch", "letterbox"]

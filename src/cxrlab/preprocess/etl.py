@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_SHARD_SIZE
 from cxrlab.core.errors import ConfigError, InvalidImageError
 from cxrlab.core.io import atomic_write_text, relative_to_or_absolute
 from cxrlab.core.runtime import default_workers, tune_allocator
@@ -37,9 +38,6 @@ PLAN_FILE = "plan.json"
 REPORT_FILE = "prepare_report.json"
 SKIPPED_FILE = "skipped.csv"
 _ROW_KEYS = ("image", "label", "patient_id", "source", "view", "mask")
-# Small shards keep every worker busy to the end (measured: 128-image shards left one of two
-# workers idle for a third of a 300-image run); a 224-px shard of 32 images is ~1.6 MB.
-DEFAULT_SHARD_SIZE = 32
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,5 @@
+"""``python -m cxrlab.cli``: the same as the ``cxrlab`` command."""
+
+from cxrlab.cli import main
+
+main()

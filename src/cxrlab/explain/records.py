@@ -1,0 +1,57 @@
+"""The tables ``predict`` and ``explain`` write: one row per input, a failed input's row naming its
+reason, rewritten as work goes on so an interrupted run keeps what it finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.core.io import atomic_write_text
+
+SAVE_EVERY = 50  # rows between rewrites of the tables: a crash loses at most this much work
+
+
+def overlay_name(image: Path, taken: set[str], suffix: str = "gradcam") -> str:
+    """``<stem>_<suffix>.png``, numbered when two inputs share a stem (the same name in two folders)."""
+    name, n = f"{image.stem}_{suffix}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{image.stem}_{n}_{suffix}.png"
+    taken.add(name)
+    return name
+
+
+class RecordTable:
+    """Rows of one run, written to ``<out>/<stem>.csv`` and ``<out>/<stem>.json`` (atomically) every
+    :data:`SAVE_EVERY` rows and on :meth:`save`.
+
+    A record is a dict with ``image`` and either ``probabilities`` (``{class: p}``, spread into one
+    CSV column per class) and the other fields, or ``error`` (the one-line reason it was skipped).
+    The CSV has ``columns`` (``image`` first, then the class columns, then the rest) and ``error``
+    last; the JSON holds the records as they are.
+    """
+
+    def __init__(self, out: Path, stem: str, class_names: list[str], columns: list[str]) -> None:
+        self.out, self.stem = Path(out), stem
+        self.columns = ["image", *class_names, *columns, "error"]
+        self.records: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        """Append a record; rewrite the tables every :data:`SAVE_EVERY` records."""
+        self.records.append(record)
+        if len(self.records) % SAVE_EVERY == 0:
+            self.save()
+
+    def save(self) -> None:
+        """Write both tables now."""
+        rows = [{**r, **r.get("probabilities", {})} for r in self.records]
+        table = pd.DataFrame(rows, columns=self.columns)
+        atomic_write_text(self.out / f"{self.stem}.csv", table.to_csv(index=False))
+        atomic_write_text(self.out / f"{self.stem}.json", json.dumps(self.records, indent=2) + "\n")
+
+    @property
+    def failed(self) -> list[dict]:
+        """The records of inputs that were skipped."""
+        return [r for r in self.records if "error" in r]
