@@ -36,6 +36,41 @@ def test_prepare_bad_tree_exits_zero_and_names_each_bad_file(bad_tree, tmp_path)
     assert report["images"] == 10 and len(report["skipped"]) == len(expected)
 
 
+def test_hostile_entries_in_a_manifest_are_left_out_by_name_by_every_data_command(phantoms, tmp_path):
+    from tests.conftest import write_hostile_files, write_hostile_images
+
+    undecodable, unreadable = write_hostile_images(tmp_path / "bad"), write_hostile_files(tmp_path / "bad")
+    (tmp_path / "bad" / "folder.png").mkdir()
+    unreadable["folder.png"] = "is a directory"
+    bad = {**undecodable, **unreadable}
+    table = pd.read_csv(phantoms).assign(image=lambda f: [str(phantoms.parent / p) for p in f["image"]],
+                                         mask="", lesion="")
+    extra = pd.DataFrame({"image": [str(tmp_path / "bad" / n) for n in bad], "label": "Normal",
+                          "patient_id": [f"bad-{i}" for i in range(len(bad))], "source": "bad", "view": "PA"})
+    pd.concat([table, extra]).to_csv(tmp_path / "manifest.csv", index=False)
+    runs = {"manifest": ["manifest", "--data", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "m.csv")],
+            "split": ["split", "--data", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "s"), "--ratios",
+                      "6:2:2", "--folds", "2", "--dedupe", "regroup"],
+            "prepare": ["prepare", "--data", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "p"), "--size",
+                        "32", "--workers", "2"]}
+    outputs = {}
+    for name, args in runs.items():
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "Traceback" not in result.output, (name, result.output)
+        outputs[name] = result.output
+    for name, reason in unreadable.items():  # entries that are not files are left out when the table is read
+        assert f"{tmp_path / 'bad' / name}: {reason}" in outputs["manifest"], name
+    for name, reason in undecodable.items():  # files that do not decode, when they are hashed or prepared
+        assert f"{tmp_path / 'bad' / name}:" in outputs["split"] and reason in outputs["split"], name
+    for name in bad:
+        assert f"{tmp_path / 'bad' / name}:" in outputs["prepare"], name
+    assert len(pd.read_csv(tmp_path / "m.csv")) == len(table) + len(undecodable)
+    report = json.loads((tmp_path / "p" / "prepare_report.json").read_text())
+    assert report["images"] == len(table) and len(report["skipped"]) == len(bad)
+    result = runner.invoke(app, ["audit", str(tmp_path / "s" / "splits.csv")])  # hashing skips what it cannot read
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+
+
 def test_split_then_prepare_then_refuse_a_leaking_split(phantoms, tmp_path):
     out = tmp_path / "split"
     result = runner.invoke(app, ["split", "--data", str(phantoms), "--out", str(out), "--ratios", "6:2:2", "--folds", "2"])

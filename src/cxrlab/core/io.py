@@ -6,7 +6,9 @@ half-way never leaves a truncated result behind (issue 2: "nothing already writt
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -37,14 +39,45 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def absolute_path(path: str | Path) -> Path:
+    """``path`` made absolute and normalised without touching the file system: a symbolic link stays
+    the entry its table named (``Path.resolve`` would name its target, and raises on a link loop,
+    which one bad entry in a table of thousands must not do; reading the file later says why it is
+    skipped)."""
+    return Path(os.path.abspath(path))
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file that can be read (a few words), or None when it is one.
+
+    A FIFO would block a reader and a device never end, so only regular files pass.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if isinstance(err, FileNotFoundError):
+            return "broken symbolic link" if path.is_symlink() else "file not found"
+        return f"cannot read file ({err.strerror or err})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "special")
+        return f"not a regular file ({kind})"
+    return None
+
+
 def relative_to_or_absolute(path: str | Path, start: str | Path) -> str:
     """Return ``path`` relative to folder ``start`` (POSIX separators), or absolute if impossible.
 
     Tables cxrlab writes store image paths relative to their own folder, so a data folder and
     its tables can move together.
     """
-    path = Path(path).resolve()
+    path = absolute_path(path)
     try:
-        return Path(os.path.relpath(path, Path(start).resolve())).as_posix()
+        return Path(os.path.relpath(path, absolute_path(start))).as_posix()
     except ValueError:  # different drive on Windows
         return path.as_posix()

@@ -12,7 +12,6 @@ reason: a codec's own exception never escapes (a long run skips the file and goe
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
@@ -28,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_FILE_BYTES
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.core.io import file_problem
 from cxrlab.data._pixels import scale_to_uint8
 from cxrlab.data.dicom import DICOM_SUFFIXES, dicom_to_uint8, is_dicom_bytes
 
@@ -89,26 +89,16 @@ def sniff_format(buf: bytes, name: str | Path = "") -> str | None:
 def _read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The file's bytes; only a regular file of at most ``max_bytes`` is read (a FIFO would block,
     a device never end)."""
-    try:
-        info = path.stat()
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise InvalidImageError(path, "symbolic link loop") from err
-        if isinstance(err, FileNotFoundError):
-            raise InvalidImageError(path, "broken symbolic link" if path.is_symlink() else "file not found") from err
-        raise InvalidImageError(path, f"cannot read file ({err.strerror or err})") from err
-    if stat.S_ISDIR(info.st_mode):
-        raise InvalidImageError(path, "is a directory, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
-                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "special")
-        raise InvalidImageError(path, f"not a regular file ({kind}), not an image file")
-    if info.st_size > max_bytes:
-        raise InvalidImageError(path, f"file too large ({info.st_size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
+    problem = file_problem(path)
+    if problem:
+        raise InvalidImageError(path, problem)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InvalidImageError(path, f"file too large ({size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
     try:
         with open(path, "rb", buffering=0) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat above
-                raise InvalidImageError(path, "not a regular file, not an image file")
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the check above
+                raise InvalidImageError(path, "not a regular file")
             buf = f.read(max_bytes + 1)
     except OSError as err:
         raise InvalidImageError(path, f"cannot read file ({err.strerror or err})") from err

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlab.core.errors import ManifestError
-from cxrlab.core.io import atomic_write_bytes, relative_to_or_absolute
+from cxrlab.core.io import absolute_path, atomic_write_bytes, file_problem, relative_to_or_absolute
 from cxrlab.data.classes import LabelMapper
 
 log = logging.getLogger(__name__)
@@ -101,11 +101,11 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: str | P
 def resolve_paths(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
     """Make the path columns absolute, resolving relative entries against ``base``."""
     frame = frame.copy()
-    base = base.resolve()
+    base = absolute_path(base)
     for column in PATH_COLUMNS:
         if column in frame.columns:
             frame[column] = [
-                str((base / p).resolve()) if isinstance(p, str) and p else ""
+                str(absolute_path(base / p)) if isinstance(p, str) and p else ""
                 for p in frame[column]
             ]
     return frame
@@ -161,8 +161,8 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
             skipped.append(SkippedItem(image, f"unknown label {raw!r} for scheme {mapper.scheme}"))
         elif not image:
             skipped.append(SkippedItem(f"row {i + 2}", "empty image path"))
-        elif check_files and not Path(image).is_file():
-            skipped.append(SkippedItem(image, "file not found"))
+        elif check_files and (problem := file_problem(image)):
+            skipped.append(SkippedItem(image, problem))
         else:
             keep.append(i)
     frame["label"] = mapped

@@ -21,6 +21,7 @@ from typing import Literal
 import pandas as pd
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import absolute_path
 from cxrlab.data.classes import LabelMapper
 from cxrlab.data.manifest import Manifest, SkippedItem, finalise_manifest, read_table, require_columns
 
@@ -45,14 +46,14 @@ def detect_schema(columns: Sequence[str]) -> str | None:
 
 def _image_path(schema: str, row: pd.Series, base: Path) -> str:
     if schema == "cohen":
-        return str((base / row["folder"] / row["filename"]).resolve())
+        return str(absolute_path(base / row["folder"] / row["filename"]))
     if schema == "actualmed":
-        return str((base / "images" / row["imagename"]).resolve())
+        return str(absolute_path(base / "images" / row["imagename"]))
     for suffix in (".jpg", ".jpeg", ".png"):
         candidate = base / "images" / f"{row['patientid']}{suffix}"
         if candidate.exists():
-            return str(candidate.resolve())
-    return str((base / "images" / f"{row['patientid']}.jpg").resolve())
+            return str(absolute_path(candidate))
+    return str(absolute_path(base / "images" / f"{row['patientid']}.jpg"))
 
 
 def _patient(schema: str, raw: str) -> str:

@@ -118,11 +118,12 @@ def plot_artifact_sample(frame, touched: dict[str, int], config, out_png, limit:
     import matplotlib.pyplot as plt
     from pathlib import Path
 
+    from cxrlab.core.io import absolute_path
     from cxrlab.data.images import read_image, read_mask
 
-    by_image = {str(Path(p).resolve()): n for p, n in touched.items()}
-    rows = [r for r in frame.itertuples() if str(Path(r.image).resolve()) in by_image]
-    rows = sorted(rows, key=lambda r: -by_image[str(Path(r.image).resolve())])[:limit]
+    by_image = {str(absolute_path(p)): n for p, n in touched.items()}
+    rows = [r for r in frame.itertuples() if str(absolute_path(r.image)) in by_image]
+    rows = sorted(rows, key=lambda r: -by_image[str(absolute_path(r.image))])[:limit]
     if not rows:
         return None
     fig, axes = plt.subplots(2, len(rows), figsize=(2.6 * len(rows), 5.4), squeeze=False)
