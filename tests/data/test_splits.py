@@ -127,3 +127,15 @@ def test_odd_ratios_and_too_few_patients():
         make_splits(_table(), CLASSES, SplitConfig(ratios=(0.83, 0.17, 0.0)))
     with pytest.raises(ConfigError, match="too few patients"):
         make_splits(_table(n_patients=6), CLASSES, SplitConfig(ratios=(0.9, 0.05, 0.05)))
+
+
+def test_a_manifest_too_small_for_the_ratios_or_folds_is_refused_with_what_to_set():
+    small = pd.DataFrame({"image": [f"/x/{i}.png" for i in range(24)], "label": [CLASSES[i % 3] for i in range(24)],
+                          "patient_id": [f"p{i}" for i in range(24)], "source": "s", "view": "PA"})
+    with pytest.raises(ConfigError, match=r"split 8:1:1: .* the largest has 8; set coarser ratios, e\.g\. --ratios 6:1:1"):
+        make_splits(small, CLASSES, SplitConfig((0.8, 0.1, 0.1), folds=0))
+    frame, _ = make_splits(small, CLASSES, SplitConfig((0.75, 0.125, 0.125), folds=0))  # what the message proposed
+    assert set(frame["split"]) == {"train", "val", "test"}
+    assert (frame[frame["split"] == "val"]["label"].value_counts() == 1).all()  # one per class: stratified
+    with pytest.raises(ConfigError, match=r"9 CV folds: .* largest has 6; set --folds 6 or fewer"):
+        make_splits(small, CLASSES, SplitConfig((0.75, 0.125, 0.125), folds=9))

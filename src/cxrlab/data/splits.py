@@ -76,11 +76,21 @@ def _denominator(ratios: tuple[float, ...]) -> int:
     raise ConfigError(f"ratios: shares must be multiples of 1/{_MAX_DENOMINATOR}, got {ratios}")
 
 
-def _grouped_folds(labels: pd.Series, groups: pd.Series, n_splits: int, seed: int) -> np.ndarray:
-    """Fold index per row from StratifiedGroupKFold (each group in exactly one fold)."""
-    n_groups = groups.nunique()
+def _grouped_folds(labels: pd.Series, groups: pd.Series, n_splits: int, seed: int, what: str = "",
+                   hint: str = "") -> np.ndarray:
+    """Fold index per row from StratifiedGroupKFold (each group in exactly one fold).
+
+    Raises:
+        ConfigError: fewer patients than parts, or no class with as many images as parts (scikit-learn
+            cannot stratify then), naming ``what`` needed them and the ``hint`` of what to set.
+    """
+    n_groups, largest = groups.nunique(), int(labels.value_counts().max()) if len(labels) else 0
+    prefix, suffix = f"{what}: " if what else "", f"; {hint}" if hint else ""
     if n_groups < n_splits:
-        raise ConfigError(f"too few patients ({n_groups}) for {n_splits} patient-grouped parts")
+        raise ConfigError(f"{prefix}too few patients ({n_groups}) for {n_splits} patient-grouped parts{suffix}")
+    if largest < n_splits:
+        raise ConfigError(f"{prefix}{n_splits} patient-grouped parts stratified by class need a class with at least "
+                          f"{n_splits} images, and the largest has {largest}{suffix}")
     fold = np.full(len(labels), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings(record=True) as caught:
@@ -111,7 +121,12 @@ def split_by_patient(table: pd.DataFrame, ratios: tuple[float, float, float] = (
     config = SplitConfig(ratios=ratios, seed=seed, folds=0)
     n = _denominator(config.ratios)
     parts = [round(r * n) for r in config.ratios]
-    part = _grouped_folds(table["label"], table[group_column], n, seed)
+    fits = min(int(table["label"].value_counts().max()) if len(table) else 0, table[group_column].nunique())
+    held = max(1, round(0.1 * fits))
+    hint = (f"set coarser ratios, e.g. --ratios {fits - 2 * held}:{held}:{held} ({fits} parts), or add images"
+            if fits >= 3 else "add images")
+    part = _grouped_folds(table["label"], table[group_column], n, seed,
+                          f"split {':'.join(map(str, parts))}", hint)
     sides = np.array(["train"] * parts[0] + ["val"] * parts[1] + ["test"] * parts[2])
     # Fold order from StratifiedGroupKFold follows group size; a seeded permutation decides
     # which parts become val and test so that no side always gets the biggest patients.
@@ -132,7 +147,10 @@ def assign_folds(table: pd.DataFrame, folds: int, seed: int = 0,
     if folds < 2:
         return fold
     train = table[table["split"] == "train"]
-    fold.loc[train.index] = _grouped_folds(train["label"], train[group_column], folds, seed)
+    fits = min(int(train["label"].value_counts().max()) if len(train) else 0, train[group_column].nunique())
+    hint = f"set --folds {fits} or fewer (0: none), or add images" if fits >= 2 else "set --folds 0, or add images"
+    fold.loc[train.index] = _grouped_folds(train["label"], train[group_column], folds, seed, f"{folds} CV folds",
+                                           hint)
     return fold
 
 
