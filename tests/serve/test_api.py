@@ -62,7 +62,7 @@ def test_health_model_card_and_openapi(client):
 
 @pytest.mark.parametrize(("name", "make", "status", "reason"), [
     ("empty.png", lambda tmp: b"", 400, "empty upload"),
-    ("notes.txt", lambda tmp: b"patient notes, not an image", 415, "not a PNG, JPEG, TIFF or DICOM"),
+    ("notes.txt", lambda tmp: b"patient notes, not an image", 415, "not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"),
     ("notes.png", lambda tmp: b"%PDF-1.7 binary \x00\x01\x02 stuff", 415, "not a PNG"),
     ("cut.png", lambda tmp: cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (300, 300), np.uint8))[1].tobytes()[:4000],
      422, "truncated"),

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 
 from cxrlab.serve import create_app
 from tests.evaluate.test_report_browser import CHROMIUM_ARGS
+from tests.serve.conftest import live_server
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make browser)")]
@@ -19,20 +16,8 @@ pytestmark = [pytest.mark.browser,
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    instance.should_exit = True  # graceful shutdown: the lifespan closes the screener
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    with live_server(create_app(run_dir)) as url:
+        yield url
 
 
 def test_a_person_uploads_an_image_and_sees_bars_and_a_heatmap(server, phantoms, tmp_path):

@@ -55,6 +55,8 @@ def serve_command(
     store_uploads: Annotated[Optional[Path], typer.Option(help="Keep accepted uploads in this folder (default: none kept).")] = None,
     compile: Annotated[bool, typer.Option(help="Compile the model at start-up (slower start, faster requests).")] = False,
     overlay_side: Annotated[int, typer.Option(help="Longest side of the returned overlay in pixels.")] = 512,
+    max_queue: Annotated[int, typer.Option(help="Requests screened or waiting at once; more get 503.")] = 16,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a request body may take to arrive before a 408.")] = 30.0,
 ) -> None:
     """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
     (research use only, not for clinical diagnosis)."""
@@ -67,7 +69,8 @@ def serve_command(
     with handle_errors():
         tune_allocator()
         settings = ServeSettings(max_upload_mb=max_upload_mb, timeout_s=timeout, store_uploads=store_uploads,
-                                 segmenter=segmenter, compile=compile, overlay_side=overlay_side)
+                                 segmenter=segmenter, compile=compile, overlay_side=overlay_side,
+                                 max_queue=max_queue, body_timeout_s=body_timeout)
         app = create_app(resolve_model_path(model), settings)
         console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cxrlab.core.errors import (
     ConfigError,
     CxrlabError,
+    DeadlineExceeded,
     InvalidImageError,
     LeakageError,
     ManifestError,
@@ -17,6 +18,7 @@ from cxrlab.core.io import atomic_write_bytes, atomic_write_text, relative_to_or
 __all__ = [
     "ConfigError",
     "CxrlabError",
+    "DeadlineExceeded",
     "InvalidImageError",
     "LeakageError",
     "ManifestError",

@@ -25,6 +25,10 @@ class NotFittedError(CxrlabError, AttributeError):
     """An estimator was used before ``fit``."""
 
 
+class DeadlineExceeded(CxrlabError, TimeoutError):
+    """Work stopped because the time it was given ran out (a service's request time limit)."""
+
+
 class MissingDependencyError(CxrlabError, RuntimeError):
     """An optional system dependency (e.g. Java for Spark) is missing."""
 

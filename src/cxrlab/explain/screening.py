@@ -9,6 +9,7 @@ per-call state), so a server runs them in a worker thread, one at a time.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from cxrlab.core.errors import ConfigError
+from cxrlab.core.errors import ConfigError, DeadlineExceeded
 from cxrlab.data.images import DecodedImage, decode_image, read_image
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
@@ -28,6 +29,10 @@ from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.segmentation import LungSegmenter
 
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded("screening stopped: its time limit passed")
 
 
 @dataclass
@@ -167,27 +172,42 @@ class Screener:
         """
         return self.screen(read_image(path, **self.preprocessor.decode_options), str(path))
 
-    def screen_bytes(self, buf: bytes, name: str) -> Screening:
+    def screen_bytes(self, buf: bytes, name: str, deadline: float | None = None) -> Screening:
         """Screen image bytes (an upload); ``name`` only labels errors and marks DICOM by suffix.
 
         Raises:
             InvalidImageError: not an image, corrupt, truncated, too large or too small.
+            DeadlineExceeded: see :meth:`screen`.
         """
-        return self.screen(decode_image(buf, name, **self.preprocessor.decode_options), name)
+        _check(deadline)
+        return self.screen(decode_image(buf, name, **self.preprocessor.decode_options), name, deadline)
 
-    def screen(self, decoded: DecodedImage, name: str) -> Screening:
-        """Screen a decoded image."""
+    def screen(self, decoded: DecodedImage, name: str, deadline: float | None = None) -> Screening:
+        """Screen a decoded image.
+
+        Args:
+            deadline: ``time.monotonic()`` after which the work stops at its next step (decoding,
+                lung mask, preprocessing, forward pass with Grad-CAM, second map): a service that has
+                already answered "too late" does not keep a core busy for nothing.
+
+        Raises:
+            DeadlineExceeded: the deadline passed (before the work or between its steps).
+        """
         if self._cam is None:
             raise ConfigError("Screener: closed")
         with self._lock:
+            _check(deadline)  # the queue for the lock may have used up the time
             mask = self.segmenter(decoded) if self.segmenter is not None else None
             processed = self.preprocessor.process(decoded, name, mask)
+            _check(deadline)
             heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
             features, fine = self._features(processed.pixels), self._fine
+            _check(deadline)
             predicted = decide(probs, self.class_names, self.operating_point)
             target = self.class_names.index(predicted)
             if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
                 heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
+                _check(deadline)
         scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
         reasons = []  # most specific first
         if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set

@@ -1,10 +1,13 @@
 """The FastAPI app: ``POST /predict``, ``GET /health``, ``GET /model``, the page at ``/``, docs at ``/docs``.
 
 One :class:`cxrlab.explain.Screener` per app, loaded at start-up and closed at shutdown; each
-screening runs in a worker thread (never on the event loop), one at a time, under a timeout.
-Uploads are checked before decoding (size, content sniffing), decoded with the decompression-bomb
-guard, never written to disk unless ``store_uploads`` is set, and errors reach the client as a
-one-line reason without a stack trace.
+screening runs in a worker thread (never on the event loop), one at a time, under a time limit
+that also stops the thread's work at its next step (a 504 frees the core for the next request);
+at most ``max_queue`` requests wait, the next get 503. A request body that does not arrive within
+``body_timeout_s`` gets 408 (a slow client holds no connection for long). Uploads are checked
+before decoding (size, content sniffing, exactly one file part), decoded with the
+decompression-bomb guard, never written to disk unless ``store_uploads`` is set, and errors reach
+the client as a one-line reason without a stack trace.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import cxrlab
-from cxrlab.core.errors import CxrlabError, InvalidImageError
+from cxrlab.core.errors import CxrlabError, DeadlineExceeded, InvalidImageError
 from cxrlab.core.io import atomic_write_bytes
 from cxrlab.explain.model_card import NOTICE
 from cxrlab.explain.screening import Screener
-from cxrlab.serve.uploads import UploadRejected, safe_name, sniff
+from cxrlab.serve.limits import BodyTimeout
+from cxrlab.serve.uploads import ACCEPTED, UploadRejected, safe_name, sniff
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -48,6 +52,8 @@ class ServeSettings:
         segmenter: Lung segmenter file, for models whose preprocessing uses lung masks.
         compile: Compile the model at start-up (slower start, faster requests).
         overlay_side: Longest side of the returned overlay (smaller: faster answers, lighter pages).
+        max_queue: Requests screened or waiting at once; more get 503 at once (not a 504 later).
+        body_timeout_s: A request whose body has not fully arrived after this long gets 408.
     """
 
     max_upload_mb: float = 20.0
@@ -56,14 +62,16 @@ class ServeSettings:
     segmenter: Path | None = None
     compile: bool = False
     overlay_side: int = 512
+    max_queue: int = 16
+    body_timeout_s: float = 30.0
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def _error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"detail": reason}, status_code=status)
+def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": " ".join(reason.split())}, status_code=status, headers=headers)
 
 
 def _status_for(err: InvalidImageError) -> int:
@@ -96,6 +104,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["limiter"] = anyio.CapacityLimiter(1)  # one screening at a time (the Grad-CAM hooks hold state)
+        state["in_flight"] = 0
         log.info("serving %s (%s)", model_path, card["model"]["backbone"])
         yield
         screener.close()
@@ -132,34 +141,47 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         operating point, out-of-distribution check, intended use."""
         return card
 
-    @app.post("/predict", responses={400: {}, 413: {}, 415: {}, 422: {}, 504: {}})
-    async def predict(file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF or DICOM")]):
+    @app.post("/predict", responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+    async def predict(request: Request, file: Annotated[UploadFile, File(description=ACCEPTED)]):
         """Per-class probabilities, the predicted class (at the model's operating point), an
         out-of-distribution flag and the Grad-CAM overlay (PNG, base64)."""
         name = safe_name(file.filename)
+        if len((await request.form()).getlist("file")) != 1:  # parsed once already: no second read
+            return _error(400, "send exactly one 'file' part (one image per request)")
         try:
             buf = await _read_limited(file, settings.max_upload_bytes)
             sniff(buf, name)
         except UploadRejected as err:
             return _error(err.status, err.reason)
+        if state["in_flight"] >= settings.max_queue:
+            return _error(503, f"{state['in_flight']} screenings already running or waiting; try again shortly",
+                          {"Retry-After": str(max(1, round(settings.timeout_s / 4)))})
         start = time.perf_counter()
+        deadline = time.monotonic() + settings.timeout_s
+        state["in_flight"] += 1
         try:
             with anyio.fail_after(settings.timeout_s):
-                body = await anyio.to_thread.run_sync(_screen, buf, name, abandon_on_cancel=True,
+                body = await anyio.to_thread.run_sync(_screen, buf, name, deadline, abandon_on_cancel=True,
                                                       limiter=state["limiter"])
-        except TimeoutError:
+        except TimeoutError:  # also the thread's own DeadlineExceeded
             return _error(504, f"screening took longer than {settings.timeout_s:g} s; try again later")
         except InvalidImageError as err:
             return _error(_status_for(err), f"{name}: {err.reason}")
         except CxrlabError as err:
             return _error(422, str(err))
+        finally:
+            state["in_flight"] -= 1
         if settings.store_uploads is not None:
             atomic_write_bytes(Path(settings.store_uploads) / f"{uuid.uuid4().hex}-{name}", buf)
         return {**body, "seconds": round(time.perf_counter() - start, 4), "notice": NOTICE}
 
-    def _screen(buf: bytes, name: str) -> dict:
-        """Screening and the overlay's PNG encoding: both off the event loop."""
-        result = screener.screen_bytes(buf, name)
+    def _screen(buf: bytes, name: str, deadline: float) -> dict:
+        """Screening and the overlay's PNG encoding: both off the event loop; both stop once the
+        request's deadline has passed (its client has had its 504)."""
+        result = screener.screen_bytes(buf, name, deadline)
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded("screening stopped before encoding the overlay: its time limit passed")
         return {**result.record(), "overlay_png_base64": base64.b64encode(result.overlay_png()).decode("ascii")}
 
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     return app

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from cxrlab.data.dicom import DICOM_SUFFIXES, is_dicom_bytes
+from cxrlab.data.images import FORMATS, sniff_format
 
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
-ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+ACCEPTED = FORMATS  # the service takes what `cxrlab predict` reads
 
 
 class UploadRejected(Exception):
@@ -25,21 +24,17 @@ def safe_name(filename: str | None) -> str:
 
 
 def sniff(buf: bytes, name: str) -> str:
-    """The image format the content shows: ``png``, ``jpeg``, ``tiff`` or ``dicom``.
-
-    DICOM is recognised by its ``DICM`` magic, or (files written without the preamble) by a ``.dcm``
-    name; the decoder then proves it.
+    """The image format the content shows (see :func:`cxrlab.data.images.sniff_format`): the formats
+    ``cxrlab predict`` reads, DICOM without its preamble by a ``.dcm`` name.
 
     Raises:
         UploadRejected: empty (400), or not one of the accepted formats (415).
     """
     if not buf:
         raise UploadRejected(400, "empty upload (0 bytes)")
-    for magic, kind in _MAGIC.items():
-        if buf.startswith(magic):
-            return kind
-    if is_dicom_bytes(buf) or PurePath(name).suffix.lower() in DICOM_SUFFIXES:
-        return "dicom"
-    head = buf[:16]
-    looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
-    raise UploadRejected(415, f"{name}: not a {ACCEPTED} image (the content looks like {looks})")
+    kind = sniff_format(buf, name)
+    if kind is None:
+        head = buf[:16]
+        looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+        raise UploadRejected(415, f"{name}: not a {ACCEPTED} image (the content looks like {looks})")
+    return kind
