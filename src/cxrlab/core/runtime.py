@@ -9,6 +9,8 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from cxrlab.core.errors import MissingDependencyError
@@ -84,3 +86,21 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """In a worker process: exit as soon as the process that started it is gone.
+
+    A pool's workers wait on their task queue for ever once their parent is killed (``kill -9``:
+    no shutdown runs), each holding its memory. A daemon thread notices the re-parenting and ends
+    the process. A thread rather than Linux's ``PR_SET_PDEATHSIG``: that fires when the parent's
+    *thread* that started the worker ends, which a pool does not promise to keep alive.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cxrlab.core.defaults import DEFAULT_MAX_DISTANCE
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.core.runtime import exit_with_parent
 from cxrlab.data.images import read_image
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def compute_hashes(paths: Sequence[str], workers: int = 1,
         if workers <= 1:
             results = map(image_phash, paths)
         else:
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent))
             results = pool.map(image_phash, paths, chunksize=16)
         for i, value in enumerate(results):
             out[i] = value or 0

@@ -25,7 +25,7 @@ import pandas as pd
 from cxrlab.core.defaults import DEFAULT_SHARD_SIZE
 from cxrlab.core.errors import ConfigError, InvalidImageError
 from cxrlab.core.io import atomic_write_text, relative_to_or_absolute
-from cxrlab.core.runtime import default_workers, tune_allocator
+from cxrlab.core.runtime import default_workers, exit_with_parent, tune_allocator
 from cxrlab.data.manifest import Manifest, write_table
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.preprocess.pipeline import Preprocessor
@@ -133,6 +133,7 @@ def plan_shards(manifest: Manifest, out_dir: Path, config: PreprocessConfig, sha
 
 def _worker_init() -> None:
     tune_allocator()
+    exit_with_parent()
 
 
 def run_local(tasks: list[ShardTask], workers: int, progress: Callable[[ShardResult], None]) -> list[ShardResult]:

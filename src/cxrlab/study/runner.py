@@ -31,7 +31,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.core.logging import configure_logging, quiet_lightning
-from cxrlab.core.runtime import default_workers
+from cxrlab.core.runtime import default_workers, exit_with_parent
 from cxrlab.data import write_splits
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
@@ -251,6 +251,7 @@ def _worker_init(threads: int, level: int) -> None:
     """A worker process: its share of the CPU threads; warnings only (the parent reports progress)."""
     import torch
 
+    exit_with_parent()
     torch.set_num_threads(threads)
     configure_logging()
     logging.getLogger("cxrlab").setLevel(max(level, logging.WARNING))
