@@ -113,7 +113,7 @@ def test_decide_applies_the_operating_point_and_falls_back_to_the_most_probable_
 
 
 def test_training_stores_the_screening_reference_set_on_validation(run_dir):
-    payload = torch.load(run_dir / "model.pt", weights_only=False)
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
     reference = payload["extra"]["screening"]
     assert reference["ood"]["method"] == "mahalanobis" and reference["ood"]["quantile"] == 0.99
     train_images = int((pd.read_csv(run_dir / "splits.csv")["split"] == "train").sum())

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +47,27 @@ def test_model_file_roundtrip(model, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="cannot read model file|not a cxrlab model file"):
         load_model(tmp_path / "bad.pt")
+
+
+class _Payload:
+    """What a hostile model file can pickle: unpickling calls ``touch(marker)``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_model_file_that_would_run_code_is_refused_without_running_it(model, tmp_path):
+    save_model(model, tmp_path / "m.pt", PreprocessConfig(size=64), {"note": np.float64(0.5), "a": np.ones(3)})
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)  # plain data: numpy values were converted
+    assert payload["extra"]["note"] == 0.5 and torch.equal(payload["extra"]["a"], torch.ones(3, dtype=torch.float64))
+    marker = tmp_path / "code-ran"
+    torch.save({**payload, "extra": {"x": _Payload(marker)}}, tmp_path / "tampered.pt")
+    with pytest.raises(ConfigError, match="refused: the file holds Python objects") as info:
+        load_model(tmp_path / "tampered.pt")
+    assert "\n" not in str(info.value) and not marker.exists()
 
 
 def test_input_sanity_warnings(model):

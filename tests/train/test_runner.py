@@ -93,14 +93,14 @@ def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_pat
     values = {**read_yaml_mapping(run_dir / "config.yaml"), "out": str(tmp_path / "r"),
               "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     out = train(build_config(values), screening=False).out
-    assert "screening" not in torch.load(out / "model.pt", weights_only=False)["extra"]
+    assert "screening" not in torch.load(out / "model.pt", weights_only=True)["extra"]
     (out / "config.yaml").rename(out / "moved.yaml")
     with pytest.raises(ConfigError, match="config.yaml"):
         add_screening_reference(out)  # nothing to rebuild it from: a clear error naming the file
     (out / "moved.yaml").rename(out / "config.yaml")
     assert add_screening_reference(out) and not add_screening_reference(out)  # added once, then kept
-    added = torch.load(out / "model.pt", weights_only=False)["extra"]
-    written = torch.load(run_dir / "model.pt", weights_only=False)["extra"]
+    added = torch.load(out / "model.pt", weights_only=True)["extra"]
+    written = torch.load(run_dir / "model.pt", weights_only=True)["extra"]
     assert added["epoch"] == written["epoch"]
     for key in ("ood", "ood_fine"):
         assert added["screening"][key]["threshold"] == pytest.approx(written["screening"][key]["threshold"], rel=1e-4)

@@ -1,4 +1,9 @@
-"""Self-contained model files: weights plus everything needed to predict with them."""
+"""Self-contained model files: weights plus everything needed to predict with them.
+
+A model file is data, not code: it holds only tensors and plain values (dicts, lists, strings,
+numbers) and is read with ``torch.load(weights_only=True)``, so opening a file someone sent you
+cannot run anything; a file that needs more (a pickled class, a function) is refused.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import cxrlab
@@ -31,23 +37,59 @@ def save_model(model: CxrClassifier, path: str | Path, preprocess: PreprocessCon
         "num_classes": model.head.fc.out_features, "mean": list(model.spec.mean), "std": list(model.spec.std),
         "preprocess": preprocess.to_dict(), "state_dict": model.state_dict(), "extra": extra or {},
     }
+    return write_payload(payload, path)
+
+
+def plain_data(obj):
+    """``obj`` with NumPy arrays as tensors, NumPy scalars as Python numbers, paths as strings and tuples as
+    lists: what ``torch.load(weights_only=True)`` reads back without any allow-list.
+
+    Raises:
+        ConfigError: a value of another type (it would make the file need code to load).
+    """
+    if isinstance(obj, dict):
+        return {str(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_data(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    raise ConfigError(f"model file: cannot store a {type(obj).__name__} (only tensors and plain data)")
+
+
+def write_payload(payload: dict, path: str | Path) -> Path:
+    """Write a model or segmenter payload as plain data (:func:`plain_data`), atomically: a crash never
+    leaves a half-written file."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(plain_data(payload), buffer)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
 
 
 def read_payload(path: str | Path, expected: str, kind: str) -> dict:
-    """The dict a cxrlab model file holds, checked for its ``format``.
+    """The dict a cxrlab model file holds, checked for its ``format``; read as data only
+    (``weights_only=True``: no code in the file runs).
 
     Raises:
-        ConfigError: unreadable, or not a cxrlab ``kind`` file.
+        ConfigError: unreadable; holding objects other than tensors and plain data (refused: loading
+            them would run code); or not a cxrlab ``kind`` file.
     """
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise ConfigError(f"{path}: cannot read {kind} file ({err})") from err
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # not a pickle at all, or a damaged one
+            raise ConfigError(f"{path}: cannot read {kind} file ({' '.join(str(err).split())})") from err
+        raise ConfigError(f"{path}: refused: the file holds Python objects beyond tensors and plain data, which "
+                          f"could run code when loaded (cxrlab reads {kind} files as data only; retrain or re-save "
+                          "it with this version of cxrlab if you trust where it came from)") from err
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read {kind} file ({' '.join(str(err).split())})") from err
     if not isinstance(payload, dict) or payload.get("format") != expected:
         raise ConfigError(f"{path}: not a cxrlab {kind} file (expected format {expected})")
     return payload

@@ -7,17 +7,14 @@ subset of the classifier backbone's, so the same offline weights fill it.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
 import cxrlab
 from cxrlab.core.errors import ConfigError
-from cxrlab.core.io import atomic_write_bytes
-from cxrlab.models.checkpoint import read_payload
+from cxrlab.models.checkpoint import read_payload, write_payload
 from cxrlab.models.factory import create_backbone
 from cxrlab.models.registry import BackboneSpec, get_backbone_spec
 from cxrlab.models.weights import WeightsUnavailableError, load_pretrained
@@ -73,10 +70,7 @@ def save_segmenter(net: smp.Unet, path: str | Path, backbone: str, preprocess: P
     payload = {"format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": backbone,
                "decoder_channels": [b.conv1[0].out_channels for b in net.decoder.blocks], "preprocess": preprocess.to_dict(),
                "state_dict": net.state_dict(), "extra": extra or {}}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return write_payload(payload, path)
 
 
 def load_segmenter(path: str | Path) -> tuple[smp.Unet, PreprocessConfig, dict]:

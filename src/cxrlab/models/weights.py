@@ -37,6 +37,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torchxrayvision and older checkpoints pickle the whole module
+        # Unpickling a module can run code. Done only for a file the user named as backbone weights
+        # (model files that predict, serve and evaluate open are read as data only: checkpoint.py).
+        log.warning("%s: pickles whole Python objects, unpickled because it was named as backbone weights; "
+                    "use only weights files you trust", path)
         obj = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
