@@ -36,6 +36,23 @@ def test_evaluate_other_data_and_errors(run_dir, phantoms, tmp_path):
         evaluate_run(tmp_path / "nothing", tmp_path / "x")
 
 
+def test_evaluate_names_the_inputs_it_could_not_use_on_screen_and_in_the_report(run_dir, phantoms, tmp_path):
+    table = pd.read_csv(phantoms).head(12).assign(image=lambda f: [str(phantoms.parent / p) for p in f["image"]],
+                                                  mask="", lesion="")
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    bad = pd.DataFrame({"image": [str(tmp_path / "missing.png"), str(tmp_path / "cut.png")], "label": "Normal",
+                        "patient_id": ["x1", "x2"], "source": "phantom-a", "view": "PA"})
+    pd.concat([table, bad]).to_csv(tmp_path / "data.csv", index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(tmp_path / "data.csv"), "--out",
+                                      str(tmp_path / "e"), "--n-boot", "20", "--no-gradcam"])
+    assert result.exit_code == 3, result.output  # written, but not on everything asked for
+    assert "2 input(s) not evaluated" in result.output
+    assert f"{tmp_path / 'missing.png'}: file not found" in result.output and f"{tmp_path / 'cut.png'}:" in result.output
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "missing.png" in report and "cut.png" in report
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["n"] == 12
+
+
 def test_cli_adds_grad_cam_lung_evidence(run_dir, tmp_path):
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--out", str(tmp_path), "--n-boot", "20"])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors
+from cxrlab.cli._common import console, exit_if_failed, handle_errors
 
 
 def evaluate_command(
@@ -21,7 +21,8 @@ def evaluate_command(
     cam_method: Annotated[str, typer.Option(help="Map of the explanation sections: gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     cam_layer: Annotated[Optional[str], typer.Option(help="last (default), fine (a finer grid) or a module name.")] = None,
 ) -> None:
-    """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures."""
+    """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
+    Exit code 3 when some inputs could not be evaluated (each is named on screen and in the report)."""
     from cxrlab.study.evaluation import evaluate_and_explain
 
     with handle_errors():
@@ -41,9 +42,16 @@ def evaluate_command(
             if game.get("n"):
                 console.print(f"pointing game ({game['method']} @ {game['layer']}): the map's peak on the lesion in "
                               f"{game['hit_rate']:.0%} of {game['n']} images with lesion masks")
+        if results["skipped"]:
+            console.print(f"[yellow]{len(results['skipped'])} input(s) not evaluated[/] (listed in the report):")
+            for image, reason in results["skipped"][:20]:
+                console.print(f"  {image}: {reason}", highlight=False)
+            if len(results["skipped"]) > 20:
+                console.print(f"  ... and {len(results['skipped']) - 20} more")
         for warning in results["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}")
         console.print(f"wrote {Path(out) / 'report.html'}, {Path(out) / 'report.md'} and {Path(out) / 'metrics.json'}")
+    exit_if_failed(len(results["skipped"]), "input(s) could not be evaluated and")
 
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
+from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
@@ -25,19 +26,26 @@ log = logging.getLogger(__name__)
 CI_KEYS = ("sensitivity", "specificity", "roc_auc", "pr_auc")
 
 
-def _frames(run: Path, data: Path | None, splits: Path | None, scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str]:
+def _frames(run: Path, data: Path | None, splits: Path | None,
+            scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str, list[tuple[str, str]]]:
+    """``(test rows, validation rows or None, which side, inputs left out while reading them)``."""
     split_file = splits or (run / "splits.csv" if run.is_dir() and (run / "splits.csv").exists() else None)
     if data is not None:
-        test = load_source(data, scheme=scheme).table
+        source = load_source(data, scheme=scheme)
         val = load_source(split_file, scheme=scheme).table if split_file else None
-        return test, (val[val["split"] == "val"] if val is not None else None), f"all of {data}"
+        return (source.table, (val[val["split"] == "val"] if val is not None else None), f"all of {data}",
+                [(item.image, item.reason) for item in source.skipped])
     if split_file is None:
         raise ConfigError(f"{run}: no splits.csv to take the test side from; pass --data or --splits")
-    frame = load_source(split_file, scheme=scheme).table  # runs the leakage guard
+    source = load_source(split_file, scheme=scheme)  # runs the leakage guard
+    frame = source.table
     test = frame[frame["split"] == "test"]
     if test.empty:
         raise ConfigError(f"{split_file}: the test side is empty")
-    return test, frame[frame["split"] == "val"], f"test side of {split_file}"
+    raw = resolve_paths(read_table(split_file), split_file.parent)  # the side of each row left out
+    side_of = dict(zip(raw["image"], raw["split"], strict=True)) if "split" in raw.columns else {}
+    skipped = [(item.image, item.reason) for item in source.skipped if side_of.get(item.image) == "test"]
+    return test, frame[frame["split"] == "val"], f"test side of {split_file}", skipped
 
 
 def _confidence_intervals(p: Predictions, n_boot: int, seed: int, positive: str) -> dict:
@@ -95,7 +103,8 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     model, preprocess, payload = load_for_evaluation(run)
     scheme = "binary" if len(model.class_names) == 2 else "3class"
-    test_frame, val_frame, side = _frames(run, Path(data) if data else None, Path(splits) if splits else None, scheme)
+    test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
+                                                  scheme)
     test = predict_frame(model, preprocess, test_frame, out / "prepared-test")
     val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
@@ -125,7 +134,8 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
                   "class_names": list(model.class_names)},
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
         "ci": ci, "n_boot": n_boot, "per_source": per_source,
-        "binary": binary, "calibration": calibration, "skipped": test.skipped, "warnings": _warnings(test, per_source),
+        "binary": binary, "calibration": calibration, "skipped": [*unread, *test.skipped],
+        "warnings": _warnings(test, per_source),
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
