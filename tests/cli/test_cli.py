@@ -140,8 +140,7 @@ def test_backbones_lists_the_registry():
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["efficientnet_lite0"]["offline_weights"] and rows["vgg16"]["blocks"] == 5
     assert 14_000_000 < rows["vgg16"]["params"] < 15_000_000  # VGG-16's conv blocks: 14.7 M
-    piped = subprocess.run([sys.executable, "-m", "cxrlab.cli", "backbones"], capture_output=True, text=True,
-                           check=True).stdout  # not a terminal: complete CSV rows, nothing cut to fit
+    piped = runner.invoke(app, ["backbones"]).output  # not a terminal: complete CSV rows, nothing cut to fit
     table = pd.read_csv(io.StringIO(piped)).set_index("name")
     assert table.loc["efficientnet_lite0", "timm"] == "efficientnet_lite0" and len(table) == len(rows)
     assert runner.invoke(app, ["backbones", "--format", "xml"]).exit_code == 2

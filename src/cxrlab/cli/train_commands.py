@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -79,13 +80,9 @@ def train_command(
         console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
 
 
-def backbones(output: Annotated[Optional[str], typer.Option(
-        "--format", help="table, csv or json (default: table on a terminal, csv otherwise).")] = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.", hidden=True)] = False) -> None:
-    """List registered backbones: timm name, parameters, blocks, input size, offline weights."""
-    output = "json" if json_out else output or ("table" if console.is_terminal else "csv")
-    if output not in ("table", "csv", "json"):
-        raise typer.BadParameter(f"--format must be table, csv or json, got {output!r}")
+@functools.cache
+def _backbone_rows() -> list[dict]:
+    """One dict per registered backbone (building each on the meta device takes seconds: once per process)."""
     import torch
 
     from cxrlab.models import create_backbone, get_backbone_spec, list_backbones
@@ -98,6 +95,17 @@ def backbones(output: Annotated[Optional[str], typer.Option(
         rows.append({"name": name, "timm": spec.timm_name, "params": sum(p.numel() for p in model.parameters()),
                      "blocks": len(spec.partition(model)), "input_size": spec.input_size,
                      "offline_weights": bool(spec.offline_weights)})
+    return rows
+
+
+def backbones(output: Annotated[Optional[str], typer.Option(
+        "--format", help="table, csv or json (default: table on a terminal, csv otherwise).")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.", hidden=True)] = False) -> None:
+    """List registered backbones: timm name, parameters, blocks, input size, offline weights."""
+    output = "json" if json_out else output or ("table" if console.is_terminal else "csv")
+    if output not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"--format must be table, csv or json, got {output!r}")
+    rows = _backbone_rows()
     if output == "json":
         typer.echo(json.dumps(rows, indent=2))
         return
