@@ -61,6 +61,7 @@ def main() -> None:
     except Exception as err:  # the last line of defence: one line for the user, the trace in a file
         log = write_crash_log()
         reason = " ".join(str(err).split()) or "(no message)"
-        err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {reason} (traceback in {log}; "
-                          "please report it)", highlight=False, soft_wrap=True)
+        where = f"traceback in {log}" if log else "traceback above"
+        err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {reason} ({where}; please report it)",
+                          highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)

@@ -36,11 +36,17 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def write_crash_log() -> Path:
+def write_crash_log() -> Path | None:
     """Write the exception being handled, with its traceback and the command line, to a new file under
-    ``$CXRLAB_LOG_DIR`` (default: ``<temp dir>/cxrlab-logs``); returns its path."""
+    ``$CXRLAB_LOG_DIR`` (default: ``<temp dir>/cxrlab-logs``); returns its path, or None (and prints the
+    traceback to stderr instead) when no file can be written there."""
+    text = f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}"
     folder = Path(os.environ.get("CXRLAB_LOG_DIR") or Path(tempfile.gettempdir()) / "cxrlab-logs")
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"cxrlab-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}", encoding="utf-8")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError:
+        sys.stderr.write(text)
+        return None
     return path
