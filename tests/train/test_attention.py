@@ -99,13 +99,21 @@ def _guided_config(tmp_path, phantoms, name, **extra):
 
 
 def test_guided_training_is_the_same_with_and_without_the_prefix_cache(tmp_path, phantoms):
-    cached = train(_guided_config(tmp_path, phantoms, "cached", fine_tune=2))
-    plain = train(_guided_config(tmp_path, phantoms, "uncached", fine_tune=2, cache_prefix=False))
+    # The two paths compute the frozen prefix in different batches, so oneDNN rounds them differently
+    # (which kernels depends on the processor and the thread count). Adam turns a rounding difference in
+    # a near-zero gradient into an update of up to lr (4e-3 apart after two epochs with one thread);
+    # SGD keeps it at rounding size (~1e-7 here, with the head moving ~1e-3), so the comparison tests the
+    # mechanism, not the kernels.
+    cached = train(_guided_config(tmp_path, phantoms, "cached", fine_tune=2, optimizer="sgd"))
+    plain = train(_guided_config(tmp_path, phantoms, "uncached", fine_tune=2, cache_prefix=False, optimizer="sgd"))
     assert cached.summary["prefix_cache"] and not plain.summary["prefix_cache"]
     metrics = pd.read_csv(cached.out / "metrics.csv")
     assert metrics["val_attention"].between(0, 1).all() and metrics["train_attention"].between(0, 1).all()
     for a, b in zip(cached.model.state_dict().values(), plain.model.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    initial = create_classifier("efficientnet_lite0", 3, seed=0, class_names=cached.model.class_names,
+                                lung_attention=True, fine_tune=2).state_dict()["head.fc.weight"]
+    assert (cached.model.head.fc.weight - initial).abs().max() > 1e-4  # it did train: far beyond the tolerance
     model, preprocess, payload = load_model(cached.out / "model.pt")
     assert model.lung_attention and payload["lung_attention"] and preprocess.keep_mask
     assert ShardReader(cached.out / "prepared").has_masks
