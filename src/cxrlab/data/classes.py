@@ -19,6 +19,7 @@ COVID = "COVID-19"
 PNEUMONIA = "Pneumonia"
 NORMAL = "Normal"
 NON_COVID = "non-COVID"
+POSITIVE_CLASS = COVID  # the papers' headline class: COVID-19 vs the rest (operating points, binary views)
 
 SchemeName = Literal["3class", "binary"]
 

@@ -19,6 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxrlab.data.classes import POSITIVE_CLASS
+
 PER_CLASS_KEYS = ("sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc")
 
 
@@ -139,7 +141,7 @@ def _average(per_class: dict, support: np.ndarray | None) -> dict:
 
 
 def binary_view(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
-                positive: str = "COVID-19") -> tuple[np.ndarray, np.ndarray]:
+                positive: str = POSITIVE_CLASS) -> tuple[np.ndarray, np.ndarray]:
     """The COVID-vs-rest view of multi-class predictions: ``(is_positive, P(positive))``.
 
     Raises:

@@ -12,6 +12,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
+from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
@@ -109,7 +110,7 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
     per_source = _per_source(test)
-    positive = "COVID-19"
+    positive = POSITIVE_CLASS
     yb, pb = binary_view(test.y_true, test.probs, test.class_names, positive)
     ci = _confidence_intervals(test, n_boot, seed, positive)
     binary = {"positive": positive, "roc_auc": metrics["per_class"][positive]["roc_auc"],

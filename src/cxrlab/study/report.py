@@ -14,10 +14,11 @@ import pandas as pd  # noqa: E402
 from cxrlab.core.io import atomic_write_text  # noqa: E402
 from cxrlab.evaluate.report import html_page, markdown_page  # noqa: E402
 from cxrlab.study.config import StudyConfig  # noqa: E402
-from cxrlab.study.results import METRICS, POSITIVE  # noqa: E402
+from cxrlab.data.classes import POSITIVE_CLASS  # noqa: E402
+from cxrlab.study.results import METRICS  # noqa: E402
 
-LABELS = {"accuracy": "accuracy", "sensitivity": f"{POSITIVE} sensitivity", "specificity": f"{POSITIVE} specificity",
-          "auc_macro": "macro ROC AUC"}
+LABELS = {"accuracy": "accuracy", "sensitivity": f"{POSITIVE_CLASS} sensitivity",
+          "specificity": f"{POSITIVE_CLASS} specificity", "auc_macro": "macro ROC AUC"}
 
 
 def _num(value, digits: int = 3) -> str:
@@ -103,7 +104,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     factors = [c for c in summary.columns if c.startswith("factor.")]
     header = [f.removeprefix("factor.") for f in factors] + [
         "folds ok", "accuracy", "sensitivity", "specificity", "AUC", "params", "trainable params", "s/epoch",
-        f"p vs best ({config.select_metric})", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE} AUC",
+        f"p vs best ({config.select_metric})", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
         "DeLong p vs best"]
     shares = _has(summary, "test_in_lung_share")
     if shares:
@@ -121,7 +122,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             _num(r.get("test_p_vs_best"))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
                                               if shares else []))
     out = [(f"Configurations: mean ± sd over {config.num_folds} validation fold(s); sensitivity/specificity of "
-            f"{POSITIVE}; test columns: the best fold of each configuration on the held-out test side (intervals: "
+            f"{POSITIVE_CLASS}; test columns: the best fold of each configuration on the held-out test side (intervals: "
             "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
             "lung mask, beside the lungs' mean share of the image, which evenly spread evidence would score)",
             header, rows)]

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-POSITIVE = "COVID-19"
+from cxrlab.data.classes import POSITIVE_CLASS
+
 ALPHA = 0.05
 
 
@@ -25,16 +26,25 @@ def run_row(cell_id: str, factors: dict, fold: int, summary: dict | None, error:
         return {**row, "status": "failed", "error": error or (summary or {}).get("status", "unknown")}
     val = summary.get("val", {})
     per_class = val.get("per_class", {})
-    positive = per_class.get(POSITIVE, next(iter(per_class.values()), {}))
+    positive = per_class.get(POSITIVE_CLASS, next(iter(per_class.values()), {}))
     return {**row, "status": "ok", "error": "", "accuracy": val.get("accuracy"), "auc_macro": val.get("auc_macro"),
             "sensitivity": positive.get("sensitivity"), "specificity": positive.get("specificity"),
             "best_val_loss": summary.get("best_val_loss"), "best_epoch": summary.get("best_epoch"),
+            "selection_score": (summary.get("selection") or {}).get("score"),
             "params": summary.get("params"), "trainable_params": summary.get("trainable_params"),
             "train_images": summary.get("images", {}).get("train"), "val_images": summary.get("images", {}).get("val"),
             "seconds_per_epoch": summary.get("timing", {}).get("seconds_per_epoch")}
 
 
 METRICS = ("accuracy", "sensitivity", "specificity", "auc_macro")
+
+
+def best_fold(ok: pd.DataFrame) -> int:
+    """The fold whose run scored best by its own selection rule (the highest ``selection_score``; runs
+    recorded before it existed: the lowest validation loss)."""
+    if "selection_score" in ok.columns and ok["selection_score"].notna().any():
+        return int(ok.sort_values("selection_score", ascending=False)["fold"].iloc[0])
+    return int(ok.sort_values("best_val_loss")["fold"].iloc[0])
 
 
 def aggregate(table: pd.DataFrame, num_folds: int) -> pd.DataFrame:

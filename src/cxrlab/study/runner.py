@@ -36,7 +36,7 @@ from cxrlab.data import write_splits
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
-from cxrlab.study.results import aggregate, compare_to_best, run_row
+from cxrlab.study.results import aggregate, best_fold, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
@@ -290,10 +290,10 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
 
 
 def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFrame) -> None:
-    """Export the best cell's fold with the lowest validation loss, with its test-side figures (the
-    same fold's: its model card quotes them)."""
+    """Export the best cell's best fold (:func:`best_fold`), with its test-side figures (the same fold's:
+    its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
-    fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
+    fold = best_fold(ok)
     row = summary[summary["cell"] == best].iloc[0]
     test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_fold"}
     origin = {"cell": best, "fold": fold, "study": str(out)}

@@ -26,7 +26,8 @@ from cxrlab.explain import lung_evidence
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
-from cxrlab.study.results import ALPHA, POSITIVE
+from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.study.results import ALPHA, best_fold
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
 def _cell_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path,
                     predictions: pd.DataFrame) -> dict:
     metrics, names = prediction_metrics(predictions)
-    positive = POSITIVE if POSITIVE in names else names[0]
+    positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
     auc_positive = metrics["per_class"][positive]["roc_auc"]
     patients = predictions.merge(test[["image", "patient_id"]], on="image")["patient_id"]
     cis = metric_cis(predictions, patients, config.n_boot, config.seed)
@@ -135,7 +136,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
         rows.append(row)
         if not complete or ok.empty:
             continue
-        fold = int(ok.sort_values("best_val_loss")["fold"].iloc[0])
+        fold = best_fold(ok)
         run_dir = out / "runs" / cell / f"fold{fold}"
         try:
             predictions[cell] = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
@@ -148,7 +149,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
     if best in predictions:
         reference = predictions[best]
         names = [c for c in reference.columns if c not in ("image", "label")]
-        positive = POSITIVE if POSITIVE in names else names[0]
+        positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
         for i, cell in enumerate(out_summary["cell"]):
             if cell == best or cell not in predictions:
                 continue

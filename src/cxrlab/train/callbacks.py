@@ -1,4 +1,5 @@
-"""Callbacks: keep the best model (written atomically), and write ``metrics.csv`` per epoch."""
+"""Callbacks: keep the best model (written atomically) and stop early, both by the run's selection
+rule (:mod:`cxrlab.train.selection`); write ``metrics.csv`` per epoch."""
 
 from __future__ import annotations
 
@@ -13,29 +14,48 @@ import pandas as pd
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.checkpoint import save_model
 from cxrlab.preprocess.config import PreprocessConfig
+from cxrlab.train.selection import EpochSelector
 
 
 class BestModelKeeper(L.Callback):
-    """Tracks the lowest finite validation loss across phases; saves that model to ``path``."""
+    """Keeps the epoch the run's :class:`EpochSelector` chooses, across phases (saved to ``path``), and
+    stops a phase early by the same rule, or at once when the validation loss is not finite."""
 
-    def __init__(self, path: Path, preprocess: PreprocessConfig) -> None:
+    def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector | None = None) -> None:
         self.path, self.preprocess = path, preprocess
-        self.best_loss, self.best_state, self.best_epoch, self.best_phase = math.inf, None, -1, -1
+        self.selector = selector or EpochSelector()
+        self.best_state, self.best_phase = None, -1
         self.phase, self.epoch_offset = 0, 0
 
+    @property
+    def best_epoch(self) -> int:
+        return self.selector.best_epoch
+
+    @property
+    def best_loss(self) -> float:
+        """The validation loss of the kept epoch."""
+        return self.selector.best_loss
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.selector.start_phase(self.epoch_offset)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = float(trainer.callback_metrics.get("val_loss", math.nan))
-        if math.isfinite(loss) and loss < self.best_loss:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        epoch = self.epoch_offset + trainer.current_epoch
+        if self.selector.update(epoch, metrics):
             model = pl_module.model
-            self.best_loss, self.best_epoch, self.best_phase = loss, self.epoch_offset + trainer.current_epoch, self.phase
+            self.best_phase = self.phase
             self.best_state = copy.deepcopy(model.state_dict())
             self.best_fine_tune = model.fine_tune
-            save_model(model, self.path, self.preprocess, {"val_loss": loss, "epoch": self.best_epoch})
+            save_model(model, self.path, self.preprocess, {"val_loss": self.best_loss, "epoch": epoch,
+                                                           "selection": self.selector.to_dict()})
+        if not math.isfinite(metrics.get("val_loss", math.nan)) or self.selector.should_stop(epoch):
+            trainer.should_stop = True
 
 
 class MetricsCsv(L.Callback):
-    """Appends one row per epoch (phase, losses, accuracy, AUC, learning rate, seconds; the attention
-    loss when training with it) to a CSV."""
+    """Appends one row per epoch (phase, losses, accuracy, macro AUC, COVID-19 AUC, macro-F1, learning
+    rate, seconds; the attention loss when training with it) to a CSV."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.rows, self.phase, self.epoch_offset = path, [], 0, 0
@@ -49,7 +69,7 @@ class MetricsCsv(L.Callback):
         row = {"epoch": self.epoch_offset + trainer.current_epoch, "phase": self.phase,
                "fine_tune": pl_module.model.fine_tune,
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": time.perf_counter() - self._start}
-        for key in ("train_loss", "val_loss", "val_acc", "val_auc"):
+        for key in ("train_loss", "val_loss", "val_acc", "val_auc", "val_auc_covid", "val_f1"):
             row[key] = float(metrics[key]) if key in metrics else math.nan
         for key in ("train_attention", "val_attention"):  # runs with the attention loss
             if key in metrics:

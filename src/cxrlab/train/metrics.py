@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 
 def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -21,8 +21,9 @@ def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: S
         class_names: ``C`` names in column order.
 
     Returns:
-        ``{"accuracy", "auc_macro", "per_class": {name: {"sensitivity", "specificity", "auc", "support"}}}``;
-        an AUC is ``None`` when the class is absent or alone in ``y_true``.
+        ``{"accuracy", "auc_macro", "f1_macro", "per_class": {name: {"sensitivity", "specificity", "auc",
+        "support"}}, "confusion_matrix"}``; an AUC is ``None`` when the class is absent or alone in
+        ``y_true``; macro-F1 averages every class (an absent class scores 0, as scikit-learn's).
     """
     y_true = np.asarray(y_true)
     pred = probs.argmax(axis=1)
@@ -40,6 +41,8 @@ def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: S
         per_class[name] = {"sensitivity": float(tp / (tp + fn)) if tp + fn else None,
                            "specificity": float(tn / (tn + fp)) if tn + fp else None,
                            "auc": auc, "support": int(positives.sum())}
+    f1 = f1_score(y_true, pred, labels=labels, average="macro", zero_division=0) if len(y_true) else None
     return {"accuracy": float((pred == y_true).mean()) if len(y_true) else None,
-            "auc_macro": float(np.mean(aucs)) if aucs else None, "per_class": per_class,
+            "auc_macro": float(np.mean(aucs)) if aucs else None,
+            "f1_macro": float(f1) if f1 is not None else None, "per_class": per_class,
             "confusion_matrix": cm.tolist()}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlab.core.errors import CxrlabError
+from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.train.attention import attention_loss, differentiable_gradcam
 from cxrlab.train.config import TrainConfig
@@ -109,6 +110,10 @@ class ClassifierModule(L.LightningModule):
         self.log("val_acc", float(self.last_summary["accuracy"]))
         auc = self.last_summary["auc_macro"]
         self.log("val_auc", float(auc) if auc is not None else float(np.nan))
+        self.log("val_f1", float(self.last_summary["f1_macro"]))
+        covid = self.last_summary["per_class"].get(POSITIVE_CLASS)  # the papers' headline: COVID-19 vs the rest
+        if covid is not None:
+            self.log("val_auc_covid", float(covid["auc"]) if covid["auc"] is not None else float(np.nan))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

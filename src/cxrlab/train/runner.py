@@ -18,11 +18,12 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import MLFlowLogger
 
+from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
+from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
@@ -37,6 +38,7 @@ from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.plots import plot_curves
 from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
 from cxrlab.train.screening_reference import screening_reference
+from cxrlab.train.selection import EpochSelector
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,11 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     train_ds, val_ds = datasets(data, config, spec)
     weights = class_weights(data) if config.class_balance == "weights" else None
     # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
-    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention))
+    if config.select_on == "auc_covid" and POSITIVE_CLASS not in data.class_names:
+        raise ConfigError(f"select_on: auc_covid needs a {POSITIVE_CLASS} class; the classes are "
+                          f"{', '.join(data.class_names)}")
+    selector = EpochSelector(config.select_on, config.select_smoothing, config.min_epochs, config.patience)
+    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention), selector)
     csv = MetricsCsv(out / "metrics.csv")
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
@@ -154,8 +160,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block)
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
-            logger=logger, callbacks=[keeper, csv, EarlyStopping("val_loss", patience=config.patience, check_finite=True),
-                                     *callbacks],
+            logger=logger, callbacks=[keeper, csv, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
@@ -183,7 +188,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             plain_train = datasets(data, config, spec, augment=False)[0]
             reference = screening_reference(model, plain_train, val_ds, targets, probs, config.batch_size)
             save_model(model, keeper.path, keeper.preprocess,
-                       {"val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "screening": reference})
+                       {"val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
+                        "screening": reference})
     logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
                         "best_val_auc": val.get("auc_macro") or float("nan")})
     logger.finalize("FINISHED" if status == "ok" else "FAILED")
@@ -194,6 +200,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "images": {"train": len(data.train_images), "val": len(data.val_images), "skipped": len(data.skipped)},
         "params": model.count_parameters(), "trainable_params": model.count_parameters(trainable_only=True),
         "best_epoch": keeper.best_epoch, "epochs_run": epochs_run, "best_val_loss": keeper.best_loss,
+        "selection": selector.to_dict(),
         "prefix_cache": cached_any, "val": val,
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.models.ood import FeatureDistance, pooled_features_at
 from cxrlab.models.polarity import PolarityCheck
 from cxrlab.train.operating_point import choose_operating_point
 
 log = logging.getLogger(__name__)
-POSITIVE_CLASS = "COVID-19"  # the class screening thresholds, as in the papers
 # The last block's features catch non-radiographs; the mid-level ones of the finer grid catch
 # radiographs on their side (on cxr-real: 10/10 turned X-rays vs 3/10, no held-out image more).
 OOD_LEVELS = ("last", "fine")

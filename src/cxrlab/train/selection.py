@@ -1,0 +1,74 @@
+"""Which epoch's model a run keeps, and when it stops: a validation metric that reflects the task.
+
+On cxr-real with 52 validation images the lowest validation loss came after the first epoch while
+the validation AUC was still rising (issue 17): choosing on loss threw the better model away. The
+metric is configurable (``select_on``); a trailing mean over ``select_smoothing`` epochs keeps one
+lucky epoch on a small validation side from winning; epochs before ``min_epochs`` are never kept
+and never stop the run; equal scores go to the epoch with the lower validation loss.
+
+Lightning's EarlyStopping and ModelCheckpoint compare one logged value per epoch; neither smooths,
+breaks ties on a second metric, or keeps one choice across a run's phases, so this rule is here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# select_on -> the per-epoch value the Lightning module logs
+SELECT_METRICS = {"loss": "val_loss", "auc_macro": "val_auc", "auc_covid": "val_auc_covid", "f1_macro": "val_f1"}
+_TIE = 1e-12
+
+
+@dataclass
+class EpochSelector:
+    """Scores epochs (higher is better: ``-loss`` or the metric), keeps the best, says when to stop.
+
+    Args:
+        metric: A key of :data:`SELECT_METRICS`.
+        smoothing: Epochs in the trailing mean compared (1: the epoch's own value).
+        min_epochs: Epochs (counted over the whole run) before one can be kept or the run stop.
+        patience: Epochs without a better score, within a phase, before the run stops.
+    """
+
+    metric: str = "loss"
+    smoothing: int = 1
+    min_epochs: int = 1
+    patience: int = 5
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    best_loss: float = math.inf
+    _raw: list[float] = field(default_factory=list)
+    _phase_start: int = 0
+
+    def start_phase(self, epoch: int) -> None:
+        """A new phase starts at ``epoch``: patience counts from here (as each phase's own early stopping)."""
+        self._phase_start = epoch
+
+    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record ``epoch``'s validation ``metrics`` (``val_loss`` and the selected one); True when it is
+        the new best. A missing or undefined value (an AUC with one class present) scores nothing."""
+        loss = float(metrics.get("val_loss", math.nan))
+        value = float(metrics.get(SELECT_METRICS[self.metric], math.nan))
+        self._raw.append(-loss if self.metric == "loss" else value)
+        window = [v for v in self._raw[-self.smoothing:] if math.isfinite(v)]
+        score = sum(window) / len(window) if window else math.nan
+        if epoch + 1 < self.min_epochs or not math.isfinite(score) or not math.isfinite(loss):
+            return False
+        better = score > self.best_score + _TIE or (abs(score - self.best_score) <= _TIE and loss < self.best_loss)
+        if better:
+            self.best_epoch, self.best_score, self.best_loss = epoch, score, loss
+        return better
+
+    def should_stop(self, epoch: int) -> bool:
+        """True when ``epoch`` is at least ``min_epochs`` in and ``patience`` epochs of this phase brought
+        no better score."""
+        if epoch + 1 < self.min_epochs:
+            return False
+        since = max(self.best_epoch, self._phase_start - 1, self.min_epochs - 2)
+        return epoch - since >= self.patience
+
+    def to_dict(self) -> dict:
+        """What ``summary.json`` records of the choice."""
+        return {"metric": self.metric, "smoothing": self.smoothing, "min_epochs": self.min_epochs,
+                "epoch": self.best_epoch, "score": self.best_score if math.isfinite(self.best_score) else None}

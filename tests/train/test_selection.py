@@ -1,0 +1,60 @@
+"""The epoch a run keeps and when it stops: a chosen validation metric, smoothed, after a minimum."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from cxrlab.train.selection import EpochSelector
+
+
+def _run(selector: EpochSelector, losses, aucs) -> list[int]:
+    """Feed epochs in order; return the epochs at which the run would stop."""
+    stops = []
+    for epoch, (loss, auc) in enumerate(zip(losses, aucs, strict=True)):
+        selector.update(epoch, {"val_loss": loss, "val_auc": auc})
+        if selector.should_stop(epoch):
+            stops.append(epoch)
+    return stops
+
+
+def test_loss_keeps_the_first_epoch_where_auc_keeps_the_better_model():
+    losses = [1.0, 1.2, 1.5, 1.9, 2.4, 3.0, 3.6]  # what cxr-real showed: loss lowest after epoch 0 ...
+    aucs = [0.70, 0.76, 0.80, 0.83, 0.82, 0.81, 0.80]  # ... while the AUC kept rising
+    by_loss = EpochSelector("loss", patience=5)
+    assert _run(by_loss, losses, aucs)[0] == 5 and by_loss.best_epoch == 0  # as Lightning's EarlyStopping
+    by_auc = EpochSelector("auc_macro", patience=3)
+    assert _run(by_auc, losses, aucs)[0] == 6 and by_auc.best_epoch == 3 and by_auc.best_loss == 1.9
+
+
+def test_smoothing_min_epochs_ties_and_undefined_values():
+    spike = EpochSelector("auc_macro", smoothing=2)
+    _run(spike, [1.0] * 5, [0.60, 0.90, 0.60, 0.80, 0.82])  # one lucky epoch does not win a smoothed choice
+    assert spike.best_epoch == 4 and math.isclose(spike.best_score, 0.81)
+    late = EpochSelector("loss", min_epochs=3, patience=2)
+    assert _run(late, [0.5, 0.6, 0.9, 1.0, 1.1], [0.5] * 5) == [4] and late.best_epoch == 2  # 0 and 1 not kept
+    tie = EpochSelector("auc_macro")
+    _run(tie, [1.0, 0.8, 0.9], [0.75, 0.75, 0.75])
+    assert tie.best_epoch == 1  # equal AUC: the lower validation loss
+    undefined = EpochSelector("auc_macro", patience=2)
+    assert _run(undefined, [1.0, 1.0, 1.0], [math.nan] * 3)[0] == 1 and undefined.best_epoch == -1  # 2 epochs, no score
+    phases = EpochSelector("loss", patience=2)
+    _run(phases, [0.5, 0.9], [0.5, 0.5])
+    phases.start_phase(2)  # a new phase: patience counts from its start, the kept epoch stays
+    assert not phases.should_stop(2) and phases.update(3, {"val_loss": 0.4}) and phases.best_epoch == 3
+
+
+def test_a_run_selects_on_auc_after_a_minimum_and_records_the_choice(phantoms, tmp_path):
+    from cxrlab.train import build_config, train
+
+    result = train(build_config({"data": str(phantoms), "out": str(tmp_path / "r"), "size": 64, "epochs": 3,
+                                 "batch_size": 8, "ratios": (0.6, 0.2, 0.2), "select_on": "auc_macro",
+                                 "min_epochs": 2, "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+    selection = json.loads((result.out / "summary.json").read_text())["selection"]
+    assert selection["metric"] == "auc_macro" and selection["min_epochs"] == 2 and selection["epoch"] >= 1
+    metrics = pd.read_csv(result.out / "metrics.csv")
+    assert {"val_auc_covid", "val_f1"} <= set(metrics.columns)
+    assert selection["score"] == max(metrics["val_auc"].iloc[1:])  # the best macro AUC from epoch 1 on
+    assert result.summary["best_val_loss"] == metrics.loc[selection["epoch"], "val_loss"]
