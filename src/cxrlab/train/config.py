@@ -55,6 +55,8 @@ class TrainConfig(_Strict):
     out: str = "runs/train"
     scheme: Literal["3class", "binary"] = "3class"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    folds: int = Field(0, ge=0, description="K >= 2: cross-validated training (cxrlab train --folds K): K runs, "
+                                            "out-of-fold predictions for every image; ratios are then not used")
 
     backbone: str = "efficientnet_lite0"
     pretrained: Literal["imagenet", "none"] = "imagenet"

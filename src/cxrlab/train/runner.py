@@ -86,7 +86,7 @@ def _predict(model: CxrClassifier, dataset, batch_size: int) -> tuple[np.ndarray
 
 
 def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = (), screening: bool = True) -> TrainResult:
-    """Train, keep the best model by validation loss, and write the run directory.
+    """Train, keep the epoch the selection rule chooses (``select_on``), and write the run directory.
 
     ``callbacks`` join Lightning's for every phase (e.g. a tuner's pruning callback; an exception
     one raises ends the run without a ``summary.json``). ``screening=False`` leaves the screening
@@ -98,6 +98,9 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         NonFiniteLossError: the loss became NaN/inf; ``model.pt`` holds the last good model and
             ``summary.json`` says what happened.
     """
+    if config.folds >= 2:
+        raise ConfigError(f"folds: {config.folds} folds train through cxrlab.study.train_crossval (cxrlab train "
+                          "--folds); train() runs one split")
     start = time.perf_counter()
     spec = get_backbone_spec(config.backbone)
     with torch.device("meta"):  # block count without allocating weights: check k before any data work

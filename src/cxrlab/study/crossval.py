@@ -1,0 +1,169 @@
+"""Cross-validated training: ``cxrlab train --folds K``.
+
+K runs on patient-grouped, class-stratified folds. Run k predicts fold k (its out-of-fold side),
+chooses its epoch on fold k+1 and trains on the rest, so every image is predicted once by a model
+that never saw its patient, neither in training nor in choosing when to stop. On a small set
+those out-of-fold predictions are the honest estimate (issue 17): pooled figures with
+patient-bootstrap intervals, beside the same figures per source (on public CXR sets the pooled
+AUC is largely "which collection is this").
+
+Resumable like a study: a finished fold (``folds/fold<k>/summary.json`` and its out-of-fold
+predictions) is reused when the command runs again with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_text
+from cxrlab.data import class_names, load_source, write_splits
+from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.data.splits import assign_folds, check_no_leakage
+from cxrlab.evaluate.bootstrap import bootstrap_cis
+from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
+from cxrlab.study.plan import check_same_config
+from cxrlab.study.test_side import predict_test_side
+from cxrlab.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+OOF_FILE = "oof_predictions.csv"
+HEADLINE = ("accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1")  # each with a patient-bootstrap interval
+
+
+@dataclass
+class CrossvalResult:
+    """Outcome of :func:`train_crossval`: the folder, its ``summary.json`` and the out-of-fold table."""
+
+    out: Path
+    summary: dict
+    predictions: pd.DataFrame
+
+
+def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
+    """Every usable image with its ``fold`` (0..K-1), made once and kept in ``out/splits.csv``.
+
+    From ``config.splits``, its test side stays aside (``fold`` -1, never trained on or predicted);
+    from ``config.data`` every image is in a fold.
+    """
+    saved = out / "splits.csv"
+    if saved.exists():
+        frame = load_source(saved, scheme=config.scheme).table
+        made = {int(f) for f in pd.to_numeric(frame["fold"]) if f >= 0}
+        if made != set(range(config.folds)):
+            raise ConfigError(f"{saved}: was made for {len(made)} folds, not {config.folds}; use a new --out")
+        return frame
+    if config.splits:
+        frame = load_source(config.splits, scheme=config.scheme).table.reset_index(drop=True)
+        info: dict = {"from": config.splits}
+    else:
+        frame = load_source(config.data, scheme=config.scheme).table.reset_index(drop=True).assign(split="train")
+        info = {"from": config.data}
+    frame["fold"] = -1
+    pool = frame[frame["split"] != "test"]
+    frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.folds, config.seed).to_numpy()
+    check_no_leakage(frame)
+    write_splits(frame, {**info, "scheme": config.scheme, "folds": config.folds, "seed": config.seed}, out)
+    return frame
+
+
+def fold_split(frame: pd.DataFrame, fold: int, folds: int) -> pd.DataFrame:
+    """Run ``fold``'s split: its fold is the out-of-fold side (``test``), the next one validates, the
+    others train; rows outside every fold are left out."""
+    rows = frame[pd.to_numeric(frame["fold"]) >= 0].copy()
+    k = pd.to_numeric(rows["fold"]).astype(int)
+    rows["split"] = np.where(k == fold, "test", np.where(k == (fold + 1) % folds, "val", "train"))
+    return rows
+
+
+def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> pd.DataFrame:
+    """Train fold ``fold`` (or reuse it) and return its out-of-fold predictions."""
+    run_dir = out / "folds" / f"fold{fold}"
+    split = fold_split(frame, fold, config.folds)
+    run_config = config.model_copy(update={
+        "folds": 0, "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
+        "prepared": config.prepared or str(out / "prepared"),
+        "mlflow_uri": config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"})
+    check_same_config(run_dir, run_config)
+    summary = run_dir / "summary.json"
+    if not (summary.exists() and json.loads(summary.read_text()).get("status") == "ok"):
+        write_splits(split, {"crossval_fold": fold, "folds": config.folds}, run_dir)
+        train(run_config, screening=False)
+    held_out = split[split["split"] == "test"]
+    predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}")
+    return predictions.merge(held_out[["image", "patient_id", "source"]], on="image").assign(fold=fold)
+
+
+def _statistics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> Callable[[np.ndarray], dict]:
+    covid = names.index(POSITIVE_CLASS) if POSITIVE_CLASS in names else None
+
+    def statistics(rows: np.ndarray) -> dict[str, float | None]:
+        m = interval_metrics(y[rows], probs[rows], names)
+        return {"accuracy": m["accuracy"], "macro_roc_auc": m["macro_roc_auc"], "macro_f1": m["macro_f1"],
+                "covid_roc_auc": m["per_class"][names[covid]]["roc_auc"] if covid is not None else None}
+
+    return statistics
+
+
+def oof_figures(predictions: pd.DataFrame, names: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Pooled out-of-fold figures with 95% patient-bootstrap intervals, the full metrics table, and
+    the headline figures per source.
+
+    Returns:
+        ``{"n", "patients", "pooled": {name: {"value", "low", "high", "n_boot"}}, "metrics": compute_metrics(...),
+        "per_source": {source: {"n", name: value}}}`` for the names in :data:`HEADLINE`.
+    """
+    y = np.array([names.index(v) for v in predictions["label"]])
+    probs = predictions[names].to_numpy(dtype=float)
+    statistics = _statistics(y, probs, names)
+    pooled = bootstrap_cis(statistics, predictions["patient_id"].to_numpy(), n_boot, seed)
+    per_source = {}
+    for source, part in predictions.groupby("source"):
+        rows = part.index.to_numpy()
+        per_source[str(source)] = {"n": int(len(rows)), **statistics(rows)}
+    return {"n": int(len(predictions)), "patients": int(predictions["patient_id"].nunique()), "pooled": pooled,
+            "metrics": compute_metrics(y, probs, names), "per_source": per_source}
+
+
+def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None = None,
+                   n_boot: int = 1000) -> CrossvalResult:
+    """Train ``config.folds`` runs and write ``OUT``: ``splits.csv`` (the folds), ``folds/fold<k>/`` (each
+    run, as ``train`` writes it), ``oof_predictions.csv`` (every image's out-of-fold probabilities,
+    fold, patient and source) and ``summary.json`` (pooled figures with intervals, per source, and
+    each fold's chosen epoch).
+
+    Raises:
+        ConfigError: fewer than 2 folds, or a fold's run cannot start (named).
+    """
+    if config.folds < 2:
+        raise ConfigError(f"folds: cross-validated training needs at least 2 folds, got {config.folds}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config.to_yaml())
+    frame = crossval_split(config, out)
+    names = list(class_names(config.scheme))
+    parts = []
+    for fold in range(config.folds):
+        if progress:
+            progress(f"fold {fold + 1}/{config.folds}")
+        parts.append(_run_fold(config, frame, fold, out))
+    predictions = pd.concat(parts, ignore_index=True)[["image", "patient_id", "source", "label", "fold", *names]]
+    atomic_write_text(out / OOF_FILE, predictions.to_csv(index=False))
+    runs = []
+    for fold in range(config.folds):
+        summary = json.loads((out / "folds" / f"fold{fold}" / "summary.json").read_text())
+        runs.append({"fold": fold, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+                     "selection": summary.get("selection"), "val": {k: summary["val"].get(k) for k in
+                                                                   ("accuracy", "auc_macro", "f1_macro")}})
+    summary = {"folds": config.folds, "class_names": names, "backbone": config.backbone,
+               "fine_tune": config.fine_tune, "select_on": config.select_on,
+               "out_of_fold": oof_figures(predictions, names, n_boot, config.seed), "runs": runs}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return CrossvalResult(out, summary, predictions)

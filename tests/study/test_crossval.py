@@ -1,0 +1,64 @@
+"""Cross-validated training: every image predicted once by a model that never saw its patient."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.core import ConfigError
+from cxrlab.study.crossval import crossval_split, fold_split, oof_figures
+from cxrlab.train import build_config, train
+
+
+def test_each_fold_predicts_its_own_patients_validates_on_the_next_and_trains_on_the_rest(phantoms, tmp_path):
+    config = build_config({"data": str(phantoms), "out": str(tmp_path), "folds": 3})
+    frame = crossval_split(config, tmp_path)
+    assert set(frame["fold"]) == {0, 1, 2} and (frame.groupby("patient_id")["fold"].nunique() == 1).all()
+    sides = {}
+    for fold in range(3):
+        split = fold_split(frame, fold, 3)
+        sides[fold] = {side: set(part["patient_id"]) for side, part in split.groupby("split")}
+        assert not sides[fold]["test"] & (sides[fold]["train"] | sides[fold]["val"])  # out of fold: never seen
+        assert sides[fold]["val"] == set(frame.loc[frame["fold"] == (fold + 1) % 3, "patient_id"])
+    assert set().union(*(s["test"] for s in sides.values())) == set(frame["patient_id"])  # every patient once
+    with pytest.raises(ConfigError, match="made for 3 folds, not 4"):
+        crossval_split(config.model_copy(update={"folds": 4}), tmp_path)
+    with pytest.raises(ConfigError, match="train_crossval"):
+        train(config)
+
+
+def test_oof_figures_pool_with_intervals_and_split_by_source():
+    table = pd.DataFrame({"image": [f"i{i}" for i in range(12)], "patient_id": [f"p{i // 2}" for i in range(12)],
+                          "source": ["a"] * 6 + ["b"] * 6,
+                          "label": ["COVID-19", "Normal", "Pneumonia"] * 4})
+    probs = {"COVID-19": [0.8, 0.1, 0.1], "Normal": [0.1, 0.8, 0.1], "Pneumonia": [0.1, 0.1, 0.8]}
+    for k, name in enumerate(["COVID-19", "Normal", "Pneumonia"]):
+        table[name] = [probs[label][k] for label in table["label"]]  # every image right
+    figures = oof_figures(table, ["COVID-19", "Normal", "Pneumonia"], n_boot=50)
+    assert figures["n"] == 12 and figures["patients"] == 6
+    assert figures["pooled"]["covid_roc_auc"]["value"] == 1.0 and figures["pooled"]["macro_f1"]["value"] == 1.0
+    assert figures["per_source"]["a"]["n"] == 6 and figures["per_source"]["b"]["accuracy"] == 1.0
+
+
+def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
+    args = ["train", "--data", str(phantoms), "--folds", "3", "--size", "32", "--epochs", "1", "--fine-tune", "1",
+            "--out", str(tmp_path / "cv"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "out of fold" in result.output and "COVID-19 AUC" in result.output and "phantom-a" in result.output
+    oof = pd.read_csv(tmp_path / "cv" / "oof_predictions.csv")
+    manifest = pd.read_csv(phantoms)
+    assert len(oof) == len(manifest) and oof["image"].is_unique and set(oof["fold"]) == {0, 1, 2}
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["out_of_fold"]["n"] == len(manifest) and len(summary["runs"]) == 3
+    pooled = summary["out_of_fold"]["pooled"]["macro_f1"]
+    assert pooled["low"] <= pooled["value"] <= pooled["high"]
+    stamp = (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns == stamp  # reused, not retrained
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cv" / "oof_predictions.csv"), oof)
