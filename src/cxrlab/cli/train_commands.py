@@ -139,7 +139,14 @@ def _train_crossval(cfg) -> None:
     table.add_row("pooled", str(figures["n"]), *(cell(figures["pooled"][k]) for k in HEADLINE))
     for source, row in figures["per_source"].items():
         table.add_row(source, str(row["n"]), *(cell(row[k]) for k in HEADLINE))
+    probe = result.summary["baseline"]["out_of_fold"]
+    table.add_row("[dim]linear probe, pooled[/]", str(probe["n"]), *(cell(probe["pooled"][k]) for k in HEADLINE))
     console.print(table)
+    versus = result.summary["versus_baseline"]
+    console.print("versus the linear probe on frozen features (paired, 95% interval of the difference): " + "; ".join(
+        f"{labels[k]} {v['value']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]"
+        f"{'' if v['beyond_noise'] else ' (within noise)'}" for k, v in versus.items() if v["low"] is not None),
+        highlight=False)
     epochs = ", ".join(str(r["best_epoch"]) for r in result.summary["runs"])
     console.print(f"epochs kept per fold ({cfg.select_on}): {epochs}; wrote {result.out / OOF_FILE} and "
                   f"{result.out / 'summary.json'}")

@@ -29,12 +29,14 @@ from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
+from cxrlab.study.baseline import frozen_features, probe_oof
 from cxrlab.study.plan import check_same_config
 from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 OOF_FILE = "oof_predictions.csv"
+BASELINE_FILE = "baseline_oof_predictions.csv"
 HEADLINE = ("accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1")  # each with a patient-bootstrap interval
 
 
@@ -132,12 +134,44 @@ def oof_figures(predictions: pd.DataFrame, names: list[str], n_boot: int = 1000,
             "metrics": compute_metrics(y, probs, names), "per_source": per_source}
 
 
+def versus(predictions: pd.DataFrame, reference: pd.DataFrame, names: list[str], n_boot: int = 1000,
+           seed: int = 0) -> dict:
+    """Paired patient-bootstrap 95% intervals of ``predictions`` minus ``reference`` (the same images)
+    for each :data:`HEADLINE` figure; ``beyond_noise`` when the interval excludes 0."""
+    reference = reference.set_index("image").loc[predictions["image"]].reset_index()
+    y = np.array([names.index(v) for v in predictions["label"]])
+    ours = _statistics(y, predictions[names].to_numpy(dtype=float), names)
+    theirs = _statistics(y, reference[names].to_numpy(dtype=float), names)
+
+    def difference(rows: np.ndarray) -> dict[str, float | None]:
+        a, b = ours(rows), theirs(rows)
+        return {k: a[k] - b[k] if a[k] is not None and b[k] is not None else None for k in HEADLINE}
+
+    cis = bootstrap_cis(difference, predictions["patient_id"].to_numpy(), n_boot, seed)
+    for value in cis.values():
+        value["beyond_noise"] = value["low"] is not None and (value["low"] > 0 or value["high"] < 0)
+    return cis
+
+
+def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> pd.DataFrame:
+    """The linear probe's out-of-fold predictions on the same images and folds (cached)."""
+    cached = out / BASELINE_FILE
+    if cached.exists():
+        return pd.read_csv(cached)
+    prepared = Path(config.prepared) if config.prepared else out / "prepared"
+    features = frozen_features(config, prepared, predictions["image"].tolist(), names)
+    table = probe_oof(features, predictions, names, config.seed)
+    atomic_write_text(cached, table.to_csv(index=False))
+    return table
+
+
 def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None = None,
                    n_boot: int = 1000) -> CrossvalResult:
     """Train ``config.folds`` runs and write ``OUT``: ``splits.csv`` (the folds), ``folds/fold<k>/`` (each
     run, as ``train`` writes it), ``oof_predictions.csv`` (every image's out-of-fold probabilities,
-    fold, patient and source) and ``summary.json`` (pooled figures with intervals, per source, and
-    each fold's chosen epoch).
+    fold, patient and source), ``baseline_oof_predictions.csv`` (the linear probe's, same folds) and
+    ``summary.json`` (pooled figures with intervals and per source, for the runs and the probe; the
+    paired difference between them; each fold's chosen epoch).
 
     Raises:
         ConfigError: fewer than 2 folds, or a fold's run cannot start (named).
@@ -162,8 +196,14 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
         runs.append({"fold": fold, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
                      "selection": summary.get("selection"), "val": {k: summary["val"].get(k) for k in
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
+    if progress:
+        progress("linear-probe baseline")
+    baseline = _baseline(config, predictions, names, out)
     summary = {"folds": config.folds, "class_names": names, "backbone": config.backbone,
                "fine_tune": config.fine_tune, "select_on": config.select_on,
-               "out_of_fold": oof_figures(predictions, names, n_boot, config.seed), "runs": runs}
+               "out_of_fold": oof_figures(predictions, names, n_boot, config.seed),
+               "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
+                            "out_of_fold": oof_figures(baseline, names, n_boot, config.seed)},
+               "versus_baseline": versus(predictions, baseline, names, n_boot, config.seed), "runs": runs}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return CrossvalResult(out, summary, predictions)
