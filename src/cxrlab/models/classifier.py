@@ -91,6 +91,18 @@ class CxrClassifier(nn.Module):
         self.train(self.training)
         return self
 
+    def param_groups(self, lr: float, decay: float = 1.0) -> list[dict]:
+        """Optimizer parameter groups with discriminative learning rates: the head at ``lr``, the last
+        trainable block at ``lr * decay``, the one before it at ``lr * decay**2``, and so on (ULMFiT's
+        and timm's layer-wise decay, over this model's own block partition, which timm's
+        ``param_groups_layer_decay`` does not know). ``decay`` 1: one rate for everything."""
+        groups = [{"params": [p for p in self.head.parameters() if p.requires_grad], "lr": lr}]
+        for depth, group in enumerate(reversed(self._groups[self.num_blocks - self.fine_tune:]), start=1):
+            params = [p for module in group for p in module.parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr * decay**depth})
+        return [g for g in groups if g["params"]]
+
     @property
     def frozen_blocks(self) -> int:
         """Number of leading frozen blocks."""

@@ -33,6 +33,10 @@ class AugmentConfig(_Strict):
     rotation: float = Field(15.0, ge=0, le=180)
     crop_scale: tuple[float, float] = (0.85, 1.0)
     hflip: bool = True
+    translate: float = Field(0.0, ge=0, le=0.5, description="shift up to this fraction of the side")
+    brightness: float = Field(0.0, ge=0, le=1, description="add up to +-this x 255 to every pixel")
+    contrast: float = Field(0.0, ge=0, le=1, description="scale the spread around the mean by 1 +- this")
+    gamma: float = Field(0.0, ge=0, le=1, description="apply a gamma of exp(+-this) to the grey levels")
 
 
 class HeadConfig(_Strict):
@@ -81,8 +85,13 @@ class TrainConfig(_Strict):
                                                          "outside the lungs to the training loss (masks needed for "
                                                          "training only)")
 
-    optimizer: Literal["adam", "rmsprop", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    lr_decay: float = Field(1.0, gt=0, le=1, description="discriminative learning rates: each trainable block "
+                                                         "below the head trains at this fraction of the one above")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up (per step) at the "
+                                                    "start of each phase")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (training loss only)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["plateau", "step", "cosine", "none"] = "plateau"

@@ -78,7 +78,8 @@ class ClassifierModule(L.LightningModule):
         # validation runs under no_grad (the trainer's inference mode is off for guided runs): the map needs a graph
         with torch.enable_grad() if guided else nullcontext():
             logits = self.model.head(self.model.attend(features, mask)).float()
-            loss = F.cross_entropy(logits, y, weight=self.class_weights)
+            smoothing = self.config.label_smoothing if stage == "train" else 0.0  # validation: plain cross-entropy
+            loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing)
             if guided:
                 attention = attention_loss(differentiable_gradcam(features, logits, y), mask)
                 self.log(f"{stage}_attention", attention, on_step=False, on_epoch=True, batch_size=len(y))
@@ -115,11 +116,30 @@ class ClassifierModule(L.LightningModule):
         if covid is not None:
             self.log("val_auc_covid", float(covid["auc"]) if covid["auc"] is not None else float(np.nan))
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Linear warm-up over the first ``warmup_epochs``: a step runs at a growing fraction of the rate
+        the schedule gives, which is put back right after it, so every scheduler (chainable ones
+        included) goes on from its own values."""
+        steps = self.config.warmup_epochs * self.trainer.num_training_batches
+        if not steps or self.global_step >= steps:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        scheduled = [group["lr"] for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+            group["lr"] = lr * (self.global_step + 1) / steps
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:
+            for group, lr in zip(optimizer.param_groups, scheduled, strict=True):
+                group["lr"] = lr
+
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.model.param_groups(self.lr, self.config.lr_decay)
         cfg = self.config
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "rmsprop":  # Keras defaults (rho 0.9), as the papers used
             optimizer = torch.optim.RMSprop(params, lr=self.lr, alpha=0.9, eps=1e-7, weight_decay=cfg.weight_decay)
         else:

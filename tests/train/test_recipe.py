@@ -1,0 +1,84 @@
+"""The training recipe's parts: discriminative learning rates, warm-up, label smoothing, AdamW and
+radiograph augmentation (grey levels and shifts)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cxrlab.models import create_classifier
+from cxrlab.train import build_config, train
+from cxrlab.train.augment import Augmenter
+from cxrlab.train.config import AugmentConfig
+from cxrlab.train.module import ClassifierModule
+
+
+def test_each_trainable_block_below_the_head_trains_at_a_decayed_rate():
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=3)
+    groups = model.param_groups(1e-3, 0.5)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])  # head, then 3 blocks
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(trainable) and len(grouped) == len(set(grouped))  # each once, no frozen one
+    assert len(model.param_groups(1e-3)) == 4 and all(g["lr"] == 1e-3 for g in model.param_groups(1e-3))
+
+
+class _StepRates(L.Callback):
+    """The learning rate each optimizer step ran at (the head's group)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.rates.append(optimizer.param_groups[0]["lr"])
+
+
+def test_warm_up_grows_the_rate_linearly_then_hands_back_to_the_schedule(tmp_path, phantoms):
+    rates = _StepRates()
+    config = build_config({"data": str(phantoms), "out": str(tmp_path / "w"), "size": 32, "epochs": 3, "batch_size": 8,
+                           "ratios": (0.6, 0.2, 0.2), "lr": 1e-3, "warmup_epochs": 1, "schedule": "cosine",
+                           "optimizer": "adamw", "weight_decay": 0.05, "label_smoothing": 0.1, "patience": 5,
+                           "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    result = train(config, callbacks=[rates], screening=False)
+    steps = len(rates.rates) // result.summary["epochs_run"]
+    warm = rates.rates[:steps]
+    assert warm == pytest.approx([1e-3 * (i + 1) / steps for i in range(steps)])  # linear up to the rate
+    cosine = 1e-3 * (1 + np.cos(np.pi * np.arange(3) / 3)) / 2  # then the schedule's own values, epoch by epoch
+    assert rates.rates[steps:2 * steps] == pytest.approx([cosine[1]] * steps)
+    assert rates.rates[2 * steps:] == pytest.approx([cosine[2]] * steps)
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=1, seed=0).eval()
+    config = build_config({"data": "x.csv", "label_smoothing": 0.2})
+    module = ClassifierModule(model, config, 1e-3, 1)
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        logits, train_loss, _ = module._step((x, y), "train")
+        _, val_loss, _ = module._step((x, y), "val")
+    assert val_loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
+    assert train_loss.item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.2).item())
+    assert train_loss.item() != pytest.approx(val_loss.item())
+
+
+def test_grey_level_changes_touch_the_image_not_its_mask_and_shifts_move_both():
+    y, x = np.mgrid[0:64, 0:64]
+    image = ((x + y) * 2).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    levels = AugmentConfig(enabled=True, rotation=0, crop_scale=(1, 1), hflip=False, brightness=0.2, contrast=0.3,
+                           gamma=0.3)
+    out = Augmenter(levels, seed=1)(np.dstack([image, mask]))
+    assert np.array_equal(out[..., 1], mask) and not np.array_equal(out[..., 0], image)
+    order = np.argsort(image.ravel(), kind="stable")  # monotone grey-level maps keep the order of pixels
+    assert (np.diff(out[..., 0].ravel()[order].astype(int)) >= 0).all()
+    assert np.array_equal(Augmenter(levels, seed=1)(image), out[..., 0])  # same seed, same draws
+    shift = AugmentConfig(enabled=True, rotation=0, crop_scale=(1, 1), hflip=False, translate=0.2)
+    moved = Augmenter(shift, seed=2)(np.dstack([image, mask]))
+    rows, cols = np.nonzero(moved[..., 1] > 127)
+    dy, dx = rows.mean() - 31.5, cols.mean() - 31.5
+    assert 0 < max(abs(dy), abs(dx)) <= 0.2 * 64 + 1  # moved, within the stated range
+    assert abs(moved[..., 0].astype(int)[rows, cols].mean() - image[rows - round(dy), cols - round(dx)].mean()) < 3
