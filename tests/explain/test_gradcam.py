@@ -55,7 +55,7 @@ def test_every_backbone_gives_a_map_and_releases_hooks(name):
         maps, probs = cam.explain(x)
     assert maps.shape == (2, 96, 96) and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert not explainer.target_layer._forward_hooks and not explainer.target_layer._backward_hooks
+    assert not explainer.target_layers[0]._forward_hooks and not explainer.target_layers[0]._backward_hooks
     assert model.training and all(p.grad is None for p in model.parameters())
 
 

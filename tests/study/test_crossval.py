@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cxrlab.cli import app
 from cxrlab.core import ConfigError
+from cxrlab.models import EnsembleClassifier, load_model
 from cxrlab.study.crossval import crossval_split, fold_split, oof_figures
 from cxrlab.train import build_config, train
 
@@ -62,7 +63,7 @@ def test_oof_figures_pool_with_intervals_and_split_by_source():
 
 
 def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
-    args = ["train", "--data", str(phantoms), "--folds", "3", "--size", "32", "--epochs", "1", "--fine-tune", "1",
+    args = ["train", "--data", str(phantoms), "--folds", "3", "--size", "64", "--epochs", "1", "--fine-tune", "1",
             "--out", str(tmp_path / "cv"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -78,6 +79,16 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     assert set(summary["versus_baseline"]) == {"accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1"}
     pooled = summary["out_of_fold"]["pooled"]["macro_f1"]
     assert pooled["low"] <= pooled["value"] <= pooled["high"]
+    model, _, payload = load_model(tmp_path / "cv")  # the fold ensemble, with its screening reference
+    assert isinstance(model, EnsembleClassifier) and len(model.members) == 3 and payload["extra"]["folds"] == 3
+    screening = payload["extra"]["screening"]
+    assert screening["operating_point"]["chosen_on"] == "out-of-fold predictions"
+    assert screening["ood"]["mean"].shape == (3 * 1280,)  # the members' features side by side
+    images = [str(phantoms.parent / p) for p in manifest["image"].head(3)]
+    predicted = CliRunner().invoke(app, ["predict", str(tmp_path / "cv"), *images, "--out", str(tmp_path / "p")])
+    assert predicted.exit_code == 0, predicted.output
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert len(table) == 3 and np.allclose(table[["COVID-19", "Pneumonia", "Normal"]].sum(axis=1), 1, atol=1e-5)
     stamp = (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output

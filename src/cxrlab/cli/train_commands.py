@@ -109,7 +109,7 @@ def _train_crossval(cfg) -> None:
 
     console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) on {cfg.folds} patient-grouped folds → {cfg.out}")
     with progress_bar("folds") as bar:
-        task = bar.add_task("folds", total=cfg.folds)
+        task = bar.add_task("folds", total=cfg.folds + 2)  # the folds, the ensemble, the baseline
         started: list[str] = []
 
         def advance(text: str) -> None:  # called as each fold starts: the one before it is done
@@ -117,7 +117,7 @@ def _train_crossval(cfg) -> None:
             started.append(text)
 
         result = train_crossval(cfg, progress=advance)
-        bar.update(task, completed=cfg.folds)
+        bar.update(task, completed=cfg.folds + 2)
     figures = result.summary["out_of_fold"]
     labels = {"accuracy": "accuracy", "macro_roc_auc": "macro AUC", "covid_roc_auc": "COVID-19 AUC",
               "macro_f1": "macro-F1"}
@@ -148,8 +148,8 @@ def _train_crossval(cfg) -> None:
         f"{'' if v['beyond_noise'] else ' (within noise)'}" for k, v in versus.items() if v["low"] is not None),
         highlight=False)
     epochs = ", ".join(str(r["best_epoch"]) for r in result.summary["runs"])
-    console.print(f"epochs kept per fold ({cfg.select_on}): {epochs}; wrote {result.out / OOF_FILE} and "
-                  f"{result.out / 'summary.json'}")
+    console.print(f"epochs kept per fold ({cfg.select_on}): {epochs}; wrote {result.out / 'model.pt'} (the "
+                  f"{cfg.folds} fold models as one ensemble), {result.out / OOF_FILE} and {result.out / 'summary.json'}")
     console.print("[dim]pooled figures on public CXR sets mix sources: read the per-source rows beside them[/]")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cxrlab.explain.gradcam import CamMethod, GradCamExplainer, resolve_target_layer
+from cxrlab.explain.gradcam import CamMethod, GradCamExplainer, resolve_target_layers
 from cxrlab.explain.filters import first_conv, plot_first_layer_filters
 from cxrlab.explain.gallery import plot_gallery, select_examples
 from cxrlab.explain.images import explain_images
@@ -13,4 +13,4 @@ from cxrlab.explain.predict import predict_images
 from cxrlab.explain.screening import Screener, Screening
 from cxrlab.explain.overlay import cam_to_original, in_mask_share, overlay, peak_in_mask
 
-__all__ = ["CamMethod", "GradCamExplainer", "Screener", "Screening", "model_card", "predict_images", "explain_images", "first_conv", "plot_first_layer_filters", "cam_to_original", "in_mask_share", "lesion_evidence", "lung_evidence", "overlay", "plot_gallery", "plot_lung_evidence", "select_examples", "peak_in_mask", "pointing_hit", "resolve_target_layer", "summarise_lesion_evidence", "summarise_lung_evidence"]
+__all__ = ["CamMethod", "GradCamExplainer", "Screener", "Screening", "model_card", "predict_images", "explain_images", "first_conv", "plot_first_layer_filters", "cam_to_original", "in_mask_share", "lesion_evidence", "lung_evidence", "overlay", "plot_gallery", "plot_lung_evidence", "select_examples", "peak_in_mask", "pointing_hit", "resolve_target_layers", "summarise_lesion_evidence", "summarise_lung_evidence"]

@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, C
 from torch import nn
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.models.ensemble import cam_layers, named_layers
 from cxrlab.models.inference import FrozenPrefix
 from cxrlab.preprocess.transforms import to_model_input
 
@@ -28,22 +29,16 @@ _METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResC
 LAYER_LEVELS = ("last", "fine")
 
 
-def resolve_target_layer(model: nn.Module, layer: str | None = None) -> nn.Module:
-    """The module Grad-CAM hooks: ``model.cam_layer()`` (``None`` or ``last``), ``model.cam_layer("fine")``,
-    or the named module.
+def resolve_target_layers(model: nn.Module, layer: str | None = None) -> list[nn.Module]:
+    """The modules Grad-CAM hooks: ``model.cam_layer()`` (``None`` or ``last``), ``model.cam_layer("fine")``,
+    or the named module; one per member of an ensemble (the library averages their maps).
 
     Raises:
         ConfigError: no module of that name (the message lists a few candidates).
     """
-    if layer is None or layer == "last":
-        return model.cam_layer()
-    if layer == "fine":
-        return model.cam_layer("fine")
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        tail = [n for n in modules if n][-5:]
-        raise ConfigError(f"cam layer: no module {layer!r}; last modules are {', '.join(tail)}")
-    return modules[layer]
+    if layer is None or layer in LAYER_LEVELS:
+        return cam_layers(model, layer or "last")  # type: ignore[arg-type]
+    return named_layers(model, layer)
 
 
 def _require_grad(module: nn.Module, inputs, output):
@@ -101,12 +96,14 @@ class GradCamExplainer:
         if method not in _METHODS:
             raise ConfigError(f"cam method: choose one of {sorted(_METHODS)}, got {method!r}")
         self.model, self.method = model, method
-        self.target_layer = resolve_target_layer(model, layer)
+        self.target_layers = resolve_target_layers(model, layer)
+        if compile and len(self.target_layers) > 1:
+            raise ConfigError("cam compile: needs a single model, not an ensemble")
         self._was_training = model.training
         self._cam = None
         self._single_logit: bool | None = None
-        self._split = _SplitClassifier(model, self.target_layer) if compile else None
-        self.activations: torch.Tensor | None = None
+        self._split = _SplitClassifier(model, self.target_layers[0]) if compile else None
+        self._activations: dict[int, torch.Tensor] = {}
 
     def __enter__(self) -> GradCamExplainer:
         # Gradients are needed only from the target layer onwards: freeze every weight for the
@@ -115,27 +112,34 @@ class GradCamExplainer:
         self._grad_flags = [(p, p.requires_grad) for p in self.model.parameters()]
         for p, _ in self._grad_flags:
             p.requires_grad_(False)
-        model, target = (self._split, self._split.anchor) if self._split else (self.model, self.target_layer)
-        self._hook = target.register_forward_hook(self._capture)  # before the library's hook
-        self._cam = _METHODS[self.method](model=model, target_layers=[target])
+        model, targets = (self._split, [self._split.anchor]) if self._split else (self.model, self.target_layers)
+        self._hooks = [target.register_forward_hook(self._capture(i))  # before the library's hooks
+                       for i, target in enumerate(targets)]
+        self._cam = _METHODS[self.method](model=model, target_layers=targets)
         return self
 
-    def _capture(self, module: nn.Module, inputs, output):
-        self.activations = output.detach() if isinstance(output, torch.Tensor) else None
-        return _require_grad(module, inputs, output)
+    def _capture(self, index: int):
+        def hook(module: nn.Module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                self._activations[index] = output.detach()
+            return _require_grad(module, inputs, output)
+        return hook
 
     def pooled_activations(self) -> np.ndarray:
-        """``(B, C)`` target-layer activations of the last call, averaged over space: with the default
-        layer, the pooled features a :class:`cxrlab.models.ood.FeatureDistance` scores."""
-        if self.activations is None:
+        """``(B, C)`` target-layer activations of the last call, averaged over space (an ensemble's
+        members' side by side): with the default layer, the pooled features a
+        :class:`cxrlab.models.ood.FeatureDistance` scores."""
+        if not self._activations:
             raise ConfigError("GradCamExplainer: no activations yet; call explain first")
-        return self.activations.float().mean(dim=(2, 3)).numpy()
+        pooled = [self._activations[i].float().mean(dim=(2, 3)) for i in sorted(self._activations)]
+        return torch.cat(pooled, dim=1).numpy()
 
     def __exit__(self, *exc) -> None:
         if self._cam is not None:
             self._cam.activations_and_grads.release()
             self._cam = None
-        self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         for p, flag in self._grad_flags:
             p.requires_grad_(flag)
             p.grad = None

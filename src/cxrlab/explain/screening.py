@@ -23,6 +23,7 @@ from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay
 from cxrlab.models.checkpoint import load_model
+from cxrlab.models.ensemble import cam_layers
 from cxrlab.models.ood import FeatureDistance
 from cxrlab.models.polarity import PolarityCheck
 from cxrlab.preprocess import Preprocessor
@@ -136,11 +137,13 @@ class Screener:
         self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
         self.ood_fine = FeatureDistance.from_dict(reference["ood_fine"]) if reference.get("ood_fine") else None
         self.polarity = PolarityCheck.from_dict(reference["polarity"]) if reference.get("polarity") else None
-        self._fine: np.ndarray | None = None
+        self._fine_parts: dict[int, np.ndarray] = {}
+        self._fine_hooks = []
         if self.ood_fine is not None and not compile:  # a compiled prefix runs past module hooks
-            self._fine_hook = self.model.cam_layer("fine").register_forward_hook(self._capture_fine)
+            self._fine_hooks = [layer.register_forward_hook(self._capture_fine(i))
+                                for i, layer in enumerate(cam_layers(self.model, "fine"))]
         else:
-            self.ood_fine, self._fine_hook = None, None
+            self.ood_fine = None
         self.operating_point = reference.get("operating_point")
         self.method = method
         self._cam = GradCamExplainer(self.model, method, None, compile=compile).__enter__()
@@ -152,14 +155,23 @@ class Screener:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _capture_fine(self, module, args, output) -> None:
-        self._fine = output.detach().float().mean(dim=(2, 3)).numpy()
+    def _capture_fine(self, index: int):
+        def hook(module, args, output) -> None:
+            self._fine_parts[index] = output.detach().float().mean(dim=(2, 3)).numpy()
+        return hook
+
+    @property
+    def _fine(self) -> np.ndarray | None:
+        """The last screening's pooled mid-level features (an ensemble's members' side by side)."""
+        if not self._fine_parts:
+            return None
+        return np.concatenate([self._fine_parts[i] for i in sorted(self._fine_parts)], axis=1)
 
     def close(self) -> None:
         """Remove the Grad-CAM hooks."""
-        if self._fine_hook is not None:
-            self._fine_hook.remove()
-            self._fine_hook = None
+        for hook in self._fine_hooks:
+            hook.remove()
+        self._fine_hooks = []
         if self._cam is not None:
             self._cam.__exit__(None, None, None)
             self._cam = None

@@ -18,6 +18,7 @@ import cxrlab
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes
 from cxrlab.models.classifier import CxrClassifier
+from cxrlab.models.ensemble import EnsembleClassifier
 from cxrlab.models.factory import create_classifier
 from cxrlab.models.heads import HeadSpec
 from cxrlab.preprocess.config import PreprocessConfig
@@ -25,18 +26,26 @@ from cxrlab.preprocess.config import PreprocessConfig
 FORMAT = "cxrlab-model/1"
 
 
-def save_model(model: CxrClassifier, path: str | Path, preprocess: PreprocessConfig, extra: dict | None = None) -> Path:
-    """Write ``model`` with its backbone name, head, fine-tuning degree, classes and preprocessing.
+def save_model(model: CxrClassifier | EnsembleClassifier, path: str | Path, preprocess: PreprocessConfig,
+               extra: dict | None = None) -> Path:
+    """Write ``model`` with its backbone name, head, fine-tuning degree, classes and preprocessing; an
+    ensemble as its members' weights (``members``) with the same description.
 
     The file is written atomically; a crash never leaves a half-written model.
     """
+    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    first = members[0]
     payload = {
-        "format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": model.spec.name,
-        "head": model.head_spec.to_dict(), "fine_tune": model.fine_tune, "class_names": list(model.class_names),
-        "lung_attention": model.lung_attention,
-        "num_classes": model.head.fc.out_features, "mean": list(model.spec.mean), "std": list(model.spec.std),
-        "preprocess": preprocess.to_dict(), "state_dict": model.state_dict(), "extra": extra or {},
+        "format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": first.spec.name,
+        "head": first.head_spec.to_dict(), "fine_tune": first.fine_tune, "class_names": list(first.class_names),
+        "lung_attention": first.lung_attention,
+        "num_classes": first.head.fc.out_features, "mean": list(first.spec.mean), "std": list(first.spec.std),
+        "preprocess": preprocess.to_dict(), "extra": extra or {},
     }
+    if isinstance(model, EnsembleClassifier):
+        payload["members"] = [m.state_dict() for m in members]
+    else:
+        payload["state_dict"] = model.state_dict()
     return write_payload(payload, path)
 
 
@@ -95,9 +104,9 @@ def read_payload(path: str | Path, expected: str, kind: str) -> dict:
     return payload
 
 
-def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:
+def load_model(path: str | Path) -> tuple[CxrClassifier | EnsembleClassifier, PreprocessConfig, dict]:
     """Load a model file written by :func:`save_model`, or a run folder's ``model.pt`` (no network, no
-    weights packages needed).
+    weights packages needed); a fold ensemble comes back as an :class:`EnsembleClassifier`.
 
     Returns:
         ``(model in eval mode, preprocessing config, the whole payload)``.
@@ -108,9 +117,13 @@ def load_model(path: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]
     path = Path(path)
     payload = read_payload(path / "model.pt" if path.is_dir() else path, FORMAT, "model")
     head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
-    model = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
-                              fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
-                              lung_attention=bool(payload.get("lung_attention", False)))
-    model.load_state_dict(payload["state_dict"])
+    members = []
+    for state in payload.get("members") or [payload["state_dict"]]:
+        member = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
+                                   fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
+                                   lung_attention=bool(payload.get("lung_attention", False)))
+        member.load_state_dict(state)
+        members.append(member)
+    model = EnsembleClassifier(members) if "members" in payload else members[0]
     model.eval()
     return model, PreprocessConfig.from_dict(payload["preprocess"]), payload

@@ -194,6 +194,10 @@ class CxrClassifier(nn.Module):
             self._fine_group = self._find_fine_group()
         return self._groups[self._fine_group][-1]
 
+    def cam_layers(self, level: Literal["last", "fine"] = "last") -> list[nn.Module]:
+        """``[cam_layer(level)]``: the list an ensemble gives one per member."""
+        return [self.cam_layer(level)]
+
     def _find_fine_group(self) -> int:
         sizes: dict[int, int] = {}
 

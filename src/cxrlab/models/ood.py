@@ -18,6 +18,7 @@ import torch
 from sklearn.covariance import ledoit_wolf_shrinkage
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.models.ensemble import cam_layers
 
 DEFAULT_QUANTILE = 0.99
 
@@ -117,18 +118,23 @@ def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batc
     ends (a finer grid, mid-level features)."""
     model.eval()
     out: dict[str, list[torch.Tensor]] = {level: [] for level in levels}
-    hook = None
-    if "fine" in levels:
-        hook = model.cam_layer("fine").register_forward_hook(
-            lambda module, args, output: out["fine"].append(output.float().mean(dim=(2, 3))))
+    fine: dict[int, torch.Tensor] = {}  # per member of an ensemble, joined side by side per batch
+
+    def capture(index: int):
+        return lambda module, args, output: fine.__setitem__(index, output.float().mean(dim=(2, 3)))
+
+    hooks = ([layer.register_forward_hook(capture(i)) for i, layer in enumerate(cam_layers(model, "fine"))]
+             if "fine" in levels else [])
     try:
         for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             image, _ = model.split_input(x.contiguous(memory_format=torch.channels_last))
             last = model.image_features(image).float().mean(dim=(2, 3))
             if "last" in out:
                 out["last"].append(last)
+            if hooks:
+                out["fine"].append(torch.cat([fine[i] for i in sorted(fine)], dim=1))
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     return {level: torch.cat(v).numpy() if v else np.zeros((0, 0), np.float32) for level, v in out.items()}
 

@@ -29,10 +29,13 @@ from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
+from cxrlab.models import EnsembleClassifier, load_model, save_model
+from cxrlab.preprocess import ShardDataset, ShardReader
 from cxrlab.study.baseline import frozen_features, probe_oof
 from cxrlab.study.plan import check_same_config
 from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
+from cxrlab.train.screening_reference import operating_point, screening_reference
 
 log = logging.getLogger(__name__)
 OOF_FILE = "oof_predictions.csv"
@@ -85,8 +88,8 @@ def fold_split(frame: pd.DataFrame, fold: int, folds: int) -> pd.DataFrame:
     return rows
 
 
-def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> pd.DataFrame:
-    """Train fold ``fold`` (or reuse it) and return its out-of-fold predictions."""
+def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> tuple[pd.DataFrame, bool]:
+    """Train fold ``fold`` (or reuse it); return its out-of-fold predictions and whether it trained now."""
     run_dir = out / "folds" / f"fold{fold}"
     split = fold_split(frame, fold, config.folds)
     run_config = config.model_copy(update={
@@ -95,12 +98,14 @@ def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) ->
         "mlflow_uri": config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"})
     check_same_config(run_dir, run_config)
     summary = run_dir / "summary.json"
-    if not (summary.exists() and json.loads(summary.read_text()).get("status") == "ok"):
+    trained = not (summary.exists() and json.loads(summary.read_text()).get("status") == "ok")
+    if trained:
         write_splits(split, {"crossval_fold": fold, "folds": config.folds}, run_dir)
+        (run_dir / "test_predictions.csv").unlink(missing_ok=True)  # predictions of an older model
         train(run_config, screening=False)
     held_out = split[split["split"] == "test"]
     predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}")
-    return predictions.merge(held_out[["image", "patient_id", "source"]], on="image").assign(fold=fold)
+    return predictions.merge(held_out[["image", "patient_id", "source"]], on="image").assign(fold=fold), trained
 
 
 def _statistics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> Callable[[np.ndarray], dict]:
@@ -165,11 +170,40 @@ def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     return table
 
 
+def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> dict:
+    """Write ``out/model.pt``: the fold models as one ensemble, with a screening reference set on data
+    its parts did not choose on: the operating point on the out-of-fold predictions; the
+    out-of-distribution and inverted-image references fitted on the images of every fold but the
+    last and thresholded on the last (every member but one trained on those, so new images may be
+    flagged somewhat more often than the nominal 1%)."""
+    members, preprocess = [], None
+    for fold in range(config.folds):
+        model, preprocess, _ = load_model(out / "folds" / f"fold{fold}" / "model.pt")
+        members.append(model)
+    ensemble = EnsembleClassifier(members).eval()
+    spec = ensemble.spec
+    reader = ShardReader(Path(config.prepared) if config.prepared else out / "prepared")
+    last = predictions["fold"] == config.folds - 1
+
+    def dataset(rows: pd.DataFrame) -> ShardDataset:
+        return ShardDataset(reader, names, images=rows["image"].tolist(), mean=spec.mean, std=spec.std,
+                            in_chans=spec.in_chans, with_masks=ensemble.lung_attention)
+
+    y = np.array([names.index(v) for v in predictions["label"]])
+    probs = predictions[names].to_numpy(dtype=float)
+    reference = screening_reference(ensemble, dataset(predictions[~last]), dataset(predictions[last]), y[last],
+                                    probs[last], config.batch_size)
+    reference["operating_point"] = operating_point(y, probs, names, "out-of-fold predictions")
+    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.folds, "screening": reference})
+    return reference
+
+
 def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None = None,
                    n_boot: int = 1000) -> CrossvalResult:
     """Train ``config.folds`` runs and write ``OUT``: ``splits.csv`` (the folds), ``folds/fold<k>/`` (each
     run, as ``train`` writes it), ``oof_predictions.csv`` (every image's out-of-fold probabilities,
-    fold, patient and source), ``baseline_oof_predictions.csv`` (the linear probe's, same folds) and
+    fold, patient and source), ``model.pt`` (the fold models as one ensemble: the mean of their
+    probabilities), ``baseline_oof_predictions.csv`` (the linear probe's, same folds) and
     ``summary.json`` (pooled figures with intervals and per source, for the runs and the probe; the
     paired difference between them; each fold's chosen epoch).
 
@@ -183,11 +217,13 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
     atomic_write_text(out / "config.yaml", config.to_yaml())
     frame = crossval_split(config, out)
     names = list(class_names(config.scheme))
-    parts = []
+    parts, trained = [], False
     for fold in range(config.folds):
         if progress:
             progress(f"fold {fold + 1}/{config.folds}")
-        parts.append(_run_fold(config, frame, fold, out))
+        part, now = _run_fold(config, frame, fold, out)
+        parts.append(part)
+        trained |= now
     predictions = pd.concat(parts, ignore_index=True)[["image", "patient_id", "source", "label", "fold", *names]]
     atomic_write_text(out / OOF_FILE, predictions.to_csv(index=False))
     runs = []
@@ -196,6 +232,10 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
         runs.append({"fold": fold, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
                      "selection": summary.get("selection"), "val": {k: summary["val"].get(k) for k in
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
+    if progress:
+        progress("fold ensemble")
+    if trained or not (out / "model.pt").exists():  # else: the ensemble of these very folds is there
+        _ensemble(config, predictions, names, out)
     if progress:
         progress("linear-probe baseline")
     baseline = _baseline(config, predictions, names, out)

@@ -78,12 +78,20 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
         except ConfigError as err:
             log.warning("no out-of-distribution reference (%s features) in the model file: %s", level, err)
     reference["polarity"] = _polarity_check(model, train_set, val_set, train["last"], val["last"], batch_size)
-    if POSITIVE_CLASS in model.class_names:
-        column = list(model.class_names).index(POSITIVE_CLASS)
-        try:
-            point = choose_operating_point(np.asarray(val_targets) == column, val_probs[:, column])
-            reference["operating_point"] = {"positive": POSITIVE_CLASS, "threshold": point.threshold,
-                                            "method": point.method, "chosen_on": "validation"}
-        except ConfigError as err:
-            log.warning("no operating point in the model file (most probable class instead): %s", err)
+    reference["operating_point"] = operating_point(val_targets, val_probs, model.class_names, "validation")
     return reference
+
+
+def operating_point(targets: np.ndarray, probs: np.ndarray, class_names, chosen_on: str) -> dict | None:
+    """The Youden threshold on ``P(COVID-19)`` over ``(N,)`` class indices and ``(N, C)`` probabilities
+    (``chosen_on`` says which images they are), or None with a warning when the classes lack COVID-19
+    or the images lack either side."""
+    if POSITIVE_CLASS not in class_names:
+        return None
+    column = list(class_names).index(POSITIVE_CLASS)
+    try:
+        point = choose_operating_point(np.asarray(targets) == column, np.asarray(probs)[:, column])
+    except ConfigError as err:
+        log.warning("no operating point in the model file (most probable class instead): %s", err)
+        return None
+    return {"positive": POSITIVE_CLASS, "threshold": point.threshold, "method": point.method, "chosen_on": chosen_on}

@@ -1,0 +1,117 @@
+"""Benchmark: which training recipe earns its keep on real radiographs (issue 17's ablation).
+
+Run: ``.venv/bin/python bench/bench_recipe.py [--only NAME,NAME] [--out runs/recipes]``.
+Each recipe is ``cxrlab train --folds 5 --seed 0`` on ``../shared/data/cxr-real`` with a few
+settings changed from the one before it (or from a named parent); every run is resumable (a
+finished fold is reused), so the script can be stopped and started again.
+
+For each recipe: out-of-fold COVID-19-vs-rest AUC and 3-class macro-F1 with 95% patient-bootstrap
+intervals, the paired difference from the linear probe on frozen features, the COVID-19 AUC
+inside the Cohen collection (COVID-19 vs the rest there: where a source shortcut cannot help) and
+the wall time. Writes ``bench/out/recipe.json`` and prints a Markdown table. Nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "cxr-real" / "manifest.csv"
+OUT = ROOT / "bench" / "out"
+
+AUGMENT = {"enabled": True, "rotation": 10, "crop_scale": [0.85, 1.0], "translate": 0.05, "brightness": 0.1,
+           "contrast": 0.2, "gamma": 0.2, "hflip": False}
+FULL = {"fine_tune": "all", "optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05, "schedule": "cosine",
+        "warmup_epochs": 1, "epochs": 12, "patience": 6, "select_on": "auc_macro", "select_smoothing": 2,
+        "min_epochs": 3}
+# name -> (parent, changed settings): each row of the ablation changes a few things of its parent
+RECIPES: dict[str, tuple[str | None, dict]] = {
+    "default": (None, {}),
+    "select-auc": ("default", {"select_on": "auc_macro", "select_smoothing": 2, "min_epochs": 2}),
+    "k2-lr1e-4": ("select-auc", {"lr": 1e-4, "epochs": 15, "patience": 6}),
+    "full-lr1e-4": ("default", FULL),
+    "full-aug": ("full-lr1e-4", {"augment": AUGMENT}),
+    "full-aug-hflip": ("full-aug", {"augment": {**AUGMENT, "hflip": True}}),
+    "full-aug-ls": ("full-aug", {"label_smoothing": 0.1}),
+    "full-aug-decay": ("full-aug", {"lr": 3e-4, "lr_decay": 0.7}),
+    "lite2-260-aug": ("full-aug", {"backbone": "efficientnet_lite2", "size": 260}),
+}
+
+
+def settings(name: str) -> dict:
+    """A recipe's settings: its parent's, then its own."""
+    parent, own = RECIPES[name]
+    return {**(settings(parent) if parent else {}), **own}
+
+
+def run(name: str, out: Path) -> dict:
+    """Train the recipe (or reuse it) and read its figures."""
+    folder = out / name
+    config = folder.parent / f"{name}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    config.write_text(yaml.safe_dump({"data": str(REAL), "folds": 5, "seed": 0, "out": str(folder),
+                                      **settings(name)}))
+    start = time.perf_counter()
+    subprocess.run([str(ROOT / ".venv" / "bin" / "cxrlab"), "train", "--config", str(config)], check=True,
+                   stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    summary = json.loads((folder / "summary.json").read_text())
+    oof = pd.read_csv(folder / "oof_predictions.csv")
+    cohen = oof[oof["source"] == "cohen"]
+    pooled, versus = summary["out_of_fold"]["pooled"], summary["versus_baseline"]
+    return {"recipe": name, "settings": settings(name), "seconds": round(seconds, 1),
+            "covid_auc": pooled["covid_roc_auc"], "macro_f1": pooled["macro_f1"], "accuracy": pooled["accuracy"],
+            "covid_auc_vs_probe": versus["covid_roc_auc"], "macro_f1_vs_probe": versus["macro_f1"],
+            "cohen_covid_auc": float(roc_auc_score(cohen["label"] == "COVID-19", cohen["COVID-19"])),
+            "epochs_kept": [r["best_epoch"] for r in summary["runs"]],
+            "probe": {k: summary["baseline"]["out_of_fold"]["pooled"][k]["value"] for k in ("covid_roc_auc", "macro_f1")}}
+
+
+def _interval(v: dict) -> str:
+    return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated recipe names (default: all, in order)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipes")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(RECIPES)
+    rows = []
+    for name in names:
+        print(f"{name} ...", flush=True)
+        rows.append(run(name, args.out))
+        row = rows[-1]
+        print(f"  COVID-19 AUC {_interval(row['covid_auc'])}, macro-F1 {_interval(row['macro_f1'])}, "
+              f"Cohen COVID-19 AUC {row['cohen_covid_auc']:.3f}, {row['seconds']:.0f} s", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    OUT.mkdir(exist_ok=True)
+    previous = json.loads((OUT / "recipe.json").read_text())["rows"] if (OUT / "recipe.json").exists() else []
+    merged = {r["recipe"]: r for r in previous} | {r["recipe"]: r for r in rows}
+    (OUT / "recipe.json").write_text(json.dumps({"cpu": cpu, "threads": os.cpu_count(), "rows": list(merged.values())},
+                                                indent=2) + "\n")
+    print("\n| recipe | COVID-19 AUC | macro-F1 | COVID-19 AUC − probe | macro-F1 − probe | Cohen COVID-19 AUC | epochs kept | time |")
+    print("|---|---|---|---|---|---:|---|---:|")
+    for r in merged.values():
+        versus = [f"{v['value']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" for v in
+                  (r["covid_auc_vs_probe"], r["macro_f1_vs_probe"])]
+        print(f"| {r['recipe']} | {_interval(r['covid_auc'])} | {_interval(r['macro_f1'])} | {versus[0]} | {versus[1]} | "
+              f"{r['cohen_covid_auc']:.3f} | {','.join(map(str, r['epochs_kept']))} | {r['seconds'] / 60:.0f} min |")
+    print(f"\n{cpu}; probe (frozen features): COVID-19 AUC {np.mean([r['probe']['covid_roc_auc'] for r in rows]):.3f}")
+
+
+if __name__ == "__main__":
+    main()

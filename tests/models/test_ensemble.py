@@ -1,0 +1,55 @@
+"""A fold ensemble answers like one model: mean probabilities, one file, Grad-CAM over its members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrlab.core import ConfigError
+from cxrlab.explain import GradCamExplainer
+from cxrlab.models import EnsembleClassifier, create_classifier, load_model, save_model
+from cxrlab.models.ood import pooled_features_at
+from cxrlab.preprocess import PreprocessConfig
+
+CLASSES = ("COVID-19", "Pneumonia", "Normal")
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> EnsembleClassifier:
+    return EnsembleClassifier([create_classifier("efficientnet_lite0", 3, pretrained="none", seed=s,
+                                                 class_names=CLASSES) for s in (0, 1)]).eval()
+
+
+def test_the_ensemble_averages_probabilities_and_round_trips_through_one_file(ensemble, tmp_path):
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(1) for m in ensemble.members]).mean(0)
+        torch.testing.assert_close(ensemble(x).softmax(1), mean, atol=1e-6, rtol=1e-5)
+        save_model(ensemble, tmp_path / "m.pt", PreprocessConfig(size=64), {"folds": 2})
+        loaded, preprocess, payload = load_model(tmp_path / "m.pt")
+        torch.testing.assert_close(loaded(x).softmax(1), mean, atol=1e-6, rtol=1e-5)
+    assert isinstance(loaded, EnsembleClassifier) and loaded.class_names == CLASSES and payload["extra"]["folds"] == 2
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        EnsembleClassifier(list(ensemble.members)[:1])
+    other = create_classifier("efficientnet_lite0", 2, pretrained="none", class_names=("COVID-19", "non-COVID"))
+    with pytest.raises(ConfigError, match="member 1"):
+        EnsembleClassifier([ensemble.members[0], other])
+
+
+def test_grad_cam_and_pooled_features_span_every_member(ensemble):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with GradCamExplainer(ensemble) as cam:
+        maps, probs = cam.explain(x)
+        pooled = cam.pooled_activations()
+    assert maps.shape == (2, 64, 64) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert pooled.shape == (2, 2 * 1280)  # the members' pooled features side by side
+    for member in ensemble.members:  # hooks released, flags restored
+        assert not member.cam_layer()._forward_hooks
+    with GradCamExplainer(ensemble.members[0]) as cam:
+        single, _ = cam.explain(x, target=int(probs[0].argmax()))
+    assert not np.allclose(maps[0], single[0])  # the ensemble's map is not member 0's alone
+    dataset = [(x[i], torch.tensor(0)) for i in range(2)]
+    features = pooled_features_at(ensemble, dataset, ("last", "fine"))
+    np.testing.assert_allclose(features["last"], pooled, rtol=1e-4, atol=1e-5)
+    assert features["fine"].shape[1] == 2 * pooled_features_at(ensemble.members[0], dataset, ("fine",))["fine"].shape[1]
