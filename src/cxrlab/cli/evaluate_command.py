@@ -33,7 +33,9 @@ def evaluate_command(
                       f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC AUC "
                       f"{m['macro']['roc_auc'] or float('nan'):.3f}")
         for source, v in results["per_source"].items():
-            console.print(f"  {source:10s} {v['n']:4d} images, accuracy {v['accuracy']:.3f}")
+            covid, f1 = ("—" if v[k] is None else f"{v[k]:.3f}" for k in ("covid_roc_auc", "macro_f1"))
+            console.print(f"  {source:10s} {v['n']:4d} images, accuracy {v['accuracy']:.3f}, COVID-19 AUC {covid}, "
+                          f"macro-F1 {f1}")
         if "lung_evidence" in results and results["lung_evidence"].get("n"):
             lung = results["lung_evidence"]
             console.print(f"Grad-CAM in-lung share: median {lung['median']:.2f} over {lung['n']} images with masks "

@@ -69,7 +69,9 @@ def _per_source(p: Predictions) -> dict:
     for source, rows in p.frame.groupby("source").groups.items():
         idx = np.asarray(list(rows))
         m = compute_metrics(p.y_true[idx], p.probs[idx], p.class_names)
+        covid = m["per_class"].get(POSITIVE_CLASS, {})
         out[str(source)] = {"n": m["n"], "accuracy": m["accuracy"], "macro_roc_auc": m["macro"]["roc_auc"],
+                            "covid_roc_auc": covid.get("roc_auc"), "macro_f1": m["macro"]["f1"],
                             "classes": p.frame.loc[idx, "label"].value_counts().sort_index().to_dict()}
     return out
 
