@@ -146,12 +146,12 @@ def gradcam_baseline_ms(name: str, repeats: int = 20) -> float:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cxrlab.explain.gradcam import resolve_target_layer
+    from cxrlab.explain.gradcam import resolve_target_layers
 
     model = _model(name, "all", True).eval()
     x = _batch(1, True)
     times = []
-    with GradCAM(model=model, target_layers=[resolve_target_layer(model)]) as cam:
+    with GradCAM(model=model, target_layers=resolve_target_layers(model)) as cam:
         def explain() -> None:
             with torch.no_grad():
                 label = int(model(x).argmax(1))

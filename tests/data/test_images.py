@@ -143,6 +143,10 @@ def test_jpeg_decoding_keeps_exif_orientation_reduced_decoding_and_stray_bytes(t
     (tmp_path / "stray.jpg").write_bytes(buf[:sos] + b"\x00\x00" + buf[sos:])
     whole = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_GRAYSCALE)
     np.testing.assert_array_equal(read_image(tmp_path / "stray.jpg").pixels, whole)
+    revised = bytearray(buf)  # a JFIF version libjpeg does not know: it warns, the pixels are whole
+    revised[revised.index(b"JFIF\x00") + 5] = 2
+    (tmp_path / "jfif2.jpg").write_bytes(bytes(revised))
+    np.testing.assert_array_equal(read_image(tmp_path / "jfif2.jpg").pixels, whole)
     cmyk = Image.fromarray(np.stack([gradient(64, 64)] * 3, axis=2)).convert("CMYK")
     cmyk.save(tmp_path / "cmyk.jpg")  # libjpeg-turbo cannot make grey from CMYK: Pillow does
     assert read_image(tmp_path / "cmyk.jpg").pixels.shape == (64, 64)

@@ -42,15 +42,20 @@ def test_evaluate_names_the_inputs_it_could_not_use_on_screen_and_in_the_report(
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     bad = pd.DataFrame({"image": [str(tmp_path / "missing.png"), str(tmp_path / "cut.png")], "label": "Normal",
                         "patient_id": ["x1", "x2"], "source": "phantom-a", "view": "PA"})
-    pd.concat([table, bad]).to_csv(tmp_path / "data.csv", index=False)
+    other = table.head(1).assign(label="Lung_Opacity", patient_id="x3")  # a label outside the scheme: a choice
+    pd.concat([table, bad, other]).to_csv(tmp_path / "data.csv", index=False)
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(tmp_path / "data.csv"), "--out",
                                       str(tmp_path / "e"), "--n-boot", "20", "--no-gradcam"])
-    assert result.exit_code == 3, result.output  # written, but not on everything asked for
-    assert "2 input(s) not evaluated" in result.output
+    assert result.exit_code == 3, result.output  # written, but not on every image asked for
+    assert "3 input(s) not evaluated (2 could not be read" in " ".join(result.output.split())
     assert f"{tmp_path / 'missing.png'}: file not found" in result.output and f"{tmp_path / 'cut.png'}:" in result.output
     report = (tmp_path / "e" / "report.md").read_text()
     assert "missing.png" in report and "cut.png" in report
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["n"] == 12
+    pd.concat([table, other]).to_csv(tmp_path / "chosen.csv", index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(tmp_path / "chosen.csv"), "--out",
+                                      str(tmp_path / "c"), "--n-boot", "20", "--no-gradcam"])
+    assert result.exit_code == 0, result.output  # only a row left out by choice: nothing failed
 
 
 def test_cli_adds_grad_cam_lung_evidence(run_dir, tmp_path):

@@ -198,6 +198,23 @@ def test_predict_over_a_folder_of_hostile_files_writes_every_good_row_and_names_
     assert "Traceback" not in result.output
 
 
+def test_a_run_stopped_half_way_keeps_the_rows_it_finished(run_dir, phantoms, tmp_path, monkeypatch):
+    images = sorted((phantoms.parent / "images").glob("*.png"))[:4]
+    original, seen = Screener.screen_file, []
+
+    def interrupted(self, path):
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # Ctrl+C on the third image
+        seen.append(path)
+        return original(self, path)
+
+    monkeypatch.setattr(Screener, "screen_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_images(run_dir, images, tmp_path / "out", overlays=False)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert table["image"].tolist() == [str(p) for p in images[:2]]  # both finished rows, well before 50
+
+
 def test_predict_command_takes_folders_and_reports_what_it_skipped(run_dir, phantoms, tmp_path):
     images = phantoms.parent / "images"
     result = CliRunner().invoke(app, ["predict", str(run_dir), str(images), "--out", str(tmp_path / "p"),

@@ -84,6 +84,12 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     screening = payload["extra"]["screening"]
     assert screening["operating_point"]["chosen_on"] == "out-of-fold predictions"
     assert screening["ood"]["mean"].shape == (3 * 1280,)  # the members' features side by side
+    from cxrlab.explain.model_card import model_card
+
+    card = model_card(payload, tmp_path / "cv" / "model.pt")
+    assert card["ensemble"]["members"] == 3 and card["out_of_fold"]["images"] == len(oof)
+    assert "covid_roc_auc" in card["out_of_fold"]["pooled"] and card["out_of_fold"]["linear_probe"]
+    assert set(pd.read_csv(tmp_path / "cv" / "splits.csv")["split"]) == {"train"}  # no side it did not train on
     images = [str(phantoms.parent / p) for p in manifest["image"].head(3)]
     predicted = CliRunner().invoke(app, ["predict", str(tmp_path / "cv"), *images, "--out", str(tmp_path / "p")])
     assert predicted.exit_code == 0, predicted.output

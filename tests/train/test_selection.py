@@ -34,13 +34,18 @@ def test_smoothing_min_epochs_ties_and_undefined_values():
     spike = EpochSelector("auc_macro", smoothing=2)
     _run(spike, [1.0] * 5, [0.60, 0.90, 0.60, 0.80, 0.82])  # one lucky epoch does not win a smoothed choice
     assert spike.best_epoch == 4 and math.isclose(spike.best_score, 0.81)
+    gap = EpochSelector("auc_macro", smoothing=2)
+    _run(gap, [1.0] * 4, [0.70, math.nan, 0.95, 0.71])  # a window with an undefined value scores nothing
+    assert gap.best_epoch == 3 and math.isclose(gap.best_score, 0.83)
     late = EpochSelector("loss", min_epochs=3, patience=2)
     assert _run(late, [0.5, 0.6, 0.9, 1.0, 1.1], [0.5] * 5) == [4] and late.best_epoch == 2  # 0 and 1 not kept
     tie = EpochSelector("auc_macro")
     _run(tie, [1.0, 0.8, 0.9], [0.75, 0.75, 0.75])
     assert tie.best_epoch == 1  # equal AUC: the lower validation loss
-    undefined = EpochSelector("auc_macro", patience=2)
-    assert _run(undefined, [1.0, 1.0, 1.0], [math.nan] * 3)[0] == 1 and undefined.best_epoch == -1  # 2 epochs, no score
+    undefined = EpochSelector("auc_macro", patience=2)  # e.g. a validation side holding one class
+    assert _run(undefined, [1.0, 0.9, 1.2], [math.nan] * 3) == [] and undefined.best_epoch == 1
+    assert undefined.fallback and "validation loss" in undefined.to_dict()["fallback"]  # loss kept it, and says so
+    assert undefined.update(3, {"val_loss": 2.0, "val_auc": 0.6}) and not undefined.fallback  # defined: it wins
     phases = EpochSelector("loss", patience=2)
     _run(phases, [0.5, 0.9], [0.5, 0.5])
     phases.start_phase(2)  # a new phase: patience counts from its start, the kept epoch stays
@@ -59,3 +64,14 @@ def test_a_run_selects_on_auc_after_a_minimum_and_records_the_choice(phantoms, t
     assert {"val_auc_covid", "val_f1"} <= set(metrics.columns)
     assert selection["score"] == pytest.approx(max(metrics["val_auc"].iloc[1:]))  # the best from epoch 1 on
     assert result.summary["best_val_loss"] == pytest.approx(metrics.loc[selection["epoch"], "val_loss"])
+
+
+def test_settings_that_could_keep_no_epoch_or_train_on_nothing_are_refused():
+    from cxrlab.core import ConfigError
+    from cxrlab.train import build_config
+
+    with pytest.raises(ConfigError, match="min_epochs \\(5\\) is more than the run's 3"):
+        build_config({"data": "x.csv", "epochs": 3, "min_epochs": 5})
+    for folds in (1, 2):  # a fold predicts, the next chooses the epoch: nothing would be left to train on
+        with pytest.raises(ConfigError, match="at least 3"):
+            build_config({"data": "x.csv", "folds": folds})

@@ -22,7 +22,8 @@ def evaluate_command(
     cam_layer: Annotated[Optional[str], typer.Option(help="last (default), fine (a finer grid) or a module name.")] = None,
 ) -> None:
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
-    Exit code 3 when some inputs could not be evaluated (each is named on screen and in the report)."""
+    Exit code 3 when some images could not be read (each is named on screen and in the report; rows
+    left out by choice, such as labels outside the scheme, are listed but do not count)."""
     from cxrlab.study.evaluation import evaluate_and_explain
 
     with handle_errors():
@@ -45,7 +46,8 @@ def evaluate_command(
                 console.print(f"pointing game ({game['method']} @ {game['layer']}): the map's peak on the lesion in "
                               f"{game['hit_rate']:.0%} of {game['n']} images with lesion masks")
         if results["skipped"]:
-            console.print(f"[yellow]{len(results['skipped'])} input(s) not evaluated[/] (listed in the report):")
+            console.print(f"[yellow]{len(results['skipped'])} input(s) not evaluated[/] ({results['unreadable']} could "
+                          "not be read; all are listed in the report):")
             for image, reason in results["skipped"][:20]:
                 console.print(f"  {image}: {reason}", highlight=False)
             if len(results["skipped"]) > 20:
@@ -53,7 +55,7 @@ def evaluate_command(
         for warning in results["warnings"]:
             console.print(f"[yellow]warning:[/] {warning}")
         console.print(f"wrote {Path(out) / 'report.html'}, {Path(out) / 'report.md'} and {Path(out) / 'metrics.json'}")
-    exit_if_failed(len(results["skipped"]), "input(s) could not be evaluated and")
+    exit_if_failed(results["unreadable"], "input(s) could not be read and")
 
 
 

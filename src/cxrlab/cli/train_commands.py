@@ -29,7 +29,7 @@ def train_command(
     data: Annotated[Optional[Path], typer.Option(help="Folder tree, manifest or metadata CSV.")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="splits.csv to use (default: make a patient-grouped split).")] = None,
     ratios: Annotated[Optional[str], typer.Option(help="train,val,test shares of the split made here (default 8:1:1).")] = None,
-    folds: Annotated[Optional[int], typer.Option(help="K >= 2: cross-validated training, K runs and out-of-fold "
+    folds: Annotated[Optional[int], typer.Option(help="K >= 3: cross-validated training, K runs and out-of-fold "
                                                       "predictions for every image (ratios unused).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone name (cxrlab backbones).")] = None,
     fine_tune: Annotated[Optional[str], typer.Option("--fine-tune", help="Trainable last blocks k, or 'all'.")] = None,
@@ -72,6 +72,9 @@ def train_command(
             result = train(cfg, progress=lambda n: bar.advance(task, n))
         summary = result.summary
         val = summary["val"]
+        if not val:
+            console.print(f"[yellow]no epoch was kept[/] ({summary['status']}); wrote {result.out / 'summary.json'}")
+            return
         table = Table(title=f"validation ({summary['images']['val']} images), best epoch {summary['best_epoch']}")
         for column in ("class", "sensitivity", "specificity", "AUC", "support"):
             table.add_column(column, justify="right")

@@ -109,7 +109,7 @@ def _row_for(path: Path, class_dir: str, source: str, patterns: Sequence[str],
         try:
             header = read_dicom_header(path)
         except InvalidImageError as err:
-            skipped.append(SkippedItem(str(path), err.reason))
+            skipped.append(SkippedItem(str(path), err.reason, unreadable=True))
             return None
         patient, view = header["patient_id"] or None, header["view"]
     patient = patient or _patient_from_name(path.stem, patterns)

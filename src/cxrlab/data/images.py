@@ -39,6 +39,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _MAGIC = {_PNG_MAGIC: "png", _JPEG_MAGIC: "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff", b"BM": "bmp",
           b"GIF87a": "gif", b"GIF89a": "gif"}
 FORMATS = "PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM"
+# libjpeg warnings that mean the pixels are incomplete or wrong (jerror.h: JWRN_JPEG_EOF, JWRN_HIT_MARKER,
+# JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION); other warnings
+# concern the file around them and are decoded through
+_DAMAGED_SCAN = ("premature end", "bad huffman code", "bad arithmetic code", "instead of rst", "inconsistent progression")
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 # EXIF orientation (tag 0x0112) -> the array operation that shows the image upright (as Pillow's
@@ -92,10 +96,10 @@ def _read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     problem = file_problem(path)
     if problem:
         raise InvalidImageError(path, problem)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise InvalidImageError(path, f"file too large ({size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InvalidImageError(path, f"file too large ({size / 2**20:.0f} MB > {max_bytes / 2**20:.0f} MB)")
         with open(path, "rb", buffering=0) as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the check above
                 raise InvalidImageError(path, "not a regular file")
@@ -174,15 +178,21 @@ def _decode_jpeg(path: Path, buf: bytes, max_pixels: int, min_side: int,
         pixels = simplejpeg.decode_jpeg(buf, colorspace="GRAY", strict=True, **minimum)[..., 0]
     except ValueError as err:
         message = " ".join(str(err).split())
-        if "extraneous bytes" in message:  # stray bytes between segments: the scan itself is whole
-            pixels = cv2.imdecode(np.frombuffer(buf, np.uint8), _REDUCED_FLAGS.get(factor, cv2.IMREAD_GRAYSCALE))
-            if pixels is None:
-                raise InvalidImageError(path, f"corrupt JPEG ({message})") from err
-            return DecodedImage(pixels, height, width)  # OpenCV applied the EXIF orientation
-        if "color conversion" in message or "colorspace" in message.lower():  # CMYK/YCCK: Pillow converts
+        lowered = message.lower()
+        if "color conversion" in lowered or "colorspace" in lowered:  # CMYK/YCCK: Pillow converts
             return _decode_with_pillow(path, buf, max_pixels, min_side)
-        reason = "truncated" if "premature end" in message.lower() else "corrupt"
-        raise InvalidImageError(path, f"{reason} JPEG ({message})") from err
+        if any(sign in lowered for sign in _DAMAGED_SCAN):
+            reason = "truncated" if "premature end" in lowered else "corrupt"
+            raise InvalidImageError(path, f"{reason} JPEG ({message})") from err
+        # a warning about the file, not its pixels (stray bytes between segments, an unknown JFIF
+        # version, an Adobe transform code...): decode as libjpeg does, refusing a file that stops
+        # short of its end-of-image marker (a later truncation strict mode did not get to see)
+        if buf.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+            raise InvalidImageError(path, f"truncated JPEG (no end-of-image marker; {message})") from err
+        pixels = cv2.imdecode(np.frombuffer(buf, np.uint8), _REDUCED_FLAGS.get(factor, cv2.IMREAD_GRAYSCALE))
+        if pixels is None:
+            raise InvalidImageError(path, f"corrupt JPEG ({message})") from err
+        return DecodedImage(pixels, height, width)  # OpenCV applied the EXIF orientation
     orientation = _exif_orientation(buf)
     if orientation in _ORIENTATION:
         pixels = _ORIENTATION[orientation](pixels)

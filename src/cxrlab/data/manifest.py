@@ -26,10 +26,13 @@ TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 @dataclass(frozen=True)
 class SkippedItem:
-    """An input left out, with the reason (a file, or a metadata row)."""
+    """An input left out, with the reason (a file, or a metadata row); ``unreadable`` when the file
+    itself is the problem (missing, not a file, does not decode), not a choice (a label outside the
+    scheme, a lateral view, a repeated row)."""
 
     image: str
     reason: str
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
         elif not image:
             skipped.append(SkippedItem(f"row {i + 2}", "empty image path"))
         elif check_files and (problem := file_problem(image)):
-            skipped.append(SkippedItem(image, problem))
+            skipped.append(SkippedItem(image, problem, unreadable=True))
         else:
             keep.append(i)
     frame["label"] = mapped

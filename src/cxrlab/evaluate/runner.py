@@ -13,7 +13,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.data.manifest import read_table, resolve_paths
+from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
@@ -28,24 +28,25 @@ CI_KEYS = ("sensitivity", "specificity", "roc_auc", "pr_auc")
 
 
 def _frames(run: Path, data: Path | None, splits: Path | None,
-            scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str, list[tuple[str, str]]]:
+            scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str, list[SkippedItem]]:
     """``(test rows, validation rows or None, which side, inputs left out while reading them)``."""
     split_file = splits or (run / "splits.csv" if run.is_dir() and (run / "splits.csv").exists() else None)
     if data is not None:
         source = load_source(data, scheme=scheme)
         val = load_source(split_file, scheme=scheme).table if split_file else None
         return (source.table, (val[val["split"] == "val"] if val is not None else None), f"all of {data}",
-                [(item.image, item.reason) for item in source.skipped])
+                list(source.skipped))
     if split_file is None:
         raise ConfigError(f"{run}: no splits.csv to take the test side from; pass --data or --splits")
     source = load_source(split_file, scheme=scheme)  # runs the leakage guard
     frame = source.table
     test = frame[frame["split"] == "test"]
     if test.empty:
-        raise ConfigError(f"{split_file}: the test side is empty")
+        raise ConfigError(f"{split_file}: the test side is empty (a cross-validated run trains on every image of "
+                          "its split: evaluate it on other images with --data)")
     raw = resolve_paths(read_table(split_file), split_file.parent)  # the side of each row left out
     side_of = dict(zip(raw["image"], raw["split"], strict=True)) if "split" in raw.columns else {}
-    skipped = [(item.image, item.reason) for item in source.skipped if side_of.get(item.image) == "test"]
+    skipped = [item for item in source.skipped if side_of.get(item.image) == "test"]
     return test, frame[frame["split"] == "val"], f"test side of {split_file}", skipped
 
 
@@ -137,7 +138,9 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
                   "class_names": list(model.class_names)},
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
         "ci": ci, "n_boot": n_boot, "per_source": per_source,
-        "binary": binary, "calibration": calibration, "skipped": [*unread, *test.skipped],
+        "binary": binary, "calibration": calibration,
+        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped],
+        "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
         "warnings": _warnings(test, per_source),
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),

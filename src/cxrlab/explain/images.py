@@ -62,9 +62,9 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
         raise ConfigError(f"{model_path}: this model uses lung attention and needs a lung mask per image; explain "
                           "it with 'cxrlab evaluate' on a manifest with masks ('cxrlab segment predict' makes them)")
     pre = Preprocessor(preprocess)
-    table = RecordTable(out, "explanations", list(model.class_names), ["predicted", "overlay"])
     taken: set[str] = set()
-    with GradCamExplainer(model, method, layer) as cam:
+    with GradCamExplainer(model, method, layer) as cam, \
+            RecordTable(out, "explanations", list(model.class_names), ["predicted", "overlay"]) as table:
         for image in find_images(images):
             try:
                 processed = pre(image)
@@ -84,5 +84,4 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
                            "overlay": str(target)})
             if progress:
                 progress(1)
-    table.save()
     return table.records

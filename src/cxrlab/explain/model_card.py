@@ -63,7 +63,10 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
                   "cxrlab_version": payload.get("cxrlab_version")},
         "training_data": _training_data(folder),
         "study": {k: origin[k] for k in ("cell", "fold") if k in origin} or None,
+        "ensemble": {"members": len(payload["members"]), "of": "the fold models of a cross-validated run; "
+                                                                "probabilities averaged"} if payload.get("members") else None,
         "validation": {k: val.get(k) for k in ("accuracy", "auc_macro", "per_class")} if val else None,
+        "out_of_fold": _out_of_fold(summary),
         "test": origin.get("test") or "not measured for this file: run 'cxrlab evaluate' on held-out patients",
         "operating_point": screening.get("operating_point") or "most probable class",
         "out_of_distribution": ({"method": ood.get("method", "mahalanobis"), "threshold": float(ood["threshold"]),
@@ -85,3 +88,14 @@ def _polarity_card(polarity: dict | None) -> dict | None:
     margin = float(polarity.get("val_margin", float("nan")))
     return {"method": method, "validation_accuracy": float(polarity["val_accuracy"]),
             "validation_margin_sd": None if margin != margin else round(margin, 2)}
+
+
+def _out_of_fold(summary: dict) -> dict | None:
+    """A cross-validated run's out-of-fold figures (each image predicted by a fold model that never saw its
+    patient) with their 95% patient-bootstrap intervals, and the linear probe's beside them."""
+    figures = summary.get("out_of_fold")
+    if not figures:
+        return None
+    probe = (summary.get("baseline") or {}).get("out_of_fold", {}).get("pooled", {})
+    return {"images": figures["n"], "patients": figures["patients"], "pooled": figures["pooled"],
+            "per_source": figures["per_source"], "linear_probe": {k: v["value"] for k, v in probe.items()}}

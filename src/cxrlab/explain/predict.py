@@ -36,21 +36,20 @@ def predict_images(model_path: str | Path, inputs: Iterable[str | Path], out: st
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     with Screener(model_path, segmenter=segmenter, method=method) as screener:
-        table = RecordTable(out, "predictions", screener.class_names, COLUMNS)
-        for image in find_images(inputs):
-            try:
-                result = screener.screen_file(image)
-            except InvalidImageError as err:
-                log.warning("%s", err)
-                table.add({"image": str(image), "error": err.reason})
-            else:
-                record = {**result.record(), "overlay": ""}
-                if overlays:
-                    target = out / "overlays" / overlay_name(image, taken)
-                    atomic_write_bytes(target, result.overlay_png())
-                    record["overlay"] = str(target)
-                table.add(record)
-            if progress:
-                progress(1)
-        table.save()
+        with RecordTable(out, "predictions", screener.class_names, COLUMNS) as table:
+            for image in find_images(inputs):
+                try:
+                    result = screener.screen_file(image)
+                except InvalidImageError as err:
+                    log.warning("%s", err)
+                    table.add({"image": str(image), "error": err.reason})
+                else:
+                    record = {**result.record(), "overlay": ""}
+                    if overlays:
+                        target = out / "overlays" / overlay_name(image, taken)
+                        atomic_write_bytes(target, result.overlay_png())
+                        record["overlay"] = str(target)
+                    table.add(record)
+                if progress:
+                    progress(1)
     return table.records

@@ -25,7 +25,7 @@ def overlay_name(image: Path, taken: set[str], suffix: str = "gradcam") -> str:
 
 class RecordTable:
     """Rows of one run, written to ``<out>/<stem>.csv`` and ``<out>/<stem>.json`` (atomically) every
-    :data:`SAVE_EVERY` rows and on :meth:`save`.
+    :data:`SAVE_EVERY` rows, on :meth:`save` and when a ``with`` block using it ends, however it ends.
 
     A record is a dict with ``image`` and either ``probabilities`` (``{class: p}``, spread into one
     CSV column per class) and the other fields, or ``error`` (the one-line reason it was skipped).
@@ -37,6 +37,12 @@ class RecordTable:
         self.out, self.stem = Path(out), stem
         self.columns = ["image", *class_names, *columns, "error"]
         self.records: list[dict] = []
+
+    def __enter__(self) -> RecordTable:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.save()  # however the work ends (Ctrl+C, a disk error): the rows finished so far are written
 
     def add(self, record: dict) -> None:
         """Append a record; rewrite the tables every :data:`SAVE_EVERY` records."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -88,6 +89,44 @@ async def _read_limited(upload: UploadFile, limit: int) -> bytes:
     return b"".join(parts)
 
 
+class _Slot:
+    """One request's place in the queue: given back by the request when its work never started, else by
+    the worker thread when the work ends (a 504 answers the client before that)."""
+
+    def __init__(self, queue: _Queue) -> None:
+        self._queue, self._started, self._released = queue, False, False
+
+    def running(self) -> None:
+        with self._queue.lock:
+            self._started = True
+
+    def release(self) -> None:
+        with self._queue.lock:
+            if not self._released:
+                self._released = True
+                self._queue.taken -= 1
+
+    def release_unless_running(self) -> None:
+        with self._queue.lock:
+            started = self._started
+        if not started:
+            self.release()
+
+
+class _Queue:
+    """Requests screened or waiting, at most ``size`` (threads and the event loop both count)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.taken, self.lock = size, 0, threading.Lock()
+
+    def take(self) -> _Slot | None:
+        with self.lock:
+            if self.taken >= self.size:
+                return None
+            self.taken += 1
+        return _Slot(self)
+
+
 def create_app(model_path: str | Path, settings: ServeSettings | None = None) -> FastAPI:
     """The app for one model file or run folder (loaded now; its Grad-CAM hooks released at shutdown).
 
@@ -95,6 +134,7 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         ConfigError: not a model file, or a model that needs lung masks without a segmenter.
     """
     settings = settings or ServeSettings()
+    queue = _Queue(settings.max_queue)
     # loaded here, not at start-up: a bad model file fails before a server starts, in one line
     screener = Screener(model_path, segmenter=settings.segmenter, compile=settings.compile,
                         overlay_side=settings.overlay_side)
@@ -104,7 +144,6 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state["limiter"] = anyio.CapacityLimiter(1)  # one screening at a time (the Grad-CAM hooks hold state)
-        state["in_flight"] = 0
         log.info("serving %s (%s)", model_path, card["model"]["backbone"])
         yield
         screener.close()
@@ -153,15 +192,15 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
             sniff(buf, name)
         except UploadRejected as err:
             return _error(err.status, err.reason)
-        if state["in_flight"] >= settings.max_queue:
-            return _error(503, f"{state['in_flight']} screenings already running or waiting; try again shortly",
+        slot = queue.take()
+        if slot is None:
+            return _error(503, f"{settings.max_queue} screenings already running or waiting; try again shortly",
                           {"Retry-After": str(max(1, round(settings.timeout_s / 4)))})
         start = time.perf_counter()
         deadline = time.monotonic() + settings.timeout_s
-        state["in_flight"] += 1
         try:
             with anyio.fail_after(settings.timeout_s):
-                body = await anyio.to_thread.run_sync(_screen, buf, name, deadline, abandon_on_cancel=True,
+                body = await anyio.to_thread.run_sync(_screen, buf, name, deadline, slot, abandon_on_cancel=True,
                                                       limiter=state["limiter"])
         except TimeoutError:  # also the thread's own DeadlineExceeded
             return _error(504, f"screening took longer than {settings.timeout_s:g} s; try again later")
@@ -170,18 +209,23 @@ def create_app(model_path: str | Path, settings: ServeSettings | None = None) ->
         except CxrlabError as err:
             return _error(422, str(err))
         finally:
-            state["in_flight"] -= 1
+            slot.release_unless_running()
         if settings.store_uploads is not None:
             atomic_write_bytes(Path(settings.store_uploads) / f"{uuid.uuid4().hex}-{name}", buf)
         return {**body, "seconds": round(time.perf_counter() - start, 4), "notice": NOTICE}
 
-    def _screen(buf: bytes, name: str, deadline: float) -> dict:
+    def _screen(buf: bytes, name: str, deadline: float, slot: _Slot) -> dict:
         """Screening and the overlay's PNG encoding: both off the event loop; both stop once the
-        request's deadline has passed (its client has had its 504)."""
-        result = screener.screen_bytes(buf, name, deadline)
-        if time.monotonic() > deadline:
-            raise DeadlineExceeded("screening stopped before encoding the overlay: its time limit passed")
-        return {**result.record(), "overlay_png_base64": base64.b64encode(result.overlay_png()).decode("ascii")}
+        request's deadline has passed (its client has had its 504). The queue slot is given back
+        here, when the work really ends, not when an impatient client was answered."""
+        slot.running()
+        try:
+            result = screener.screen_bytes(buf, name, deadline)
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded("screening stopped before encoding the overlay: its time limit passed")
+            return {**result.record(), "overlay_png_base64": base64.b64encode(result.overlay_png()).decode("ascii")}
+        finally:
+            slot.release()
 
     app.add_middleware(BodyTimeout, seconds=settings.body_timeout_s)
     return app

@@ -74,6 +74,7 @@ def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
     frame["fold"] = -1
     pool = frame[frame["split"] != "test"]
     frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.folds, config.seed).to_numpy()
+    frame.loc[pool.index, "split"] = "train"  # the ensemble trained on every fold: no validation side is left
     check_no_leakage(frame)
     write_splits(frame, {**info, "scheme": config.scheme, "folds": config.folds, "seed": config.seed}, out)
     return frame
@@ -210,8 +211,8 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
     Raises:
         ConfigError: fewer than 2 folds, or a fold's run cannot start (named).
     """
-    if config.folds < 2:
-        raise ConfigError(f"folds: cross-validated training needs at least 2 folds, got {config.folds}")
+    if config.folds < 3:
+        raise ConfigError(f"folds: cross-validated training needs at least 3 folds, got {config.folds}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config.to_yaml())

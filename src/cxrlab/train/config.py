@@ -59,7 +59,7 @@ class TrainConfig(_Strict):
     out: str = "runs/train"
     scheme: Literal["3class", "binary"] = "3class"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    folds: int = Field(0, ge=0, description="K >= 2: cross-validated training (cxrlab train --folds K): K runs, "
+    folds: int = Field(0, ge=0, description="K >= 3: cross-validated training (cxrlab train --folds K): K runs, "
                                             "out-of-fold predictions for every image; ratios are then not used")
 
     backbone: str = "efficientnet_lite0"
@@ -133,10 +133,22 @@ class TrainConfig(_Strict):
             raise ValueError("must be >= 0 or 'all'")
         return value
 
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, value: int) -> int:
+        if value in (1, 2):  # a fold predicts, the next chooses the epoch: two leave nothing to train on
+            raise ValueError("0 (one split) or at least 3 (one fold predicts, the next chooses the epoch, the "
+                             "rest train)")
+        return value
+
     @model_validator(mode="after")
     def _need_data(self) -> TrainConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        epochs = sum(p.epochs for p in self.resolved_phases())
+        if self.min_epochs > epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) is more than the run's {epochs} epoch(s): no epoch "
+                             "could be kept")
         return self
 
     def resolved_phases(self) -> tuple[PhaseConfig, ...]:

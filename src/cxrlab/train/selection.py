@@ -2,9 +2,11 @@
 
 On cxr-real with 52 validation images the lowest validation loss came after the first epoch while
 the validation AUC was still rising (issue 17): choosing on loss threw the better model away. The
-metric is configurable (``select_on``); a trailing mean over ``select_smoothing`` epochs keeps one
-lucky epoch on a small validation side from winning; epochs before ``min_epochs`` are never kept
-and never stop the run; equal scores go to the epoch with the lower validation loss.
+metric is configurable (``select_on``); the mean over the last ``select_smoothing`` epochs of the
+phase (all of them defined) keeps one lucky epoch on a small validation side from winning; epochs
+before ``min_epochs`` are never kept and never stop the run; equal scores go to the epoch with the
+lower validation loss. When the metric is never defined (an AUC on a validation side holding one
+class), the run keeps the epoch with the lowest validation loss instead and says so.
 
 Lightning's EarlyStopping and ModelCheckpoint compare one logged value per epoch; neither smooths,
 breaks ties on a second metric, or keeps one choice across a run's phases, so this rule is here.
@@ -38,26 +40,36 @@ class EpochSelector:
     best_epoch: int = -1
     best_score: float = -math.inf
     best_loss: float = math.inf
+    fallback: bool = False  # the kept epoch was chosen on loss: the metric was never defined
     _raw: list[float] = field(default_factory=list)
     _phase_start: int = 0
 
     def start_phase(self, epoch: int) -> None:
-        """A new phase starts at ``epoch``: patience counts from here (as each phase's own early stopping)."""
+        """A new phase starts at ``epoch``: patience counts from here (as each phase's own early stopping)
+        and the smoothing window starts again."""
         self._phase_start = epoch
+        self._raw = []
 
     def update(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Record ``epoch``'s validation ``metrics`` (``val_loss`` and the selected one); True when it is
-        the new best. A missing or undefined value (an AUC with one class present) scores nothing."""
+        the new best. An epoch whose window holds a missing or undefined value (an AUC with one class
+        present) scores nothing; while no epoch has scored, the lowest validation loss is kept."""
         loss = float(metrics.get("val_loss", math.nan))
         value = float(metrics.get(SELECT_METRICS[self.metric], math.nan))
         self._raw.append(-loss if self.metric == "loss" else value)
-        window = [v for v in self._raw[-self.smoothing:] if math.isfinite(v)]
-        score = sum(window) / len(window) if window else math.nan
-        if epoch + 1 < self.min_epochs or not math.isfinite(score) or not math.isfinite(loss):
+        window = self._raw[-self.smoothing:]
+        full = len(window) == self.smoothing and all(math.isfinite(v) for v in window)
+        score = sum(window) / len(window) if full else math.nan
+        if epoch + 1 < self.min_epochs or not math.isfinite(loss):
+            return False
+        if not math.isfinite(score):  # nothing to compare on: loss, until the metric is defined
+            if self.best_score == -math.inf and loss < self.best_loss:
+                self.best_epoch, self.best_loss, self.fallback = epoch, loss, True
+                return True
             return False
         better = score > self.best_score + _TIE or (abs(score - self.best_score) <= _TIE and loss < self.best_loss)
         if better:
-            self.best_epoch, self.best_score, self.best_loss = epoch, score, loss
+            self.best_epoch, self.best_score, self.best_loss, self.fallback = epoch, score, loss, False
         return better
 
     def should_stop(self, epoch: int) -> bool:
@@ -70,5 +82,8 @@ class EpochSelector:
 
     def to_dict(self) -> dict:
         """What ``summary.json`` records of the choice."""
-        return {"metric": self.metric, "smoothing": self.smoothing, "min_epochs": self.min_epochs,
-                "epoch": self.best_epoch, "score": self.best_score if math.isfinite(self.best_score) else None}
+        out = {"metric": self.metric, "smoothing": self.smoothing, "min_epochs": self.min_epochs,
+               "epoch": self.best_epoch, "score": self.best_score if math.isfinite(self.best_score) else None}
+        if self.fallback:
+            out["fallback"] = f"{self.metric} was never defined on the validation side: kept on validation loss"
+        return out
