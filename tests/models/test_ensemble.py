@@ -53,3 +53,27 @@ def test_grad_cam_and_pooled_features_span_every_member(ensemble):
     features = pooled_features_at(ensemble, dataset, ("last", "fine"))
     np.testing.assert_allclose(features["last"], pooled, rtol=1e-4, atol=1e-5)
     assert features["fine"].shape[1] == 2 * pooled_features_at(ensemble.members[0], dataset, ("fine",))["fine"].shape[1]
+
+
+def test_an_ensemble_file_exports_to_onnx_and_evaluates_like_a_single_model(ensemble, phantoms, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlab.cli import app
+    from cxrlab.models.onnx_export import OnnxClassifier
+
+    save_model(ensemble, tmp_path / "model.pt", PreprocessConfig(size=64))
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = ensemble(x).softmax(1).numpy()
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "m.onnx").probabilities(x.numpy()), expected, atol=1e-4)
+    import pandas as pd
+
+    few = pd.read_csv(phantoms).groupby("label").head(4)  # Grad-CAM sections over the members: a few images
+    few.assign(**{c: [str(phantoms.parent / p) if p else "" for p in few[c].fillna("")] for c in ("image", "mask", "lesion")}
+               ).to_csv(tmp_path / "few.csv", index=False)
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "model.pt"), "--data", str(tmp_path / "few.csv"),
+                                      "--out", str(tmp_path / "e"), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and (tmp_path / "e" / "report.html").exists()
