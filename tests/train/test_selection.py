@@ -75,3 +75,32 @@ def test_settings_that_could_keep_no_epoch_or_train_on_nothing_are_refused():
     for folds in (1, 2):  # a fold predicts, the next chooses the epoch: nothing would be left to train on
         with pytest.raises(ConfigError, match="at least 3"):
             build_config({"data": "x.csv", "folds": folds})
+
+
+def test_last_keeps_the_final_epoch_and_trains_without_a_validation_side(phantoms, tmp_path):
+    """A refit on train+validation: no validation side, a fixed number of epochs, the last one kept."""
+    from cxrlab.core import ConfigError
+    from cxrlab.data import load_source
+    from cxrlab.models import load_model
+    from cxrlab.train import add_screening_reference, build_config, train
+
+    selector = EpochSelector("last", patience=1)
+    for epoch, loss in enumerate([1.0, 2.0, 3.0]):
+        assert selector.update(epoch, {"val_loss": loss}) and not selector.should_stop(epoch)
+    assert selector.best_epoch == 2
+    table = load_source(phantoms).table
+    split = tmp_path / "r" / "splits.csv"  # where a study puts a run's split
+    split.parent.mkdir()
+    test = table["patient_id"].astype("category").cat.codes % 5 == 0  # patients stay on one side
+    table.assign(split=["test" if t else "train" for t in test]).to_csv(split, index=False)
+    result = train(build_config({"splits": str(split), "out": str(tmp_path / "r"), "size": 32, "epochs": 2,
+                                 "batch_size": 16, "select_on": "last", "fine_tune": 1,
+                                 "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+    assert result.summary["best_epoch"] == 1 and result.summary["epochs_run"] == 2 and result.summary["val"] == {}
+    assert result.summary["images"]["val"] == 0 and result.summary["best_val_loss"] is None
+    assert load_model(result.out / "model.pt")[2]["extra"]["epoch"] == 1
+    with pytest.raises(ConfigError, match="no validation side"):
+        add_screening_reference(result.out)
+    with pytest.raises(ConfigError, match="the val side has no images"):  # other rules still need one
+        train(build_config({"splits": str(split), "out": str(tmp_path / "s"), "size": 32, "epochs": 1,
+                            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))

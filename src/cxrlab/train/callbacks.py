@@ -40,17 +40,30 @@ class BestModelKeeper(L.Callback):
         self.selector.start_phase(self.epoch_offset)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.selector.metric == "last":  # chosen at the epoch's end, validated or not
+            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         epoch = self.epoch_offset + trainer.current_epoch
         if self.selector.update(epoch, metrics):
-            model = pl_module.model
-            self.best_phase = self.phase
-            self.best_state = copy.deepcopy(model.state_dict())
-            self.best_fine_tune = model.fine_tune
-            save_model(model, self.path, self.preprocess, {"val_loss": self.best_loss, "epoch": epoch,
-                                                           "selection": self.selector.to_dict()})
+            self._keep(pl_module, epoch)
         if not math.isfinite(metrics.get("val_loss", math.nan)) or self.selector.should_stop(epoch):
             trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.selector.metric != "last":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        epoch = self.epoch_offset + trainer.current_epoch
+        if self.selector.update(epoch, metrics):
+            self._keep(pl_module, epoch)
+
+    def _keep(self, pl_module: L.LightningModule, epoch: int) -> None:
+        model = pl_module.model
+        self.best_phase = self.phase
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.best_fine_tune = model.fine_tune
+        save_model(model, self.path, self.preprocess, {"val_loss": self.best_loss, "epoch": epoch,
+                                                       "selection": self.selector.to_dict()})
 
 
 class MetricsCsv(L.Callback):

@@ -100,9 +100,10 @@ class TrainConfig(_Strict):
     step_size: int = Field(5, ge=1)
     step_gamma: float = Field(0.1, gt=0, le=1)
     epochs: int = Field(10, ge=1)
-    select_on: Literal["loss", "auc_macro", "auc_covid", "f1_macro"] = Field(
+    select_on: Literal["loss", "auc_macro", "auc_covid", "f1_macro", "last"] = Field(
         "loss", description="validation metric that picks the epoch kept and drives early stopping (auc_covid: "
-                            "COVID-19 vs the rest)")
+                            "COVID-19 vs the rest); last: keep the final epoch, no early stopping, and no "
+                            "validation side needed (a refit on train+validation for a fixed number of epochs)")
     select_smoothing: int = Field(1, ge=1, description="epochs in the trailing mean of that metric compared")
     min_epochs: int = Field(1, ge=1, description="epochs before one can be kept or the run can stop early")
     patience: int = Field(5, ge=1, description="early-stopping patience (epochs of a phase without a better "

@@ -49,13 +49,13 @@ def uses_masks(config: TrainConfig) -> bool:
     return config.lung_attention or config.attention_loss > 0
 
 
-def check_classes_present(frame: pd.DataFrame, names: Sequence[str]) -> None:
-    """Every class has images on the train and the validation side.
+def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequence[str] = ("train", "val")) -> None:
+    """Every class has images on each of ``sides``.
 
     Raises:
         ConfigError: a side lacks a class (named).
     """
-    for side in ("train", "val"):
+    for side in sides:
         counts = frame.loc[frame["split"] == side, "label"].value_counts()
         missing = [c for c in names if counts.get(c, 0) == 0]
         if missing:
@@ -94,7 +94,9 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     reader = ShardReader(prepared)
     present = set(reader.table["image"])
     frame = frame[frame["image"].isin(present)]
-    check_classes_present(frame, names)
+    # a refit (select_on: last) may train on everything: a validation side is then optional
+    optional_val = config.select_on == "last" and not (frame["split"] == "val").any()
+    check_classes_present(frame, names, ("train",) if optional_val else ("train", "val"))
     return TrainData(frame, names, preprocess, reader, frame.loc[frame["split"] == "train", "image"].tolist(),
                      frame.loc[frame["split"] == "val", "image"].tolist(), skipped)
 

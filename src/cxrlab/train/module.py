@@ -41,9 +41,10 @@ class ClassifierModule(L.LightningModule):
     """
 
     def __init__(self, model: CxrClassifier, config: TrainConfig, lr: float, epochs: int,
-                 class_weights: Sequence[float] | None = None, start_block: int = 0) -> None:
+                 class_weights: Sequence[float] | None = None, start_block: int = 0, validated: bool = True) -> None:
         super().__init__()
         self.model, self.config, self.lr, self.epochs, self.start_block = model, config, lr, epochs, start_block
+        self.validated = validated  # False: a refit without a validation side
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.last_summary: dict = {}
@@ -147,7 +148,9 @@ class ClassifierModule(L.LightningModule):
         if cfg.schedule == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor,
                                                                    patience=cfg.plateau_patience)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+            # without a validation side (a refit) the plateau is the training loss's
+            monitor = "val_loss" if self.validated else "train_loss"
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
         if cfg.schedule == "step":
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(
                 optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)}

@@ -140,6 +140,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     if config.select_on == "auc_covid" and POSITIVE_CLASS not in data.class_names:
         raise ConfigError(f"select_on: auc_covid needs a {POSITIVE_CLASS} class; the classes are "
                           f"{', '.join(data.class_names)}")
+    validated = bool(data.val_images)  # False only for a refit on everything (select_on: last)
     selector = EpochSelector(config.select_on, config.select_smoothing, config.min_epochs, config.patience)
     keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention), selector)
     csv = MetricsCsv(out / "metrics.csv")
@@ -149,31 +150,30 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         model.set_fine_tune(phase.fine_tune)
         keeper.phase = csv.phase = index
         keeper.epoch_offset = csv.epoch_offset = epochs_run
-        start_block, fit_train, fit_val = 0, train_ds, val_ds
+        start_block, fit_sets = 0, [train_ds, val_ds] if validated else [train_ds]
         if config.cache_prefix and can_cache(model, config.augment.enabled):
             start_block = model.frozen_blocks
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if config.prefix_store:
-                    fit_train, fit_val = stored_prefix(model, [train_ds, val_ds], data.preprocess, config.prefix_store)
+                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, config.prefix_store)
                 else:
-                    fit_train = compute_prefix(model, train_ds, max_bytes=config.cache_max_gb * 1e9,
-                                               spill_dir=out / "cache")
-                    fit_val = compute_prefix(model, val_ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
+                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
+                                for ds in fit_sets]
             cached_any = True
-        module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block)
+        module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
             logger=logger, callbacks=[keeper, csv, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
-            num_sanity_val_steps=0, deterministic=True, inference_mode=not config.attention_loss,
+            num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
-                trainer.fit(module, loader(fit_train, config, True, config.seed + index),
-                            loader(fit_val, config, False, config.seed))
+                trainer.fit(module, loader(fit_sets[0], config, True, config.seed + index),
+                            loader(fit_sets[1], config, False, config.seed) if validated else None)
         except NonFiniteLossError as err:
             status = str(err)
         fit_seconds += time.perf_counter() - fit_start
@@ -184,7 +184,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             break
     model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
     val = {}
-    if keeper.best_state is not None:
+    if keeper.best_state is not None and validated:
         targets, probs = _predict(model, val_ds, config.batch_size)
         val = classification_summary(targets, probs, model.class_names)
         if status == "ok" and screening:  # the model file gains what screening needs
@@ -230,6 +230,9 @@ def add_screening_reference(run: str | Path) -> bool:
     config = load_config(run / "config.yaml", {"splits": str(run / "splits.csv"), "out": str(run)})
     spec = model.spec
     data = load_train_data(config, spec, run)
+    if not data.val_images:
+        raise ConfigError(f"{run}: the run has no validation side (a refit on everything) to fit the screening "
+                          "reference on")
     train_ds, val_ds = datasets(data, config, spec, augment=False)
     targets, probs = _predict(model, val_ds, config.batch_size)
     reference = screening_reference(model, train_ds, val_ds, targets, probs, config.batch_size)

@@ -6,7 +6,8 @@ metric is configurable (``select_on``); the mean over the last ``select_smoothin
 phase (all of them defined) keeps one lucky epoch on a small validation side from winning; epochs
 before ``min_epochs`` are never kept and never stop the run; equal scores go to the epoch with the
 lower validation loss. When the metric is never defined (an AUC on a validation side holding one
-class), the run keeps the epoch with the lowest validation loss instead and says so.
+class), the run keeps the epoch with the lowest validation loss instead and says so. ``last`` keeps
+the final epoch and never stops early (a refit for a number of epochs chosen beforehand).
 
 Lightning's EarlyStopping and ModelCheckpoint compare one logged value per epoch; neither smooths,
 breaks ties on a second metric, or keeps one choice across a run's phases, so this rule is here.
@@ -18,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 # select_on -> the per-epoch value the Lightning module logs
-SELECT_METRICS = {"loss": "val_loss", "auc_macro": "val_auc", "auc_covid": "val_auc_covid", "f1_macro": "val_f1"}
+SELECT_METRICS = {"loss": "val_loss", "auc_macro": "val_auc", "auc_covid": "val_auc_covid", "f1_macro": "val_f1",
+                  "last": ""}
 _TIE = 1e-12
 
 
@@ -55,6 +57,9 @@ class EpochSelector:
         the new best. An epoch whose window holds a missing or undefined value (an AUC with one class
         present) scores nothing; while no epoch has scored, the lowest validation loss is kept."""
         loss = float(metrics.get("val_loss", math.nan))
+        if self.metric == "last":  # every epoch replaces the one before
+            self.best_epoch, self.best_loss = epoch, loss if math.isfinite(loss) else math.inf
+            return True
         value = float(metrics.get(SELECT_METRICS[self.metric], math.nan))
         self._raw.append(-loss if self.metric == "loss" else value)
         window = self._raw[-self.smoothing:]
@@ -75,7 +80,7 @@ class EpochSelector:
     def should_stop(self, epoch: int) -> bool:
         """True when ``epoch`` is at least ``min_epochs`` in and ``patience`` epochs of this phase brought
         no better score."""
-        if epoch + 1 < self.min_epochs:
+        if epoch + 1 < self.min_epochs or self.metric == "last":
             return False
         since = max(self.best_epoch, self._phase_start - 1, self.min_epochs - 2)
         return epoch - since >= self.patience
