@@ -73,13 +73,33 @@ class DataSettings(BaseModel):
         return self
 
 
+class SecondStage(BaseModel):
+    """Screen, then fine-tune the best: after every cell has run, the ``top`` cells by mean validation
+    ``select_metric`` run again with ``settings`` on top of their own (e.g. frozen backbones screened,
+    the top 4 fine-tuned fully, as in the multi-backbone papers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top: int = Field(ge=1, le=100, description="cells of the first stage that go on")
+    settings: dict[str, Any] = Field(description="training settings of the second stage (over each cell's own)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SecondStage:
+        if not self.settings:
+            raise ValueError("give the settings the second stage changes (e.g. fine_tune: all)")
+        check_setting_names("second_stage.settings", self.settings)
+        return self
+
+
 class StudyConfig(DataSettings):
     """A study: ``base`` training settings, a ``grid`` of factors, ``folds`` patient-grouped CV folds.
 
     Every combination of the grid's values (times each of the named ``variants``, when given) is a *cell*; each cell is trained once per fold
-    (train on the other folds of the train+validation pool, validate on this one) and, when all
-    folds are done, its best fold's model (lowest validation loss) is evaluated on the held-out
-    test side. The test side never takes part in training or in choosing the best cell.
+    (train on the other folds of the train+validation pool, validate on this one), ``repeats`` times
+    with successive seeds, and, when all folds are done, its best run's model (by its own selection
+    score) is evaluated on the held-out test side. ``second_stage`` trains the top cells again with
+    other settings; ``refit`` trains the best cell on all of train+validation and scores it on the
+    test side once. The test side never takes part in training or in choosing the best cell.
     """
 
     name: str = "study"
@@ -89,6 +109,12 @@ class StudyConfig(DataSettings):
         default_factory=dict, description="named bundles of training settings (e.g. 'guided attention': "
                                           "{lung_attention: true, attention_loss: 1.0}), each crossed with the grid")
     select_metric: Literal["auc_macro", "accuracy"] = "auc_macro"
+    second_stage: SecondStage | None = Field(None, description="fine-tune the top cells of the grid again with "
+                                                               "other settings")
+    repeats: int = Field(1, ge=1, le=20, description="runs per cell and fold with seeds seed, seed+1, …: "
+                                                     "mean ± sd over seeds beside the one over folds")
+    refit: bool = Field(False, description="train the best cell once more on all of train+validation, for the "
+                                           "median of its folds' kept epochs, and score that model on the test side")
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across runs")
     workers: int = Field(1, ge=1, le=64, description="runs trained at once, each in its own process with an equal "
                                                      "share of the CPU threads")

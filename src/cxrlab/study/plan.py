@@ -44,13 +44,33 @@ def _slug(factors: dict) -> str:
 
 def cells(config: StudyConfig) -> list[Cell]:
     """Every combination of the grid's values, times each variant, in the config's order (ids readable
-    and stable)."""
+    and stable); with a second stage each is marked ``stage=1``."""
     keys = list(config.grid)
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(config.grid[k] for k in keys))]
-    if not config.variants:
-        return [Cell(_slug(factors), factors, factors) for factors in combos]
-    return [Cell(_slug({"variant": name, **factors}), {"variant": name, **factors}, {**bundle, **factors})
-            for name, bundle in config.variants.items() for factors in combos]
+    if config.variants:
+        plan = [(({"variant": name, **factors}), {**bundle, **factors})
+                for name, bundle in config.variants.items() for factors in combos]
+    else:
+        plan = [(factors, factors) for factors in combos]
+    stage = {"stage": 1} if config.second_stage else {}
+    return [Cell(_slug({**stage, **factors}), {**stage, **factors}, settings) for factors, settings in plan]
+
+
+def second_stage_cells(config: StudyConfig, ranked: list[Cell]) -> list[Cell]:
+    """The second stage: the first ``second_stage.top`` of ``ranked`` (first-stage cells, best first),
+    each with the second stage's settings over its own."""
+    if config.second_stage is None:
+        return []
+    out = []
+    for cell in ranked[:config.second_stage.top]:
+        factors = {**cell.factors, "stage": 2}
+        out.append(Cell(_slug(factors), factors, merge_settings(cell.settings, config.second_stage.settings)))
+    return out
+
+
+def run_name(fold: int, repeat: int = 0) -> str:
+    """A run's folder in its cell's: ``fold2``, or ``fold2-repeat1`` for the second seed."""
+    return f"fold{fold}" if repeat == 0 else f"fold{fold}-repeat{repeat}"
 
 
 def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
@@ -91,14 +111,17 @@ def fold_frame(frame: pd.DataFrame, fold: int, num_folds: int) -> pd.DataFrame:
     return out
 
 
-def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tags: dict[str, str]) -> TrainConfig:
-    """The training config of one run of a cell (its split is written to ``run_dir/splits.csv``).
+def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tags: dict[str, str],
+               repeat: int = 0, overrides: dict | None = None) -> TrainConfig:
+    """The training config of one run of a cell (its split is written to ``run_dir/splits.csv``): seed
+    ``config.seed + repeat``; ``overrides`` (a refit's) over the cell's settings.
 
     Raises:
         ConfigError: the cell's settings are invalid (names the field).
     """
-    values = {**merge_settings(config.base, cell.settings), "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
-              "scheme": config.scheme, "seed": config.seed, "mlflow_uri": config.mlflow_uri,
+    settings = merge_settings(merge_settings(config.base, cell.settings), overrides or {})
+    values = {**settings, "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
+              "scheme": config.scheme, "seed": config.seed + repeat, "mlflow_uri": config.mlflow_uri,
               "experiment": config.experiment, "mlflow_tags": tags, "progress_bar": False}
     if config.share_prefix:
         values["prefix_store"] = str(shared / "prefix-store")

@@ -25,9 +25,15 @@ def _num(value, digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _mean_sd(row: pd.Series, metric: str) -> str:
-    mean, sd = row.get(f"{metric}_mean"), row.get(f"{metric}_sd")
-    return _num(mean) + ("" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f" ± {sd:.3f}")
+    """``mean ± sd`` over runs, and with repeats the sd over seeds: ``0.812 ± 0.031 (seeds ± 0.012)``."""
+    mean, sd, seeds = row.get(f"{metric}_mean"), row.get(f"{metric}_sd"), row.get(f"{metric}_sd_seeds")
+    return (_num(mean) + ("" if _missing(sd) else f" ± {sd:.3f}")
+            + ("" if _missing(seeds) else f" (seeds ± {seeds:.3f})"))
 
 
 def _with_ci(row: pd.Series, key: str, digits: int = 3) -> str:
@@ -114,22 +120,24 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
         noise = "" if r.get("within_noise") is None else (" (noise)" if r["within_noise"] else " (differs)")
         mark = "**best** " if r["cell"] == best else ""
         rows.append([mark + str(r[factors[0]])] + [str(r[f]) for f in factors[1:]] + [
-            f"{r['folds_ok']}/{config.num_folds}", *(_mean_sd(r, m) for m in METRICS),
+            f"{r['folds_ok']}/{config.num_folds * config.repeats}", *(_mean_sd(r, m) for m in METRICS),
             f"{int(r['params']):,}" if pd.notna(r.get("params")) else "—",
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best")) + noise,
             _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
             _num(r.get("test_p_vs_best"))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
                                               if shares else []))
-    out = [(f"Configurations: mean ± sd over {config.num_folds} validation fold(s); sensitivity/specificity of "
+    runs = f"{config.num_folds} validation fold(s)" + (
+        f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
+    out = [(f"Configurations: mean ± sd over {runs}; sensitivity/specificity of "
             f"{POSITIVE_CLASS}; test columns: the best fold of each configuration on the held-out test side (intervals: "
             "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
             "lung mask, beside the lungs' mean share of the image, which evenly spread evidence would score)",
             header, rows)]
     failed = table[table["status"] == "failed"]
     if len(failed):
-        out.append(("Failed runs (recorded; the others went on)", ["cell", "fold", "error"],
-                    [[r["cell"], str(r["fold"]), str(r["error"])[:200]] for _, r in failed.iterrows()]))
+        out.append(("Failed runs (recorded; the others went on)", ["cell", "run", "error"],
+                    [[r["cell"], str(r.get("run", r["fold"])), str(r["error"])[:200]] for _, r in failed.iterrows()]))
     return out
 
 
@@ -194,10 +202,32 @@ def _audit_tables(audit: dict | None) -> list[tuple[str, list[str], list[list[st
     return tables
 
 
+def _refit_table(refit: dict) -> tuple[str, list[str], list[list[str]]]:
+    settings = refit["settings"]
+    length = (f"{settings['epochs']} epoch(s)" if "epochs" in settings
+              else f"phases of {', '.join(str(p['epochs']) for p in settings['phases'])} epoch(s)")
+    title = (f"Refit: {refit['cell']} trained once more on all {refit['train_images']} train+validation images for "
+             f"{length} (the median its folds kept), scored on the test side beside its best fold's model "
+             "(DeLong's p on the same images)")
+    if refit["status"] != "ok":
+        return title, ["model", "result"], [["refit", "failed: " + str(refit.get("error", ""))[:200]]]
+    test, fold = refit["test"], refit.get("fold_model_test", {})
+    rows = [["refit on train+validation (refit-model/)", _with_ci(pd.Series(test), "test_accuracy"),
+             _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_positive")), _num(refit.get("delong_p"))],
+            [f"best fold's model ({fold.get('run', '—')}; best-model/)", _num(fold.get("accuracy")),
+             _num(fold.get("auc_macro")), _num(fold.get("auc_positive")), ""]]
+    return title, ["model", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
+                   "DeLong p (refit vs fold model)"], rows
+
+
 def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: dict | None = None,
            audit: dict | None = None) -> list[str]:
-    lines = [f"Study `{config.name}`: {len(summary)} configuration(s) × {config.num_folds} fold(s), "
-             f"patient-grouped; the best configuration is chosen by mean validation {config.select_metric}."]
+    lines = [f"Study `{config.name}`: {len(summary)} configuration(s) × {config.num_folds} fold(s)"
+             + (f" × {config.repeats} seeds" if config.repeats > 1 else "")
+             + f", patient-grouped; the best configuration is chosen by mean validation {config.select_metric}."]
+    if config.second_stage is not None:
+        lines.append(f"Two stages: the top {config.second_stage.top} configuration(s) of the first (stage=1) ran "
+                     f"again with {', '.join(f'{k}={v}' for k, v in config.second_stage.settings.items())} (stage=2).")
     if best is None:
         return lines + ["No configuration finished all its folds."]
     row = summary[summary["cell"] == best].iloc[0]
@@ -221,12 +251,15 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: d
 
 
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
-                       best: str | None, loso: dict | None = None, audit: dict | None = None) -> None:
+                       best: str | None, loso: dict | None = None, audit: dict | None = None,
+                       refit: dict | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
     figures = {"metrics vs k": plot_metrics(summary, best, out / "metrics_vs_k.png")} if len(summary) else {}
     if _has(summary, "test_accuracy"):
         figures["test side"] = plot_test_side(summary, best, out / "test_side.png")
     tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso, audit)
+    if refit:
+        tables.append(_refit_table(refit))
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))
     tables += _audit_tables(audit)

@@ -19,9 +19,12 @@ from cxrlab.data.classes import POSITIVE_CLASS
 ALPHA = 0.05
 
 
-def run_row(cell_id: str, factors: dict, fold: int, summary: dict | None, error: str | None = None) -> dict:
-    """One row of the results table from a run's ``summary.json`` (or its error)."""
-    row = {"cell": cell_id, **{f"factor.{k}": str(v) for k, v in factors.items()}, "fold": fold}
+def run_row(cell_id: str, factors: dict, fold: int, summary: dict | None, error: str | None = None,
+            repeat: int = 0, run: str | None = None) -> dict:
+    """One row of the results table from a run's ``summary.json`` (or its error); ``run`` is the run's
+    folder name in its cell's (default ``fold<k>``)."""
+    row = {"cell": cell_id, **{f"factor.{k}": str(v) for k, v in factors.items()}, "fold": fold, "repeat": repeat,
+           "run": run or f"fold{fold}"}
     if summary is None or summary.get("status") != "ok":
         return {**row, "status": "failed", "error": error or (summary or {}).get("status", "unknown")}
     val = summary.get("val", {})
@@ -39,29 +42,40 @@ def run_row(cell_id: str, factors: dict, fold: int, summary: dict | None, error:
 METRICS = ("accuracy", "sensitivity", "specificity", "auc_macro")
 
 
-def best_fold(ok: pd.DataFrame) -> int:
-    """The fold whose run scored best by its own selection rule (the highest ``selection_score``; runs
-    recorded before it existed: the lowest validation loss)."""
+def best_run(ok: pd.DataFrame) -> pd.Series:
+    """The row of the run that scored best by its own selection rule (the highest ``selection_score``;
+    runs recorded before it existed: the lowest validation loss)."""
     if "selection_score" in ok.columns and ok["selection_score"].notna().any():
-        return int(ok.sort_values("selection_score", ascending=False)["fold"].iloc[0])
-    return int(ok.sort_values("best_val_loss")["fold"].iloc[0])
+        return ok.sort_values("selection_score", ascending=False, kind="stable").iloc[0]
+    return ok.sort_values("best_val_loss", kind="stable").iloc[0]
 
 
-def aggregate(table: pd.DataFrame, num_folds: int) -> pd.DataFrame:
-    """Per cell: mean and sd over folds of each metric, parameters, s/epoch, finished/failed folds."""
+def run_folder(row: pd.Series) -> str:
+    """A results row's run folder name (tables written before repeats existed: ``fold<k>``)."""
+    run = row.get("run")
+    return str(run) if isinstance(run, str) and run else f"fold{int(row['fold'])}"
+
+
+def aggregate(table: pd.DataFrame, num_runs: int) -> pd.DataFrame:
+    """Per cell: mean and sd over its runs (folds × repeats) of each metric and, with repeats, the sd
+    over seeds of the per-seed mean over folds; parameters, s/epoch, finished/failed runs."""
     rows = []
     for cell, part in table.groupby("cell", sort=False):
         ok = part[part["status"] == "ok"]
         row = {"cell": cell, **{c: part[c].iloc[0] for c in part.columns if c.startswith("factor.")},
                "folds_ok": int(len(ok)), "folds_failed": int((part["status"] == "failed").sum())}
+        repeats = ok["repeat"].nunique() if "repeat" in ok else 1
         for metric in METRICS:
             values = pd.to_numeric(ok[metric], errors="coerce").dropna() if metric in ok else pd.Series(dtype=float)
             row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{metric}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            if repeats > 1:
+                per_seed = pd.to_numeric(ok[metric], errors="coerce").groupby(ok["repeat"]).mean().dropna()
+                row[f"{metric}_sd_seeds"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan
         for column in ("params", "trainable_params"):
             row[column] = int(ok[column].iloc[0]) if len(ok) and column in ok else None
         row["seconds_per_epoch"] = float(ok["seconds_per_epoch"].mean()) if len(ok) and "seconds_per_epoch" in ok else math.nan
-        row["complete"] = row["folds_ok"] == num_folds
+        row["complete"] = row["folds_ok"] == num_runs
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -96,7 +110,7 @@ def compare_to_best(table: pd.DataFrame, summary: pd.DataFrame, metric: str) -> 
         return None, summary.assign(p_vs_best=math.nan, within_noise=None)
     best = str(complete.sort_values(f"{metric}_mean", ascending=False)["cell"].iloc[0])
     ok = table[table["status"] == "ok"]
-    scores = ok.pivot_table(index="fold", columns="cell", values=metric, aggfunc="first")
+    scores = ok.pivot_table(index="fold", columns="cell", values=metric, aggfunc="mean")  # repeats: their mean
     ratio = float((ok["val_images"] / ok["train_images"]).mean()) if len(ok) else math.nan
     p_values, noise = [], []
     for cell in summary["cell"]:

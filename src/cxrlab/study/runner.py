@@ -35,8 +35,9 @@ from cxrlab.core.runtime import default_workers, exit_with_parent
 from cxrlab.data import write_splits
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
-from cxrlab.study.plan import Cell, cells, check_same_config, fold_frame, run_config, study_split
-from cxrlab.study.results import aggregate, best_fold, compare_to_best, run_row
+from cxrlab.study.plan import (Cell, cells, check_same_config, fold_frame, run_config, run_name,
+                               second_stage_cells, study_split)
+from cxrlab.study.results import aggregate, best_run, compare_to_best, run_folder, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
@@ -122,54 +123,70 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
     state = _state(config, out, uri)
     frame = study_split(config, out)
-    plan = cells(config)
-    rows: dict[tuple[str, int], dict] = {}
-    jobs: list[tuple[Cell, int, Path]] = []
-    reused = 0
-    for cell in _execution_order(plan):
-        for fold in range(config.num_folds):
-            run_dir = out / "runs" / cell.id / f"fold{fold}"
-            status, summary, error = _run_status(run_dir)
-            if status == "failed" and retry_failed:
-                shutil.rmtree(run_dir)
-                status = "todo"
-            if status == "todo":
-                jobs.append((cell, fold, run_dir))
-                continue
-            if status == "done":
-                check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}))
-            reused += 1
-            rows[(cell.id, fold)] = run_row(cell.id, cell.factors, fold, summary, error)
+    rows: dict[tuple[str, int, int], dict] = {}
+
+    def run_cells(stage: list[Cell]) -> tuple[int, int]:
+        """Train every run of ``stage``'s cells not finished before; ``(trained, reused)``."""
+        jobs: list[tuple[Cell, int, int, Path]] = []
+        reused = 0
+        for cell in _execution_order(stage):
+            for fold in range(config.num_folds):
+                for repeat in range(config.repeats):
+                    run_dir = out / "runs" / cell.id / run_name(fold, repeat)
+                    status, summary, error = _run_status(run_dir)
+                    if status == "failed" and retry_failed:
+                        shutil.rmtree(run_dir)
+                        status = "todo"
+                    if status == "todo":
+                        jobs.append((cell, fold, repeat, run_dir))
+                        continue
+                    if status == "done":
+                        check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}, repeat))
+                    reused += 1
+                    row = rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, summary, error, repeat,
+                                                                  run_dir.name)
+                    if progress:
+                        progress(f"{cell.label()} {run_dir.name}: {row['status']} (done before)")
+
+        def finished(job: tuple[Cell, int, int, Path], outcome: tuple[dict | None, str | None]) -> None:
+            cell, fold, repeat, run_dir = job
+            row = rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, *outcome, repeat, run_dir.name)
+            _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die now
             if progress:
-                progress(f"{cell.label()} fold {fold}: {rows[(cell.id, fold)]['status']} (done before)")
+                progress(f"{cell.label()} {run_dir.name}: {row['status']}")
 
-    def finished(cell: Cell, fold: int, outcome: tuple[dict | None, str | None]) -> None:
-        rows[(cell.id, fold)] = run_row(cell.id, cell.factors, fold, *outcome)
-        _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die now
-        if progress:
-            progress(f"{cell.label()} fold {fold}: {rows[(cell.id, fold)]['status']}")
+        work = [(job, (config, job[0], job[3].name, job[3], fold_frame(frame, job[1], config.num_folds), out, uri,
+                       state["mlflow_parent"], job[2])) for job in jobs]
+        _run_jobs(work, config.workers, finished)
+        return len(jobs), reused
 
-    work = [(cell, fold, (config, cell, f"fold{fold}", run_dir, fold_frame(frame, fold, config.num_folds), out, uri,
-                          state["mlflow_parent"])) for cell, fold, run_dir in jobs]
-    _run_jobs(work, config.workers, finished)
-    trained = len(jobs)
+    plan = cells(config)
+    trained, reused = run_cells(plan)
+    if config.second_stage is not None:  # the top cells of the first stage, fine-tuned again
+        first = aggregate(pd.DataFrame(list(rows.values())), config.num_folds * config.repeats)
+        ranking = first[first["complete"]].sort_values(f"{config.select_metric}_mean", ascending=False, kind="stable")
+        by_id = {cell.id: cell for cell in plan}
+        second = second_stage_cells(config, [by_id[c] for c in ranking["cell"]])
+        more = run_cells(second)
+        trained, reused, plan = trained + more[0], reused + more[1], plan + second
     failed = sum(row["status"] == "failed" for row in rows.values())
     order = {cell.id: i for i, cell in enumerate(plan)}  # report in the grid's order
     table = pd.DataFrame(list(rows.values()))
-    table = table.sort_values(["cell", "fold"], key=lambda c: c.map(order) if c.name == "cell" else c,
+    table = table.sort_values(["cell", "fold", "repeat"], key=lambda c: c.map(order) if c.name == "cell" else c,
                               kind="stable").reset_index(drop=True)
     _write_table(table, out, "results")
-    summary_table = aggregate(table, config.num_folds)
+    summary_table = aggregate(table, config.num_folds * config.repeats)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
     summary_table = evaluate_cells(config, out, frame, table, summary_table, best)
     _write_table(summary_table, out, "summary")
     if best is not None:
         _export_best(out, table, best, summary_table)
+    refit = _refit(config, out, frame, plan, table, summary_table, best, uri, state["mlflow_parent"], progress)
     loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
 
     audit = _shortcut_checks(config, out, frame, best)
-    write_study_report(config, out, table, summary_table, best, loso, audit)
+    write_study_report(config, out, table, summary_table, best, loso, audit, refit)
     metric = config.select_metric
     best_row = summary_table.set_index("cell").loc[best] if best is not None else None
     finish_parent_run(uri, state["mlflow_parent"], {"cxrlab.best_cell": best} if best is not None else {},
@@ -203,6 +220,24 @@ def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, p
     return result
 
 
+def _refit(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell], table: pd.DataFrame,
+           summary: pd.DataFrame, best: str | None, uri: str, parent: str,
+           progress: Callable[[str], None] | None) -> dict | None:
+    if not config.refit or best is None:
+        return None
+    from cxrlab.study.refit import refit_best
+
+    cell = next(c for c in plan if c.id == best)
+
+    def train_one(part: str, run_dir: Path, split: pd.DataFrame, settings: dict):
+        outcome = _train_one(config, cell, part, run_dir, split, out, uri, parent, 0, settings)
+        if progress:
+            progress(f"{cell.label()} {part}: {'failed' if outcome[1] else 'ok'}")
+        return outcome
+
+    return refit_best(config, out, frame, cell, table, summary, train_one)
+
+
 def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: str | None) -> dict | None:
     """The source probe and the lung checks of the best model (written to ``shortcut_audit.json``);
     a failing check is recorded, never fatal: the study's results are already safe."""
@@ -225,26 +260,25 @@ def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: 
     return audit
 
 
-def _run_jobs(work: list[tuple[Cell, int, tuple]], workers: int,
-              finished: Callable[[Cell, int, tuple[dict | None, str | None]], None]) -> None:
-    """Train each job (``_train_one``'s arguments), here or in ``workers`` processes, and call
-    ``finished`` in this process as each one ends."""
+def _run_jobs(work: list[tuple[tuple, tuple]], workers: int,
+              finished: Callable[[tuple, tuple[dict | None, str | None]], None]) -> None:
+    """Train each job (``(job, _train_one's arguments)``), here or in ``workers`` processes, and call
+    ``finished(job, outcome)`` in this process as each one ends."""
     if workers <= 1 or len(work) <= 1:
-        for cell, fold, arguments in work:
-            finished(cell, fold, _train_one(*arguments))
+        for job, arguments in work:
+            finished(job, _train_one(*arguments))
         return
     threads = max(1, default_workers() // workers)
     context = multiprocessing.get_context("spawn")  # fork after torch and MLflow threads is unsafe
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
                                                 initargs=(threads, logging.getLogger("cxrlab").level)) as pool:
-        futures = {pool.submit(_train_one, *arguments): (cell, fold) for cell, fold, arguments in work}
+        futures = {pool.submit(_train_one, *arguments): job for job, arguments in work}
         for future in concurrent.futures.as_completed(futures):
-            cell, fold = futures[future]
             try:
                 outcome = future.result()
             except Exception as err:  # noqa: BLE001 -- a worker that died (memory): record, go on
                 outcome = (None, f"{type(err).__name__}: {err}")
-            finished(cell, fold, outcome)
+            finished(futures[future], outcome)
 
 
 def _worker_init(threads: int, level: int) -> None:
@@ -269,14 +303,18 @@ def _execution_order(plan: list[Cell]) -> list[Cell]:
 
 
 def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split: pd.DataFrame, out: Path,
-               uri: str, parent: str) -> tuple[dict | None, str | None]:
-    """Train one run on ``split`` (``part``: ``fold0``…, or ``without-<source>``); record a failure."""
+               uri: str, parent: str, repeat: int = 0,
+               overrides: dict | None = None) -> tuple[dict | None, str | None]:
+    """Train one run on ``split`` (``part``: ``fold0``…, ``fold0-repeat1``, ``without-<source>`` or
+    ``refit``) with seed ``config.seed + repeat`` and ``overrides`` over the cell's settings; record a
+    failure."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run interrupted half-way: start it again from scratch
     run_dir.mkdir(parents=True)
     tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.part": part}
     try:
-        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags)
+        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags,
+                                  repeat, overrides)
         write_splits(split, {"study": config.name, "cell": cell.id, "part": part}, run_dir)
         result = train(train_config, screening=False)  # the exported run gets its reference then
         return result.summary, None
@@ -290,16 +328,17 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
 
 
 def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFrame) -> None:
-    """Export the best cell's best fold (:func:`best_fold`), with its test-side figures (the same fold's:
+    """Export the best cell's best run (:func:`best_run`), with its test-side figures (the same run's:
     its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
-    fold = best_fold(ok)
+    chosen = best_run(ok)
+    fold, folder = int(chosen["fold"]), run_folder(chosen)
     row = summary[summary["cell"] == best].iloc[0]
     test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_fold"}
-    origin = {"cell": best, "fold": fold, "study": str(out)}
+    origin = {"cell": best, "fold": fold, "part": folder, "study": str(out)}
     if row.get("test_fold") == fold:
         origin["test"] = {k: v for k, v in test.items() if v is not None}
-    export_run(out / "runs" / best / f"fold{fold}", out / "best-model", origin)
+    export_run(out / "runs" / best / folder, out / "best-model", origin)
 
 
 def _plain(value) -> float | int | None:

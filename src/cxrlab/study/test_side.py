@@ -27,7 +27,7 @@ from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.study.results import ALPHA, best_fold
+from cxrlab.study.results import ALPHA, best_run, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
             "test_lung_area": float(table["lung_area"].mean()), "test_lung_images": int(len(table))}
 
 
-def _cell_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path,
-                    predictions: pd.DataFrame) -> dict:
+def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, predictions: pd.DataFrame) -> dict:
+    """A run's test-side figures: accuracy and macro AUC with patient-bootstrap intervals, the COVID-19
+    AUC, and the Grad-CAM in-lung share (images with masks)."""
     metrics, names = prediction_metrics(predictions)
     positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
     auc_positive = metrics["per_class"][positive]["roc_auc"]
@@ -120,7 +121,7 @@ def _cell_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path,
 
 def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame,
                    best: str | None) -> pd.DataFrame:
-    """Add test-side columns to ``summary`` for each complete cell's best fold (lowest validation loss):
+    """Add test-side columns to ``summary`` for each complete cell's best run (:func:`best_run`):
     accuracy and macro AUC with patient-bootstrap 95% intervals, COVID-19 AUC, DeLong's p for that
     AUC against the best cell's, and the Grad-CAM in-lung share (mean and interval) on the test
     images with lung masks."""
@@ -136,14 +137,14 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
         rows.append(row)
         if not complete or ok.empty:
             continue
-        fold = best_fold(ok)
-        run_dir = out / "runs" / cell / f"fold{fold}"
+        chosen = best_run(ok)
+        fold, run_dir = int(chosen["fold"]), out / "runs" / cell / run_folder(chosen)
         try:
             predictions[cell] = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
         except CxrlabError as err:
             log.warning("study: test evaluation of %s failed: %s", cell, err)
             continue
-        row.update(test_fold=fold, **_cell_test_side(config, test, run_dir, predictions[cell]))
+        row.update(test_fold=fold, **score_test_side(config, test, run_dir, predictions[cell]))
     columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:
