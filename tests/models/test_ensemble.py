@@ -55,6 +55,33 @@ def test_grad_cam_and_pooled_features_span_every_member(ensemble):
     assert features["fine"].shape[1] == 2 * pooled_features_at(ensemble.members[0], dataset, ("fine",))["fine"].shape[1]
 
 
+def test_test_time_views_average_each_member_and_grad_cam_explains_the_plain_view(ensemble, tmp_path):
+    from cxrlab.models.tta import tta_views
+
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    views = tta_views(x, "crops")
+    assert views.shape == (6, 2, 3, 64, 64) and torch.equal(views[0], x)
+    assert torch.allclose(views[5], torch.nn.functional.interpolate(x[..., 3:61, 3:61], size=(64, 64), mode="bilinear"))
+    tta = EnsembleClassifier(list(ensemble.members), tta="crops").eval()
+    with torch.no_grad():
+        expected = torch.stack([m(v).softmax(1) for m in tta.members for v in views]).mean(0)
+        torch.testing.assert_close(tta(x).softmax(1), expected, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(tta(x), ensemble(x), atol=1e-4)  # the views change the answer
+        save_model(tta, tmp_path / "t.pt", PreprocessConfig(size=64))
+        loaded = load_model(tmp_path / "t.pt")[0]
+        assert loaded.tta == "crops"
+        torch.testing.assert_close(loaded(x).softmax(1), expected, atol=1e-6, rtol=1e-5)
+    with GradCamExplainer(tta) as cam:
+        maps, probs = cam.explain(x)
+    with GradCamExplainer(ensemble) as cam:
+        plain_maps, _ = cam.explain(x, target=[int(c) for c in expected.argmax(1)])
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)  # the model's own (averaged) answer
+    np.testing.assert_allclose(maps, plain_maps, atol=1e-5)  # the map of the plain view, for that class
+    assert tta.tta == "crops"  # restored after explaining
+    with pytest.raises(ConfigError, match="tta must be one of"):
+        EnsembleClassifier(list(ensemble.members), tta="flips")
+
+
 def test_an_ensemble_file_exports_to_onnx_and_evaluates_like_a_single_model(ensemble, phantoms, tmp_path):
     from typer.testing import CliRunner
 

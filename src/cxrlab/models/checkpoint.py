@@ -44,6 +44,7 @@ def save_model(model: CxrClassifier | EnsembleClassifier, path: str | Path, prep
     }
     if isinstance(model, EnsembleClassifier):
         payload["members"] = [m.state_dict() for m in members]
+        payload["tta"] = model.tta
     else:
         payload["state_dict"] = model.state_dict()
     return write_payload(payload, path)
@@ -124,6 +125,6 @@ def load_model(path: str | Path) -> tuple[CxrClassifier | EnsembleClassifier, Pr
                                    lung_attention=bool(payload.get("lung_attention", False)))
         member.load_state_dict(state)
         members.append(member)
-    model = EnsembleClassifier(members) if "members" in payload else members[0]
+    model = EnsembleClassifier(members, payload.get("tta", "none")) if "members" in payload else members[0]
     model.eval()
     return model, PreprocessConfig.from_dict(payload["preprocess"]), payload

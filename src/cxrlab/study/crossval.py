@@ -181,7 +181,7 @@ def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     for fold in range(config.folds):
         model, preprocess, _ = load_model(out / "folds" / f"fold{fold}" / "model.pt")
         members.append(model)
-    ensemble = EnsembleClassifier(members).eval()
+    ensemble = EnsembleClassifier(members, config.tta).eval()
     spec = ensemble.spec
     reader = ShardReader(Path(config.prepared) if config.prepared else out / "prepared")
     last = predictions["fold"] == config.folds - 1
