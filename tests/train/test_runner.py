@@ -30,7 +30,8 @@ def test_run_directory_and_same_seed_same_summary(tmp_path, phantoms):
     summary = json.loads((first.out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["prefix_cache"] is True
     assert set(summary["val"]["per_class"]) == {"COVID-19", "Pneumonia", "Normal"}
-    assert {"sensitivity", "specificity", "auc"} <= set(summary["val"]["per_class"]["Normal"])
+    assert {"sensitivity", "specificity", "auc", "auc_interval"} <= set(summary["val"]["per_class"]["Normal"])
+    assert summary["validation_side"]["images"] == summary["images"]["val"] and "widest_auc_interval" in summary["validation_side"]
     assert len(pd.read_csv(first.out / "metrics.csv")) == summary["epochs_run"] == 2
     assert _without_timing(first.summary) == _without_timing(second.summary)
     from mlflow import MlflowClient  # the real SQLite store holds both runs and their epochs

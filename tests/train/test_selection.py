@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -104,3 +105,34 @@ def test_last_keeps_the_final_epoch_and_trains_without_a_validation_side(phantom
     with pytest.raises(ConfigError, match="the val side has no images"):  # other rules still need one
         train(build_config({"splits": str(split), "out": str(tmp_path / "s"), "size": 32, "epochs": 1,
                             "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+
+
+def test_the_auc_interval_matches_the_spread_of_auc_over_resampled_validation_sides():
+    """Hanley & McNeil's standard error is an approximation: within 15% of the spread of AUC over
+    2,000 simulated 26 + 26-image validation sides (binormal scores, true AUC 0.80)."""
+    from scipy import stats
+    from sklearn.metrics import roc_auc_score
+
+    from cxrlab.train.metrics import auc_interval
+
+    rng = np.random.default_rng(0)
+    shift = stats.norm.ppf(0.80) * math.sqrt(2)  # binormal, equal variances: AUC = Phi(shift / sqrt 2)
+    aucs = [roc_auc_score(np.r_[np.ones(26), np.zeros(26)], np.r_[rng.normal(shift, 1, 26), rng.normal(0, 1, 26)])
+            for _ in range(2000)]
+    low, high = auc_interval(0.80, 26, 26)
+    assert (high - low) / (2 * 1.96) == pytest.approx(np.std(aucs), rel=0.15)
+    assert auc_interval(1.0, 5, 5) == (1.0, 1.0) and auc_interval(0.5, 500, 500)[1] - 0.5 < 0.04
+
+
+def test_a_small_validation_side_is_named_in_the_summary():
+    from cxrlab.train.metrics import classification_summary
+    from cxrlab.train.runner import _validation_side
+
+    y = np.array([0] * 8 + [1] * 8 + [2] * 8)
+    probs = np.eye(3)[y] * 0.5 + 0.5 / 3
+    val = classification_summary(y, probs, ["COVID-19", "Pneumonia", "Normal"])
+    side = _validation_side(val, 24)
+    assert side["widest_auc_interval"] == 0.0 and "note" not in side  # perfect ranking: no doubt
+    probs[:4] = probs[[8, 9, 10, 11]]  # four COVID-19 images now look like pneumonia
+    side = _validation_side(classification_summary(y, probs, ["COVID-19", "Pneumonia", "Normal"]), 24)
+    assert side["widest_auc_interval"] > 0.2 and "small validation side (24 images)" in side["note"]

@@ -72,6 +72,10 @@ def train_command(
             result = train(cfg, progress=lambda n: bar.advance(task, n))
         summary = result.summary
         val = summary["val"]
+        if not val and summary["status"] == "ok" and not summary["images"]["val"]:
+            console.print(f"no validation side: kept the last epoch ({summary['best_epoch']}); wrote "
+                          f"{result.out / 'model.pt'} and {result.out / 'summary.json'}")
+            return
         if not val:
             console.print(f"[yellow]no epoch was kept[/] ({summary['status']}); wrote {result.out / 'summary.json'}")
             return
@@ -86,6 +90,8 @@ def train_command(
                       f"{summary['timing']['seconds_total']:.1f} s; wrote {result.out / 'model.pt'} and "
                       f"{result.out / 'summary.json'}")
         console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
+        if summary.get("validation_side", {}).get("note"):
+            console.print(f"[yellow]note:[/] {summary['validation_side']['note']}")
 
 
 @functools.cache

@@ -205,10 +205,28 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "best_epoch": keeper.best_epoch, "epochs_run": epochs_run,
         "best_val_loss": keeper.best_loss if np.isfinite(keeper.best_loss) else None,
         "selection": selector.to_dict(),
-        "prefix_cache": cached_any, "val": val,
+        "prefix_cache": cached_any, "val": val, "validation_side": _validation_side(val, len(data.val_images)),
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},
     }
+
+
+SMALL_VALIDATION_WIDTH = 0.2  # widest one-vs-rest AUC interval above which the summary warns
+
+
+def _validation_side(val: dict, images: int) -> dict:
+    """How precisely the validation side measures AUC (what chose the kept epoch): its size and the
+    widest approximate 95% interval of a one-vs-rest AUC on it, with a note when that is wide."""
+    widths = [c["auc_interval"][1] - c["auc_interval"][0] for c in val.get("per_class", {}).values()
+              if c.get("auc_interval")]
+    if not widths:
+        return {"images": images}
+    out = {"images": images, "widest_auc_interval": round(max(widths), 3)}
+    if max(widths) > SMALL_VALIDATION_WIDTH:
+        out["note"] = (f"small validation side ({images} images): its one-vs-rest AUCs are known only to within "
+                       f"±{max(widths) / 2:.2f} (95%), so the kept epoch is a noisy choice; cross-validated "
+                       "training (--folds K) estimates on every image")
+    return out
 
 
 def add_screening_reference(run: str | Path) -> bool:
