@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import f1_score, roc_auc_score
 
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.models import load_model
 from cxrlab.models.tta import mean_probabilities
-from sklearn.metrics import f1_score, roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def main() -> None:
         tta = both[["image", "patient_id", "source", "label"]].assign(
             **{n: both[f"{n}_tta"] for n in ("COVID-19", "Pneumonia", "Normal")})
 
-        def difference(rows: np.ndarray) -> dict:
+        def difference(rows: np.ndarray, tta=tta, both=both) -> dict:
             a, b = scores(tta, rows), scores(both, rows)
             return {k: a[k] - b[k] for k in a}
 

@@ -73,6 +73,8 @@ def test_test_time_views_average_each_member_and_grad_cam_explains_the_plain_vie
         torch.testing.assert_close(loaded(x).softmax(1), expected, atol=1e-6, rtol=1e-5)
     with GradCamExplainer(tta) as cam:
         maps, probs = cam.explain(x)
+        assert cam.pooled_activations().shape == (2, 2 * 1280)  # the plain view's, not the views'
+
     with GradCamExplainer(ensemble) as cam:
         plain_maps, _ = cam.explain(x, target=[int(c) for c in expected.argmax(1)])
     np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)  # the model's own (averaged) answer
@@ -82,18 +84,19 @@ def test_test_time_views_average_each_member_and_grad_cam_explains_the_plain_vie
         EnsembleClassifier(list(ensemble.members), tta="flips")
 
 
-def test_an_ensemble_file_exports_to_onnx_and_evaluates_like_a_single_model(ensemble, phantoms, tmp_path):
+def test_an_ensemble_file_with_test_time_views_exports_to_onnx_and_evaluates_like_a_single_model(ensemble, phantoms, tmp_path):
     from typer.testing import CliRunner
 
     from cxrlab.cli import app
     from cxrlab.models.onnx_export import OnnxClassifier
 
-    save_model(ensemble, tmp_path / "model.pt", PreprocessConfig(size=64))
+    views = EnsembleClassifier(list(ensemble.members), tta="crops").eval()  # the views go into the graph too
+    save_model(views, tmp_path / "model.pt", PreprocessConfig(size=64))
     result = CliRunner().invoke(app, ["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        expected = ensemble(x).softmax(1).numpy()
+        expected = views(x).softmax(1).numpy()
     np.testing.assert_allclose(OnnxClassifier(tmp_path / "m.onnx").probabilities(x.numpy()), expected, atol=1e-4)
     import pandas as pd
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,7 +39,9 @@ def study_command(
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})
         target = out or Path("runs") / "studies" / study.name
         quiet_lightning()
-        total = len(cells(study)) * study.num_folds  # leave-one-source-out runs extend it when they start
+        second = min(study.second_stage.top, len(cells(study))) if study.second_stage else 0
+        # leave-one-source-out runs extend it when they start
+        total = (len(cells(study)) + second) * study.num_folds * study.repeats + int(study.refit)
         with progress_bar("study runs") as bar:
             task = bar.add_task("study runs", total=total)
 
@@ -52,6 +55,8 @@ def study_command(
         print_warnings(result.warnings)
         if result.best is not None:
             console.print(f"best: {result.best} → {target / 'best-model'}")
+        if study.refit and (target / "refit.json").exists():
+            print_refit(json.loads((target / "refit.json").read_text()), target)
         console.print(f"wrote {target / 'report.html'}, {target / 'report.md'}, {target / 'results.csv'} and "
                       f"{target / 'summary.csv'}")
     exit_if_failed(result.failed, "run(s)")
@@ -59,19 +64,32 @@ def study_command(
 
 
 def print_study_summary(summary, metric: str, best: str | None) -> None:
-    """A table: each configuration's mean±sd over validation folds and its test-side figures."""
+    """A table: each configuration's mean±sd over its validation runs and its test-side figures."""
     from rich.table import Table
 
     factors = [c for c in summary.columns if c.startswith("factor.")]
     short = {"accuracy": "acc", "auc_macro": "AUC"}
     metrics = ["accuracy"] + ([metric] if metric != "accuracy" else [])
     table = Table(*[f.removeprefix("factor.") for f in factors], *[f"val {short[m]}" for m in metrics],
-                  *[f"test {short[m]}" for m in metrics], "", title="validation: mean±sd over folds")
+                  *[f"test {short[m]}" for m in metrics], "", title="validation: mean±sd over runs (folds × seeds)")
     for _, row in summary.iterrows():
         table.add_row(*[str(row[f]) for f in factors],
                       *[f"{row[f'{m}_mean']:.3f}±{row[f'{m}_sd']:.3f}" for m in metrics],
                       *[f"{row[f'test_{m}']:.3f}" for m in metrics], "best" if row["cell"] == best else "")
     console.print(table)
+
+
+def print_refit(refit: dict, target: Path) -> None:
+    """One line: the refit's test-side figures beside its best run's model, or why it failed."""
+    if refit.get("status") != "ok":
+        console.print(f"[yellow]refit failed:[/] {refit.get('error')}", highlight=False)
+        return
+    test, fold = refit["test"], refit.get("fold_model_test", {})
+    p = refit.get("delong_p")
+    console.print(f"refit on {refit['train_images']} train+validation images → {target / 'refit-model'}: test "
+                  f"accuracy {test['test_accuracy']:.3f}, AUC {test['test_auc_macro']:.3f} (best run's model "
+                  f"{fold.get('accuracy', float('nan')):.3f}, {fold.get('auc_macro', float('nan')):.3f}"
+                  + (f"; DeLong p {p:.3f}" if p is not None else "") + ")")
 
 
 def print_warnings(warnings: list[str]) -> None:

@@ -73,7 +73,7 @@ def train_command(
         summary = result.summary
         val = summary["val"]
         if not val and summary["status"] == "ok" and not summary["images"]["val"]:
-            console.print(f"no validation side: kept the last epoch ({summary['best_epoch']}); wrote "
+            console.print(f"no validation side: kept the last of {summary['epochs_run']} epoch(s); wrote "
                           f"{result.out / 'model.pt'} and {result.out / 'summary.json'}")
             return
         if not val:
@@ -91,7 +91,8 @@ def train_command(
                       f"{result.out / 'summary.json'}")
         console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
         if summary.get("validation_side", {}).get("note"):
-            console.print(f"[yellow]note:[/] {summary['validation_side']['note']}")
+            console.print(f"[yellow]note:[/] {summary['validation_side']['note']}; cross-validated training "
+                          "(--folds K) estimates on every image")
 
 
 @functools.cache

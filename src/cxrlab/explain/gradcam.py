@@ -190,20 +190,19 @@ class GradCamExplainer:
         if self._single_logit and targets is None:
             with torch.no_grad():
                 targets = [BinaryClassifierOutputTarget(int(v > 0)) for v in self.model(x)[:, 0]]
-        tta = getattr(self.model, "tta", "none")
-        if tta != "none" and targets is None:  # explain the class the averaged views choose
+        tta, averaged = getattr(self.model, "tta", "none"), None
+        if tta != "none":  # the probabilities are the model's own, averaged over its views ...
             with torch.no_grad():
-                targets = [ClassifierOutputTarget(int(c)) for c in self.model(x).argmax(1)]
-        self._set_tta("none")  # the map explains the plain view: one forward pass per member and layer
+                averaged = self.model(x)
+            if targets is None:  # ... and the map explains the class they choose
+                targets = [ClassifierOutputTarget(int(c)) for c in averaged.argmax(1)]
+        self._set_tta("none")  # the map explains the plain view (and the hooks keep its activations, last)
         try:
             maps = self._cam(input_tensor=x, targets=targets)
         finally:
             self._set_tta(tta)
-        if tta != "none":  # the probabilities are the model's own: averaged over its views
-            with torch.no_grad():
-                logits = self.model(x)
-        else:
-            logits = self._cam.outputs.detach()  # the forward pass Grad-CAM just made: no second one
+        # without views: the forward pass Grad-CAM just made, no second one
+        logits = averaged if averaged is not None else self._cam.outputs.detach()
         probs = torch.sigmoid(logits) if self._single_logit else logits.softmax(1)
         return maps.astype(np.float32), probs.numpy()
 

@@ -94,7 +94,7 @@ def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) ->
     run_dir = out / "folds" / f"fold{fold}"
     split = fold_split(frame, fold, config.folds)
     run_config = config.model_copy(update={
-        "folds": 0, "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
+        "folds": 0, "tta": "none", "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
         "prepared": config.prepared or str(out / "prepared"),
         "mlflow_uri": config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"})
     check_same_config(run_dir, run_config)
@@ -235,8 +235,8 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
     if progress:
         progress("fold ensemble")
-    if trained or not (out / "model.pt").exists():  # else: the ensemble of these very folds is there
-        _ensemble(config, predictions, names, out)
+    if trained or not (out / "model.pt").exists() or load_model(out / "model.pt")[0].tta != config.tta:
+        _ensemble(config, predictions, names, out)  # else: the ensemble of these very folds is there
     if progress:
         progress("linear-probe baseline")
     baseline = _baseline(config, predictions, names, out)

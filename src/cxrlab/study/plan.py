@@ -52,8 +52,8 @@ def cells(config: StudyConfig) -> list[Cell]:
                 for name, bundle in config.variants.items() for factors in combos]
     else:
         plan = [(factors, factors) for factors in combos]
-    stage = {"stage": 1} if config.second_stage else {}
-    return [Cell(_slug({**stage, **factors}), {**stage, **factors}, settings) for factors, settings in plan]
+    stage = {"stage": 1} if config.second_stage else {}  # in the tables only: adding a second stage keeps the ids
+    return [Cell(_slug(factors), {**stage, **factors}, settings) for factors, settings in plan]
 
 
 def second_stage_cells(config: StudyConfig, ranked: list[Cell]) -> list[Cell]:
@@ -61,11 +61,15 @@ def second_stage_cells(config: StudyConfig, ranked: list[Cell]) -> list[Cell]:
     each with the second stage's settings over its own."""
     if config.second_stage is None:
         return []
-    out = []
+    out: dict[str, Cell] = {}
+    changed = config.second_stage.settings
     for cell in ranked[:config.second_stage.top]:
-        factors = {**cell.factors, "stage": 2}
-        out.append(Cell(_slug(factors), factors, merge_settings(cell.settings, config.second_stage.settings)))
-    return out
+        # a factor the second stage sets shows its new value; cells that become the same run once
+        factors = {k: changed.get(k, v) for k, v in cell.factors.items() if k != "stage"}
+        settings = merge_settings({k: v for k, v in cell.settings.items() if k not in changed}, changed)
+        stage2 = Cell(_slug({"stage": 2, **factors}), {"stage": 2, **factors}, settings)
+        out.setdefault(stage2.id, stage2)
+    return list(out.values())
 
 
 def run_name(fold: int, repeat: int = 0) -> str:
@@ -148,7 +152,7 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
 
     old = yaml.safe_load(recorded.read_text()) or {}
     new = config.model_dump(mode="json")
-    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar"}
+    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta"}  # tta: the ensemble's
     defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
     diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:

@@ -3,7 +3,7 @@
 Cross-validation chose the cell and, per fold, the epoch to keep; the refit trains that cell once
 more on every train+validation image for the median of those epochs (``select_on: last``: there
 is no validation side left to choose on) and is scored on the held-out test side, beside the
-best fold's model on the same images (DeLong's test on the COVID-19 AUC). One paper built its
+best run's model on the same images (DeLong's test on the COVID-19 AUC). One paper built its
 final model this way; it uses ~25% more training images than any fold's model, at the price of
 having no validation side of its own (its model file carries no screening reference).
 """
@@ -19,41 +19,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.core.errors import CxrlabError
+from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.evaluate.delong import delong_test
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, check_same_config, run_config
-from cxrlab.study.test_side import predict_test_side, score_test_side
 from cxrlab.study.results import best_run, run_folder
+from cxrlab.study.test_side import predict_test_side, score_test_side
 
 log = logging.getLogger(__name__)
 TrainOne = Callable[[str, Path, pd.DataFrame, dict], tuple[dict | None, str | None]]
 
 
 def refit_settings(config: StudyConfig, cell: Cell, runs: pd.DataFrame, out: Path) -> dict:
-    """The settings a refit changes: the median over ``runs`` (the cell's finished runs) of the epochs
-    they kept, as one phase's ``epochs`` or the configured phases cut to that length; the last epoch
-    kept."""
-    epochs = max(1, int(round(float(np.median(pd.to_numeric(runs["best_epoch"]) + 1)))))
-    phases = run_config(config, cell, out / "runs" / cell.id / "refit", out / "shared", {}).resolved_phases()
+    """The settings a refit changes: per phase, the median over ``runs`` (the cell's finished runs) of
+    the epochs that phase ran up to the kept one (from each run's ``metrics.csv``; phases after the
+    kept one are dropped), as ``epochs`` for a one-phase run or as cut ``phases``; the last epoch
+    kept. The learning-rate schedule is rebuilt over the shorter run (a plateau schedule watches the
+    training loss), so it is the folds' recipe replayed, not their exact path."""
+    counts = []
+    for _, row in runs.iterrows():
+        metrics = pd.read_csv(out / "runs" / cell.id / run_folder(row) / "metrics.csv")
+        upto = metrics[metrics["epoch"] <= int(row["best_epoch"])]
+        counts.append(upto.groupby("phase").size())
+    per_phase = pd.DataFrame(counts).fillna(0).median().round().astype(int)  # phase -> epochs
+    last = max([p for p, n in per_phase.items() if n > 0], default=0)
+    probe = run_config(config, cell, out / "runs" / cell.id / "refit", out / "shared", {})
     settings: dict = {"select_on": "last", "select_smoothing": 1, "min_epochs": 1}
-    if len(phases) == 1:
-        return {**settings, "epochs": epochs}
-    kept, left = [], epochs
-    for phase in phases:
-        if left <= 0:
-            break
-        kept.append({**phase.model_dump(mode="json"), "epochs": min(phase.epochs, left)})
-        left -= phase.epochs
-    return {**settings, "phases": kept}
+    if not probe.phases:
+        return {**settings, "epochs": max(1, int(per_phase.get(0, 1)))}
+    return {**settings, "phases": [{**phase.model_dump(mode="json"), "epochs": max(1, int(per_phase.get(i, 0)))}
+                                   for i, phase in enumerate(probe.phases) if i <= last]}
 
 
 def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, table: pd.DataFrame,
                summary: pd.DataFrame, train_one: TrainOne) -> dict:
-    """Train ``cell`` on all of train+validation (or reuse that run), score it and the best fold's model
+    """Train ``cell`` on all of train+validation (or reuse that run), score it and the best run's model
     on the test side, export it to ``out/refit-model`` and write ``out/refit.json``.
 
     Returns:
@@ -66,11 +69,13 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
     split = frame.assign(split=np.where(frame["split"] == "test", "test", "train"))
     result: dict = {"cell": cell.id, "settings": settings, "train_images": int((split["split"] == "train").sum())}
     summary_file = run_dir / "summary.json"
-    if summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "ok":
-        check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}, 0, settings))
-        error = None
-    else:
-        error = train_one("refit", run_dir, split, settings)[1]
+    reuse = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "ok"
+    if reuse:
+        try:  # the settings are derived (more runs may change the median epoch): retrain when they moved
+            check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}, 0, settings))
+        except ConfigError:
+            reuse = False
+    error = None if reuse else train_one("refit", run_dir, split, settings)[1]
     test = frame[frame["split"] == "test"]
     if error is None and test.empty:
         error = "the split has no test side"

@@ -4,11 +4,13 @@ Layout of a study folder::
 
     study.json            the study's config and its MLflow parent run
     splits.csv            the held-out test side and the folds (made once, reused on resume)
-    runs/<cell>/fold<k>/  one training run each (summary.json marks it finished; failed.json failed)
+    runs/<cell>/fold<k>/  one training run each (summary.json marks it finished; failed.json failed);
+                          fold<k>-repeat<r>/ the other seeds (repeats), refit/ the refit (refit: true)
     shared/               prepared shards per preprocessing, the frozen-prefix store
     results.csv/.parquet  one row per run; summary.csv: mean ± sd per cell, tests against the best
     report.md/.html       the comparison table, the metric-vs-k figure, the test-side results
-    best-model/           the best cell's best fold, loadable by evaluate / explain / predict
+    best-model/           the best cell's best run, loadable by evaluate / explain / predict
+    refit-model/, refit.json  the best cell refit on train+validation and its test-side figures
 
 A run is finished when its ``summary.json`` exists (written atomically, last); a rerun of the
 same command skips finished runs, restarts the one that was interrupted, and retries failed
@@ -334,9 +336,9 @@ def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFram
     chosen = best_run(ok)
     fold, folder = int(chosen["fold"]), run_folder(chosen)
     row = summary[summary["cell"] == best].iloc[0]
-    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_fold"}
+    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k not in ("test_fold", "test_run")}
     origin = {"cell": best, "fold": fold, "part": folder, "study": str(out)}
-    if row.get("test_fold") == fold:
+    if row.get("test_run") == folder:
         origin["test"] = {k: v for k, v in test.items() if v is not None}
     export_run(out / "runs" / best / folder, out / "best-model", origin)
 

@@ -1,4 +1,4 @@
-"""The held-out test side of a study: each complete cell's best fold with confidence intervals and its
+"""The held-out test side of a study: each complete cell's best run with confidence intervals and its
 Grad-CAM in-lung share, and DeLong against the best cell.
 
 Only the best cell is chosen on validation folds; the test side reports how the choice holds
@@ -60,7 +60,7 @@ def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
     return compute_metrics(y, probs, names), names
 
 
-TEST_COLUMNS = ("test_fold", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
+TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_lung_images")
 
@@ -144,7 +144,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
         except CxrlabError as err:
             log.warning("study: test evaluation of %s failed: %s", cell, err)
             continue
-        row.update(test_fold=fold, **score_test_side(config, test, run_dir, predictions[cell]))
+        row.update(test_fold=fold, test_run=run_dir.name, **score_test_side(config, test, run_dir, predictions[cell]))
     columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:

@@ -40,9 +40,10 @@ class BestModelKeeper(L.Callback):
         self.selector.start_phase(self.epoch_offset)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.selector.metric == "last":  # chosen at the epoch's end, validated or not
-            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        if self.selector.metric == "last":  # chosen at the epoch's end, validated or not
+            trainer.should_stop = not math.isfinite(metrics.get("val_loss", math.nan))
+            return
         epoch = self.epoch_offset + trainer.current_epoch
         if self.selector.update(epoch, metrics):
             self._keep(pl_module, epoch)

@@ -149,6 +149,8 @@ class TrainConfig(_Strict):
     def _need_data(self) -> TrainConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        if self.tta != "none" and self.folds < 3:
+            raise ValueError("tta: test-time views are for the fold ensemble; set folds (at least 3) too")
         epochs = sum(p.epochs for p in self.resolved_phases())
         if self.min_epochs > epochs:
             raise ValueError(f"min_epochs ({self.min_epochs}) is more than the run's {epochs} epoch(s): no epoch "

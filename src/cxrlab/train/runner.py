@@ -24,6 +24,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.data.manifest import read_table
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
@@ -172,6 +173,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
+                warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # a refit has no validation side
                 trainer.fit(module, loader(fit_sets[0], config, True, config.seed + index),
                             loader(fit_sets[1], config, False, config.seed) if validated else None)
         except NonFiniteLossError as err:
@@ -224,8 +226,7 @@ def _validation_side(val: dict, images: int) -> dict:
     out = {"images": images, "widest_auc_interval": round(max(widths), 3)}
     if max(widths) > SMALL_VALIDATION_WIDTH:
         out["note"] = (f"small validation side ({images} images): its one-vs-rest AUCs are known only to within "
-                       f"±{max(widths) / 2:.2f} (95%), so the kept epoch is a noisy choice; cross-validated "
-                       "training (--folds K) estimates on every image")
+                       f"±{max(widths) / 2:.2f} (95%), so the kept epoch is a noisy choice")
     return out
 
 
@@ -247,10 +248,10 @@ def add_screening_reference(run: str | Path) -> bool:
         return False
     config = load_config(run / "config.yaml", {"splits": str(run / "splits.csv"), "out": str(run)})
     spec = model.spec
-    data = load_train_data(config, spec, run)
-    if not data.val_images:
+    if config.select_on == "last" and not (read_table(run / "splits.csv")["split"] == "val").any():
         raise ConfigError(f"{run}: the run has no validation side (a refit on everything) to fit the screening "
                           "reference on")
+    data = load_train_data(config, spec, run)
     train_ds, val_ds = datasets(data, config, spec, augment=False)
     targets, probs = _predict(model, val_ds, config.batch_size)
     reference = screening_reference(model, train_ds, val_ds, targets, probs, config.batch_size)
