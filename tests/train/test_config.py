@@ -27,7 +27,11 @@ def test_yaml_overrides_and_phases(tmp_path):
     assert cfg.seed == 7 and cfg.lr == 0.01 and cfg.fine_tune == "all"
     assert [(p.fine_tune, p.epochs) for p in cfg.resolved_phases()] == [(0, 2), ("all", 3)]
     again = load_config(None, {"data": "x"})
-    assert [(p.fine_tune, p.lr) for p in again.resolved_phases()] == [(2, 1e-3)]
+    assert [(p.fine_tune, p.lr) for p in again.resolved_phases()] == [("all", 1e-4)]  # the small-data recipe
+    papers = load_config(None, {"data": "x", "recipe": "papers", "epochs": 4})
+    assert [(p.fine_tune, p.lr, p.epochs) for p in papers.resolved_phases()] == [(2, 1e-3, 4)]  # own values win
+    assert (papers.select_on, papers.optimizer, papers.augment.enabled) == ("loss", "adam", False)
+    assert load_config(None, {"data": "x", "epochs": 2}).min_epochs == 2  # the default minimum shrinks
 
 
 def test_shipped_configs_are_valid():

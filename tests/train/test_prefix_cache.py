@@ -59,8 +59,8 @@ def test_runs_share_a_prefix_store_and_match_in_run_caching(phantoms, tmp_path):
 
     from cxrlab.train import build_config, train
 
-    base = {"data": str(phantoms), "size": 64, "epochs": 2, "batch_size": 8, "ratios": (0.6, 0.2, 0.2),
-            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "prepared": str(tmp_path / "prepared")}
+    base = {"recipe": "papers", "data": str(phantoms), "size": 64, "epochs": 2, "batch_size": 8,  # frozen blocks
+            "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "prepared": str(tmp_path / "prepared")}
     own = train(build_config({**base, "out": str(tmp_path / "own")}))
     shared = train(build_config({**base, "out": str(tmp_path / "shared"), "prefix_store": str(tmp_path / "store")}))
     assert json.dumps(own.summary["val"]) == json.dumps(shared.summary["val"])  # same numbers, either cache

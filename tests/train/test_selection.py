@@ -58,7 +58,7 @@ def test_a_run_selects_on_auc_after_a_minimum_and_records_the_choice(phantoms, t
 
     result = train(build_config({"data": str(phantoms), "out": str(tmp_path / "r"), "size": 64, "epochs": 3,
                                  "batch_size": 8, "ratios": (0.6, 0.2, 0.2), "select_on": "auc_macro",
-                                 "min_epochs": 2, "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+                                 "select_smoothing": 1, "min_epochs": 2, "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
     selection = json.loads((result.out / "summary.json").read_text())["selection"]
     assert selection["metric"] == "auc_macro" and selection["min_epochs"] == 2 and selection["epoch"] >= 1
     metrics = pd.read_csv(result.out / "metrics.csv")

@@ -32,7 +32,8 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
         console.print(f"{manifest_path}: {len(manifest)} images of {manifest.table['patient_id'].nunique()} "
                       f"patients, {manifest.class_counts()}")
         study = StudyConfig(name="demo", data=str(manifest_path), folds=folds, seed=seed,
-                            base={"backbone": "efficientnet_lite0", "size": size, "contrast": "clahe",
+                            # the papers' k-sweep with their settings (the default recipe is for full fine-tuning)
+                            base={"recipe": "papers", "backbone": "efficientnet_lite0", "size": size, "contrast": "clahe",
                                   "epochs": epochs, "patience": 3},
                             grid={"fine_tune": [0, 2, "all"]}, leave_one_source_out=True)
         console.rule(f"2/4 split by patient: 10% held out, {folds} folds")

@@ -31,6 +31,8 @@ def train_command(
     ratios: Annotated[Optional[str], typer.Option(help="train,val,test shares of the split made here (default 8:1:1).")] = None,
     folds: Annotated[Optional[int], typer.Option(help="K >= 3: cross-validated training, K runs and out-of-fold "
                                                       "predictions for every image (ratios unused).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="small-data (default: full fine-tuning, AdamW, chosen on "
+                                                       "cxr-real) or papers (last 2 blocks, Adam 1e-3, as the papers).")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone name (cxrlab backbones).")] = None,
     fine_tune: Annotated[Optional[str], typer.Option("--fine-tune", help="Trainable last blocks k, or 'all'.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (single-phase runs).")] = None,
@@ -57,7 +59,7 @@ def train_command(
     with handle_errors():
         overrides = {"data": str(data) if data else None, "splits": str(splits) if splits else None,
                      "ratios": parse_ratios(ratios) if ratios else None, "folds": folds,
-                     "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
+                     "recipe": recipe, "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
                      "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
                      "weights": str(weights) if weights else None, "pretrained": pretrained,
                      "allow_download": allow_download, "scheme": scheme, "precision": precision,

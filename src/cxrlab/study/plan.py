@@ -152,7 +152,8 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
 
     old = yaml.safe_load(recorded.read_text()) or {}
     new = config.model_dump(mode="json")
-    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta"}  # tta: the ensemble's
+    # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values
+    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta", "recipe"}
     defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
     diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:
