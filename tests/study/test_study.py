@@ -290,3 +290,16 @@ def test_a_run_recorded_before_a_setting_existed_is_reused(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
     with pytest.raises(ConfigError, match="fine_tune"):
         check_same_config(tmp_path, train)
+
+
+def test_a_run_of_the_earlier_default_recipe_is_named_when_refused(tmp_path):
+    from cxrlab.study.plan import check_same_config, run_config
+
+    papers = StudyConfig(data="x.csv", grid={"size": [64]}, base={"recipe": "papers"})
+    recorded = run_config(papers, cells(papers)[0], tmp_path, tmp_path / "shared", {}).model_dump(mode="json")
+    recorded.pop("recipe")  # written before recipes existed, with the earlier defaults
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    now = StudyConfig(data="x.csv", grid={"size": [64]})
+    with pytest.raises(ConfigError, match="add recipe: papers to keep it"):
+        check_same_config(tmp_path, run_config(now, cells(now)[0], tmp_path, tmp_path / "shared", {}))
+    check_same_config(tmp_path, run_config(papers, cells(papers)[0], tmp_path, tmp_path / "shared", {}))  # reused

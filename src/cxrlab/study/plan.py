@@ -16,7 +16,7 @@ from cxrlab.data import SplitConfig, class_names, load_source, make_splits, writ
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.study.config import StudyConfig, merge_settings
-from cxrlab.train.config import TrainConfig, build_config
+from cxrlab.train.config import RECIPES, TrainConfig, build_config
 from cxrlab.train.data import uses_masks
 
 
@@ -157,5 +157,8 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
     defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
     diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:
-        raise ConfigError(f"{run_dir}: was trained with other settings ({', '.join(diff)}); "
+        hint = ""
+        if config.recipe != "papers" and all(old.get(k) == v for k, v in RECIPES["papers"].items() if k in diff):
+            hint = " (it matches the papers' recipe, cxrlab's earlier default: add recipe: papers to keep it)"
+        raise ConfigError(f"{run_dir}: was trained with other settings ({', '.join(diff)}){hint}; "
                           "use a new study folder (--out) or delete that run")
