@@ -205,7 +205,8 @@ def _audit_tables(audit: dict | None) -> list[tuple[str, list[str], list[list[st
 def _refit_table(refit: dict) -> tuple[str, list[str], list[list[str]]]:
     settings = refit["settings"]
     length = (f"{settings['epochs']} epoch(s)" if "epochs" in settings
-              else f"phases of {', '.join(str(p['epochs']) for p in settings['phases'])} epoch(s)")
+              else f"phases of {', '.join(str(p['epochs']) for p in settings['phases'])} epoch(s)" if "phases" in settings
+              else "the epochs")
     title = (f"Refit: {refit['cell']} trained once more on all {refit['train_images']} train+validation images for "
              f"{length} (per phase, the median its runs kept), scored on the test side beside its best run's model "
              "(DeLong's p on the same images)")

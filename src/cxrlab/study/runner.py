@@ -237,7 +237,12 @@ def _refit(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell]
             progress(f"{cell.label()} {part}: {'failed' if outcome[1] else 'ok'}")
         return outcome
 
-    return refit_best(config, out, frame, cell, table, summary, train_one)
+    try:
+        return refit_best(config, out, frame, cell, table, summary, train_one)
+    except Exception as err:  # noqa: BLE001 -- a failed refit must not cost the finished study's report
+        log.warning("study: the refit of %s failed: %s: %s", cell.label(), type(err).__name__, err)
+        return {"cell": best, "settings": {}, "train_images": 0, "status": "failed",
+                "error": f"{type(err).__name__}: {err}"}
 
 
 def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: str | None) -> dict | None:
