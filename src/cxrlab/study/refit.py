@@ -21,13 +21,11 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
-from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.evaluate.delong import delong_test
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, check_same_config, run_config
 from cxrlab.study.results import best_run, run_folder
-from cxrlab.study.test_side import predict_test_side, score_test_side
+from cxrlab.study.test_side import delong_p, predict_test_side, score_test_side
 
 log = logging.getLogger(__name__)
 TrainOne = Callable[[str, Path, pd.DataFrame, dict], tuple[dict | None, str | None]]
@@ -89,7 +87,7 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
             row = summary.set_index("cell").loc[cell.id]
             result["fold_model_test"] = {"run": run_folder(chosen), **{
                 k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_positive") if f"test_{k}" in row}}
-            result["delong_p"] = _delong(predictions, fold_predictions)
+            result["delong_p"] = delong_p(predictions, fold_predictions)
             export_run(run_dir, out / "refit-model", {"cell": cell.id, "part": "refit", "study": str(out),
                                                       "test": {k: v for k, v in result["test"].items()
                                                                if not (isinstance(v, float) and math.isnan(v))}})
@@ -101,15 +99,3 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
         result["error"] = error
     atomic_write_text(out / "refit.json", json.dumps(result, indent=2, default=str) + "\n")
     return result
-
-
-def _delong(refit: pd.DataFrame, fold: pd.DataFrame) -> float | None:
-    """DeLong's p for the COVID-19 (or first class's) AUC of the refit against the fold model, on the
-    same test images; None when a class has fewer than two images."""
-    names = [c for c in refit.columns if c not in ("image", "label")]
-    positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
-    both = refit.merge(fold, on=["image", "label"], suffixes=("", "_fold"))
-    y = (both["label"] == positive).to_numpy().astype(int)
-    if min(y.sum(), len(y) - y.sum()) < 2:
-        return None
-    return float(delong_test(y, both[positive].to_numpy(), both[f"{positive}_fold"].to_numpy())["p_value"])

@@ -60,6 +60,18 @@ def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
     return compute_metrics(y, probs, names), names
 
 
+def delong_p(a: pd.DataFrame, b: pd.DataFrame) -> float | None:
+    """DeLong's p for the COVID-19 (or first class's) AUC of two prediction tables on the same images;
+    None when a class has fewer than two images (DeLong's variance needs two of each)."""
+    names = [c for c in a.columns if c not in ("image", "label")]
+    positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
+    both = a.merge(b, on=["image", "label"], suffixes=("", "_other"))
+    y = (both["label"] == positive).to_numpy().astype(int)
+    if min(y.sum(), len(y) - y.sum()) < 2:
+        return None
+    return float(delong_test(y, both[positive].to_numpy(), both[f"{positive}_other"].to_numpy())["p_value"])
+
+
 TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_lung_images")
@@ -148,16 +160,9 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
     columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:
-        reference = predictions[best]
-        names = [c for c in reference.columns if c not in ("image", "label")]
-        positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
         for i, cell in enumerate(out_summary["cell"]):
-            if cell == best or cell not in predictions:
-                continue
-            both = reference.merge(predictions[cell], on=["image", "label"], suffixes=("_best", ""))  # same images
-            y = (both["label"] == positive).to_numpy().astype(int)
-            if min(y.sum(), len(y) - y.sum()) >= 2:  # DeLong's variance needs two of each
-                result = delong_test(y, both[f"{positive}_best"].to_numpy(), both[positive].to_numpy())
-                out_summary.loc[i, "test_p_vs_best"] = result["p_value"]
+            if cell != best and cell in predictions:
+                p_value = delong_p(predictions[best], predictions[cell])
+                out_summary.loc[i, "test_p_vs_best"] = math.nan if p_value is None else p_value
     out_summary["test_within_noise"] = [None if math.isnan(p) else bool(p >= ALPHA) for p in out_summary["test_p_vs_best"]]
     return out_summary
