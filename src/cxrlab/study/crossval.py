@@ -30,6 +30,7 @@ from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
 from cxrlab.models import EnsembleClassifier, load_model, save_model
+from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.preprocess import ShardDataset, ShardReader
 from cxrlab.study.baseline import frozen_features, probe_oof
 from cxrlab.study.plan import check_same_config
@@ -235,7 +236,7 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
     if progress:
         progress("fold ensemble")
-    if trained or not (out / "model.pt").exists() or load_model(out / "model.pt")[0].tta != config.tta:
+    if trained or not (out / "model.pt").exists() or read_payload(out / "model.pt", FORMAT, "model").get("tta") != config.tta:
         _ensemble(config, predictions, names, out)  # else: the ensemble of these very folds is there
     if progress:
         progress("linear-probe baseline")

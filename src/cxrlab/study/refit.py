@@ -24,7 +24,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, check_same_config, run_config
-from cxrlab.study.results import best_run, run_folder
+from cxrlab.study.results import best_run
 from cxrlab.study.test_side import delong_p, predict_test_side, score_test_side
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def refit_settings(config: StudyConfig, cell: Cell, runs: pd.DataFrame, out: Pat
     training loss), so it is the folds' recipe replayed, not their exact path."""
     counts = []
     for _, row in runs.iterrows():
-        metrics = pd.read_csv(out / "runs" / cell.id / run_folder(row) / "metrics.csv")
+        metrics = pd.read_csv(out / "runs" / cell.id / row["run"] / "metrics.csv")
         upto = metrics[metrics["epoch"] <= int(row["best_epoch"])]
         counts.append(upto.groupby("phase").size())
     per_phase = pd.DataFrame(counts).fillna(0).median().round().astype(int)  # phase -> epochs
@@ -82,10 +82,10 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
             predictions = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
             result["test"] = score_test_side(config, test, run_dir, predictions)
             chosen = best_run(ok)
-            fold_predictions = predict_test_side(out / "runs" / cell.id / run_folder(chosen), test,
+            fold_predictions = predict_test_side(out / "runs" / cell.id / chosen["run"], test,
                                                  out / "shared" / "prepared-test")
             row = summary.set_index("cell").loc[cell.id]
-            result["fold_model_test"] = {"run": run_folder(chosen), **{
+            result["fold_model_test"] = {"run": chosen["run"], **{
                 k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_positive") if f"test_{k}" in row}}
             result["delong_p"] = delong_p(predictions, fold_predictions)
             export_run(run_dir, out / "refit-model", {"cell": cell.id, "part": "refit", "study": str(out),

@@ -50,12 +50,6 @@ def best_run(ok: pd.DataFrame) -> pd.Series:
     return ok.sort_values("best_val_loss", kind="stable").iloc[0]
 
 
-def run_folder(row: pd.Series) -> str:
-    """A results row's run folder name (tables written before repeats existed: ``fold<k>``)."""
-    run = row.get("run")
-    return str(run) if isinstance(run, str) and run else f"fold{int(row['fold'])}"
-
-
 def aggregate(table: pd.DataFrame, num_runs: int) -> pd.DataFrame:
     """Per cell: mean and sd over its runs (folds × repeats) of each metric and, with repeats, the sd
     over seeds of the per-seed mean over folds; parameters, s/epoch, finished/failed runs."""

@@ -39,7 +39,7 @@ from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import (Cell, cells, check_same_config, fold_frame, run_config, run_name,
                                second_stage_cells, study_split)
-from cxrlab.study.results import aggregate, best_run, compare_to_best, run_folder, run_row
+from cxrlab.study.results import aggregate, best_run, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
@@ -339,7 +339,7 @@ def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFram
     its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
     chosen = best_run(ok)
-    fold, folder = int(chosen["fold"]), run_folder(chosen)
+    fold, folder = int(chosen["fold"]), chosen["run"]
     row = summary[summary["cell"] == best].iloc[0]
     test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k not in ("test_fold", "test_run")}
     origin = {"cell": best, "fold": fold, "part": folder, "study": str(out)}

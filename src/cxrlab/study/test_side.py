@@ -27,7 +27,7 @@ from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.study.results import ALPHA, best_run, run_folder
+from cxrlab.study.results import ALPHA, best_run
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
         if not complete or ok.empty:
             continue
         chosen = best_run(ok)
-        fold, run_dir = int(chosen["fold"]), out / "runs" / cell / run_folder(chosen)
+        fold, run_dir = int(chosen["fold"]), out / "runs" / cell / chosen["run"]
         try:
             predictions[cell] = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
         except CxrlabError as err:
