@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 from cxrlab.core import ConfigError
 from cxrlab.evaluate.runner import evaluate_run
+from cxrlab.models import load_model
 
 
 def test_report_has_every_part(run_dir, tmp_path):
@@ -21,7 +22,7 @@ def test_report_has_every_part(run_dir, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"]["n"] == results["metrics"]["n"] > 0
     assert set(saved["per_source"]) <= {"phantom-a", "phantom-b"} and saved["binary"]["operating_points"]
-    assert saved["calibration"]["temperature"] > 0 and saved["binary"]["chosen_on"] == "validation"
+    assert saved["calibration"]["temperature"] > 0 and saved["binary"]["chosen_on"] == "validation data"
     acc = saved["ci"]["accuracy"]
     assert acc["low"] <= acc["value"] <= acc["high"]
     page = (tmp_path / "report.html").read_text()
@@ -29,16 +30,45 @@ def test_report_has_every_part(run_dir, tmp_path):
     assert "<script" not in page and "src='http" not in page  # self-contained
 
 
-def test_evaluate_other_data_and_errors(run_dir, phantoms, tmp_path):
-    results = evaluate_run(run_dir, tmp_path / "all", data=phantoms, n_boot=20)
-    assert results["metrics"]["n"] > 30 and results["side"].startswith("all of")
+def _test_side(run_dir) -> pd.DataFrame:
+    """The run's test-side rows with absolute paths (patients the model never saw)."""
+    split = pd.read_csv(run_dir / "splits.csv").fillna("")
+    split = split[split["split"] == "test"].drop(columns=["split", "fold"])
+    return split.assign(**{c: [str((run_dir / p).resolve()) if p else "" for p in split[c]] for c in ("image", "mask", "lesion")})
+
+
+def test_evaluate_other_data_leaves_out_what_the_model_trained_or_validated_on(run_dir, phantoms, tmp_path):
+    split = pd.read_csv(run_dir / "splits.csv")
+    test_side = (split["split"] == "test").sum()
+    results = evaluate_run(run_dir, tmp_path / "all", data=phantoms, n_boot=20)  # the run's own training manifest
+    assert results["metrics"]["n"] == test_side and results["side"].startswith("all of")
+    assert results["seen_left_out"] == len(split) - test_side > 0
+    assert any("left out: the model trained or validated on" in w for w in results["warnings"])
+    assert sum("seen in training or validation" in reason for _, reason in results["skipped"]) == results["seen_left_out"]
+    seen_only = split[split["split"] != "test"].assign(image=lambda f: [str((run_dir / p).resolve()) for p in f["image"]])
+    seen_only.drop(columns=["mask", "lesion"]).to_csv(tmp_path / "seen.csv", index=False)
+    for model in (run_dir, run_dir / "model.pt"):  # the model file alone carries the record
+        with pytest.raises(ConfigError, match="trained or validated on every patient"):
+            evaluate_run(model, tmp_path / "seen", data=tmp_path / "seen.csv", n_boot=20)
+    renamed = seen_only.assign(patient_id=lambda f: "other:" + f["patient_id"])  # the same images under new ids
+    renamed.drop(columns=["mask", "lesion"]).to_csv(tmp_path / "renamed.csv", index=False)
+    with pytest.raises(ConfigError, match="trained or validated on every patient"):
+        evaluate_run(run_dir / "model.pt", tmp_path / "renamed", data=tmp_path / "renamed.csv", n_boot=20)
     with pytest.raises(ConfigError, match="no model found"):
         evaluate_run(tmp_path / "nothing", tmp_path / "x")
 
 
-def test_evaluate_names_the_inputs_it_could_not_use_on_screen_and_in_the_report(run_dir, phantoms, tmp_path):
-    table = pd.read_csv(phantoms).head(12).assign(image=lambda f: [str(phantoms.parent / p) for p in f["image"]],
-                                                  mask="", lesion="")
+def test_without_a_validation_side_the_operating_point_comes_from_the_model_file(run_dir, tmp_path):
+    _test_side(run_dir).to_csv(tmp_path / "test.csv", index=False)
+    results = evaluate_run(run_dir / "model.pt", tmp_path / "e", data=tmp_path / "test.csv", n_boot=20)
+    stored = load_model(run_dir / "model.pt")[2]["extra"]["screening"]["operating_point"]
+    assert results["binary"]["chosen_on"] == "the model's validation (kept in its file)"
+    assert [p["threshold"] for p in results["binary"]["operating_points"]] == [stored["threshold"]]
+    assert "temperature" not in results["calibration"]  # nothing fitted on the scored images
+
+
+def test_evaluate_names_the_inputs_it_could_not_use_on_screen_and_in_the_report(run_dir, tmp_path):
+    table = _test_side(run_dir).assign(mask="", lesion="")
     (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     bad = pd.DataFrame({"image": [str(tmp_path / "missing.png"), str(tmp_path / "cut.png")], "label": "Normal",
                         "patient_id": ["x1", "x2"], "source": "phantom-a", "view": "PA"})
@@ -51,7 +81,7 @@ def test_evaluate_names_the_inputs_it_could_not_use_on_screen_and_in_the_report(
     assert f"{tmp_path / 'missing.png'}: file not found" in result.output and f"{tmp_path / 'cut.png'}:" in result.output
     report = (tmp_path / "e" / "report.md").read_text()
     assert "missing.png" in report and "cut.png" in report
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["n"] == 12
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]["n"] == len(table)
     pd.concat([table, other]).to_csv(tmp_path / "chosen.csv", index=False)
     result = CliRunner().invoke(app, ["evaluate", str(run_dir), "--data", str(tmp_path / "chosen.csv"), "--out",
                                       str(tmp_path / "c"), "--n-boot", "20", "--no-gradcam"])

@@ -44,7 +44,7 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     op_rows = [[op["method"] + (f" ≥ {op['target']:.0%}" if op.get("target") else ""), f"{op['threshold']:.3f}",
                 _fmt(op["sensitivity"]), _fmt(op["specificity"])] for op in b["operating_points"]]
     tables.append((f"{b['positive']} vs rest: ROC AUC {_fmt(b['roc_auc'], b['roc_auc_ci'])}; operating points chosen on "
-                   f"{b['chosen_on']} data, applied to the test data",
+                   f"{b['chosen_on']}, applied to the test data",
                    ["operating point", "threshold", "sensitivity", "specificity"], op_rows))
     cal = results["calibration"]
     tables.append(("Calibration", ["", "ECE"], [["as trained", _fmt(cal["ece"])]] + (

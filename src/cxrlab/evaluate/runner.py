@@ -14,10 +14,11 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
+from cxrlab.data.seen import SEEN_REASON, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
-from cxrlab.train.operating_point import choose_operating_point
+from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
 from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
 from cxrlab.evaluate.report import render_html, render_markdown
@@ -50,6 +51,53 @@ def _frames(run: Path, data: Path | None, splits: Path | None,
     return test, frame[frame["split"] == "val"], f"test side of {split_file}", skipped
 
 
+def _seen(run: Path, payload: dict) -> dict | None:
+    """What the model trained or validated on: its file's record, and for a run directory also the
+    train and validation rows of the run's own ``splits.csv`` (runs saved before files kept a record)."""
+    record = (payload.get("extra") or {}).get("seen")
+    own = run / "splits.csv" if run.is_dir() else None
+    if own is not None and own.exists():
+        table = resolve_paths(read_table(own), own.parent)
+        if {"split", "patient_id", "image"} <= set(table.columns):
+            record = merge_records(record, seen_record(table[table["split"].isin(["train", "val"])]))
+    return record
+
+
+def _unseen(frame: pd.DataFrame, record: dict | None, run: Path, side: str) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` without the rows the model has seen, and those rows' images.
+
+    Raises:
+        ConfigError: the model has seen every row (an in-sample "test").
+    """
+    unseen, seen = split_seen(frame, record)
+    if unseen.empty:
+        raise ConfigError(f"{run}: the model trained or validated on every patient of the {side} "
+                          f"({len(frame)} images): evaluate it on patients it has not seen")
+    return unseen, seen["image"].tolist()
+
+
+def _operating_points(val, test, payload: dict, positive: str) -> tuple[list[dict], str]:
+    """Operating points chosen on the validation side, else the one in the model file (chosen on its
+    own validation or out-of-fold data), applied to the test data; never chosen on the data scored."""
+    yb, pb = binary_view(test.y_true, test.probs, test.class_names, positive)
+    if val is None:
+        stored = ((payload.get("extra") or {}).get("screening") or {}).get("operating_point")
+        if not stored or stored.get("positive") != positive:
+            return [], "no data (none reported: no validation side, and the model file keeps no operating point)"
+        point = OperatingPoint(float(stored["threshold"]), stored.get("method", "youden"))
+        return [point.apply(yb, pb)], f"the model's {stored.get('chosen_on', 'validation')} (kept in its file)"
+    yv, pv = binary_view(val.y_true, val.probs, val.class_names, positive)
+    points = []
+    for method, target in (("youden", None), ("sensitivity", 0.95)):
+        try:
+            point = choose_operating_point(yv, pv, method, target or 0.95)
+        except ConfigError as err:
+            log.warning("operating point %s: %s", method, err)
+            continue
+        points.append(point.apply(yb, pb))
+    return points, "validation data"
+
+
 def _confidence_intervals(p: Predictions, n_boot: int, seed: int, positive: str) -> dict:
     """All CIs of the report from one set of patient-level bootstrap replicates."""
     def statistics(rows: np.ndarray) -> dict[str, float | None]:
@@ -77,8 +125,11 @@ def _per_source(p: Predictions) -> dict:
     return out
 
 
-def _warnings(p: Predictions, per_source: dict) -> list[str]:
+def _warnings(p: Predictions, per_source: dict, seen: int = 0) -> list[str]:
     notes = []
+    if seen:
+        notes.append(f"{seen} image(s) left out: the model trained or validated on their patients (or on the "
+                     "images themselves), so they are not test data; the figures are on the other images only")
     single = [s for s, v in per_source.items() if len(v["classes"]) == 1]
     if len(per_source) > 1 and single:
         notes.append(f"source(s) {', '.join(single)} hold a single class in this test set: a model can score by "
@@ -109,25 +160,17 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     scheme = "binary" if len(model.class_names) == 2 else "3class"
     test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
                                                   scheme)
+    test_frame, seen = _unseen(test_frame, _seen(run, payload), run, side)
     test = predict_frame(model, preprocess, test_frame, out / "prepared-test")
     val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
     per_source = _per_source(test)
     positive = POSITIVE_CLASS
-    yb, pb = binary_view(test.y_true, test.probs, test.class_names, positive)
     ci = _confidence_intervals(test, n_boot, seed, positive)
+    points, chosen_on = _operating_points(val, test, payload, positive)
     binary = {"positive": positive, "roc_auc": metrics["per_class"][positive]["roc_auc"],
               "roc_auc_ci": ci["binary_roc_auc"],  # one-vs-rest AUC of COVID-19 = the binary view's AUC
-              "chosen_on": "validation" if val is not None else "test (no validation data: optimistic)",
-              "operating_points": []}
-    yv, pv = binary_view(val.y_true, val.probs, val.class_names, positive) if val is not None else (yb, pb)
-    for method, target in (("youden", None), ("sensitivity", 0.95)):
-        try:
-            point = choose_operating_point(yv, pv, method, target or 0.95)
-        except ConfigError as err:
-            log.warning("operating point %s: %s", method, err)
-            continue
-        binary["operating_points"].append(point.apply(yb, pb))
+              "chosen_on": chosen_on, "operating_points": points}
     calibration = {"ece": expected_calibration_error(test.y_true, test.probs), "bins": reliability_bins(test.y_true, test.probs)}
     if val is not None:
         temperature = fit_temperature(val.logits, val.y_true)
@@ -139,9 +182,10 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
         "ci": ci, "n_boot": n_boot, "per_source": per_source,
         "binary": binary, "calibration": calibration,
-        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped],
+        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *((i, SEEN_REASON) for i in seen)],
+        "seen_left_out": len(seen),
         "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
-        "warnings": _warnings(test, per_source),
+        "warnings": _warnings(test, per_source, len(seen)),
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),

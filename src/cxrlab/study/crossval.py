@@ -26,6 +26,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import class_names, load_source, write_splits
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.data.seen import seen_record
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
@@ -196,7 +197,8 @@ def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     reference = screening_reference(ensemble, dataset(predictions[~last]), dataset(predictions[last]), y[last],
                                     probs[last], config.batch_size)
     reference["operating_point"] = operating_point(y, probs, names, "out-of-fold predictions")
-    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.folds, "screening": reference})
+    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.folds, "screening": reference,
+                                                        "seen": seen_record(predictions)})  # every member's images
     return reference
 
 

@@ -19,10 +19,12 @@ from cxrlab.train.selection import EpochSelector
 
 class BestModelKeeper(L.Callback):
     """Keeps the epoch the run's :class:`EpochSelector` chooses, across phases (saved to ``path``), and
-    stops a phase early by the same rule, or at once when the validation loss is not finite."""
+    stops a phase early by the same rule, or at once when the validation loss is not finite. ``extra``
+    joins every saved file's payload (the record of the patients the run has seen)."""
 
-    def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector | None = None) -> None:
-        self.path, self.preprocess = path, preprocess
+    def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector | None = None,
+                 extra: dict | None = None) -> None:
+        self.path, self.preprocess, self.extra = path, preprocess, extra or {}
         self.selector = selector or EpochSelector()
         self.best_state, self.best_phase = None, -1
         self.phase, self.epoch_offset = 0, 0
@@ -63,7 +65,7 @@ class BestModelKeeper(L.Callback):
         self.best_phase = self.phase
         self.best_state = copy.deepcopy(model.state_dict())
         self.best_fine_tune = model.fine_tune
-        save_model(model, self.path, self.preprocess, {"val_loss": self.best_loss, "epoch": epoch,
+        save_model(model, self.path, self.preprocess, {**self.extra, "val_loss": self.best_loss, "epoch": epoch,
                                                        "selection": self.selector.to_dict()})
 
 

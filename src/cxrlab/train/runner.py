@@ -25,6 +25,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
+from cxrlab.data.seen import seen_record
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
@@ -143,7 +144,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                           f"{', '.join(data.class_names)}")
     validated = bool(data.val_images)  # False only for a refit on everything (select_on: last)
     selector = EpochSelector(config.select_on, config.select_smoothing, config.min_epochs, config.patience)
-    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention), selector)
+    seen = {"seen": seen_record(data.frame[data.frame["split"].isin(["train", "val"])])}  # evaluate refuses these
+    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention), selector, seen)
     csv = MetricsCsv(out / "metrics.csv")
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
@@ -193,7 +195,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             plain_train = datasets(data, config, spec, augment=False)[0]
             reference = screening_reference(model, plain_train, val_ds, targets, probs, config.batch_size)
             save_model(model, keeper.path, keeper.preprocess,
-                       {"val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
+                       {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
                         "screening": reference})
     logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
                         "best_val_auc": val.get("auc_macro") or float("nan")})
