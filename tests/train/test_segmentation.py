@@ -113,6 +113,10 @@ def test_predicted_masks_fill_a_manifest(segment_run, tmp_path):
     manifest = load_source(tmp_path / "out" / "manifest.csv").table
     predicted = manifest[manifest["mask_source"] == "predicted"]
     assert len(predicted) == 4
+    split = pd.read_csv(root / "run" / "splits.csv")  # masks predicted for the segmenter's own training patients
+    trained_on = set(split.loc[split["split"] == "train", "patient_id"])  # are marked: not for held-out sides
+    assert predicted["mask_in_sample"].astype(bool).tolist() == predicted["patient_id"].isin(trained_on).tolist()
+    assert predicted["patient_id"].isin(trained_on).any() or not table["patient_id"].isin(trained_on).any()
     first = cv2.imread(predicted["mask"].iloc[0], cv2.IMREAD_GRAYSCALE)
     assert first.shape == (96, 96) and set(np.unique(first)) <= {0, 255} and (first > 0).mean() > 0.05
 

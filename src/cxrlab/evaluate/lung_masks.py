@@ -15,6 +15,8 @@ import pandas as pd
 from cxrlab.core.errors import InvalidImageError
 from cxrlab.data.images import read_mask
 from cxrlab.data.manifest import write_table
+from cxrlab.data.mask_provenance import IN_SAMPLE, PREDICTED
+from cxrlab.data.seen import split_seen
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.models.segmenter import load_segmenter
 from cxrlab.preprocess import Preprocessor
@@ -36,7 +38,8 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
 
     Writes ``out/masks/*.png`` (cleaned: the two largest components, holes filled, on the image's
     own geometry) and ``out/manifest.csv``: ``frame`` with ``mask`` pointing to the predicted
-    masks and ``mask_source`` = ``predicted`` for them. Rows that already have a mask are also
+    masks, ``mask_source`` = ``predicted`` and ``mask_in_sample`` (the segmenter trained on the
+    row's patient; training refuses such masks on a validation or test side) for them. Rows that already have a mask are also
     segmented, to report the overlap with it (``dice_vs_given``), but keep their mask unless
     ``replace``.
 
@@ -52,6 +55,10 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
     for column in ("mask", "mask_source"):
         frame[column] = frame.get(column, pd.Series("", index=frame.index)).fillna("").astype(str)
     given = frame["mask"] != ""
+    _, trained_on = split_seen(frame, (payload.get("extra") or {}).get("seen"))
+    trained_on = set(trained_on.index)
+    if IN_SAMPLE not in frame.columns:
+        frame[IN_SAMPLE] = False
     skipped, overlaps, predicted = [], [], 0
     for start in range(0, len(frame), BATCH):
         rows, pixels = [], []
@@ -76,7 +83,8 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
                     continue
             path = out / "masks" / _mask_name(frame.at[i, "image"])
             cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
-            frame.at[i, "mask"], frame.at[i, "mask_source"] = str(path.resolve()), "predicted"
+            frame.at[i, "mask"], frame.at[i, "mask_source"] = str(path.resolve()), PREDICTED
+            frame.at[i, IN_SAMPLE] = i in trained_on
             predicted += 1
         if progress:
             progress(min(BATCH, len(frame) - start))

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from cxrlab.core.errors import ConfigError
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.manifest import Manifest
+from cxrlab.data.mask_provenance import check_uniform_masks
 from cxrlab.models.registry import BackboneSpec
 from cxrlab.preprocess import PreprocessConfig, ShardDataset, ShardReader, prepare
 from cxrlab.train.augment import Augmenter
@@ -49,6 +50,14 @@ def uses_masks(config: TrainConfig) -> bool:
     return config.lung_attention or config.attention_loss > 0
 
 
+def mask_settings(config: TrainConfig) -> str:
+    """The settings of ``config`` that use lung masks, as text ("" when none does)."""
+    used = [name for name, on in (("lung_crop", config.lung_crop), ("artifacts: inpaint", config.artifacts == "inpaint"),
+                                  ("lung_attention", config.lung_attention), ("attention_loss", config.attention_loss > 0))
+            if on]
+    return " and ".join(used)
+
+
 def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequence[str] = ("train", "val")) -> None:
     """Every class has images on each of ``sides``.
 
@@ -79,6 +88,8 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
         manifest = load_source(config.data, scheme=config.scheme)
         frame, info = make_splits(manifest.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
         write_splits(frame, {**info, "scheme": config.scheme}, out)
+    if settings := mask_settings(config):
+        check_uniform_masks(frame, settings, str(config.splits or config.data))
     skipped = [(s.image, s.reason) for s in manifest.skipped]
     if "view" not in frame.columns:
         frame = frame.assign(view="")

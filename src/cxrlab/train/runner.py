@@ -25,6 +25,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
+from cxrlab.data.mask_provenance import mask_coverage
 from cxrlab.data.seen import seen_record
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.inference import cpu_supports_bf16
@@ -209,6 +210,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "best_epoch": keeper.best_epoch, "epochs_run": epochs_run,
         "best_val_loss": keeper.best_loss if np.isfinite(keeper.best_loss) else None,
         "selection": selector.to_dict(),
+        "masks": mask_coverage(data.frame),  # lung masks per side, class and origin
         "prefix_cache": cached_any, "val": val, "validation_side": _validation_side(val, len(data.val_images)),
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},

@@ -31,6 +31,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
+from cxrlab.data.seen import seen_record
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.models.segmenter import create_segmenter, load_segmenter, save_segmenter
 from cxrlab.preprocess import PreprocessConfig, Preprocessor
@@ -220,7 +221,8 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
     net.load_state_dict(module.best_state)
     net.eval()
     save_segmenter(net, out / "segmenter.pt", config.backbone, preprocess,
-                   {"best_epoch": module.best_epoch, "val_dice": module.best_dice, "weights": net.weights_origin})
+                   {"best_epoch": module.best_epoch, "val_dice": module.best_dice, "weights": net.weights_origin,
+                    "seen": seen_record(frame[sides["train"]])})  # masks it predicts for these are in-sample
     summary = {"backbone": config.backbone, "size": config.size, "weights": net.weights_origin,
                "images": {side: int(m.sum()) for side, m in sides.items()}, "skipped": len(skipped),
                "best_epoch": module.best_epoch, "epochs_run": trainer.current_epoch,
