@@ -134,3 +134,29 @@ def test_segment_cli_train_and_predict(segment_run, tmp_path):
     assert "mask(s) predicted" in result.output and (tmp_path / "masks" / "manifest.csv").exists()
     result = runner.invoke(app, ["segment", "train", "--data", str(phantoms), "--size", "8"])
     assert result.exit_code == 1 and "size" in result.output
+
+
+def test_cross_fitted_masks_are_all_predicted_out_of_sample(segment_run, tmp_path):
+    from cxrlab.data.mask_provenance import check_uniform_masks, mask_coverage
+
+    _, phantoms, _ = segment_run
+    table = pd.read_csv(phantoms)
+    table.loc[table["label"] == "Normal", "mask"] = ""  # hand-drawn masks missing on one class, as in cxr-real
+    table.assign(**{c: [str(phantoms.parent / p) if p else "" for p in table[c].fillna("")] for c in ("image", "mask", "lesion")}
+                 ).to_csv(tmp_path / "partial.csv", index=False)
+    result = CliRunner().invoke(app, ["segment", "crossfit", "--data", str(tmp_path / "partial.csv"), "--out",
+                                      str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(tmp_path / "cf" / "manifest.csv", keep_default_na=False)
+    assert len(manifest) == len(table) and (manifest["mask_source"] == "predicted").all()
+    assert not manifest["mask_in_sample"].astype(str).eq("True").any()
+    for k in range(3):  # each fold's segmenter trained on none of the patients it masked
+        trained = pd.read_csv(tmp_path / "cf" / f"fold{k}" / "splits.csv")
+        masked = pd.read_csv(tmp_path / "cf" / f"fold{k}" / "masks" / "manifest.csv")
+        assert not set(trained.loc[trained["split"] != "test", "patient_id"]) & set(masked["patient_id"])
+    check_uniform_masks(manifest.assign(split="test"), "lung_crop", "cf")  # passes on any side
+    assert set(mask_coverage(manifest)["all"]["Normal"]) == {"predicted"}
+    first = (tmp_path / "cf" / "fold0" / "segmenter.pt").stat().st_mtime
+    again = CliRunner().invoke(app, ["segment", "crossfit", "--data", str(tmp_path / "partial.csv"), "--out",
+                                     str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
+    assert again.exit_code == 0 and (tmp_path / "cf" / "fold0" / "segmenter.pt").stat().st_mtime == first  # reused

@@ -70,3 +70,32 @@ def segment_predict(
             console.print(f"overlap with the {dice['n']} given masks: mean Dice {dice['mean']:.3f} (median "
                           f"{dice['median']:.3f}; optimistic for images the segmenter was trained on)")
         console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'masks'}")
+
+
+@app.command("crossfit")
+def segment_crossfit(
+    data: Annotated[Path, typer.Option(help="Images with some hand-drawn lung masks: manifest, metadata CSV or folder tree.")],
+    out: Annotated[Path, typer.Option(help="Output folder: manifest.csv, fold<k>/ (segmenter and masks), summary.json.")] = Path("runs/masks-crossfit"),
+    folds: Annotated[int, typer.Option(help="Patient folds: each fold's masks come from a segmenter trained on the others.")] = 3,
+    backbone: Annotated[str, typer.Option(help="Encoder backbone.")] = "efficientnet_lite0",
+    size: Annotated[int, typer.Option(help="Image side the U-Net sees.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per segmenter.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the training.")] = 0,
+) -> None:
+    """Predict every image's lung mask with a segmenter that never trained on its patient (one origin
+    for all masks, none in-sample): what lung crop, lung attention and the attention loss need when
+    hand-drawn masks cover some classes more than others. Resumable."""
+    from cxrlab.study.mask_crossfit import crossfit_lung_masks
+
+    with handle_errors():
+        quiet_lightning()
+        _, summary = crossfit_lung_masks(data, out, folds, {"backbone": backbone, "size": size, "epochs": epochs,
+                                                            "batch_size": batch_size, "lr": lr, "seed": seed},
+                                         progress=lambda step: console.print(step))
+        dice = summary["held_out_dice"]
+        console.print(f"{summary['masks']} of {summary['images']} images masked by {summary['folds']} segmenters, each "
+                      f"on patients it never trained on" + (f"; Dice against the hand-drawn masks of those patients "
+                                                            f"{dice:.3f}" if dice is not None else ""))
+        console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'summary.json'}")
