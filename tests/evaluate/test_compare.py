@@ -1,4 +1,5 @@
-"""Paired model comparison: DeLong per class, McNemar on accuracy, refusal of unpaired data."""
+"""Paired model comparison: patient-bootstrap differences with Holm's correction, the image-level
+DeLong/McNemar beside them, refusal of unpaired data."""
 
 from __future__ import annotations
 
@@ -50,6 +51,45 @@ def test_compare_finds_a_real_difference_and_not_a_fake_one():
     assert all(v["significant"] and v["difference"] > 0 for v in result["per_class"].values())
     same = compare_predictions(strong, twin, CLASSES)  # equally good models: noise only
     assert not any(v["significant"] for v in same["per_class"].values())
+
+
+def _repeated_images(rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """15 patients with 20 near-identical images each; A beats B on three patients only."""
+    rows = []
+    for p in range(15):
+        label, base_a = CLASSES[p % 3], rng.normal(0, 1, 3)
+        base_b = base_a.copy()
+        if p < 3:
+            base_a[CLASSES.index(label)] += 1.5
+        rows += [(f"p{p}-{k}", f"p{p}", label, base_a + rng.normal(0, 0.05, 3), base_b + rng.normal(0, 0.05, 3))
+                 for k in range(20)]
+
+    def table(i: int) -> pd.DataFrame:
+        logits = np.stack([r[3 + i] for r in rows])
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return pd.DataFrame({"image": [r[0] for r in rows], "patient_id": [r[1] for r in rows],
+                             "label": [r[2] for r in rows], **{c: probs[:, j] for j, c in enumerate(CLASSES)},
+                             "predicted": [CLASSES[j] for j in probs.argmax(1)]})
+
+    return table(0), table(1)
+
+
+def test_repeated_images_of_few_patients_are_not_independent_evidence():
+    a, b = _repeated_images(np.random.default_rng(0))
+    result = compare_predictions(a, b, CLASSES, n_boot=500)
+    assert result["patients"] == 15 and result["n"] == 300
+    # counted image by image the differences look overwhelming; by patient they are within noise
+    assert result["accuracy"]["mcnemar_p_images"] < 1e-3 and not result["accuracy"]["significant"]
+    assert all(t["delong_p_images"] < 0.01 for t in result["per_class"].values())
+    assert not any(t["significant"] for t in result["per_class"].values())
+    assert all(t["p_holm"] >= t["p_value"] for t in [result["accuracy"], *result["per_class"].values()])
+
+
+def test_holm_adjusts_step_down_and_keeps_missing_values():
+    from cxrlab.evaluate.bootstrap import holm
+
+    assert holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert holm([0.5]) == [0.5] and holm([]) == []
 
 
 def test_compare_refuses_unpaired_tables():

@@ -34,6 +34,10 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     second = yaml.safe_load((tmp_path / "runs" / stage2.index[0] / "fold0" / "config.yaml").read_text())
     assert (second["lr"], second["epochs"]) == (3e-4, 3) and stage1.index.str.startswith("fine_tune-").all()
     assert summary["auc_macro_sd_seeds"].notna().all() and (summary["folds_ok"] == 4).all()
+    # three cells against the best: Holm's adjustment never lowers a p-value, and the verdict follows it
+    tested = summary.dropna(subset=["p_vs_best"])
+    assert len(tested) == 2 and (tested["p_vs_best_holm"] >= tested["p_vs_best"]).all()
+    assert (tested["within_noise"] == (tested["p_vs_best_holm"] >= 0.05)).all()
     # the refit: every train+validation image, the median of the folds' kept epochs, the last one kept
     refit = json.loads((tmp_path / "refit.json").read_text())
     assert refit["status"] == "ok" and refit["cell"] == first.best
@@ -43,6 +47,7 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     kept = table.loc[table["cell"] == first.best, "best_epoch"] + 1
     assert refit["settings"]["epochs"] == round(kept.median()) and refit["settings"]["select_on"] == "last"
     assert 0 <= refit["test"]["test_accuracy"] <= 1 and "auc_macro" in refit["fold_model_test"]
+    assert "p_vs_fold_model" in refit and "delong_p" not in refit  # a bootstrap over the test patients
     model, _, payload = load_model(tmp_path / "refit-model" / "model.pt")
     assert model.class_names == ("COVID-19", "Pneumonia", "Normal") and not payload["extra"].get("screening")
     report = (tmp_path / "report.md").read_text()

@@ -64,17 +64,25 @@ def compare_command(
     eval_a: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model A.")],
     eval_b: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model B, on the same images.")],
     out: Annotated[Path, typer.Option(help="Output folder for comparison.md and comparison.json.")],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates over patients.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
-    """Are two models really different? DeLong test per class AUC and McNemar test for accuracy."""
+    """Are two models really different? Paired differences of accuracy and of each class's AUC, with
+    intervals and p-values from a bootstrap over patients, Holm-corrected across the comparisons."""
     from cxrlab.evaluate.compare import compare_evaluations
 
     with handle_errors():
-        result = compare_evaluations(eval_a, eval_b, out)
+        result = compare_evaluations(eval_a, eval_b, out, n_boot=n_boot, seed=seed)
         acc = result["accuracy"]
-        console.print(f"{result['n']} paired images. Accuracy A {acc['a']:.3f} vs B {acc['b']:.3f}: McNemar p = "
-                      f"{acc['p_value']:.3g}{'' if acc['significant'] else ' (within noise)'}")
+
+        def verdict(t: dict) -> str:
+            p = "—" if t["p_holm"] is None else f"{t['p_holm']:.3g}"
+            return f"Holm p = {p}{'' if t['significant'] else ' (within noise)'}"
+
+        console.print(f"{result['n']} paired images of {result['patients']} patients. Accuracy A {acc['a']:.3f} vs B "
+                      f"{acc['b']:.3f}: {verdict(acc)}")
         for name, t in result["per_class"].items():
+            low, high = ("—" if v is None else f"{v:+.3f}" for v in (t["low"], t["high"]))
             console.print(f"  {name:10s} AUC {t['auc_a']:.3f} vs {t['auc_b']:.3f}, A − B {t['difference']:+.3f} "
-                          f"({t['low']:+.3f} to {t['high']:+.3f}), DeLong p = {t['p_value']:.3g}"
-                          f"{'' if t['significant'] else ' (within noise)'}")
+                          f"({low} to {high}), {verdict(t)}")
         console.print(f"wrote {Path(out) / 'comparison.md'} and {Path(out) / 'comparison.json'}")

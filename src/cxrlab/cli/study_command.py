@@ -85,11 +85,11 @@ def print_refit(refit: dict, target: Path) -> None:
         console.print(f"[yellow]refit failed:[/] {refit.get('error')}", highlight=False)
         return
     test, fold = refit["test"], refit.get("fold_model_test", {})
-    p = refit.get("delong_p")
+    p = refit.get("p_vs_fold_model")
     console.print(f"refit on {refit['train_images']} train+validation images → {target / 'refit-model'}: test "
                   f"accuracy {test['test_accuracy']:.3f}, AUC {test['test_auc_macro']:.3f} (best run's model "
                   f"{fold.get('accuracy', float('nan')):.3f}, {fold.get('auc_macro', float('nan')):.3f}"
-                  + (f"; DeLong p {p:.3f}" if p is not None else "") + ")")
+                  + (f"; paired patient-bootstrap p {p:.3f}" if p is not None else "") + ")")
 
 
 def print_warnings(warnings: list[str]) -> None:

@@ -19,16 +19,22 @@ def _group_rows(groups: Sequence) -> list[np.ndarray]:
 
 
 def bootstrap_cis(statistics: Callable[[np.ndarray], dict[str, float | None]], groups: Sequence,
-                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, dict]:
+                  n_boot: int = 1000, seed: int = 0, level: float = 0.95, null: float | None = None,
+                  alternative: str = "two-sided") -> dict[str, dict]:
     """Percentile intervals of several statistics from one set of patient-level replicates.
 
     Args:
         statistics: Takes row indices, returns ``{name: value or None}`` (computed once per
             replicate, so an expensive metrics table is not recomputed per statistic).
         groups, n_boot, seed, level: As :func:`bootstrap_ci`.
+        null: Also test each statistic against this value (e.g. 0 for a paired difference, 0.5
+            for an AUC): ``p_value`` is two-sided, from the replicates shifted to the null,
+            ``(1 + #{|s* - s| >= |s - null|}) / (1 + replicates)``; patients stay the unit.
+        alternative: ``two-sided``, or ``greater`` (one-sided: is the statistic above ``null``?
+            ``(1 + #{s* - s >= s - null}) / (1 + replicates)``).
 
     Returns:
-        ``{name: {"value", "low", "high", "n_boot"}}``.
+        ``{name: {"value", "low", "high", "n_boot"}}`` (and ``"p_value"`` with ``null``).
     """
     rows = _group_rows(groups)
     rng = np.random.default_rng(seed)
@@ -47,7 +53,26 @@ def bootstrap_cis(statistics: Callable[[np.ndarray], dict[str, float | None]], g
             continue
         low, high = np.percentile(samples[name], [tail, 100 - tail])
         out[name] = {"value": float(value), "low": float(low), "high": float(high), "n_boot": len(samples[name])}
+        if null is not None:
+            shifted = np.asarray(samples[name]) - value
+            beyond = shifted >= value - null if alternative == "greater" else np.abs(shifted) >= abs(value - null)
+            out[name]["p_value"] = float((1 + np.sum(beyond)) / (1 + len(shifted)))
+    if null is not None:
+        for value in out.values():
+            value.setdefault("p_value", None)
     return out
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error across the comparisons; ``None`` kept).
+    Written here: scipy offers only Benjamini-Hochberg, and six lines do not justify statsmodels."""
+    present = [(p, i) for i, p in enumerate(p_values) if p is not None and np.isfinite(p)]
+    adjusted: list[float | None] = [None] * len(p_values)
+    running, m = 0.0, len(present)
+    for rank, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray], float | None], groups: Sequence, n_boot: int = 1000,

@@ -3,7 +3,7 @@
 Cross-validation chose the cell and, per fold, the epoch to keep; the refit trains that cell once
 more on every train+validation image for the median of those epochs (``select_on: last``: there
 is no validation side left to choose on) and is scored on the held-out test side, beside the
-best run's model on the same images (DeLong's test on the COVID-19 AUC). One paper built its
+best run's model on the same images (paired bootstrap over patients on the COVID-19 AUC). One paper built its
 final model this way; it uses ~25% more training images than any fold's model, at the price of
 having no validation side of its own (its model file carries no screening reference).
 """
@@ -25,7 +25,7 @@ from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, check_same_config, run_config
 from cxrlab.study.results import best_run
-from cxrlab.study.test_side import delong_p, predict_test_side, score_test_side
+from cxrlab.study.test_side import paired_auc_p, predict_test_side, score_test_side
 
 log = logging.getLogger(__name__)
 TrainOne = Callable[[str, Path, pd.DataFrame, dict], tuple[dict | None, str | None]]
@@ -58,7 +58,7 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
     on the test side, export it to ``out/refit-model`` and write ``out/refit.json``.
 
     Returns:
-        ``{"cell", "settings", "train_images", "status", "test", "fold_model_test", "delong_p"}``
+        ``{"cell", "settings", "train_images", "status", "test", "fold_model_test", "p_vs_fold_model"}``
         (``error`` instead of the test figures when training or scoring failed).
     """
     ok = table[(table["cell"] == cell.id) & (table["status"] == "ok")]
@@ -87,7 +87,8 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
             row = summary.set_index("cell").loc[cell.id]
             result["fold_model_test"] = {"run": chosen["run"], **{
                 k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_positive") if f"test_{k}" in row}}
-            result["delong_p"] = delong_p(predictions, fold_predictions)
+            result["p_vs_fold_model"] = paired_auc_p(predictions, fold_predictions, test.set_index("image")["patient_id"],
+                                                     config.n_boot, config.seed)
             export_run(run_dir, out / "refit-model", {"cell": cell.id, "part": "refit", "study": str(out),
                                                       "test": {k: v for k, v in result["test"].items()
                                                                if not (isinstance(v, float) and math.isnan(v))}})

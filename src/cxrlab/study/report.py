@@ -110,8 +110,8 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     factors = [c for c in summary.columns if c.startswith("factor.")]
     header = [f.removeprefix("factor.") for f in factors] + [
         "folds ok", "accuracy", "sensitivity", "specificity", "AUC", "params", "trainable params", "s/epoch",
-        f"p vs best ({config.select_metric})", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
-        "DeLong p vs best"]
+        f"Holm p vs best ({config.select_metric})", "test accuracy [95% CI]", "test AUC [95% CI]",
+        f"test {POSITIVE_CLASS} AUC", "Holm p vs best (test, patients)"]
     shares = _has(summary, "test_in_lung_share")
     if shares:
         header.append("test in-lung share [95% CI] (lung area)")
@@ -123,9 +123,9 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             f"{r['folds_ok']}/{config.num_folds * config.repeats}", *(_mean_sd(r, m) for m in METRICS),
             f"{int(r['params']):,}" if pd.notna(r.get("params")) else "—",
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
-            _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best")) + noise,
+            _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best_holm", r.get("p_vs_best"))) + noise,
             _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
-            _num(r.get("test_p_vs_best"))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
+            _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
                                               if shares else []))
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
@@ -181,8 +181,9 @@ def _lung_tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     positive = inputs.get("positive", "")
     tables = [(f"The best model on {inputs['n']} test images with lung masks, whole and with the lungs or everything "
                f"else blacked out. Always naming the commonest class scores accuracy "
-               f"{_num(inputs['no_information_rate'], 2)} (p: one-sided binomial test against that); {positive} AUC p: "
-               "DeLong, one-sided against 0.5. Evidence that survives removing the lungs lies outside them",
+               f"{_num(inputs['no_information_rate'], 2)}. p: one-sided, from a bootstrap over patients, of accuracy "
+               f"above that and of the {positive} AUC above 0.5; Holm-corrected across the two for the verdict. "
+               "Evidence that survives removing the lungs lies outside them",
                ["input", "accuracy", "p above chance", f"{positive} AUC", "p above 0.5", "macro AUC", "recall per class"],
                rows)]
     if share.get("n"):
@@ -209,16 +210,16 @@ def _refit_table(refit: dict) -> tuple[str, list[str], list[list[str]]]:
               else "the epochs")
     title = (f"Refit: {refit['cell']} trained once more on all {refit['train_images']} train+validation images for "
              f"{length} (per phase, the median its runs kept), scored on the test side beside its best run's model "
-             "(DeLong's p on the same images)")
+             "(p: paired bootstrap over the test patients)")
     if refit["status"] != "ok":
         return title, ["model", "result"], [["refit", "failed: " + str(refit.get("error", ""))[:200]]]
     test, fold = refit["test"], refit.get("fold_model_test", {})
     rows = [["refit on train+validation (refit-model/)", _with_ci(pd.Series(test), "test_accuracy"),
-             _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_positive")), _num(refit.get("delong_p"))],
+             _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_positive")), _num(refit.get("p_vs_fold_model", refit.get("delong_p")))],
             [f"best run's model ({fold.get('run', '—')}; best-model/)", _num(fold.get("accuracy")),
              _num(fold.get("auc_macro")), _num(fold.get("auc_positive")), ""]]
     return title, ["model", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
-                   "DeLong p (refit vs fold model)"], rows
+                   "p (refit vs fold model)"], rows
 
 
 def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: dict | None = None,

@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.evaluate.bootstrap import holm
 
 ALPHA = 0.05
 
@@ -98,22 +99,22 @@ def corrected_resampled_ttest(a: np.ndarray, b: np.ndarray, test_train_ratio: fl
 
 
 def compare_to_best(table: pd.DataFrame, summary: pd.DataFrame, metric: str) -> tuple[str | None, pd.DataFrame]:
-    """The best complete cell by the mean of ``metric``, and every other cell's test against it."""
+    """The best complete cell by the mean of ``metric``, and every other cell's test against it
+    (``p_vs_best``), Holm-adjusted across the cells (``p_vs_best_holm``; ``within_noise`` follows it)."""
     complete = summary[summary["complete"]].dropna(subset=[f"{metric}_mean"])
     if complete.empty:
-        return None, summary.assign(p_vs_best=math.nan, within_noise=None)
+        return None, summary.assign(p_vs_best=math.nan, p_vs_best_holm=math.nan, within_noise=None)
     best = str(complete.sort_values(f"{metric}_mean", ascending=False)["cell"].iloc[0])
     ok = table[table["status"] == "ok"]
     scores = ok.pivot_table(index="fold", columns="cell", values=metric, aggfunc="mean")  # repeats: their mean
     ratio = float((ok["val_images"] / ok["train_images"]).mean()) if len(ok) else math.nan
-    p_values, noise = [], []
+    p_values = []
     for cell in summary["cell"]:
         if cell == best or cell not in scores or best not in scores:
             p_values.append(math.nan)
-            noise.append(None)
             continue
         pair = scores[[best, cell]].dropna()
-        test = corrected_resampled_ttest(pair[best].to_numpy(), pair[cell].to_numpy(), ratio)
-        p_values.append(test["p_value"])
-        noise.append(bool(test["p_value"] >= ALPHA) if not math.isnan(test["p_value"]) else None)
-    return best, summary.assign(p_vs_best=p_values, within_noise=noise)
+        p_values.append(corrected_resampled_ttest(pair[best].to_numpy(), pair[cell].to_numpy(), ratio)["p_value"])
+    adjusted = [math.nan if p is None else p for p in holm([None if math.isnan(p) else p for p in p_values])]
+    noise = [None if math.isnan(p) else bool(p >= ALPHA) for p in adjusted]
+    return best, summary.assign(p_vs_best=p_values, p_vs_best_holm=adjusted, within_noise=noise)

@@ -1,5 +1,6 @@
 """The held-out test side of a study: each complete cell's best run with confidence intervals and its
-Grad-CAM in-lung share, and DeLong against the best cell.
+Grad-CAM in-lung share, and its COVID-19 AUC against the best cell's (paired bootstrap over
+patients, Holm-corrected across the cells).
 
 Only the best cell is chosen on validation folds; the test side reports how the choice holds
 up and whether the cells' test AUCs differ beyond noise.
@@ -18,9 +19,8 @@ import pandas as pd
 
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
-from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis
-from cxrlab.evaluate.delong import delong_test
-from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
+from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
+from cxrlab.evaluate.metrics import accuracy_and_macro_auc, binary_auc, compute_metrics
 from cxrlab.evaluate.predictions import predict_frame
 from cxrlab.explain import lung_evidence
 from cxrlab.explain.masked_maps import rows_with
@@ -60,20 +60,28 @@ def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
     return compute_metrics(y, probs, names), names
 
 
-def delong_p(a: pd.DataFrame, b: pd.DataFrame) -> float | None:
-    """DeLong's p for the COVID-19 (or first class's) AUC of two prediction tables on the same images;
-    None when a class has fewer than two images (DeLong's variance needs two of each)."""
+def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: int = 1000, seed: int = 0) -> float | None:
+    """Two-sided p of the difference between the COVID-19 (or first class's) AUCs of two prediction
+    tables on the same images, from a paired bootstrap over patients (``patients``: patient id per
+    image path); None when the images hold fewer than two of either side."""
     names = [c for c in a.columns if c not in ("image", "label")]
     positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
     both = a.merge(b, on=["image", "label"], suffixes=("", "_other"))
-    y = (both["label"] == positive).to_numpy().astype(int)
+    y = (both["label"] == positive).to_numpy()
     if min(y.sum(), len(y) - y.sum()) < 2:
         return None
-    return float(delong_test(y, both[positive].to_numpy(), both[f"{positive}_other"].to_numpy())["p_value"])
+    ours, theirs = both[positive].to_numpy(float), both[f"{positive}_other"].to_numpy(float)
+
+    def difference(rows: np.ndarray) -> dict[str, float | None]:
+        x, z = binary_auc(y[rows], ours[rows]), binary_auc(y[rows], theirs[rows])
+        return {"d": None if x is None or z is None else x - z}
+
+    groups = both["image"].map(patients.to_dict()).fillna(both["image"]).astype(str).to_numpy()
+    return bootstrap_cis(difference, groups, n_boot, seed, null=0.0)["d"]["p_value"]
 
 
 TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
-                "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_in_lung_share",
+                "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_lung_images")
 
 
@@ -134,8 +142,9 @@ def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, pred
 def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame,
                    best: str | None) -> pd.DataFrame:
     """Add test-side columns to ``summary`` for each complete cell's best run (:func:`best_run`):
-    accuracy and macro AUC with patient-bootstrap 95% intervals, COVID-19 AUC, DeLong's p for that
-    AUC against the best cell's, and the Grad-CAM in-lung share (mean and interval) on the test
+    accuracy and macro AUC with patient-bootstrap 95% intervals, COVID-19 AUC, the paired
+    patient-bootstrap p of that AUC against the best cell's (``test_p_vs_best``) and Holm's adjustment
+    across the cells (``test_p_holm``; ``test_within_noise`` follows it), and the Grad-CAM in-lung share (mean and interval) on the test
     images with lung masks."""
     test = split[split["split"] == "test"]
     if test.empty:
@@ -160,9 +169,12 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
     columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:
+        patients = test.set_index("image")["patient_id"]
         for i, cell in enumerate(out_summary["cell"]):
             if cell != best and cell in predictions:
-                p_value = delong_p(predictions[best], predictions[cell])
+                p_value = paired_auc_p(predictions[best], predictions[cell], patients, config.n_boot, config.seed)
                 out_summary.loc[i, "test_p_vs_best"] = math.nan if p_value is None else p_value
-    out_summary["test_within_noise"] = [None if math.isnan(p) else bool(p >= ALPHA) for p in out_summary["test_p_vs_best"]]
+    raw = [None if math.isnan(p) else float(p) for p in out_summary["test_p_vs_best"]]
+    out_summary["test_p_holm"] = [math.nan if p is None else p for p in holm(raw)]
+    out_summary["test_within_noise"] = [None if math.isnan(p) else bool(p >= ALPHA) for p in out_summary["test_p_holm"]]
     return out_summary
