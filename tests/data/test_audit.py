@@ -49,3 +49,53 @@ def test_group_patients_joins_linked_patients():
     groups = np.array([0, 1, 1, 2, 3])  # images 1 and 2 are copies
     ids = group_patients(["a", "b", "c", "c", "d"], groups)
     assert ids[1] == ids[2] == ids[3] and len({ids[0], ids[1], ids[4]}) == 3
+
+
+def _republished(phantoms, tmp_path, copies: int = 12):
+    """The phantoms plus ``copies`` re-published images (JPEG, brighter) under new patient ids."""
+    import pandas as pd
+
+    table = load_source(phantoms).table.reset_index(drop=True)
+    originals = table.drop_duplicates("patient_id").head(copies)
+    rows = []
+    for i, row in enumerate(originals.itertuples()):
+        copy = np.clip(cv2.imread(row.image, 0).astype(int) + 12, 0, 255).astype(np.uint8)
+        path = tmp_path / f"copy{i}.jpg"
+        cv2.imwrite(str(path), copy, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        rows.append({**row._asdict(), "image": str(path), "patient_id": f"other:{i}", "source": "other"})
+    frame = pd.concat([table, pd.DataFrame(rows).drop(columns="Index")], ignore_index=True)
+    frame.to_csv(tmp_path / "republished.csv", index=False)
+    return tmp_path / "republished.csv", dict(zip([f"other:{i}" for i in range(copies)], originals["patient_id"],
+                                                  strict=True))
+
+
+def _side_of_copies(frame, pairs, column: str) -> list[bool]:
+    side = frame.groupby("patient_id")[column].first()
+    return [side[copy] == side[original] for copy, original in pairs.items() if copy in side and original in side]
+
+
+def test_every_split_keeps_republished_copies_with_their_originals(phantoms, tmp_path):
+    from cxrlab.models import get_backbone_spec
+    from cxrlab.study import StudyConfig
+    from cxrlab.study.crossval import crossval_split
+    from cxrlab.study.plan import study_split
+    from cxrlab.train import build_config
+    from cxrlab.train.data import load_train_data
+
+    data, pairs = _republished(phantoms, tmp_path)
+    spec = get_backbone_spec("efficientnet_lite0")
+    for dedupe in (True, False):
+        config = build_config({"data": str(data), "out": str(tmp_path / f"t{dedupe}"), "size": 32, "ratios": (0.6, 0.2, 0.2),
+                               "dedupe": dedupe})
+        trained = load_train_data(config, spec, tmp_path / f"t{dedupe}").frame
+        study = study_split(StudyConfig(data=str(data), folds=3, dedupe=dedupe, grid={"size": [32]}), tmp_path / f"s{dedupe}")
+        cross = crossval_split(config.model_copy(update={"folds": 3, "out": str(tmp_path / f"c{dedupe}")}),
+                               tmp_path / f"c{dedupe}")
+        together = [_side_of_copies(trained, pairs, "split"), _side_of_copies(study, pairs, "split"),
+                    _side_of_copies(study[study["split"] != "test"], pairs, "fold"), _side_of_copies(cross, pairs, "fold")]
+        if dedupe:  # by default every copy sits with its original: on one side, in one fold
+            assert all(all(t) for t in together), together
+        else:  # opted out, 12 copies split by patient id alone land apart (chance of not: < 1e-4)
+            assert not any(all(t) for t in together if len(t) >= 6), together
+    merged = __import__("json").loads((tmp_path / "tTrue" / "splits.json").read_text())["duplicates"]
+    assert merged["patients_joined"] == 24 and len(merged["groups"]) == 12

@@ -85,7 +85,8 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
           scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
           balance: Annotated[str, typer.Option(help="none | undersample | weights.")] = "none",
           balance_scope: Annotated[str, typer.Option(help="Undersample the train side only, or all.")] = "train",
-          dedupe: Annotated[str, typer.Option(help="none | regroup: near-duplicate images join one group.")] = "none",
+          dedupe: Annotated[str, typer.Option(help="regroup: patients with near-duplicate images form one group, "
+                                                   "kept on one side | none.")] = "regroup",
           loso: Annotated[bool, typer.Option(help="Also write leave-one-source-out splits.")] = False,
           keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
     """Split by patient (stratified by class) into train/val/test with CV folds; write splits.csv."""
@@ -114,14 +115,15 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
 
 
 def _regroup(table):
-    """Add ``group_id``: patients linked by near-duplicate images share one group."""
-    from cxrlab.data import compute_hashes, duplicate_groups, find_near_duplicates, group_patients
+    """Add ``group_id``: patients linked by near-duplicate images share one group; say what was merged."""
+    from cxrlab.data.duplicates import regroup_duplicates
 
     with progress_bar("hashing") as bar:
         task = bar.add_task("hashing", total=len(table))
-        hashes = compute_hashes(table["image"].tolist(), progress=lambda n: bar.advance(task, n))
-    table = table.reset_index(drop=True).copy()
-    table["group_id"] = group_patients(table["patient_id"], duplicate_groups(len(table), find_near_duplicates(hashes)))
+        table, merged = regroup_duplicates(table, progress=lambda n: bar.advance(task, n))
+    console.print(f"near-duplicates (pHash distance <= {merged['max_distance']}): {merged['pairs']} pair(s), "
+                  f"{merged['patients_joined']} patient(s) joined into {len(merged['groups'])} group(s)"
+                  + (f", e.g. {' + '.join(merged['groups'][0])}" if merged["groups"] else ""), highlight=False)
     return table
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+import pandas as pd
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -99,3 +100,23 @@ def group_patients(patient_ids: Sequence[str], groups: np.ndarray) -> list[str]:
     incidence = coo_matrix((np.ones(len(codes)), (codes, groups)), shape=(n_patients, len(codes))).tocsr()
     joined = connected_components(incidence @ incidence.T, directed=False)[1]
     return [f"group:{joined[c]}" for c in codes]
+
+
+def regroup_duplicates(table: pd.DataFrame, max_distance: int = DEFAULT_MAX_DISTANCE, workers: int = 1,
+                       progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """``table`` with ``group_id``: patients linked by near-duplicate images (pHash) share one group, so
+    a split by ``group_id`` keeps every copy of a radiograph on one side; and what was merged.
+
+    Returns:
+        ``(table, {"max_distance", "pairs", "patients_joined", "groups"})``; ``groups`` lists up to 20
+        of the merged groups' patient ids.
+    """
+    table = table.reset_index(drop=True).copy()
+    pairs = find_near_duplicates(compute_hashes(table["image"].tolist(), workers, progress), max_distance)
+    table["group_id"] = group_patients(table["patient_id"], duplicate_groups(len(table), pairs))
+    merged = [sorted(set(rows)) for _, rows in table.groupby("group_id")["patient_id"] if rows.nunique() > 1]
+    if merged:
+        log.info("near-duplicate images join %d patients into %d groups (kept on one side of every split)",
+                 sum(map(len, merged)), len(merged))
+    return table, {"max_distance": max_distance, "pairs": len(pairs), "patients_joined": sum(map(len, merged)),
+                   "groups": [list(map(str, g)) for g in merged[:20]]}

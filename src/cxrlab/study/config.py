@@ -12,7 +12,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.train.config import TrainConfig, read_yaml_mapping
 
 # fields a study sets itself for every run
-RESERVED = ("data", "splits", "out", "scheme", "ratios", "seed", "prepared", "prefix_store", "mlflow_uri",
+RESERVED = ("data", "splits", "out", "scheme", "ratios", "dedupe", "seed", "prepared", "prefix_store", "mlflow_uri",
             "experiment", "mlflow_tags", "progress_bar")
 SELECT_METRICS = ("auc_macro", "accuracy")
 M = TypeVar("M", bound=BaseModel)
@@ -62,6 +62,7 @@ class DataSettings(BaseModel):
     splits: str | None = Field(None, description="a splits.csv to start from (its test side is kept)")
     scheme: Literal["3class", "binary"] = "3class"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    dedupe: bool = Field(True, description="patients whose images are near-duplicates (pHash) stay on one side")
     seed: int = 0
     base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every run")
 

@@ -37,6 +37,7 @@ from cxrlab.study.baseline import frozen_features, probe_oof
 from cxrlab.study.plan import check_same_config
 from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
+from cxrlab.train.data import grouped_table
 from cxrlab.train.screening_reference import operating_point, screening_reference
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,13 @@ def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
         frame = load_source(config.splits, scheme=config.scheme).table.reset_index(drop=True)
         info: dict = {"from": config.splits}
     else:
-        frame = load_source(config.data, scheme=config.scheme).table.reset_index(drop=True).assign(split="train")
-        info = {"from": config.data}
+        table, _, duplicates = grouped_table(load_source(config.data, scheme=config.scheme).table, config.dedupe)
+        frame = table.reset_index(drop=True).assign(split="train")
+        info = {"from": config.data, "duplicates": duplicates}
     frame["fold"] = -1
     pool = frame[frame["split"] != "test"]
-    frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.folds, config.seed).to_numpy()
+    group = "group_id" if "group_id" in frame.columns else "patient_id"
+    frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.folds, config.seed, group).to_numpy()
     frame.loc[pool.index, "split"] = "train"  # the ensemble trained on every fold: no validation side is left
     check_no_leakage(frame)
     write_splits(frame, {**info, "scheme": config.scheme, "folds": config.folds, "seed": config.seed}, out)

@@ -17,7 +17,7 @@ from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.study.config import StudyConfig, merge_settings
 from cxrlab.train.config import RECIPES, TrainConfig, build_config
-from cxrlab.train.data import uses_masks
+from cxrlab.train.data import grouped_table, uses_masks
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,17 @@ def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
         info = {"from": str(config.splits)}
     else:
         source = load_source(config.data, scheme=config.scheme)
-        frame, info = make_splits(source.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
+        table, group, duplicates = grouped_table(source.table, config.dedupe)
+        frame, info = make_splits(table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed,
+                                                            group_column=group))
+        info["duplicates"] = duplicates
     frame = frame.reset_index(drop=True)
     frame["fold"] = -1  # a given split file's own folds (over its train side only) are not used
     if config.num_folds > 1:
         pool = frame[frame["split"] != "test"]
-        frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.num_folds, config.seed).to_numpy()
+        group = "group_id" if "group_id" in frame.columns else "patient_id"
+        frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.num_folds, config.seed,
+                                                     group).to_numpy()
     check_no_leakage(frame)
     write_splits(frame, {**info, "scheme": config.scheme, "folds": config.num_folds}, out)
     return frame

@@ -98,7 +98,7 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
 def _as_study(config: TuneConfig) -> StudyConfig:
     """The search as a one-fold study: the same split, shared folders and run configs."""
     return StudyConfig(name=config.name, data=config.data, splits=config.splits, scheme=config.scheme,
-                       ratios=config.ratios, folds=0, seed=config.seed, base=config.base,
+                       ratios=config.ratios, dedupe=config.dedupe, folds=0, seed=config.seed, base=config.base,
                        grid={k.split(".")[0]: [None] for k in config.space}, share_prefix=config.share_prefix,
                        mlflow_uri=config.mlflow_uri, experiment=config.experiment, shortcut_checks=False)
 

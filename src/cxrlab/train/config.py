@@ -73,6 +73,8 @@ class TrainConfig(_Strict):
     out: str = "runs/train"
     scheme: Literal["3class", "binary"] = "3class"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    dedupe: bool = Field(True, description="when making a split: patients whose images are near-duplicates (pHash "
+                                           "distance <= 4) form one group, kept on one side")
     folds: int = Field(0, ge=0, description="K >= 3: cross-validated training (cxrlab train --folds K): K runs, "
                                             "out-of-fold predictions for every image; ratios are then not used")
     tta: Literal["none", "crops"] = Field("none", description="with folds: the fold ensemble averages each member "

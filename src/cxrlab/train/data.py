@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
+from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.manifest import Manifest
 from cxrlab.data.mask_provenance import check_uniform_masks
 from cxrlab.models.registry import BackboneSpec
@@ -48,6 +49,15 @@ def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
 def uses_masks(config: TrainConfig) -> bool:
     """True when training needs each image's lung mask."""
     return config.lung_attention or config.attention_loss > 0
+
+
+def grouped_table(table: pd.DataFrame, dedupe: bool) -> tuple[pd.DataFrame, str, dict | None]:
+    """``(table, the column a split groups by, what was merged)``: with ``dedupe``, patients linked by
+    near-duplicate images share a ``group_id`` (:func:`cxrlab.data.duplicates.regroup_duplicates`)."""
+    if not dedupe:
+        return table, "patient_id", None
+    table, merged = regroup_duplicates(table)
+    return table, "group_id", merged
 
 
 def mask_settings(config: TrainConfig) -> str:
@@ -86,8 +96,10 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
         frame = manifest.table
     else:
         manifest = load_source(config.data, scheme=config.scheme)
-        frame, info = make_splits(manifest.table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed))
-        write_splits(frame, {**info, "scheme": config.scheme}, out)
+        table, group, duplicates = grouped_table(manifest.table, config.dedupe)
+        frame, info = make_splits(table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed,
+                                                            group_column=group))
+        write_splits(frame, {**info, "scheme": config.scheme, "duplicates": duplicates}, out)
     if settings := mask_settings(config):
         check_uniform_masks(frame, settings, str(config.splits or config.data))
     skipped = [(s.image, s.reason) for s in manifest.skipped]
