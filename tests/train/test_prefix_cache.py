@@ -90,3 +90,30 @@ def test_runs_share_a_prefix_store_and_match_in_run_caching(phantoms, tmp_path):
     assert torch.allclose(torch.from_numpy(np.load(entry.with_suffix(".npy"))), direct, atol=1e-4)
     rows = np.load(entries[0], mmap_mode="r").shape[0]
     assert rows == json.loads((tmp_path / "prepared" / "plan.json").read_text())["images"]  # every prepared image
+
+
+def test_a_bf16_run_caches_the_activations_its_own_autocast_computes():
+    model = create_classifier("efficientnet_lite0", 3, fine_tune=2, pretrained="none", seed=0).eval()
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(images, torch.zeros(8, dtype=torch.long))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # what an uncached bf16-mixed step sees
+        expected = model.forward_blocks(images, 0, model.frozen_blocks).float()
+    cached = compute_prefix(model, data, batch_size=8, bf16=True).activations
+    fp32 = compute_prefix(model, data, batch_size=8).activations
+    assert cached.dtype == torch.float32
+    assert (cached - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1)
+    assert (fp32 - expected).abs().max() > 10 * (cached - expected).abs().max()  # fp32 would not match the bf16 step
+
+
+def test_prefix_store_keys_differ_by_precision(phantoms, tmp_path):
+    from cxrlab.data import Manifest, load_source
+    from cxrlab.preprocess import PreprocessConfig, ShardDataset, ShardReader, prepare
+    from cxrlab.train.prefix_cache import prefix_fingerprint
+
+    source = load_source(phantoms)
+    preprocess = PreprocessConfig(size=32)
+    prepare(Manifest(source.table.head(4).reset_index(drop=True), source.class_names), tmp_path, preprocess)
+    model = create_classifier("efficientnet_lite0", 3, fine_tune=2, pretrained="none", seed=0)
+    dataset = ShardDataset(ShardReader(tmp_path), source.class_names, mean=model.spec.mean, std=model.spec.std,
+                           in_chans=model.spec.in_chans)
+    assert prefix_fingerprint(model, preprocess, dataset) != prefix_fingerprint(model, preprocess, dataset, bf16=True)

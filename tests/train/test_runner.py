@@ -49,6 +49,8 @@ def test_augmented_multi_phase_run_without_cache(tmp_path, phantoms):
     metrics = pd.read_csv(result.out / "metrics.csv")
     assert metrics["phase"].tolist() == [0, 1] and metrics["fine_tune"].tolist() == [0, 8]
     assert result.summary["prefix_cache"] is False
+    kept = metrics.set_index("epoch").loc[result.summary["best_epoch"], "fine_tune"]  # the kept epoch's phase's degree
+    assert str(result.summary["fine_tune"]) == str(kept) and len(result.summary["phases"]) == 2
 
 
 def test_nan_loss_stops_clearly_and_keeps_last_good_model(tmp_path, phantoms):

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
@@ -50,6 +52,12 @@ class ActivationDataset(Dataset):
         return act, torch.tensor(self.targets[i]), torch.from_numpy(self.masks[i])
 
 
+def _precision(bf16: bool):
+    """The autocast the training step runs under, for the frozen prefix too (cached activations must be
+    the ones an uncached bf16 run computes)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def can_cache(model: CxrClassifier, augment: bool) -> bool:
     """True when some leading blocks are frozen, blocks run in sequence and inputs are fixed."""
     return model.frozen_blocks > 0 and model.spec.sequential and not augment
@@ -57,7 +65,7 @@ def can_cache(model: CxrClassifier, augment: bool) -> bool:
 
 @torch.no_grad()
 def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64, max_bytes: float = 4e9,
-                   spill_dir: str | Path | None = None) -> ActivationDataset:
+                   spill_dir: str | Path | None = None, bf16: bool = False) -> ActivationDataset:
     """Activations entering block ``model.frozen_blocks`` for every item of ``dataset``.
 
     Args:
@@ -66,6 +74,7 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
         batch_size: Batch size for the one pass.
         max_bytes: Keep activations in memory up to this size, else in a memmap in ``spill_dir``.
         spill_dir: Folder for the memmap file.
+        bf16: Run the prefix under bf16 autocast, as a ``bf16-mixed`` training step would (stored as float32).
     """
     was_training = model.training
     model.eval()
@@ -76,7 +85,8 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
         image, mask = model.split_input(x)
         if mask is not None:
             masks.append(mask.to(torch.uint8).numpy())
-        act = model.forward_blocks(image, 0, start)
+        with _precision(bf16):
+            act = model.forward_blocks(image, 0, start).float()
         if store is None and act[0].numel() * 4 * len(dataset) > max_bytes:
             path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,27 +105,28 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
 
 
 def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset,
-                       start: int | None = None) -> str:
+                       start: int | None = None, bf16: bool = False) -> str:
     """Key of the activations entering block ``start`` (default ``model.frozen_blocks``): the weights
-    and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation and the
-    prepared images (in shard order)."""
+    and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation, the prepared
+    images (in shard order), the precision and the torch/timm versions (their kernels make the values)."""
     start = model.frozen_blocks if start is None else start
     settings = {k: v for k, v in preprocess.to_dict().items() if k != "keep_mask"}  # masks do not change pixels
     digest = hashlib.sha256(json.dumps({
         "backbone": model.spec.name, "start": start, "preprocess": settings,
         "normalise": [dataset.mean, dataset.std, dataset.in_chans],
-        "images": dataset.reader.table["image"].tolist()}, sort_keys=True).encode())
+        "images": dataset.reader.table["image"].tolist(), "bf16": bf16,
+        "versions": [torch.__version__, timm.__version__]}, sort_keys=True).encode())
     for tensor in model.prefix_tensors(start):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
 
 
 def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset, store: Path,
-            batch_size: int):
+            batch_size: int, bf16: bool = False):
     """Batches entering the first block to run, and that block: the deepest stored entry of the
     same frozen weights below ``model.frozen_blocks`` when there is one, else the images."""
     for base in range(model.frozen_blocks - 1, 0, -1):
-        key = prefix_fingerprint(model, preprocess, dataset, base)
+        key = prefix_fingerprint(model, preprocess, dataset, base, bf16)
         if (store / f"{key}.json").exists():
             stored = np.load(store / f"{key}.npy", mmap_mode="r")
             batches = (torch.from_numpy(np.array(stored[i:i + batch_size])) for i in range(0, len(stored), batch_size))
@@ -125,7 +136,7 @@ def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDa
 
 @torch.no_grad()
 def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], preprocess: PreprocessConfig,
-                  store: str | Path, batch_size: int = 64) -> list[ActivationDataset]:
+                  store: str | Path, batch_size: int = 64, bf16: bool = False) -> list[ActivationDataset]:
     """:func:`compute_prefix` through a folder shared by runs: the activations of *every* prepared
     image are computed once per key (:func:`prefix_fingerprint`) and each run reads its rows.
 
@@ -136,11 +147,11 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     first = datasets[0]
-    key = prefix_fingerprint(model, preprocess, first)
+    key = prefix_fingerprint(model, preprocess, first, bf16=bf16)
     path, info = store / f"{key}.npy", store / f"{key}.json"
     with FileLock(str(store / f"{key}.lock")):  # parallel runs of a study: one computes, the others wait and read
         if not info.exists():
-            _fill_entry(model, preprocess, first, store, key, batch_size)
+            _fill_entry(model, preprocess, first, store, key, batch_size, bf16)
     activations = np.load(path, mmap_mode="r")
     return [ActivationDataset(activations, ds.targets, rows=ds.rows,
                               masks=np.stack([ds.reader.mask(int(r)) for r in ds.rows]) if ds.with_masks else None)
@@ -148,17 +159,18 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
 
 
 def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: ShardDataset, store: Path, key: str,
-                batch_size: int) -> None:
+                batch_size: int, bf16: bool = False) -> None:
     """Compute the activations of every prepared image entering the model's first trainable block."""
     path, info = store / f"{key}.npy", store / f"{key}.json"
     everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
     was_training = model.training
     model.eval()
-    base, batches = _inputs(model, preprocess, everything, store, batch_size)
+    base, batches = _inputs(model, preprocess, everything, store, batch_size, bf16)
     tmp = store / f"{key}.{os.getpid()}.tmp.npy"
     target, offset = None, 0
     for x in batches:
-        act = model.forward_blocks(x, base, model.frozen_blocks)
+        with _precision(bf16):
+            act = model.forward_blocks(x, base, model.frozen_blocks).float()
         if target is None:
             target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                shape=(len(everything), *act.shape[1:]))

@@ -155,18 +155,20 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         keeper.phase = csv.phase = index
         keeper.epoch_offset = csv.epoch_offset = epochs_run
         start_block, fit_sets = 0, [train_ds, val_ds] if validated else [train_ds]
-        if config.cache_prefix and can_cache(model, config.augment.enabled):
-            start_block = model.frozen_blocks
+        precision = _precision(config, spec.name)
+        # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
+        if config.cache_prefix and precision != "16-mixed" and can_cache(model, config.augment.enabled):
+            start_block, bf16 = model.frozen_blocks, precision == "bf16-mixed"
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if config.prefix_store:
-                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, config.prefix_store)
+                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, config.prefix_store, bf16=bf16)
                 else:
-                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache")
-                                for ds in fit_sets]
+                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache",
+                                               bf16=bf16) for ds in fit_sets]
             cached_any = True
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
         trainer = L.Trainer(
-            max_epochs=phase.epochs, accelerator="auto", devices=1, precision=_precision(config, spec.name),
+            max_epochs=phase.epochs, accelerator="auto", devices=1, precision=precision,
             logger=logger, callbacks=[keeper, csv, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
@@ -202,7 +204,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                         "best_val_auc": val.get("auc_macro") or float("nan")})
     logger.finalize("FINISHED" if status == "ok" else "FAILED")
     return {
-        "status": status, "backbone": spec.name, "fine_tune": config.fine_tune,
+        "status": status, "backbone": spec.name, "fine_tune": model.fine_tune,  # the kept epoch's (its phase's)
         "phases": [p.model_dump(mode="json") for p in config.resolved_phases()],
         "class_names": list(data.class_names), "weights": getattr(model, "weights_origin", "random"),
         "images": {"train": len(data.train_images), "val": len(data.val_images), "skipped": len(data.skipped)},
