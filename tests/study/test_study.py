@@ -220,6 +220,10 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
         assert source not in set(run_split.loc[run_split["split"] != "test", "source"])
         assert entry["status"] == "ok" and 0 <= entry["accuracy"] <= 1
     assert "Leave one source out" in (tmp_path / "report.md").read_text()
+    best = pd.read_csv(tmp_path / "summary.csv").set_index("cell").loc[result.best]
+    assert loso["in_distribution"]["side"] == "test"  # not the validation side early stopping chose on
+    assert loso["in_distribution"]["accuracy"] == pytest.approx(best["test_accuracy"])
+    assert all(e["reference_kind"] == "test accuracy" for e in loso["sources"].values())  # both hold every class
     stamp = (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns
     run_study(config, tmp_path)  # resumed: the held-out runs are reused too
     assert (tmp_path / "loso" / result.best / "without-phantom-a" / "summary.json").stat().st_mtime_ns == stamp
@@ -303,3 +307,27 @@ def test_a_run_of_the_earlier_default_recipe_is_named_when_refused(tmp_path):
     with pytest.raises(ConfigError, match="add recipe: papers to keep it"):
         check_same_config(tmp_path, run_config(now, cells(now)[0], tmp_path, tmp_path / "shared", {}))
     check_same_config(tmp_path, run_config(papers, cells(papers)[0], tmp_path, tmp_path / "shared", {}))  # reused
+
+
+def test_a_single_class_source_is_compared_with_that_class_s_recall(tmp_path, monkeypatch):
+    import cxrlab.study.shortcuts as shortcuts
+    from cxrlab.study.plan import Cell
+
+    names = ["COVID-19", "Pneumonia", "Normal"]
+    test = pd.DataFrame({"image": [f"i{i}" for i in range(10)], "label": "COVID-19", "split": "test",
+                         "patient_id": [f"p{i}" for i in range(10)], "source": "covid-only"})
+    calls = np.zeros((10, 3))
+    calls[:6, 0], calls[6:, 1] = 1.0, 1.0  # 6 of 10 COVID-19 images called COVID-19
+    monkeypatch.setattr(shortcuts, "predict_test_side", lambda run_dir, frame, work: pd.DataFrame(
+        {"image": frame["image"], "label": frame["label"], **{n: calls[:, i] for i, n in enumerate(names)}}))
+    run_dir = tmp_path / "loso" / "cell" / "without-covid-only"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "ok"}))
+    result = shortcuts.held_out_results(tmp_path, Cell("cell", {}, {}), {"covid-only": test},
+                                        {"side": "test", "accuracy": 0.62, "recall": {"COVID-19": 0.95}},
+                                        lambda *a: (None, "not trained"))
+    entry = result["sources"]["covid-only"]
+    assert entry["accuracy"] == pytest.approx(0.6) and entry["reference"] == 0.95
+    assert entry["reference_kind"] == "COVID-19 recall (test)"
+    # against overall accuracy (0.62) this would look fine; against the class's own recall it falls by 0.35
+    assert any("its COVID-19 recall falls to 0.60 from 0.95" in w for w in result["warnings"])

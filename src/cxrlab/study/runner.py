@@ -41,7 +41,7 @@ from cxrlab.study.plan import (Cell, cells, check_same_config, fold_frame, run_c
                                second_stage_cells, study_split)
 from cxrlab.study.results import aggregate, best_run, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
-from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells
+from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
 from cxrlab.train import train
 
@@ -198,13 +198,26 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     return StudyResult(out, table, summary_table, best, trained, reused, failed, warnings)
 
 
+def _in_distribution(out: Path, row: pd.Series, frame: pd.DataFrame) -> dict:
+    """What a held-out source's figures are compared with: the best cell's accuracy and per-class
+    recall on the test side (same sources, never chosen on); without a test side its mean
+    validation accuracy, marked optimistic (early stopping chose on those images)."""
+    predictions = out / "runs" / str(row.name) / str(row.get("test_run", "")) / "test_predictions.csv"
+    if pd.notna(row.get("test_accuracy")) and predictions.is_file():
+        metrics, names = prediction_metrics(pd.read_csv(predictions))
+        return {"side": "test", "accuracy": float(row["test_accuracy"]),
+                "recall": {n: metrics["per_class"][n]["sensitivity"] for n in names if metrics["per_class"][n]["support"]}}
+    return {"side": "validation (optimistic: early stopping chose on it)", "accuracy": float(row["accuracy_mean"]),
+            "recall": {}}
+
+
 def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell],
                           summary: pd.DataFrame, best: str | None, uri: str, parent: str,
                           progress: Callable[[str], None] | None) -> dict | None:
     if not config.leave_one_source_out or best is None:
         return None
     cell = next(c for c in plan if c.id == best)
-    in_distribution = float(summary.set_index("cell").loc[best, "accuracy_mean"])
+    in_distribution = _in_distribution(out, summary.set_index("cell").loc[best], frame)
     try:
         splits = source_runs(config, frame)
     except ConfigError as err:

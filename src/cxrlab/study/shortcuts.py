@@ -32,14 +32,22 @@ def source_runs(config: StudyConfig, split: pd.DataFrame) -> dict[str, pd.DataFr
                                 seed=config.seed)
 
 
-def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_distribution: float,
+def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_distribution: dict,
                      train_one: Callable[[str, Path, pd.DataFrame], tuple[dict | None, str | None]]) -> dict:
     """Train (or reuse) one run per held-out source and test it on that source.
 
+    Each source's accuracy is set beside a like-for-like in-distribution figure (``reference``): the
+    in-distribution accuracy, or for a source holding one class that class's in-distribution recall
+    (its accuracy *is* that recall).
+
+    Args:
+        in_distribution: ``{"side", "accuracy", "recall": {class: recall}}`` of the cell in distribution.
+
     Returns:
-        ``{"cell", "in_distribution_accuracy", "sources": {source: {...}}, "warnings": [...]}``.
+        ``{"cell", "in_distribution", "in_distribution_accuracy", "sources": {source: {...}}, "warnings": [...]}``.
     """
-    results: dict = {"cell": cell.id, "in_distribution_accuracy": in_distribution, "sources": {}, "warnings": []}
+    results: dict = {"cell": cell.id, "in_distribution": in_distribution,
+                     "in_distribution_accuracy": in_distribution["accuracy"], "sources": {}, "warnings": []}
     for source, frame in splits.items():
         run_dir = out / "loso" / cell.id / f"without-{source}"
         test = frame[frame["split"] == "test"]
@@ -59,16 +67,21 @@ def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_
         metrics, names = prediction_metrics(predictions)
         recall = {name: metrics["per_class"][name]["sensitivity"] for name in names
                   if metrics["per_class"][name]["support"]}
-        entry.update(status="ok", accuracy=metrics["accuracy"], recall=recall,
+        single = next(iter(entry["classes"])) if len(entry["classes"]) == 1 else None
+        reference, kind = in_distribution["accuracy"], f"{in_distribution['side']} accuracy"
+        if single is not None and single in in_distribution.get("recall", {}):
+            reference, kind = in_distribution["recall"][single], f"{single} recall ({in_distribution['side']})"
+        entry.update(status="ok", accuracy=metrics["accuracy"], recall=recall, reference=reference, reference_kind=kind,
                      auc_macro=metrics["macro"]["roc_auc"] if metrics["macro"]["roc_auc"] is not None else math.nan)
         results["sources"][source] = entry
-        if in_distribution - metrics["accuracy"] > DROP_WARNING:
+        what = f"its {single} recall" if single else "the model's accuracy on it"
+        if reference - metrics["accuracy"] > DROP_WARNING:
             results["warnings"].append(
-                f"trained without source {source}, the model's accuracy on it falls to {metrics['accuracy']:.2f} "
-                f"from {in_distribution:.2f} in distribution: it may have learned to recognise sources rather than "
-                "disease (or the other sources hold too few images like this one's)")
-        if len(entry["classes"]) == 1:
+                f"trained without source {source}, {what} falls to {metrics['accuracy']:.2f} from {reference:.2f} "
+                f"in distribution ({kind}): it may have learned to recognise sources rather than disease (or the "
+                "other sources hold too few images like this one's)")
+        if single is not None:
             results["warnings"].append(
-                f"source {source} holds only {next(iter(entry['classes']))}: in the pooled data its class and its "
-                "source cannot be told apart")
+                f"source {source} holds only {single}: its accuracy is that class's recall, and in the pooled data its "
+                "class and its source cannot be told apart")
     return results
