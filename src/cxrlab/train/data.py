@@ -94,6 +94,8 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if config.splits:
         manifest = load_source(config.splits, scheme=config.scheme)  # runs the leakage guard
         frame = manifest.table
+        if Path(config.splits).resolve() != (out / "splits.csv").resolve():  # the run folder keeps its split
+            write_splits(frame, {"from": str(config.splits), "scheme": config.scheme}, out)
     else:
         manifest = load_source(config.data, scheme=config.scheme)
         table, group, duplicates = grouped_table(manifest.table, config.dedupe)
