@@ -16,7 +16,7 @@ from cxrlab.core import ConfigError
 from cxrlab.models import create_classifier, load_model
 from cxrlab.preprocess import ShardReader
 from cxrlab.train import build_config, train
-from cxrlab.train.attention import attention_loss, differentiable_gradcam, guided_forward
+from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss, guided_forward
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,36 @@ def test_the_attention_loss_gradient_reaches_the_backbone_and_moves_evidence(mod
         loss.backward()
         optimizer.step()
     assert loss.item() < before
+
+
+def test_gain_mines_the_erased_image_and_matches_the_map_to_the_lungs():
+    torch.manual_seed(2)
+    net = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune="all").eval()  # no dropout draws
+    x, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    masks = torch.zeros(4, 64, 64)
+    masks[:, :, :32] = 1.0
+    features = net.forward_features(x)
+    logits = net.head(features)
+    loss = gain_loss(net, x, features, logits, target, masks)
+    # by hand: the score of the true class on the image with the normalised map's region soft-erased,
+    # plus the mean squared difference between that map and the lung mask on the map's grid
+    cam = differentiable_gradcam(features, logits, target)
+    cam = cam / (cam.flatten(1).max(1).values[:, None, None] + 1e-6)
+    soft = torch.sigmoid(10 * (torch.nn.functional.interpolate(cam[:, None], size=(64, 64), mode="bilinear") - 0.5))
+    mined = net(x - soft * x).softmax(1).gather(1, target[:, None]).mean()
+    lungs = torch.nn.functional.interpolate(masks[:, None], size=cam.shape[-2:], mode="area")[:, 0]
+    assert loss.item() == pytest.approx((mined + ((cam - lungs) ** 2).mean()).item(), rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in net.named_parameters()
+               if n.startswith("backbone.blocks.6"))
+
+
+def test_a_gain_run_trains_on_images_and_logs_both_terms(tmp_path, phantoms):
+    result = train(_guided_config(tmp_path, phantoms, "gain", lung_attention=False, fine_tune=1,
+                                  attention_form="gain", epochs=1))
+    assert not result.summary["prefix_cache"]  # mining re-runs the whole network on the erased images
+    metrics = pd.read_csv(result.out / "metrics.csv")
+    assert metrics["train_attention"].between(0, 2).all() and metrics["val_attention"].between(0, 1).all()
 
 
 def test_lung_attention_weights_the_feature_maps_by_the_mask():

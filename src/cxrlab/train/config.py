@@ -100,9 +100,12 @@ class TrainConfig(_Strict):
                                                "stay whole; cxrlab segment predict fills in masks)")
     lung_attention: bool = Field(False, description="guided attention: multiply the last feature maps by the lung "
                                                     "mask (every image needs one, also when predicting)")
-    attention_loss: float = Field(0.0, ge=0, description="alpha: add alpha x the share of the true class's Grad-CAM "
-                                                         "outside the lungs to the training loss (masks needed for "
-                                                         "training only)")
+    attention_loss: float = Field(0.0, ge=0, description="alpha: add alpha x the attention term (attention_form) to "
+                                                         "the training loss (masks needed for training only)")
+    attention_form: Literal["outside_share", "gain"] = Field(
+        "outside_share", description="outside_share: the share of the true class's Grad-CAM outside the lungs "
+                                     "(cxrlab's variant); gain: GAIN's attention mining on the soft-masked image plus "
+                                     "the map-vs-lung-mask error (Li et al.; a second forward pass, no prefix cache)")
 
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)

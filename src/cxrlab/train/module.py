@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from cxrlab.core.errors import CxrlabError
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
-from cxrlab.train.attention import attention_loss, differentiable_gradcam
+from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss
 from cxrlab.train.config import TrainConfig
 from cxrlab.train.metrics import classification_summary
 
@@ -34,10 +34,12 @@ class ClassifierModule(L.LightningModule):
         start_block: 0 for images; ``k`` when batches are activations entering block ``k``
             (``(activations, y)`` or, with lung masks, ``(activations, y, mask)``).
 
-    With ``config.attention_loss`` α > 0 the training loss is cross-entropy + α · the share of the
-    true class's differentiable Grad-CAM (on the last block's features, before any lung attention)
-    that lies outside the lung mask (:mod:`cxrlab.train.attention`). The validation loss that early
-    stopping and the best-model choice watch stays the plain cross-entropy.
+    With ``config.attention_loss`` α > 0 the training loss is cross-entropy + α · the attention term
+    of ``config.attention_form`` on the true class's differentiable Grad-CAM (last block's features,
+    before any lung attention; :mod:`cxrlab.train.attention`): the share outside the lung mask, or
+    GAIN's attention mining + map-vs-mask error (logged as ``train_attention``; ``val_attention`` is
+    the outside share for both forms). The validation loss that early stopping and the best-model
+    choice watch stays the plain cross-entropy.
     """
 
     def __init__(self, model: CxrClassifier, config: TrainConfig, lr: float, epochs: int,
@@ -61,18 +63,19 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return (x, *rest)
 
-    def _features(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """``(last-block features, lung mask or None, targets)`` of a batch of images or activations."""
+    def _features(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """``(last-block features, lung mask or None, targets, images or None)`` of a batch of images
+        or activations."""
         if self.start_block:
             activations, y, *mask = batch
-            return self.model.forward_blocks(activations, self.start_block), (mask[0] if mask else None), y
+            return self.model.forward_blocks(activations, self.start_block), (mask[0] if mask else None), y, None
         x, y = batch
         image, mask = self.model.split_input(x)
-        return self.model.image_features(image), mask, y
+        return self.model.image_features(image), mask, y, image
 
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits, loss, targets)``; the attention term joins the loss in training only."""
-        features, mask, y = self._features(batch)
+        features, mask, y, image = self._features(batch)
         guided = bool(self.config.attention_loss) and mask is not None
         if guided and not features.requires_grad:
             features = features.detach().requires_grad_()  # frozen backbone: the map still needs the head's gradient
@@ -82,7 +85,10 @@ class ClassifierModule(L.LightningModule):
             smoothing = self.config.label_smoothing if stage == "train" else 0.0  # validation: plain cross-entropy
             loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing)
             if guided:
-                attention = attention_loss(differentiable_gradcam(features, logits, y), mask)
+                if self.config.attention_form == "gain" and stage == "train":  # needs the images (no prefix cache)
+                    attention = gain_loss(self.model, image, features, logits, y, mask)
+                else:  # validation logs the outside share for either form: a figure comparable between them
+                    attention = attention_loss(differentiable_gradcam(features, logits, y), mask)
                 self.log(f"{stage}_attention", attention, on_step=False, on_epoch=True, batch_size=len(y))
                 if stage == "train":
                     loss = loss + self.config.attention_loss * attention

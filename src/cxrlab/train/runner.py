@@ -157,7 +157,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         start_block, fit_sets = 0, [train_ds, val_ds] if validated else [train_ds]
         precision = _precision(config, spec.name)
         # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
-        if config.cache_prefix and precision != "16-mixed" and can_cache(model, config.augment.enabled):
+        gain = config.attention_loss > 0 and config.attention_form == "gain"  # mines on the images themselves
+        if config.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
             start_block, bf16 = model.frozen_blocks, precision == "bf16-mixed"
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if config.prefix_store:
