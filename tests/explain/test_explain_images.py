@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
@@ -47,3 +48,21 @@ def test_maps_of_a_lung_cropping_model_go_back_into_the_crop_box():
     assert mapped[55:95, 25:45].min() > 0.9 and mapped[110:145, 55:75].max() < 0.1
     whole = cam_to_original(cam, (200, 100), PreprocessConfig(size=32))  # no crop: the map covers the image
     assert whole[:90, :45].min() > 0.9
+
+
+def test_each_model_is_judged_against_its_own_evenly_spread_baseline(phantoms):
+    from cxrlab.data import load_source
+    from cxrlab.data.images import read_mask
+    from cxrlab.explain.lung_evidence import lung_evidence
+
+    rows = load_source(phantoms).table.head(4).assign(predicted="COVID-19")
+    model = create_classifier("efficientnet_lite0", 3, class_names=("COVID-19", "Pneumonia", "Normal"), seed=0,
+                              pretrained="none").eval()
+    whole = lung_evidence(model, PreprocessConfig(size=32), rows)
+    cropped = lung_evidence(model, PreprocessConfig(size=32, lung_crop=True, crop_margin=0.0), rows)
+    assert np.allclose(whole["even_share"], whole["lung_area"])  # a whole-image map: the lungs' share of the image
+    for row, baseline in zip(rows.itertuples(), cropped["even_share"], strict=True):
+        mask = read_mask(row.mask, cv2.imread(row.image, 0).shape)
+        ys, xs = np.nonzero(mask)
+        box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]  # a lung-cropping map lives in the box only
+        assert baseline == pytest.approx(box.mean(), abs=0.02) and baseline > mask.mean() + 0.1

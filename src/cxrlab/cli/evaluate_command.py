@@ -40,7 +40,7 @@ def evaluate_command(
         if "lung_evidence" in results and results["lung_evidence"].get("n"):
             lung = results["lung_evidence"]
             console.print(f"Grad-CAM in-lung share: median {lung['median']:.2f} over {lung['n']} images with masks "
-                          f"(lungs cover {lung['median_lung_area']:.2f}); {len(lung['mostly_outside'])} mostly outside")
+                          f"(evenly spread evidence would score {lung['median_even_share']:.2f}); {len(lung['mostly_outside'])} mostly outside")
         for game in results.get("lesion_evidence", []):
             if game.get("n"):
                 console.print(f"pointing game ({game['method']} @ {game['layer']}): the map's peak on the lesion in "

@@ -61,7 +61,7 @@ def lesion_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: p
     """
     index = {c: i for i, c in enumerate(model.class_names)}
     out = []
-    for row, heatmap, lesion in maps_with_masks(model, preprocess, rows_with(frame, "lesion"), "lesion",
+    for row, heatmap, lesion, _ in maps_with_masks(model, preprocess, rows_with(frame, "lesion"), "lesion",
                                                 lambda row: index[row.label], method, layer):
         if not lesion.any():  # a Normal phantom's empty lesion mask: nothing to point at
             continue

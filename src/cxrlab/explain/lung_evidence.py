@@ -31,20 +31,23 @@ def lung_evidence(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
         layer: Target layer (``last``, ``fine`` or a module name; default: the model's).
 
     Returns:
-        ``image, label, predicted, correct, in_lung_share, lung_area`` per image with a readable
-        mask (explaining the predicted class); ``lung_area`` is the share of the image the lungs
-        cover, i.e. what a heatmap spread evenly over the image would score.
+        ``image, label, predicted, correct, in_lung_share, lung_area, even_share`` per image with a
+        readable mask (explaining the predicted class); ``lung_area`` is the share of the image the
+        lungs cover; ``even_share`` is this model's own baseline, what a map spread evenly over the
+        region it sees would score: ``lung_area`` for a whole-image model, the lungs' share of the
+        crop box for a lung-cropping one (its map is 0 outside the box, so ``lung_area`` would flatter it).
     """
     index = {c: i for i, c in enumerate(model.class_names)}
     out = []
-    for row, heatmap, mask in maps_with_masks(model, preprocess, rows_with(frame, "mask"), "mask",
-                                              lambda row: index[row.predicted], method, layer):
+    for row, heatmap, mask, region in maps_with_masks(model, preprocess, rows_with(frame, "mask"), "mask",
+                                                      lambda row: index[row.predicted], method, layer):
         share = in_mask_share(heatmap, mask)
         out.append({"image": row.image, "label": row.label, "predicted": row.predicted,
                     "correct": row.label == row.predicted,
                     "in_lung_share": float("nan") if share is None else share,  # None: an all-zero map
-                    "lung_area": float(mask.mean())})
-    return pd.DataFrame(out, columns=["image", "label", "predicted", "correct", "in_lung_share", "lung_area"])
+                    "lung_area": float(mask.mean()), "even_share": float(mask[region].mean()) if region.any() else 0.0})
+    return pd.DataFrame(out, columns=["image", "label", "predicted", "correct", "in_lung_share", "lung_area",
+                                      "even_share"])
 
 
 def summarise_lung_evidence(table: pd.DataFrame) -> dict:
@@ -61,7 +64,10 @@ def summarise_lung_evidence(table: pd.DataFrame) -> dict:
             "below_half": int((part["in_lung_share"] < OUTSIDE_THRESHOLD).sum())}
     outside = table[table["in_lung_share"] < OUTSIDE_THRESHOLD].sort_values("in_lung_share")
     return {"n": int(len(table)), "median": float(table["in_lung_share"].median()),
-            "median_lung_area": float(table["lung_area"].median()), "no_evidence": no_evidence, "groups": groups,
+            "median_lung_area": float(table["lung_area"].median()),
+            "median_even_share": float(table["even_share"].median()) if "even_share" in table else None,
+            "median_excess": float((table["in_lung_share"] - table["even_share"]).median()) if "even_share" in table else None,
+            "no_evidence": no_evidence, "groups": groups,
             "mostly_outside": outside[["image", "label", "predicted", "in_lung_share"]].to_dict("records")}
 
 

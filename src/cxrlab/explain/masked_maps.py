@@ -28,9 +28,11 @@ def rows_with(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def maps_with_masks(model: CxrClassifier, preprocess: PreprocessConfig, rows: pd.DataFrame, column: str,
                     target: Callable[[object], int], method: CamMethod = "gradcam",
-                    layer: str | None = None) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
-    """For each row: ``(row, map, mask)``, the map of class ``target(row)`` and the mask in ``row.<column>``,
-    both ``(h, w)`` on the original image's geometry (scaled to at most :data:`MAX_SIDE`).
+                    layer: str | None = None) -> Iterator[tuple[object, np.ndarray, np.ndarray, np.ndarray]]:
+    """For each row: ``(row, map, mask, region)``, the map of class ``target(row)``, the mask in
+    ``row.<column>`` and the region the model sees (``bool``: the whole image, or a lung-cropping
+    model's crop box, outside which its map is 0 by construction), all ``(h, w)`` on the original
+    image's geometry (scaled to at most :data:`MAX_SIDE`).
 
     Rows whose image or mask cannot be read are skipped with a warning naming the file.
     """
@@ -48,4 +50,5 @@ def maps_with_masks(model: CxrClassifier, preprocess: PreprocessConfig, rows: pd
                 log.warning("%s evidence: %s", column, err)
                 continue
             heatmap, _ = cam.explain_image(processed.pixels, target(row), processed.mask)
-            yield row, cam_to_original(heatmap, shape, preprocess, lungs), mask
+            region = cam_to_original(np.ones_like(heatmap, dtype=np.float32), shape, preprocess, lungs) > 0.5
+            yield row, cam_to_original(heatmap, shape, preprocess, lungs), mask, region

@@ -78,8 +78,9 @@ def _lung_tables(summary: dict) -> list[dict]:
     rows = [[group, str(v["n"]), f"{v['median']:.2f}", str(v["below_half"])] for group, v in summary["groups"].items()]
     return [
         {"title": f"Grad-CAM evidence inside the lungs ({summary['n']} test images with lung masks; median share "
-                  f"{summary['median']:.2f}; the lungs cover a median {summary['median_lung_area']:.2f} of the image, "
-                  "which is what evenly spread evidence would score)",
+                  f"{summary['median']:.2f}; evidence spread evenly over what the model sees would score a median "
+                  f"{summary['median_even_share']:.2f}: the lungs' share of the image, or of a lung-cropping model's "
+                  "crop box)",
          "header": ["true class / prediction", "images", "median in-lung share", "mostly outside (< 0.5)"], "rows": rows},
         {"title": "Images whose evidence lies mostly outside the lungs (text, markers, devices, borders?)",
          "header": ["image", "true", "predicted", "in-lung share"],

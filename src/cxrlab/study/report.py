@@ -63,8 +63,8 @@ def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
         colours = ["tab:red" if c == best else "tab:blue" for c in summary["cell"]]
         axis.barh(labels, values.fillna(0), xerr=[low, high], color=colours, alpha=0.75, capsize=3)
         if key == "test_in_lung_share":
-            axis.scatter(summary["test_lung_area"], labels, marker="|", s=200, color="black", zorder=5,
-                         label="lung area (evenly spread evidence)")
+            axis.scatter(summary.get("test_even_share", summary["test_lung_area"]), labels, marker="|", s=200,
+                         color="black", zorder=5, label="evenly spread evidence over what the model sees")
             axis.legend(fontsize=7, loc="lower right")
         axis.set(title=title, xlim=(0, 1.02))
         axis.invert_yaxis()
@@ -114,7 +114,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
         f"test {POSITIVE_CLASS} AUC", "Holm p vs best (test, patients)"]
     shares = _has(summary, "test_in_lung_share")
     if shares:
-        header.append("test in-lung share [95% CI] (lung area)")
+        header.append("test in-lung share [95% CI] (evenly spread: its own baseline)")
     rows = []
     for _, r in summary.iterrows():
         noise = "" if r.get("within_noise") is None else (" (noise)" if r["within_noise"] else " (differs)")
@@ -125,7 +125,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best_holm", r.get("p_vs_best"))) + noise,
             _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
-            _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_lung_area'), 2)})"]
+            _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_even_share', r.get('test_lung_area')), 2)})"]
                                               if shares else []))
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
@@ -191,7 +191,7 @@ def _lung_tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                rows)]
     if share.get("n"):
         tables.append((f"Grad-CAM evidence inside the lungs ({share['n']} test images; a map spread evenly would "
-                       f"score the lungs' median area {_num(share['median_lung_area'], 2)})",
+                       f"score {_num(share.get('median_even_share', share['median_lung_area']), 2)} over what the model sees)",
                        ["true class / prediction", "images", "median in-lung share", "mostly outside (< 0.5)"],
                        [[g, str(v["n"]), _num(v["median"], 2), str(v["below_half"])] for g, v in share["groups"].items()]))
     return tables

@@ -124,9 +124,9 @@ def _lung_warnings(inputs: dict, share: dict) -> list[str]:
             found = (f"still ranks {inputs['positive']} above the other classes with AUC {removed['auc_positive']:.2f} "
                      f"on {inputs['n']} test images (p = {removed['p_auc_above_half']:.3f} against 0.5)")
         warnings.append(f"with the lungs blacked out the model {found}: it finds class evidence outside the lungs")
-    if share.get("n") and not math.isnan(share["median"]) and share["median"] < share["median_lung_area"]:
+    if share.get("n") and not math.isnan(share["median"]) and share["median"] < share["median_even_share"]:
         warnings.append(
             f"the median share of Grad-CAM evidence inside the lungs is {share['median']:.2f}, less than the "
-            f"{share['median_lung_area']:.2f} a map spread evenly over the image would give: the model looks "
-            "elsewhere more than at the lungs")
+            f"{share['median_even_share']:.2f} a map spread evenly over what the model sees would give: the model "
+            "looks elsewhere more than at the lungs")
     return warnings

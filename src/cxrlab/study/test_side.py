@@ -82,7 +82,7 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
 
 TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
-                "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_lung_images")
+                "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images")
 
 
 def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed: int) -> dict:
@@ -105,9 +105,8 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
     if rows.empty:
         return None
     cached = run_dir / "test_lung_evidence.csv"
-    if cached.exists():
-        table = pd.read_csv(cached)
-    else:
+    table = pd.read_csv(cached) if cached.exists() else None
+    if table is None or "even_share" not in table.columns:  # tables from before the own-region baseline: redo
         model, preprocess, _ = load_model(run_dir / "model.pt")
         table = lung_evidence(model, preprocess, rows)
         atomic_write_text(cached, table.to_csv(index=False))
@@ -117,7 +116,8 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
     share = table["in_lung_share"].to_numpy()
     ci = bootstrap_ci(lambda r: float(share[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
     return {"test_in_lung_share": ci["value"], "test_in_lung_share_low": ci["low"], "test_in_lung_share_high": ci["high"],
-            "test_lung_area": float(table["lung_area"].mean()), "test_lung_images": int(len(table))}
+            "test_lung_area": float(table["lung_area"].mean()), "test_even_share": float(table["even_share"].mean()),
+            "test_lung_images": int(len(table))}
 
 
 def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, predictions: pd.DataFrame) -> dict:
