@@ -251,7 +251,7 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     config = StudyConfig(name="guided", data=str(phantoms), folds=2, base={"size": 64, "epochs": 2, "batch_size": 8,
                                                                             "fine_tune": 2},
                          variants={"plain": {}, "guided attention": {"lung_attention": True, "attention_loss": 1.0}},
-                         n_boot=50)
+                         n_boot=50, faithfulness=True)
     assert config.grid == {}  # variants alone: no default k sweep on top
     assert [c.settings for c in cells(config)] == [{}, {"lung_attention": True, "attention_loss": 1.0}]
     result = run_study(config, tmp_path)
@@ -262,11 +262,14 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
         assert row["test_accuracy_low"] <= row["test_accuracy"] <= row["test_accuracy_high"], cell
         assert 0 <= row["test_in_lung_share_low"] <= row["test_in_lung_share"] <= row["test_in_lung_share_high"] <= 1
         assert 0 < row["test_lung_area"] < 1 and row["test_lung_images"] > 0
+        road = pd.read_csv(tmp_path / "runs" / cell / row["test_run"] / "test_road.csv")  # a measure neither trains on
+        assert row["test_road"] == pytest.approx(road["road"].mean()) and len(road) > 0
     fold = int(summary.loc["variant-guided_attention", "test_fold"])
     guided = tmp_path / "runs" / "variant-guided_attention" / f"fold{fold}"
     assert len(pd.read_csv(guided / "test_lung_evidence.csv")) == summary.loc["variant-guided_attention", "test_lung_images"]
     report = (tmp_path / "report.md").read_text()
     assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report
+    assert "test ROAD" in report
     # the shortcut checks run on a lung-attention model too (its masks ride along as an input channel)
     loaded = load_model(guided / "model.pt")
     assert loaded[0].lung_attention

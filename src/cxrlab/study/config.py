@@ -123,6 +123,8 @@ class StudyConfig(DataSettings):
                                                           "other sources and test it on the unseen one")
     shortcut_checks: bool = Field(True, description="probe the best model's features for the source, and test "
                                                     "its evidence and calls with the lungs removed (masks needed)")
+    faithfulness: bool = Field(False, description="score each cell's test-side maps by ROAD deletion (does the map "
+                                                  "point at what the model uses? ~2-4 s per image on 2 cores)")
     n_boot: int = Field(1000, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"

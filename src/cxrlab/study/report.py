@@ -53,6 +53,8 @@ def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
     panels = [("test_accuracy", "test accuracy"), ("test_auc_macro", "test macro ROC AUC")]
     if _has(summary, "test_in_lung_share"):
         panels.append(("test_in_lung_share", "Grad-CAM evidence inside the lungs"))
+    if _has(summary, "test_road"):
+        panels.append(("test_road", "ROAD (map faithfulness)"))
     factors = [c for c in summary.columns if c.startswith("factor.")]
     labels = [", ".join(str(r[f]) for f in factors) for _, r in summary.iterrows()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 0.5 * len(summary) + 1.8), squeeze=False)
@@ -62,11 +64,13 @@ def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
         high = (pd.to_numeric(summary.get(f"{key}_high"), errors="coerce") - values).fillna(0).clip(lower=0)
         colours = ["tab:red" if c == best else "tab:blue" for c in summary["cell"]]
         axis.barh(labels, values.fillna(0), xerr=[low, high], color=colours, alpha=0.75, capsize=3)
+        if key == "test_road":
+            axis.axvline(0, color="grey", linewidth=0.8)
         if key == "test_in_lung_share":
             axis.scatter(summary.get("test_even_share", summary["test_lung_area"]), labels, marker="|", s=200,
                          color="black", zorder=5, label="evenly spread evidence over what the model sees")
             axis.legend(fontsize=7, loc="lower right")
-        axis.set(title=title, xlim=(0, 1.02))
+        axis.set(title=title, **({} if key == "test_road" else {"xlim": (0, 1.02)}))  # ROAD: a signed change
         axis.invert_yaxis()
         axis.grid(axis="x", alpha=0.3)
     for axis in axes[0][1:]:
@@ -115,6 +119,9 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     shares = _has(summary, "test_in_lung_share")
     if shares:
         header.append("test in-lung share [95% CI] (evenly spread: its own baseline)")
+    road = _has(summary, "test_road")
+    if road:
+        header.append("test ROAD [95% CI] (map faithfulness)")
     rows = []
     for _, r in summary.iterrows():
         noise = "" if r.get("within_noise") is None else (" (noise)" if r["within_noise"] else " (differs)")
@@ -126,13 +133,15 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best_holm", r.get("p_vs_best"))) + noise,
             _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
             _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_even_share', r.get('test_lung_area')), 2)})"]
-                                              if shares else []))
+                                              if shares else []) + ([_with_ci(r, "test_road", 3)] if road else []))
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
     out = [(f"Configurations: mean ± sd over {runs}; sensitivity/specificity of "
             f"{POSITIVE_CLASS}; test columns: the best run (fold, seed) of each configuration on the held-out test side (intervals: "
             "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
-            "lung mask, beside the lungs' mean share of the image, which evenly spread evidence would score)",
+            "lung mask, beside what evidence spread evenly over the region the model sees would score; ROAD: confidence "
+            "lost removing the map's least minus its most relevant pixels, halved: higher = the map points at what "
+            "the model uses, ~0 for a random map)",
             header, rows)]
     failed = table[table["status"] == "failed"]
     if len(failed):

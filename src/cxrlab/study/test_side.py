@@ -23,6 +23,7 @@ from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
 from cxrlab.evaluate.metrics import accuracy_and_macro_auc, binary_auc, compute_metrics
 from cxrlab.evaluate.predictions import predict_frame
 from cxrlab.explain import lung_evidence
+from cxrlab.explain.faithfulness import road_scores
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
@@ -82,7 +83,8 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
 
 TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
-                "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images")
+                "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images",
+                "test_road", "test_road_low", "test_road_high")
 
 
 def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed: int) -> dict:
@@ -120,6 +122,24 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
             "test_lung_images": int(len(table))}
 
 
+def faithfulness(run_dir: Path, test: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """Mean ROAD score of the run's maps on the test side with its patient-bootstrap interval
+    (:func:`cxrlab.explain.faithfulness.road_scores`; cached in ``test_road.csv``)."""
+    cached = run_dir / "test_road.csv"
+    if cached.exists():
+        table = pd.read_csv(cached)
+    else:
+        model, preprocess, _ = load_model(run_dir / "model.pt")
+        table = road_scores(model, preprocess, test, seed=seed)
+        atomic_write_text(cached, table.to_csv(index=False))
+    table = table.merge(test[["image", "patient_id"]], on="image")
+    if table.empty:
+        return {}
+    road = table["road"].to_numpy()
+    ci = bootstrap_ci(lambda r: float(road[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
+    return {"test_road": ci["value"], "test_road_low": ci["low"], "test_road_high": ci["high"]}
+
+
 def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, predictions: pd.DataFrame) -> dict:
     """A run's test-side figures: accuracy and macro AUC with patient-bootstrap intervals, the COVID-19
     AUC, and the Grad-CAM in-lung share (images with masks)."""
@@ -136,6 +156,11 @@ def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, pred
         row.update(lung_share(run_dir, test, predictions, config.n_boot, config.seed) or {})
     except CxrlabError as err:  # the metrics above stand without it
         log.warning("study: Grad-CAM lung share of %s failed: %s", run_dir, err)
+    if config.faithfulness:
+        try:
+            row.update(faithfulness(run_dir, test, config.n_boot, config.seed))
+        except CxrlabError as err:
+            log.warning("study: ROAD scores of %s failed: %s", run_dir, err)
     return {k: (math.nan if v is None else v) for k, v in row.items()}  # None: undefined (one class only)
 
 
