@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from cxrlab.evaluate import (
@@ -36,7 +37,8 @@ def test_fast_delong_equals_the_definition(seed):
     assert aucs[0] == pytest.approx(roc_auc_score(y, a))
     result = delong_test(y, a, b)
     assert result["difference"] > 0 and result["low"] < result["difference"] < result["high"]
-    assert 0 <= result["p_value"] <= 1
+    z = result["difference"] / np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])  # the two-sided normal test by hand
+    assert result["p_value"] == pytest.approx(2 * stats.norm.sf(abs(z)))
 
 
 def test_delong_same_scores_and_clear_difference():

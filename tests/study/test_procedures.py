@@ -46,7 +46,10 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     assert set(run_split["split"]) == {"train", "test"} and refit["train_images"] == (split["split"] != "test").sum()
     kept = table.loc[table["cell"] == first.best, "best_epoch"] + 1
     assert refit["settings"]["epochs"] == round(kept.median()) and refit["settings"]["select_on"] == "last"
-    assert 0 <= refit["test"]["test_accuracy"] <= 1 and "auc_macro" in refit["fold_model_test"]
+    scored = pd.read_csv(tmp_path / "runs" / first.best / "refit" / "test_predictions.csv")
+    called = scored[["COVID-19", "Pneumonia", "Normal"]].idxmax(axis=1)
+    assert refit["test"]["test_accuracy"] == pytest.approx((called == scored["label"]).mean())
+    assert "auc_macro" in refit["fold_model_test"]
     assert "p_vs_fold_model" in refit and "delong_p" not in refit  # a bootstrap over the test patients
     model, _, payload = load_model(tmp_path / "refit-model" / "model.pt")
     assert model.class_names == ("COVID-19", "Pneumonia", "Normal") and not payload["extra"].get("screening")

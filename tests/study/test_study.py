@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 import yaml
 from scipy import stats
 
@@ -198,8 +199,16 @@ def test_binary_study(phantoms, tmp_path):
     result = run_study(config, tmp_path)
     assert result.failed == 0 and result.best == "fine_tune-2"
     row = result.summary.iloc[0]
-    assert 0 <= row["sensitivity_mean"] <= 1 and 0 <= row["test_accuracy"] <= 1
-    assert isinstance(row["test_auc_positive"], float)  # NaN when the tiny test side holds one class
+    runs = pd.read_csv(tmp_path / "results.csv")
+    assert row["sensitivity_mean"] == pytest.approx(runs["sensitivity"].mean())
+    predicted = pd.read_csv(tmp_path / "runs" / row["cell"] / row["test_run"] / "test_predictions.csv")
+    names = ["COVID-19", "non-COVID"]
+    assert row["test_accuracy"] == pytest.approx((predicted[names].idxmax(axis=1) == predicted["label"]).mean())
+    positive = predicted["label"] == "COVID-19"
+    if positive.nunique() == 2:  # NaN when the tiny test side holds one class
+        assert row["test_auc_positive"] == pytest.approx(roc_auc_score(positive, predicted["COVID-19"]))
+    else:
+        assert math.isnan(row["test_auc_positive"])
     model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
     assert model.class_names == ("COVID-19", "non-COVID")
 
@@ -218,7 +227,9 @@ def test_leave_one_source_out_of_the_best_configuration(tmp_path):
         run_split = pd.read_csv(tmp_path / "loso" / result.best / f"without-{source}" / "splits.csv")
         assert set(run_split.loc[run_split["split"] == "test", "source"]) == {source}  # never trained on it
         assert source not in set(run_split.loc[run_split["split"] != "test", "source"])
-        assert entry["status"] == "ok" and 0 <= entry["accuracy"] <= 1
+        scored = pd.read_csv(tmp_path / "loso" / result.best / f"without-{source}" / "test_predictions.csv")
+        called = scored[["COVID-19", "Pneumonia", "Normal"]].idxmax(axis=1)
+        assert entry["status"] == "ok" and entry["accuracy"] == pytest.approx((called == scored["label"]).mean())
     assert "Leave one source out" in (tmp_path / "report.md").read_text()
     best = pd.read_csv(tmp_path / "summary.csv").set_index("cell").loc[result.best]
     assert loso["in_distribution"]["side"] == "test"  # not the validation side early stopping chose on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import torch
 import pytest
 
 from cxrlab.core import ConfigError, LeakageError
@@ -129,3 +130,12 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_still_learns_scale
     with pytest.raises(ConfigError, match="batchnorm"):
         _config(tmp_path, phantoms, "typo", batchnorm="fixed")
 
+
+
+def test_a_training_side_one_image_past_a_full_batch_trains(tmp_path, phantoms):
+    from cxrlab.train.data import loader
+
+    config = _config(tmp_path, phantoms, "odd", batch_size=4)
+    data = torch.utils.data.TensorDataset(torch.zeros(9, 1), torch.zeros(9))
+    assert [len(x) for x, _ in loader(data, config, True, 0)] == [4, 4]  # BatchNorm cannot train on a batch of one
+    assert [len(x) for x, _ in loader(data, config, False, 0)] == [4, 4, 1]  # validation keeps every image

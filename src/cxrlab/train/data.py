@@ -145,12 +145,15 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
 
 
 def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
-    """A DataLoader with a seeded generator; balanced sampling when ``class_balance="sampler"``."""
+    """A DataLoader with a seeded generator; balanced sampling when ``class_balance="sampler"``. A
+    training epoch drops a last batch of a single image: BatchNorm cannot train on one."""
     generator = torch.Generator().manual_seed(seed)
+    drop_last = train and len(dataset) % config.batch_size == 1 and len(dataset) > 1
     if train and config.class_balance == "sampler":
         targets = np.asarray(dataset.targets)
         weights = 1.0 / np.bincount(targets)[targets]
         sampler = WeightedRandomSampler(weights.tolist(), len(targets), replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers)
+        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                          drop_last=drop_last)
     return DataLoader(dataset, batch_size=config.batch_size, shuffle=train, generator=generator,
-                      num_workers=config.num_workers)
+                      num_workers=config.num_workers, drop_last=drop_last)
