@@ -99,3 +99,13 @@ def test_every_split_keeps_republished_copies_with_their_originals(phantoms, tmp
             assert not any(all(t) for t in together if len(t) >= 6), together
     merged = __import__("json").loads((tmp_path / "tTrue" / "splits.json").read_text())["duplicates"]
     assert merged["patients_joined"] == 24 and len(merged["groups"]) == 12
+
+
+def test_without_duplicates_the_grouped_split_is_the_patient_split(phantoms):
+    from cxrlab.data.duplicates import regroup_duplicates
+
+    table, merged = regroup_duplicates(load_source(phantoms).table)
+    assert merged["pairs"] == 0 and (table["group_id"] == table["patient_id"].astype(str)).all()
+    by_group, _ = make_splits(table, ("COVID-19", "Pneumonia", "Normal"), SplitConfig(group_column="group_id"))
+    by_patient, _ = make_splits(table, ("COVID-19", "Pneumonia", "Normal"), SplitConfig())
+    assert by_group["split"].tolist() == by_patient["split"].tolist()

@@ -113,8 +113,12 @@ def regroup_duplicates(table: pd.DataFrame, max_distance: int = DEFAULT_MAX_DIST
     """
     table = table.reset_index(drop=True).copy()
     pairs = find_near_duplicates(compute_hashes(table["image"].tolist(), workers, progress), max_distance)
-    table["group_id"] = group_patients(table["patient_id"], duplicate_groups(len(table), pairs))
-    merged = [sorted(set(rows)) for _, rows in table.groupby("group_id")["patient_id"] if rows.nunique() > 1]
+    groups = pd.Series(group_patients(table["patient_id"], duplicate_groups(len(table), pairs)), index=table.index)
+    members = table.groupby(groups)["patient_id"].agg(lambda p: sorted(set(map(str, p))))
+    # a patient alone keeps its id as its group, so without duplicates the split is the patient split itself
+    names = {g: p[0] if len(p) == 1 else "group:" + "+".join(p) for g, p in members.items()}
+    table["group_id"] = groups.map(names)
+    merged = [p for p in members if len(p) > 1]
     if merged:
         log.info("near-duplicate images join %d patients into %d groups (kept on one side of every split)",
                  sum(map(len, merged)), len(merged))
