@@ -280,7 +280,7 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     assert len(pd.read_csv(guided / "test_lung_evidence.csv")) == summary.loc["variant-guided_attention", "test_lung_images"]
     report = (tmp_path / "report.md").read_text()
     assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report
-    assert "test ROAD" in report
+    assert "test ROAD" in report and "Lung masks per side, class and origin" in report  # every phantom: "given"
     # the shortcut checks run on a lung-attention model too (its masks ride along as an input channel)
     loaded = load_model(guided / "model.pt")
     assert loaded[0].lung_attention

@@ -15,6 +15,8 @@ from cxrlab.core.io import atomic_write_text  # noqa: E402
 from cxrlab.evaluate.report import html_page, markdown_page  # noqa: E402
 from cxrlab.study.config import StudyConfig  # noqa: E402
 from cxrlab.data.classes import POSITIVE_CLASS  # noqa: E402
+from cxrlab.data.manifest import read_table  # noqa: E402
+from cxrlab.data.mask_provenance import mask_coverage  # noqa: E402
 from cxrlab.study.results import METRICS  # noqa: E402
 
 LABELS = {"accuracy": "accuracy", "sensitivity": f"{POSITIVE_CLASS} sensitivity",
@@ -264,6 +266,19 @@ def _lines(config: StudyConfig, summary: pd.DataFrame, best: str | None, loso: d
     return lines
 
 
+def _mask_table(split: pd.DataFrame) -> tuple[str, list[str], list[list[str]]] | None:
+    """Lung masks per side, class and origin (a mask's presence or origin tracking the class is a cue);
+    None when no image has a mask."""
+    coverage = mask_coverage(split)
+    origins = sorted({o for side in coverage.values() for per_class in side.values() for o in per_class})
+    if origins == ["none"]:
+        return None
+    rows = [[side, label, *(str(counts.get(o, 0)) for o in origins)]
+            for side, per_class in coverage.items() for label, counts in per_class.items()]
+    return ("Lung masks per side, class and origin (mask-using settings need one origin for every image: "
+            "training refuses masks whose presence or origin tracks the class)", ["side", "class", *origins], rows)
+
+
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
                        best: str | None, loso: dict | None = None, audit: dict | None = None,
                        refit: dict | None = None) -> None:
@@ -277,5 +292,7 @@ def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summ
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))
     tables += _audit_tables(audit)
+    if (out / "splits.csv").exists() and (masks := _mask_table(read_table(out / "splits.csv"))):
+        tables.append(masks)
     atomic_write_text(out / "report.md", markdown_page("Study report", lines, tables, figures))
     atomic_write_text(out / "report.html", html_page("Study report", lines, tables, figures))
