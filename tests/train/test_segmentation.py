@@ -4,6 +4,7 @@ phantoms, predicted masks in a manifest, the CLI."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -147,6 +148,10 @@ def test_cross_fitted_masks_are_all_predicted_out_of_sample(segment_run, tmp_pat
     result = CliRunner().invoke(app, ["segment", "crossfit", "--data", str(tmp_path / "partial.csv"), "--out",
                                       str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
     assert result.exit_code == 0, result.output
+    loaded = load_source(tmp_path / "cf" / "manifest.csv")  # every image and mask found from the merged manifest
+    assert not loaded.skipped and len(loaded.table) == len(table)
+    assert sorted(loaded.table["image"]) == sorted(str(phantoms.parent / p) for p in table["image"])
+    assert all(Path(m).is_file() for m in loaded.table["mask"])
     manifest = pd.read_csv(tmp_path / "cf" / "manifest.csv", keep_default_na=False)
     assert len(manifest) == len(table) and (manifest["mask_source"] == "predicted").all()
     assert not manifest["mask_in_sample"].astype(str).eq("True").any()

@@ -21,6 +21,7 @@ import pandas as pd
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source, write_table
+from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.data.splits import assign_folds
 from cxrlab.evaluate.lung_masks import predict_lung_masks
 from cxrlab.train.segmentation import SegmentConfig, train_segmenter
@@ -73,7 +74,7 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
             except ConfigError as err:
                 raise ConfigError(f"fold {k}: {err}") from err
             predict_lung_masks(run, frame[fold == k], run / "masks", replace=True)
-        parts.append(pd.read_csv(done, keep_default_na=False))
+        parts.append(resolve_paths(read_table(done), done.parent))  # its paths are relative to its own folder
         summary = json.loads((run / "summary.json").read_text())
         runs.append({"fold": k, "images": int((fold == k).sum()), "segmenter_images": summary["images"],
                      "held_out_dice": summary["test"].get("dice_clean_mean"), "best_epoch": summary["best_epoch"]})
