@@ -143,11 +143,15 @@ def test_cross_fitted_masks_are_all_predicted_out_of_sample(segment_run, tmp_pat
     _, phantoms, _ = segment_run
     table = pd.read_csv(phantoms)
     table.loc[table["label"] == "Normal", "mask"] = ""  # hand-drawn masks missing on one class, as in cxr-real
-    table.assign(**{c: [str(phantoms.parent / p) if p else "" for p in table[c].fillna("")] for c in ("image", "mask", "lesion")}
-                 ).to_csv(tmp_path / "partial.csv", index=False)
+    (tmp_path / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # a bad file among the others
+    bad = table.head(1).assign(image=str(tmp_path / "cut.png"), mask="", lesion="", patient_id="bad:1", label="Normal")
+    pd.concat([table.assign(**{c: [str(phantoms.parent / p) if p else "" for p in table[c].fillna("")]
+                               for c in ("image", "mask", "lesion")}), bad]).to_csv(tmp_path / "partial.csv", index=False)
     result = CliRunner().invoke(app, ["segment", "crossfit", "--data", str(tmp_path / "partial.csv"), "--out",
                                       str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # everything else written; the bad file named with its reason
+    assert f"skipped {tmp_path / 'cut.png'}:" in result.output
+    assert json.loads((tmp_path / "cf" / "summary.json").read_text())["skipped"][0][0] == str(tmp_path / "cut.png")
     loaded = load_source(tmp_path / "cf" / "manifest.csv")  # every image and mask found from the merged manifest
     assert not loaded.skipped and len(loaded.table) == len(table)
     assert sorted(loaded.table["image"]) == sorted(str(phantoms.parent / p) for p in table["image"])
@@ -164,4 +168,4 @@ def test_cross_fitted_masks_are_all_predicted_out_of_sample(segment_run, tmp_pat
     first = (tmp_path / "cf" / "fold0" / "segmenter.pt").stat().st_mtime
     again = CliRunner().invoke(app, ["segment", "crossfit", "--data", str(tmp_path / "partial.csv"), "--out",
                                      str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
-    assert again.exit_code == 0 and (tmp_path / "cf" / "fold0" / "segmenter.pt").stat().st_mtime == first  # reused
+    assert again.exit_code == 3 and "cut.png" in again.output and (tmp_path / "cf" / "fold0" / "segmenter.pt").stat().st_mtime == first  # reused

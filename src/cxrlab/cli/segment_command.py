@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
 app = typer.Typer(no_args_is_help=True, help="Lung segmentation: train a U-Net on lung masks, predict masks.")
 
@@ -98,4 +98,7 @@ def segment_crossfit(
         console.print(f"{summary['masks']} of {summary['images']} images masked by {summary['folds']} segmenters, each "
                       f"on patients it never trained on" + (f"; Dice against the hand-drawn masks of those patients "
                                                             f"{dice:.3f}" if dice is not None else ""))
+        for image, reason in summary["skipped"][:20]:
+            console.print(f"  skipped {image}: {reason}", highlight=False)
         console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'summary.json'}")
+    exit_if_failed(len(summary["skipped"]), "image(s) could not be read and")

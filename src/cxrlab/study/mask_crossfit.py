@@ -22,6 +22,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source, write_table
 from cxrlab.data.manifest import read_table, resolve_paths
+from cxrlab.data.mask_provenance import PREDICTED
 from cxrlab.data.splits import assign_folds
 from cxrlab.evaluate.lung_masks import predict_lung_masks
 from cxrlab.train.segmentation import SegmentConfig, train_segmenter
@@ -40,7 +41,8 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
                         progress: Callable[[str], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """Write ``out/manifest.csv`` (``data`` with every mask predicted out of sample), ``out/fold<k>/``
     (segmenter ``k``'s run and masks) and ``out/summary.json``. Resumable: a fold whose masks are
-    written is reused.
+    written is reused. An image that cannot be read is left out of the manifest and named with its
+    reason in ``summary.json`` (``skipped``); every other image is still masked.
 
     Args:
         data: Any source ``load_source`` reads; its hand-drawn masks train the segmenters.
@@ -55,9 +57,10 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
         raise ConfigError(f"folds: cross-fitted masks need at least 2 folds, got {folds}")
     out, settings = Path(out), dict(settings or {})
     seed = int(settings.get("seed", 0))
-    frame = load_source(data).table.reset_index(drop=True)
+    source = load_source(data)
+    frame = source.table.reset_index(drop=True)
     fold = _folds(frame, folds, seed)
-    parts, runs = [], []
+    parts, runs, skipped = [], [], [(item.image, item.reason) for item in source.skipped]
     for k in range(folds):
         if progress:
             progress(f"fold {k + 1}/{folds}")
@@ -73,8 +76,12 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
                                                  "progress_bar": False}))
             except ConfigError as err:
                 raise ConfigError(f"fold {k}: {err}") from err
-            predict_lung_masks(run, frame[fold == k], run / "masks", replace=True)
-        parts.append(resolve_paths(read_table(done), done.parent))  # its paths are relative to its own folder
+            _, predicted = predict_lung_masks(run, frame[fold == k], run / "masks", replace=True)
+            atomic_write_text(run / "masks" / "skipped.json", json.dumps(predicted["skipped"]) + "\n")
+        part = resolve_paths(read_table(done), done.parent)  # its paths are relative to its own folder
+        failed = run / "masks" / "skipped.json"
+        skipped += [tuple(item) for item in json.loads(failed.read_text())] if failed.exists() else []
+        parts.append(part[part["mask_source"] == PREDICTED])  # an image it could not read keeps no mask: left out
         summary = json.loads((run / "summary.json").read_text())
         runs.append({"fold": k, "images": int((fold == k).sum()), "segmenter_images": summary["images"],
                      "held_out_dice": summary["test"].get("dice_clean_mean"), "best_epoch": summary["best_epoch"]})
@@ -84,6 +91,6 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
     scored = [(r["held_out_dice"], r["segmenter_images"]["test"]) for r in runs if r["held_out_dice"] is not None]
     result = {"folds": folds, "images": len(frame), "masks": int((table["mask"] != "").sum()),
               "held_out_dice": float(np.average([d for d, _ in scored], weights=[n for _, n in scored])) if scored else None,
-              "runs": runs}
+              "skipped": [list(item) for item in skipped], "runs": runs}
     atomic_write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
     return table, result
