@@ -115,6 +115,6 @@ def compare_to_best(table: pd.DataFrame, summary: pd.DataFrame, metric: str) -> 
             continue
         pair = scores[[best, cell]].dropna()
         p_values.append(corrected_resampled_ttest(pair[best].to_numpy(), pair[cell].to_numpy(), ratio)["p_value"])
-    adjusted = [math.nan if p is None else p for p in holm([None if math.isnan(p) else p for p in p_values])]
+    adjusted = [math.nan if p is None else p for p in holm(p_values)]  # NaN (untested) stays out of the family
     noise = [None if math.isnan(p) else bool(p >= ALPHA) for p in adjusted]
     return best, summary.assign(p_vs_best=p_values, p_vs_best_holm=adjusted, within_noise=noise)

@@ -20,7 +20,8 @@ import pandas as pd
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
-from cxrlab.evaluate.metrics import accuracy_and_macro_auc, binary_auc, compute_metrics
+from cxrlab.evaluate.compare import paired_differences
+from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
 from cxrlab.evaluate.predictions import predict_frame
 from cxrlab.explain import lung_evidence
 from cxrlab.explain.faithfulness import road_scores
@@ -71,14 +72,13 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
     y = (both["label"] == positive).to_numpy()
     if min(y.sum(), len(y) - y.sum()) < 2:
         return None
-    ours, theirs = both[positive].to_numpy(float), both[f"{positive}_other"].to_numpy(float)
-
-    def difference(rows: np.ndarray) -> dict[str, float | None]:
-        x, z = binary_auc(y[rows], ours[rows]), binary_auc(y[rows], theirs[rows])
-        return {"d": None if x is None or z is None else x - z}
-
+    labels = both["label"].to_numpy()
+    correct = [(both[[f"{n}{s}" for n in names]].to_numpy().argmax(1) == [names.index(v) for v in labels])
+               for s in ("", "_other")]
     groups = both["image"].map(patients.to_dict()).fillna(both["image"]).astype(str).to_numpy()
-    return bootstrap_cis(difference, groups, n_boot, seed, null=0.0)["d"]["p_value"]
+    tests = paired_differences(labels, {positive: both[positive].to_numpy(float)},
+                               {positive: both[f"{positive}_other"].to_numpy(float)}, *correct, groups, n_boot, seed)
+    return tests[positive]["p_value"]
 
 
 TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
@@ -94,10 +94,18 @@ def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed
     return bootstrap_cis(lambda rows: accuracy_and_macro_auc(y[rows], probs[rows]), patients.to_numpy(), n_boot, seed)
 
 
+def _mean_interval(table: pd.DataFrame, column: str, n_boot: int, seed: int) -> dict:
+    """``test_<column>`` (the mean over ``table``'s images) and its patient-bootstrap interval."""
+    values = table[column].to_numpy()
+    ci = bootstrap_ci(lambda r: float(values[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
+    return {f"test_{column}": ci["value"], f"test_{column}_low": ci["low"], f"test_{column}_high": ci["high"]}
+
+
 def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_boot: int, seed: int) -> dict | None:
     """Mean share of the Grad-CAM evidence (for the predicted class) inside the lungs over the test
-    images with lung masks, with its patient-bootstrap 95% interval, and the lungs' mean share of the
-    image (what evenly spread evidence would score). Maps are cached in ``test_lung_evidence.csv``.
+    images with lung masks, with its patient-bootstrap 95% interval, the lungs' mean share of the
+    image, and the model's own baseline (``even_share``: what evidence spread evenly over the region
+    it sees would score). Maps are cached in ``test_lung_evidence.csv``.
 
     Returns ``None`` when no test image has a mask.
     """
@@ -115,10 +123,7 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
     table = table.dropna(subset=["in_lung_share"]).merge(rows[["image", "patient_id"]], on="image")
     if table.empty:
         return None
-    share = table["in_lung_share"].to_numpy()
-    ci = bootstrap_ci(lambda r: float(share[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
-    return {"test_in_lung_share": ci["value"], "test_in_lung_share_low": ci["low"], "test_in_lung_share_high": ci["high"],
-            "test_lung_area": float(table["lung_area"].mean()), "test_even_share": float(table["even_share"].mean()),
+    return {**_mean_interval(table, "in_lung_share", n_boot, seed), "test_lung_area": float(table["lung_area"].mean()), "test_even_share": float(table["even_share"].mean()),
             "test_lung_images": int(len(table))}
 
 
@@ -135,9 +140,7 @@ def faithfulness(run_dir: Path, test: pd.DataFrame, n_boot: int, seed: int) -> d
     table = table.merge(test[["image", "patient_id"]], on="image")
     if table.empty:
         return {}
-    road = table["road"].to_numpy()
-    ci = bootstrap_ci(lambda r: float(road[r].mean()), table["patient_id"].to_numpy(), n_boot, seed)
-    return {"test_road": ci["value"], "test_road_low": ci["low"], "test_road_high": ci["high"]}
+    return _mean_interval(table, "road", n_boot, seed)
 
 
 def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, predictions: pd.DataFrame) -> dict:
@@ -199,7 +202,6 @@ def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: p
             if cell != best and cell in predictions:
                 p_value = paired_auc_p(predictions[best], predictions[cell], patients, config.n_boot, config.seed)
                 out_summary.loc[i, "test_p_vs_best"] = math.nan if p_value is None else p_value
-    raw = [None if math.isnan(p) else float(p) for p in out_summary["test_p_vs_best"]]
-    out_summary["test_p_holm"] = [math.nan if p is None else p for p in holm(raw)]
+    out_summary["test_p_holm"] = [math.nan if p is None else p for p in holm(list(out_summary["test_p_vs_best"]))]
     out_summary["test_within_noise"] = [None if math.isnan(p) else bool(p >= ALPHA) for p in out_summary["test_p_holm"]]
     return out_summary
