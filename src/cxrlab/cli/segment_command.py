@@ -9,6 +9,14 @@ import typer
 
 from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
+# the U-Net's training options, shared by train and crossfit (defaults as SegmentConfig's)
+Backbone = Annotated[str, typer.Option(help="Encoder backbone (offline weights for efficientnet_lite0/1/2).")]
+Size = Annotated[int, typer.Option(help="Image side the U-Net sees.")]
+Epochs = Annotated[int, typer.Option(help="Maximum epochs per segmenter (early stopping on validation Dice).")]
+BatchSize = Annotated[int, typer.Option(help="Batch size.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")]
+Seed = Annotated[int, typer.Option(help="Seed (of the folds too, for crossfit).")]
+
 app = typer.Typer(no_args_is_help=True, help="Lung segmentation: train a U-Net on lung masks, predict masks.")
 
 
@@ -18,13 +26,13 @@ def segment_train(
                                                             "metadata CSV or folder tree.")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="A splits.csv to use instead of a new patient split.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/segment"),
-    backbone: Annotated[str, typer.Option(help="Encoder backbone (offline weights for efficientnet_lite0/1/2).")] = "efficientnet_lite0",
+    backbone: Backbone = "efficientnet_lite0",
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file or folder.")] = None,
-    size: Annotated[int, typer.Option(help="Image side the U-Net sees.")] = 256,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Dice).")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    size: Size = 256,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 8,
+    lr: Lr = 1e-3,
+    seed: Seed = 0,
 ) -> None:
     """Train the lung segmenter on a patient split of the images with masks; report Dice and IoU."""
     from cxrlab.train.segmentation import build_segment_config, train_segmenter
@@ -77,12 +85,12 @@ def segment_crossfit(
     data: Annotated[Path, typer.Option(help="Images with some hand-drawn lung masks: manifest, metadata CSV or folder tree.")],
     out: Annotated[Path, typer.Option(help="Output folder: manifest.csv, fold<k>/ (segmenter and masks), summary.json.")] = Path("runs/masks-crossfit"),
     folds: Annotated[int, typer.Option(help="Patient folds: each fold's masks come from a segmenter trained on the others.")] = 3,
-    backbone: Annotated[str, typer.Option(help="Encoder backbone.")] = "efficientnet_lite0",
-    size: Annotated[int, typer.Option(help="Image side the U-Net sees.")] = 256,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per segmenter.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the folds and the training.")] = 0,
+    backbone: Backbone = "efficientnet_lite0",
+    size: Size = 256,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 8,
+    lr: Lr = 1e-3,
+    seed: Seed = 0,
 ) -> None:
     """Predict every image's lung mask with a segmenter that never trained on its patient (one origin
     for all masks, none in-sample): what lung crop, lung attention and the attention loss need when
