@@ -49,7 +49,7 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     scored = pd.read_csv(tmp_path / "runs" / first.best / "refit" / "test_predictions.csv")
     called = scored[["COVID-19", "Pneumonia", "Normal"]].idxmax(axis=1)
     assert refit["test"]["test_accuracy"] == pytest.approx((called == scored["label"]).mean())
-    assert "auc_macro" in refit["fold_model_test"]
+    assert refit["fold_model_test"]["run"] == "ensemble" and "auc_macro" in refit["fold_model_test"]
     assert "p_vs_fold_model" in refit and "delong_p" not in refit  # a bootstrap over the test patients
     model, _, payload = load_model(tmp_path / "refit-model" / "model.pt")
     assert model.class_names == ("COVID-19", "Pneumonia", "Normal") and not payload["extra"].get("screening")
@@ -106,3 +106,15 @@ def test_the_refit_replays_the_epochs_each_phase_ran_up_to_the_kept_one(tmp_path
     assert [p["epochs"] for p in refit_settings(single, cells(single)[0], runs, tmp_path)["phases"]] == [5]
     runs["best_epoch"] = [1, 2, 3]  # kept in phase 1 (2, 3, 4 epochs in): phase 2 is dropped
     assert [p["epochs"] for p in refit_settings(config, cell, runs, tmp_path)["phases"]] == [3]
+
+
+def test_one_split_with_seeds_exports_their_ensemble_with_a_reference_from_its_validation_side(phantoms, tmp_path):
+    config = StudyConfig(name="seeds", data=str(phantoms), folds=0, repeats=2, ratios=(0.5, 0.25, 0.25), n_boot=20, shortcut_checks=False,
+                         base={"size": 64, "epochs": 1, "batch_size": 16}, grid={"fine_tune": [1]})
+    result = run_study(config, tmp_path)
+    assert result.failed == 0 and result.summary["test_run"].tolist() == ["ensemble"]
+    model, _, payload = load_model(tmp_path / "best-model" / "model.pt")
+    assert len(payload["members"]) == 2 and payload["extra"]["runs"] == ["fold0", "fold0-repeat1"]
+    assert payload["extra"]["screening"]["ood"]["threshold"] > 0  # fitted on the runs' shared train/validation split
+    exported = pd.read_csv(tmp_path / "best-model" / "splits.csv")
+    assert set(exported["split"]) == {"train", "val", "test"}

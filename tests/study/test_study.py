@@ -22,6 +22,7 @@ from cxrlab.core import ConfigError
 from cxrlab.models import load_model
 from cxrlab.study import StudyConfig, corrected_resampled_ttest, load_study_config, run_study
 from cxrlab.study.plan import cells
+from cxrlab.study.test_side import predict_test_side
 
 TIMING = ("seconds_per_epoch",)
 
@@ -86,15 +87,24 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     assert val_images == {(tmp_path / p).resolve() for p in split.loc[split["split"] != "test", "image"]}  # folds cover the pool
     # the prefix store holds one entry per k, shared by both folds
     assert len(list((tmp_path / "shared" / "prefix-store").glob("*.npy"))) == 2
-    # best-model is a self-contained run folder that evaluate can load
+    # each cell is scored as the ensemble of its runs, not as the run whose validation fold was easiest
+    best_dir = tmp_path / "runs" / first.best
+    assert summary.set_index("cell").loc[first.best, "test_run"] == "ensemble"
+    ensemble = pd.read_csv(best_dir / "ensemble" / "test_predictions.csv")
+    test = split[split["split"] == "test"].assign(image=lambda f: [str((tmp_path / p).resolve()) for p in f["image"]])
+    members = [predict_test_side(best_dir / f"fold{k}", test, tmp_path / "member-check") for k in (0, 1)]
+    names = ["COVID-19", "Pneumonia", "Normal"]
+    np.testing.assert_allclose(ensemble[names], (members[0][names] + members[1][names]) / 2, atol=1e-5)
+    # best-model is that ensemble, a self-contained folder that evaluate can load
     model, _, payload = load_model(tmp_path / "best-model" / "model.pt")
-    assert model.class_names == ("COVID-19", "Pneumonia", "Normal")
+    assert model.class_names == tuple(names) and len(payload["members"]) == 2
     origin = json.loads((tmp_path / "best-model" / "origin.json").read_text())
-    assert origin["cell"] == first.best
-    # only the exported run pays for the screening reference
-    assert payload["extra"]["screening"]["ood"]["threshold"] > 0
-    exported_from = Path(origin["run"])
-    others = [p for p in (tmp_path / "runs").glob("*/fold*/model.pt") if p.parent != exported_from]
+    assert origin["cell"] == first.best and origin["runs"] == ["fold0", "fold1"]
+    # its screening reference comes from out-of-fold predictions; no training run paid for one
+    screening = payload["extra"]["screening"]
+    assert screening["ood"]["threshold"] > 0
+    assert screening["operating_point"] is None or screening["operating_point"]["chosen_on"] == "out-of-fold predictions"
+    others = list((tmp_path / "runs").glob("*/fold*/model.pt"))
     assert others and not any(load_model(p)[2]["extra"].get("screening") for p in others)
     best_split = pd.read_csv(tmp_path / "best-model" / "splits.csv")
     assert all((tmp_path / "best-model" / p).resolve().exists() for p in best_split["image"].head(3))
@@ -275,8 +285,7 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
         assert 0 < row["test_lung_area"] < 1 and row["test_lung_images"] > 0
         road = pd.read_csv(tmp_path / "runs" / cell / row["test_run"] / "test_road.csv")  # a measure neither trains on
         assert row["test_road"] == pytest.approx(road["road"].mean()) and len(road) > 0
-    fold = int(summary.loc["variant-guided_attention", "test_fold"])
-    guided = tmp_path / "runs" / "variant-guided_attention" / f"fold{fold}"
+    guided = tmp_path / "runs" / "variant-guided_attention" / summary.loc["variant-guided_attention", "test_run"]
     assert len(pd.read_csv(guided / "test_lung_evidence.csv")) == summary.loc["variant-guided_attention", "test_lung_images"]
     report = (tmp_path / "report.md").read_text()
     assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report

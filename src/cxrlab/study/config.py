@@ -97,8 +97,8 @@ class StudyConfig(DataSettings):
 
     Every combination of the grid's values (times each of the named ``variants``, when given) is a *cell*; each cell is trained once per fold
     (train on the other folds of the train+validation pool, validate on this one), ``repeats`` times
-    with successive seeds, and, when all folds are done, its best run's model (by its own selection
-    score) is evaluated on the held-out test side. ``second_stage`` trains the top cells again with
+    with successive seeds, and, when all folds are done, its runs as one ensemble (the mean of their
+    probabilities) are evaluated on the held-out test side. ``second_stage`` trains the top cells again with
     other settings; ``refit`` trains the best cell on all of train+validation and scores it on the
     test side once. The test side never takes part in training or in choosing the best cell.
     """

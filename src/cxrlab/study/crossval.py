@@ -32,13 +32,13 @@ from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
 from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.models.checkpoint import FORMAT, read_payload
-from cxrlab.preprocess import ShardDataset, ShardReader
+from cxrlab.preprocess import ShardReader
 from cxrlab.study.baseline import frozen_features, probe_oof
+from cxrlab.study.cell_ensemble import oof_reference
 from cxrlab.study.plan import check_same_config
 from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
 from cxrlab.train.data import grouped_table
-from cxrlab.train.screening_reference import operating_point, screening_reference
 
 log = logging.getLogger(__name__)
 OOF_FILE = "oof_predictions.csv"
@@ -178,28 +178,14 @@ def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
 
 def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> dict:
     """Write ``out/model.pt``: the fold models as one ensemble, with a screening reference set on data
-    its parts did not choose on: the operating point on the out-of-fold predictions; the
-    out-of-distribution and inverted-image references fitted on the images of every fold but the
-    last and thresholded on the last (every member but one trained on those, so new images may be
-    flagged somewhat more often than the nominal 1%)."""
+    its parts did not choose on (:func:`cxrlab.study.cell_ensemble.oof_reference`)."""
     members, preprocess = [], None
     for fold in range(config.folds):
         model, preprocess, _ = load_model(out / "folds" / f"fold{fold}" / "model.pt")
         members.append(model)
     ensemble = EnsembleClassifier(members, config.tta).eval()
-    spec = ensemble.spec
     reader = ShardReader(Path(config.prepared) if config.prepared else out / "prepared")
-    last = predictions["fold"] == config.folds - 1
-
-    def dataset(rows: pd.DataFrame) -> ShardDataset:
-        return ShardDataset(reader, names, images=rows["image"].tolist(), mean=spec.mean, std=spec.std,
-                            in_chans=spec.in_chans, with_masks=ensemble.lung_attention)
-
-    y = np.array([names.index(v) for v in predictions["label"]])
-    probs = predictions[names].to_numpy(dtype=float)
-    reference = screening_reference(ensemble, dataset(predictions[~last]), dataset(predictions[last]), y[last],
-                                    probs[last], config.batch_size)
-    reference["operating_point"] = operating_point(y, probs, names, "out-of-fold predictions")
+    reference = oof_reference(ensemble, predictions, names, reader, config.batch_size)
     save_model(ensemble, out / "model.pt", preprocess, {"folds": config.folds, "screening": reference,
                                                         "seen": seen_record(predictions)})  # every member's images
     return reference

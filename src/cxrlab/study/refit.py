@@ -3,7 +3,7 @@
 Cross-validation chose the cell and, per fold, the epoch to keep; the refit trains that cell once
 more on every train+validation image for the median of those epochs (``select_on: last``: there
 is no validation side left to choose on) and is scored on the held-out test side, beside the
-best run's model on the same images (paired bootstrap over patients on the COVID-19 AUC). One paper built its
+cell's fold ensemble on the same images (paired bootstrap over patients on the COVID-19 AUC). One paper built its
 final model this way; it uses ~25% more training images than any fold's model, at the price of
 having no validation side of its own (its model file carries no screening reference).
 """
@@ -21,10 +21,10 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.study.cell_ensemble import cell_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, check_same_config, run_config
-from cxrlab.study.results import best_run
 from cxrlab.study.test_side import paired_auc_p, predict_test_side, score_test_side
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def refit_settings(config: StudyConfig, cell: Cell, runs: pd.DataFrame, out: Pat
 
 def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, table: pd.DataFrame,
                summary: pd.DataFrame, train_one: TrainOne) -> dict:
-    """Train ``cell`` on all of train+validation (or reuse that run), score it and the best run's model
+    """Train ``cell`` on all of train+validation (or reuse that run), score it and the cell's fold ensemble
     on the test side, export it to ``out/refit-model`` and write ``out/refit.json``.
 
     Returns:
@@ -81,11 +81,10 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
         try:
             predictions = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
             result["test"] = score_test_side(config, test, run_dir, predictions)
-            chosen = best_run(ok)
-            fold_predictions = predict_test_side(out / "runs" / cell.id / chosen["run"], test,
-                                                 out / "shared" / "prepared-test")
+            fold_model = cell_model(out, cell.id, ok)
+            fold_predictions = predict_test_side(fold_model, test, out / "shared" / "prepared-test")
             row = summary.set_index("cell").loc[cell.id]
-            result["fold_model_test"] = {"run": chosen["run"], **{
+            result["fold_model_test"] = {"run": fold_model.name, **{
                 k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_positive") if f"test_{k}" in row}}
             result["p_vs_fold_model"] = paired_auc_p(predictions, fold_predictions, test.set_index("image")["patient_id"],
                                                      config.n_boot, config.seed)

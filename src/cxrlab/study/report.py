@@ -77,7 +77,7 @@ def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
         axis.grid(axis="x", alpha=0.3)
     for axis in axes[0][1:]:
         axis.set_yticklabels([])
-    fig.suptitle("test side: each configuration's best run, 95% patient-bootstrap intervals (red: best)")
+    fig.suptitle("test side: each configuration's fold ensemble, 95% patient-bootstrap intervals (red: best)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -139,7 +139,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
     out = [(f"Configurations: mean ± sd over {runs}; sensitivity/specificity of "
-            f"{POSITIVE_CLASS}; test columns: the best run (fold, seed) of each configuration on the held-out test side (intervals: "
+            f"{POSITIVE_CLASS}; test columns: each configuration's runs as one ensemble (mean probability) on the held-out test side (intervals: "
             "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
             "lung mask, beside what evidence spread evenly over the region the model sees would score; ROAD: confidence "
             "lost removing the map's least minus its most relevant pixels, halved: higher = the map points at what "
@@ -223,14 +223,14 @@ def _refit_table(refit: dict) -> tuple[str, list[str], list[list[str]]]:
               else f"phases of {', '.join(str(p['epochs']) for p in settings['phases'])} epoch(s)" if "phases" in settings
               else "the epochs")
     title = (f"Refit: {refit['cell']} trained once more on all {refit['train_images']} train+validation images for "
-             f"{length} (per phase, the median its runs kept), scored on the test side beside its best run's model "
+             f"{length} (per phase, the median its runs kept), scored on the test side beside its fold ensemble "
              "(p: paired bootstrap over the test patients)")
     if refit["status"] != "ok":
         return title, ["model", "result"], [["refit", "failed: " + str(refit.get("error", ""))[:200]]]
     test, fold = refit["test"], refit.get("fold_model_test", {})
     rows = [["refit on train+validation (refit-model/)", _with_ci(pd.Series(test), "test_accuracy"),
              _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_positive")), _num(refit.get("p_vs_fold_model", refit.get("delong_p")))],
-            [f"best run's model ({fold.get('run', '—')}; best-model/)", _num(fold.get("accuracy")),
+            [f"fold ensemble ({fold.get('run', '—')}; best-model/)", _num(fold.get("accuracy")),
              _num(fold.get("auc_macro")), _num(fold.get("auc_positive")), ""]]
     return title, ["model", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
                    "p (refit vs fold model)"], rows

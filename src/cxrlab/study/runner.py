@@ -5,11 +5,12 @@ Layout of a study folder::
     study.json            the study's config and its MLflow parent run
     splits.csv            the held-out test side and the folds (made once, reused on resume)
     runs/<cell>/fold<k>/  one training run each (summary.json marks it finished; failed.json failed);
+                          ensemble/ the cell's runs as one model (test side, export)
                           fold<k>-repeat<r>/ the other seeds (repeats), refit/ the refit (refit: true)
     shared/               prepared shards per preprocessing, the frozen-prefix store
     results.csv/.parquet  one row per run; summary.csv: mean ± sd per cell, tests against the best
     report.md/.html       the comparison table, the metric-vs-k figure, the test-side results
-    best-model/           the best cell's best run, loadable by evaluate / explain / predict
+    best-model/           the best cell's runs as one ensemble, loadable by evaluate / explain / predict
     refit-model/, refit.json  the best cell refit on train+validation and its test-side figures
 
 A run is finished when its ``summary.json`` exists (written atomically, last); a rerun of the
@@ -35,11 +36,20 @@ from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.core.logging import configure_logging, quiet_lightning
 from cxrlab.core.runtime import default_workers, exit_with_parent
 from cxrlab.data import write_splits
+from cxrlab.study.cell_ensemble import cell_model, export_ready
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
-from cxrlab.study.plan import (Cell, cells, check_same_config, fold_frame, run_config, run_name,
-                               second_stage_cells, study_split)
-from cxrlab.study.results import aggregate, best_run, compare_to_best, run_row
+from cxrlab.study.plan import (
+    Cell,
+    cells,
+    check_same_config,
+    fold_frame,
+    run_config,
+    run_name,
+    second_stage_cells,
+    study_split,
+)
+from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
 from cxrlab.study.tracking import finish_parent_run, start_parent_run
@@ -179,10 +189,11 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     _write_table(table, out, "results")
     summary_table = aggregate(table, config.num_folds * config.repeats)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
-    summary_table = evaluate_cells(config, out, frame, table, summary_table, best)
+    models = {cell: cell_model(out, cell, ok) for cell, ok in _complete_runs(table, summary_table).items()}
+    summary_table = evaluate_cells(config, out, frame, summary_table, models, best)
     _write_table(summary_table, out, "summary")
     if best is not None:
-        _export_best(out, table, best, summary_table)
+        _export_best(config, out, frame, table, best, summary_table, models[best])
     refit = _refit(config, out, frame, plan, table, summary_table, best, uri, state["mlflow_parent"], progress)
     loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
@@ -347,18 +358,27 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
         return None, message
 
 
-def _export_best(out: Path, table: pd.DataFrame, best: str, summary: pd.DataFrame) -> None:
-    """Export the best cell's best run (:func:`best_run`), with its test-side figures (the same run's:
-    its model card quotes them)."""
+def _complete_runs(table: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each complete cell's finished runs."""
+    complete = summary.loc[summary["complete"], "cell"]
+    return {cell: ok for cell in complete if not (ok := table[(table["cell"] == cell) & (table["status"] == "ok")]).empty}
+
+
+def _export_best(config: StudyConfig, out: Path, frame: pd.DataFrame, table: pd.DataFrame, best: str,
+                 summary: pd.DataFrame, folder: Path) -> None:
+    """Export the best cell's model (``folder``: the ensemble of its runs), with its test-side figures
+    (its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
-    chosen = best_run(ok)
-    fold, folder = int(chosen["fold"]), chosen["run"]
+    try:
+        export_ready(folder, out, best, ok, frame, config.base.get("batch_size", 32))
+    except Exception as err:  # noqa: BLE001 -- exported without the screening reference, which says why
+        log.warning("study: no screening reference for %s's ensemble: %s: %s", best, type(err).__name__, err)
     row = summary[summary["cell"] == best].iloc[0]
-    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k not in ("test_fold", "test_run")}
-    origin = {"cell": best, "fold": fold, "part": folder, "study": str(out)}
-    if row.get("test_run") == folder:
+    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_run"}
+    origin = {"cell": best, "runs": sorted(ok["run"]), "part": folder.name, "study": str(out)}
+    if row.get("test_run") == folder.name:
         origin["test"] = {k: v for k, v in test.items() if v is not None}
-    export_run(out / "runs" / best / folder, out / "best-model", origin)
+    export_run(folder, out / "best-model", origin)
 
 
 def _plain(value) -> float | int | None:

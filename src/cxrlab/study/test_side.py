@@ -1,5 +1,5 @@
-"""The held-out test side of a study: each complete cell's best run with confidence intervals and its
-Grad-CAM in-lung share, and its COVID-19 AUC against the best cell's (paired bootstrap over
+"""The held-out test side of a study: each complete cell's model (the ensemble of its runs) with
+confidence intervals and its Grad-CAM in-lung share, and its COVID-19 AUC against the best cell's (paired bootstrap over
 patients, Holm-corrected across the cells).
 
 Only the best cell is chosen on validation folds; the test side reports how the choice holds
@@ -19,6 +19,7 @@ import pandas as pd
 
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
 from cxrlab.evaluate.compare import paired_differences
 from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
@@ -28,15 +29,14 @@ from cxrlab.explain.faithfulness import road_scores
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
 from cxrlab.study.config import StudyConfig
-from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.study.results import ALPHA, best_run
+from cxrlab.study.results import ALPHA
 
 log = logging.getLogger(__name__)
 
 
-def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataFrame:
-    """Class probabilities of a run's model on the test side (cached in the run folder)."""
-    cached = run_dir / "test_predictions.csv"
+def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = "test_predictions.csv") -> pd.DataFrame:
+    """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``)."""
+    cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
     model, preprocess, _ = load_model(run_dir / "model.pt")
@@ -45,7 +45,7 @@ def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path) -> pd.DataF
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
         frame[name] = result.probs[:, i]
-    cached.write_text(frame.to_csv(index=False))
+    atomic_write_text(cached, frame.to_csv(index=False))
     return frame
 
 
@@ -81,7 +81,7 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
     return tests[positive]["p_value"]
 
 
-TEST_COLUMNS = ("test_fold", "test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
+TEST_COLUMNS = ("test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images",
                 "test_road", "test_road_low", "test_road_high")
@@ -167,33 +167,32 @@ def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, pred
     return {k: (math.nan if v is None else v) for k, v in row.items()}  # None: undefined (one class only)
 
 
-def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, table: pd.DataFrame, summary: pd.DataFrame,
-                   best: str | None) -> pd.DataFrame:
-    """Add test-side columns to ``summary`` for each complete cell's best run (:func:`best_run`):
+def evaluate_cells(config: StudyConfig, out: Path, split: pd.DataFrame, summary: pd.DataFrame,
+                   models: dict[str, Path], best: str | None) -> pd.DataFrame:
+    """Add test-side columns to ``summary`` for each complete cell, scored with its model (``models``:
+    cell -> folder, the ensemble of its runs: :func:`cxrlab.study.cell_ensemble.cell_model`):
     accuracy and macro AUC with patient-bootstrap 95% intervals, COVID-19 AUC, the paired
     patient-bootstrap p of that AUC against the best cell's (``test_p_vs_best``) and Holm's adjustment
-    across the cells (``test_p_holm``; ``test_within_noise`` follows it), and the Grad-CAM in-lung share (mean and interval) on the test
-    images with lung masks."""
+    across the cells (``test_p_holm``; ``test_within_noise`` follows it), and the Grad-CAM in-lung share
+    (mean and interval) on the test images with lung masks."""
     test = split[split["split"] == "test"]
     if test.empty:
         log.warning("study: the split has no test side; no test-set evaluation")
         return summary.assign(**{k: math.nan for k in TEST_COLUMNS}, test_within_noise=None)
     predictions: dict[str, pd.DataFrame] = {}
     rows = []
-    for cell, complete in zip(summary["cell"], summary["complete"], strict=True):
-        ok = table[(table["cell"] == cell) & (table["status"] == "ok")]
+    for cell in summary["cell"]:
         row = dict.fromkeys(TEST_COLUMNS, math.nan)
         rows.append(row)
-        if not complete or ok.empty:
+        if cell not in models:
             continue
-        chosen = best_run(ok)
-        fold, run_dir = int(chosen["fold"]), out / "runs" / cell / chosen["run"]
+        run_dir = models[cell]
         try:
             predictions[cell] = predict_test_side(run_dir, test, out / "shared" / "prepared-test")
         except CxrlabError as err:
             log.warning("study: test evaluation of %s failed: %s", cell, err)
             continue
-        row.update(test_fold=fold, test_run=run_dir.name, **score_test_side(config, test, run_dir, predictions[cell]))
+        row.update(test_run=run_dir.name, **score_test_side(config, test, run_dir, predictions[cell]))
     columns = {k: [r[k] for r in rows] for k in TEST_COLUMNS}
     out_summary = summary.assign(**{k: v for k, v in columns.items()})
     if best in predictions:

@@ -1,0 +1,121 @@
+"""A study cell's runs as one model: the mean of their probabilities.
+
+A study's folds validate on different images, so "the run with the best validation score" is partly
+the run that drew the easiest validation fold; quoting its test figures, or exporting it, rewards
+that luck. A cell is scored on the test side, and exported, as the ensemble of all its runs
+(folds × repeats), as ``cxrlab train --folds`` does. A cell of one run is that run.
+
+The ensemble's screening reference is fitted on data its members did not choose on, as for
+``train --folds``: the operating point on the out-of-fold predictions (each validation fold
+predicted by the runs that validated on it), the out-of-distribution and inverted-image references
+fitted on every fold but the last and thresholded on the last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrlab.core.io import atomic_write_text
+from cxrlab.data import write_splits
+from cxrlab.data.seen import merge_records
+from cxrlab.evaluate.predictions import prepared_dataset
+from cxrlab.models import EnsembleClassifier, load_model, save_model
+from cxrlab.preprocess import ShardDataset, ShardReader
+from cxrlab.study.test_side import predict_test_side
+from cxrlab.train import add_screening_reference
+from cxrlab.train.screening_reference import operating_point, screening_reference
+
+ENSEMBLE = "ensemble"  # runs/<cell>/ensemble/: never a run's name (runs are fold<k>[...], refit)
+RUNS_FILE = "runs.json"  # which runs the ensemble holds; written last, so a half-built one is rebuilt
+
+
+def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
+    """The folder of cell ``cell``'s model: its one run's, or ``runs/<cell>/ensemble/`` holding the
+    ensemble of its finished runs ``ok`` (rows with ``run``), built once and rebuilt when the runs change."""
+    runs = sorted(str(r) for r in ok["run"])
+    cell_dir = out / "runs" / cell
+    if len(runs) == 1:
+        return cell_dir / runs[0]
+    folder = cell_dir / ENSEMBLE
+    record = folder / RUNS_FILE
+    if record.is_file() and json.loads(record.read_text()) == runs:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)  # older runs' ensemble and everything cached from it
+    folder.mkdir(parents=True)
+    members, seen, preprocess = [], [], None
+    for run in runs:
+        model, preprocess, payload = load_model(cell_dir / run / "model.pt")
+        members.append(model)
+        seen.append((payload.get("extra") or {}).get("seen"))
+    save_model(EnsembleClassifier(members).eval(), folder / "model.pt", preprocess,
+               {"seen": merge_records(*seen), "runs": runs})
+    shutil.copy2(cell_dir / runs[0] / "config.yaml", folder / "config.yaml")
+    atomic_write_text(record, json.dumps(runs) + "\n")
+    return folder
+
+
+def oof_reference(ensemble: EnsembleClassifier, predictions: pd.DataFrame, names: list[str], reader: ShardReader,
+                  batch_size: int = 32) -> dict:
+    """The ensemble's screening reference from out-of-fold ``predictions`` (``image``, ``label``, ``fold``
+    and a probability column per class, images in ``reader``): out-of-distribution and inverted-image
+    references fitted on every fold but the last and thresholded on the last (every member but one
+    trained on those images, so new images may be flagged somewhat more often than the nominal 1%);
+    the operating point on all the out-of-fold predictions."""
+    spec = ensemble.spec
+    last = (predictions["fold"] == predictions["fold"].max()).to_numpy()
+
+    def dataset(rows: pd.DataFrame) -> ShardDataset:
+        return ShardDataset(reader, names, images=rows["image"].tolist(), mean=spec.mean, std=spec.std,
+                            in_chans=spec.in_chans, with_masks=ensemble.lung_attention)
+
+    y = np.array([names.index(v) for v in predictions["label"]])
+    probs = predictions[names].to_numpy(dtype=float)
+    reference = screening_reference(ensemble, dataset(predictions[~last]), dataset(predictions[last]), y[last],
+                                    probs[last], batch_size)
+    reference["operating_point"] = operating_point(y, probs, names, "out-of-fold predictions")
+    return reference
+
+
+def cell_oof_predictions(out: Path, cell: str, ok: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Every train+validation image of the study split ``frame`` predicted by the runs that validated
+    on it (the mean over repeats), with its ``fold``; each run's are cached in its ``val_predictions.csv``."""
+    parts = []
+    for _, row in ok.iterrows():
+        fold = int(row["fold"])
+        val = frame[(frame["split"] != "test") & (pd.to_numeric(frame["fold"]) == fold)]
+        part = predict_test_side(out / "runs" / cell / str(row["run"]), val,
+                                 out / "shared" / "prepared-val" / f"fold{fold}", cache="val_predictions.csv")
+        parts.append(part.assign(fold=fold))
+    both = pd.concat(parts, ignore_index=True)
+    return both.groupby(["image", "label", "fold"], as_index=False, sort=False).mean(numeric_only=True)
+
+
+def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd.DataFrame, batch_size: int = 32) -> None:
+    """Give a cell ensemble's folder what exporting it needs: ``splits.csv`` (the study split with every
+    train+validation image on the train side: each trained some member) and a screening reference
+    from the cell's out-of-fold predictions; with one split and several seeds, the runs' own split and
+    a reference fitted on it. A no-op for a one-run cell or an ensemble that has them."""
+    if folder.name != ENSEMBLE:
+        return
+    model, preprocess, payload = load_model(folder / "model.pt")
+    extra = payload.get("extra") or {}
+    if extra.get("screening"):
+        return
+    if pd.to_numeric(frame["fold"]).max() < 1:  # one split, several seeds: every member trained on its train
+        for name in ("splits.csv", "splits.json"):  # side and none on its validation side, which fit the reference
+            shutil.copy2(out / "runs" / cell / str(ok["run"].iloc[0]) / name, folder / name)
+        add_screening_reference(folder)
+        return
+    pooled = frame.assign(split=np.where(frame["split"] == "test", "test", "train"))
+    write_splits(pooled, {"ensemble_of": extra.get("runs"), "cell": cell}, folder)
+    names = list(model.class_names)
+    predictions = cell_oof_predictions(out, cell, ok, frame)
+    work = out / "shared" / "prepared-ensemble"
+    prepared_dataset(model, preprocess, frame[frame["image"].isin(set(predictions["image"]))], work)
+    extra["screening"] = oof_reference(model, predictions, names, ShardReader(work), batch_size)
+    save_model(model, folder / "model.pt", preprocess, extra)
