@@ -11,8 +11,11 @@ Run: ``.venv/bin/python bench/bench_serve.py --model RUN_OR_MODEL [--images FOLD
 3. **Out of distribution**: the share of held-out images (``split == test`` of the run's
    ``splits.csv``) flagged, against photos, a text page, blank and noise frames, 10 of those
    X-rays turned 90 degrees and all of them inverted; and which check fired (``ood_reason``).
+   ``--fresh`` measures only this, on inputs never looked at while the checks were designed (other
+   photos, page, grey levels and noise; ``--exclude-test-of RUN`` leaves out that run's test images):
+   ``--model`` should then be a run on another split.
 
-Writes ``bench/out/serve.json``; nothing here asserts a time.
+Writes ``bench/out/serve.json`` (``serve-fresh.json`` with ``--fresh``); nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -144,21 +147,31 @@ def onnx_bench(model_path: Path, images: list[Path]) -> dict:
     return figures
 
 
-def _odd_inputs(images: list[Path], folder: Path) -> dict[str, list[Path]]:
-    from skimage import data
+# the inputs the checks were designed on (README figures before 2026-12-02), and others never looked at then
+ODD_SETS = {"design": {"photos": ("astronaut", "chelsea", "coffee", "camera", "rocket", "immunohistochemistry"),
+                       "page": "page", "grey": (0, 128, 255), "seed": 0},
+            "fresh": {"photos": ("brick", "grass", "gravel", "coins", "moon", "clock", "hubble_deep_field", "cell",
+                                 "retina", "shepp_logan_phantom"),
+                      "page": "text", "grey": (32, 96, 192), "seed": 1}}
 
+
+def _odd_inputs(images: list[Path], folder: Path, which: str = "design") -> dict[str, list[Path]]:
+    from skimage import data
+    from skimage.util import img_as_ubyte
+
+    odd = ODD_SETS[which]
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, list[Path]] = {"photos": [], "text page": [], "blank": [], "noise": [], "x-ray turned 90°": [],
                                    "x-ray inverted": []}
-    for name in ("astronaut", "chelsea", "coffee", "camera", "rocket", "immunohistochemistry"):
+    for name in odd["photos"]:
         path = folder / f"{name}.png"
-        image = getattr(data, name)()
+        image = img_as_ubyte(getattr(data, name)())
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
         made["photos"].append(path)
-    cv2.imwrite(str(folder / "page.png"), data.page())
+    cv2.imwrite(str(folder / "page.png"), getattr(data, odd["page"])())
     made["text page"].append(folder / "page.png")
-    rng = np.random.default_rng(0)
-    for value in (0, 128, 255):
+    rng = np.random.default_rng(odd["seed"])
+    for value in odd["grey"]:
         cv2.imwrite(str(folder / f"blank{value}.png"), np.full((512, 512), value, np.uint8))
         made["blank"].append(folder / f"blank{value}.png")
     for i in range(3):
@@ -174,9 +187,9 @@ def _odd_inputs(images: list[Path], folder: Path) -> dict[str, list[Path]]:
     return made
 
 
-def ood_bench(model_path: Path, test_images: list[Path]) -> dict:
+def ood_bench(model_path: Path, test_images: list[Path], which: str = "design") -> dict:
     with tempfile.TemporaryDirectory() as tmp, Screener(model_path) as screener:
-        groups = {"held-out test X-rays": test_images, **_odd_inputs(test_images, Path(tmp))}
+        groups = {"held-out test X-rays": test_images, **_odd_inputs(test_images, Path(tmp), which)}
         threshold = screener.ood.threshold if screener.ood else None
         out = {"threshold": threshold}
         for group, paths in groups.items():
@@ -193,16 +206,29 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("runs/demo/best-model"))
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--fresh", action="store_true",
+                        help="out-of-distribution part only, on inputs never used to design the checks: other "
+                             "photos, page, grey levels and noise, and held-out X-rays minus --exclude-test-of's")
+    parser.add_argument("--exclude-test-of", type=Path, action="append", default=[],
+                        help="a run whose test images were used to design the checks (leave them out)")
     args = parser.parse_args()
     tune_allocator()
     model = args.model / "model.pt" if args.model.is_dir() else args.model
     test = _test_images(model.parent, 200)
+    excluded = {p for run in args.exclude_test_of for p in _test_images(run, 10_000)}
+    kept = [p for p in test if p not in excluded]
+    left_out, test = len(test) - len(kept), kept
     if not test:
         raise SystemExit(f"{model.parent / 'splits.csv'}: no test images")
-    results = {"model": str(model), "torch_threads": torch.get_num_threads()}
+    results = {"model": str(model), "torch_threads": torch.get_num_threads(), "test_images_left_out": left_out}
     print("out-of-distribution flags ...", flush=True)
-    results["ood"] = ood_bench(model, test)
+    results["ood"] = ood_bench(model, test, "fresh" if args.fresh else "design")
     print(json.dumps(results["ood"], indent=1))
+    if args.fresh:
+        OUT.mkdir(exist_ok=True)
+        (OUT / "serve-fresh.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {OUT / 'serve-fresh.json'}")
+        return
     print("onnx ...", flush=True)
     results["onnx"] = onnx_bench(model, test[:8])
     print(json.dumps(results["onnx"], indent=1))
