@@ -80,12 +80,13 @@ def _lesion(size: int, label: str, lungs: np.ndarray, a: _Anatomy, rng: np.rando
 
 
 def render_phantom(size: int, label: str, anatomy: _Anatomy, rng: np.random.Generator,
-                   source: str = SOURCES[0], with_lesion: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   source: str = SOURCES[0], with_lesion: bool = True,
+                   marker: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one phantom.
 
     ``with_lesion=False`` draws the same phantom (same random draws) without its opacity, the
     lesion mask still marking where it would be: the counterfactual that shows whether a model
-    relies on the finding itself.
+    relies on the finding itself. ``marker`` scales the second source's burned-in side marker.
 
     Returns:
         ``(image, lung_mask, lesion_mask)``, each ``(size, size) uint8``; masks are 0/255.
@@ -128,13 +129,13 @@ def render_phantom(size: int, label: str, anatomy: _Anatomy, rng: np.random.Gene
     img = img * exposure * gain * rng.uniform(0.85, 1.15) + offset + rng.normal(0, 0.03, img.shape)
     image = np.clip(img * 255, 0, 255).astype(np.uint8)
     if source != SOURCES[0]:  # burned-in side marker, the kind of shortcut real sources carry
-        cv2.putText(image, "R", (size // 20, size // 8), cv2.FONT_HERSHEY_SIMPLEX, size / 300, 255,
-                    max(1, size // 150))
+        cv2.putText(image, "R", (size // 20, int(size / 8 * marker)), cv2.FONT_HERSHEY_SIMPLEX, marker * size / 300,
+                    255, max(1, int(marker * size / 150)))
     return image, lungs, lesion_mask
 
 
 def generate_phantoms(out_dir: str | Path, n_patients: int = 60, size: int = 256, seed: int = 0,
-                      max_images_per_patient: int = 3) -> Path:
+                      max_images_per_patient: int = 3, marker: float = 1.0) -> Path:
     """Write a phantom data set: ``images/``, ``masks/``, ``lesions/`` and ``manifest.csv``.
 
     Patients are spread evenly over the three classes and two sources. The output depends
@@ -146,6 +147,8 @@ def generate_phantoms(out_dir: str | Path, n_patients: int = 60, size: int = 256
         size: Image side in pixels (>= 32).
         seed: Seed.
         max_images_per_patient: Each patient gets 1..this many images.
+        marker: Size of the second source's burned-in side marker, times the default (a shortcut
+            that is plain to see, for checks that must find one).
 
     Returns:
         Path of the written ``manifest.csv``.
@@ -170,7 +173,7 @@ def generate_phantoms(out_dir: str | Path, n_patients: int = 60, size: int = 256
         source = SOURCES[(p // 3) % 2]
         anatomy = random_anatomy(rng)
         for k in range(int(rng.integers(1, max_images_per_patient + 1))):
-            image, lungs, lesion = render_phantom(size, label, anatomy, rng, source)
+            image, lungs, lesion = render_phantom(size, label, anatomy, rng, source, marker=marker)
             stem = f"{source}-p{p:04d}-{k}"
             for sub, array in (("images", image), ("masks", lungs), ("lesions", lesion)):
                 cv2.imwrite(str(out / sub / f"{stem}.png"), array)
