@@ -82,3 +82,31 @@ def test_grey_level_changes_touch_the_image_not_its_mask_and_shifts_move_both():
     dy, dx = rows.mean() - 31.5, cols.mean() - 31.5
     assert 0 < max(abs(dy), abs(dx)) <= 0.2 * 64 + 1  # moved, within the stated range
     assert abs(moved[..., 0].astype(int)[rows, cols].mean() - image[rows - round(dy), cols - round(dx)].mean()) < 3
+
+
+@pytest.mark.parametrize(("select_on", "decay"), [("loss", 0.5), ("last", 0.999999)])
+def test_the_moving_average_of_the_weights_is_what_is_validated_and_kept(tmp_path, phantoms, select_on, decay):
+    """The kept model's validation loss, recomputed from model.pt, is the one logged for the kept epoch
+    (Lightning swaps the raw weights back before the keeper would run). Decay ~1 keeps the average at
+    the initial weights, so there every epoch scores the same and a raw-weight file would not."""
+    import pandas as pd
+
+    from cxrlab.data import load_source
+    from cxrlab.evaluate.predictions import predict_frame
+    from cxrlab.models import load_model
+
+    config = build_config({"data": str(phantoms), "out": str(tmp_path / "ema"), "size": 32, "epochs": 3,
+                           "batch_size": 8, "ratios": (0.6, 0.2, 0.2), "lr": 1e-2, "fine_tune": 1, "ema_decay": decay,
+                           "select_on": select_on, "select_smoothing": 1, "min_epochs": 1, "class_balance": "none",
+                           "precision": "32", "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    result = train(config, screening=False)
+    logged = pd.read_csv(result.out / "metrics.csv")
+    kept = logged.loc[logged["epoch"] == result.summary["best_epoch"], "val_loss"].item()
+    model, preprocess, _ = load_model(result.out / "model.pt")
+    val = load_source(result.out / "splits.csv").table.query("split == 'val'")
+    scored = predict_frame(model, preprocess, val, tmp_path / "work")
+    probs = torch.from_numpy(scored.logits).log_softmax(1)
+    recomputed = -probs[torch.arange(len(probs)), torch.as_tensor(scored.y_true)].mean().item()
+    assert recomputed == pytest.approx(kept, rel=1e-4)
+    if select_on == "last":
+        assert result.summary["best_epoch"] == 2 and logged["val_loss"].max() - logged["val_loss"].min() < 1e-3

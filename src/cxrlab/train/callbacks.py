@@ -1,5 +1,6 @@
 """Callbacks: keep the best model (written atomically) and stop early, both by the run's selection
-rule (:mod:`cxrlab.train.selection`); write ``metrics.csv`` per epoch."""
+rule (:mod:`cxrlab.train.selection`); write ``metrics.csv`` per epoch; an exponential moving
+average of the weights whose averaged weights are the ones scored and kept."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.checkpoint import save_model
@@ -92,3 +94,38 @@ class MetricsCsv(L.Callback):
                 row[key] = float(metrics[key])
         self.rows.append(row)
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+
+
+class EmaWeights(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights (updated every step), with the averaged
+    weights in the model from the start of validation to the start of the next training epoch (Lightning
+    swaps them back at the end of the validation epoch): :class:`BestModelKeeper`, listed after this
+    callback, then scores and keeps the averaged weights, also when it keeps at an epoch's end
+    (``select_on: last``, no validation side)."""
+
+    def __init__(self, decay: float) -> None:
+        super().__init__(decay=decay)
+        self._swapped = False
+
+    def _swap(self, pl_module: L.LightningModule, averaged_in: bool) -> None:
+        if self._average_model is not None and self._swapped != averaged_in:
+            self._swap_models(pl_module)
+            self._swapped = averaged_in
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap(pl_module, True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # stays averaged until the keeper has run (on_validation_end / on_train_epoch_end)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap(pl_module, False)
+        super().on_train_epoch_end(trainer, pl_module)  # updates by epoch, if configured so, on the trained weights
+        self._swap(pl_module, True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap(pl_module, False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap(pl_module, False)
+        super().on_train_end(trainer, pl_module)

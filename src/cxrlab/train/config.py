@@ -114,6 +114,8 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warm-up (per step) at the "
                                                     "start of each phase")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (training loss only)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="exponential moving average of the weights, decay per "
+                                                          "step (0: off); the averaged weights are validated and kept")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.05, ge=0)
     schedule: Literal["plateau", "step", "cosine", "none"] = "cosine"

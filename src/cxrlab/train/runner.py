@@ -33,7 +33,7 @@ from cxrlab.models.weights import check_weights_available
 from cxrlab.models.checkpoint import load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
-from cxrlab.train.callbacks import BestModelKeeper, MetricsCsv
+from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv
 from cxrlab.train.config import TrainConfig, load_config
 from cxrlab.train.data import TrainData, class_weights, datasets, load_train_data, loader
 from cxrlab.train.metrics import classification_summary
@@ -170,7 +170,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator="auto", devices=1, precision=precision,
-            logger=logger, callbacks=[keeper, csv, *callbacks],
+            logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
