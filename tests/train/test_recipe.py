@@ -64,6 +64,11 @@ def test_label_smoothing_changes_the_training_loss_only():
     assert train_loss.item() != pytest.approx(val_loss.item())
 
 
+def _augmented(settings: AugmentConfig, image: np.ndarray, seed: int) -> np.ndarray:
+    torch.manual_seed(seed)
+    return Augmenter(settings)(image)
+
+
 def test_grey_level_changes_touch_the_image_not_its_mask_and_shifts_move_both():
     y, x = np.mgrid[0:64, 0:64]
     image = ((x + y) * 2).astype(np.uint8)
@@ -71,17 +76,43 @@ def test_grey_level_changes_touch_the_image_not_its_mask_and_shifts_move_both():
     mask[16:48, 16:48] = 255
     levels = AugmentConfig(enabled=True, rotation=0, crop_scale=(1, 1), hflip=False, brightness=0.2, contrast=0.3,
                            gamma=0.3)
-    out = Augmenter(levels, seed=1)(np.dstack([image, mask]))
+    out = _augmented(levels, np.dstack([image, mask]), 1)
     assert np.array_equal(out[..., 1], mask) and not np.array_equal(out[..., 0], image)
     order = np.argsort(image.ravel(), kind="stable")  # monotone grey-level maps keep the order of pixels
     assert (np.diff(out[..., 0].ravel()[order].astype(int)) >= 0).all()
-    assert np.array_equal(Augmenter(levels, seed=1)(image), out[..., 0])  # same seed, same draws
+    assert np.array_equal(_augmented(levels, image, 1), out[..., 0])  # same seed, same draws
     shift = AugmentConfig(enabled=True, rotation=0, crop_scale=(1, 1), hflip=False, translate=0.2)
-    moved = Augmenter(shift, seed=2)(np.dstack([image, mask]))
+    moved = _augmented(shift, np.dstack([image, mask]), 2)
     rows, cols = np.nonzero(moved[..., 1] > 127)
     dy, dx = rows.mean() - 31.5, cols.mean() - 31.5
     assert 0 < max(abs(dy), abs(dx)) <= 0.2 * 64 + 1  # moved, within the stated range
     assert abs(moved[..., 0].astype(int)[rows, cols].mean() - image[rows - round(dy), cols - round(dx)].mean()) < 3
+    assert set(np.unique(moved[..., 1])) <= {0, 255}  # the mask moves with nearest-neighbour interpolation
+
+
+def test_two_loader_workers_draw_their_own_augmentations_each_epoch_and_a_seed_replays_them(tmp_path, phantoms):
+    """With workers, each worker's draws come from the seed PyTorch gives it for that epoch: no two
+    workers or epochs replay the same augmentations (the old augmenter's generator was copied into
+    every worker and never re-seeded), and the loader's seed replays the whole sequence."""
+    from cxrlab.data import load_source
+    from cxrlab.preprocess import PreprocessConfig, ShardDataset, prepare
+    from cxrlab.train.data import loader
+
+    manifest = load_source(phantoms)
+    prepare(manifest, tmp_path / "prep", PreprocessConfig(size=32), workers=1)
+    settings = AugmentConfig(enabled=True, rotation=20, crop_scale=(0.7, 1.0), brightness=0.2)
+    dataset = ShardDataset(tmp_path / "prep", manifest.class_names, images=[str(p) for p in manifest.table["image"][:8]],
+                           transform=Augmenter(settings))
+    config = build_config({"data": "x.csv", "batch_size": 4, "num_workers": 2, "class_balance": "none"})
+
+    def epochs(seed: int) -> list[list[torch.Tensor]]:
+        batches = loader(dataset, config, train=False, seed=seed)  # no shuffling: batch b holds the same images
+        return [[x for x, _ in batches] for _ in range(2)]
+
+    first, again = epochs(0), epochs(0)
+    assert all(torch.equal(a, b) for e, f in zip(first, again, strict=True) for a, b in zip(e, f, strict=True))
+    assert not torch.equal(first[0][0], first[1][0])  # epoch 2 draws anew for the same images
+    assert not torch.equal(first[0][0], first[0][1])  # and so does the other worker
 
 
 @pytest.mark.parametrize(("select_on", "decay"), [("loss", 0.5), ("last", 0.999999)])

@@ -34,7 +34,7 @@ class AugmentConfig(_Strict):
     crop_scale: tuple[float, float] = (0.85, 1.0)
     hflip: bool = True
     translate: float = Field(0.0, ge=0, le=0.5, description="shift up to this fraction of the side")
-    brightness: float = Field(0.0, ge=0, le=1, description="add up to +-this x 255 to every pixel")
+    brightness: float = Field(0.0, ge=0, le=1, description="multiply the grey levels by 1 +- this")
     contrast: float = Field(0.0, ge=0, le=1, description="scale the spread around the mean by 1 +- this")
     gamma: float = Field(0.0, ge=0, le=1, description="apply a gamma of exp(+-this) to the grey levels")
 

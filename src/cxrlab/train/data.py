@@ -140,7 +140,7 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
     """Train dataset (augmented when enabled and ``augment``) and validation dataset (never augmented);
     lung masks as a last input channel when the run uses them."""
     common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config)}
-    augment = Augmenter(config.augment, config.seed) if config.augment.enabled and augment else None
+    augment = Augmenter(config.augment) if config.augment.enabled and augment else None  # draws: torch's seeded generator
     train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
     val = ShardDataset(data.reader, data.class_names, images=data.val_images, **common)
     return train, val
