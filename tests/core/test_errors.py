@@ -4,7 +4,7 @@ import pickle
 
 import pytest
 
-from cxrlab.core import CxrlabError, InvalidImageError, LeakageError, NotFittedError, UnknownLabelError
+from cxrlab.core import CxrlabError, InvalidImageError, LeakageError, UnknownLabelError
 from cxrlab.core.io import atomic_write_text, relative_to_or_absolute
 
 
@@ -18,7 +18,7 @@ def test_file_errors_name_the_file_and_pickle(cls, builtin):
 
 
 def test_error_hierarchy():
-    assert issubclass(LeakageError, ValueError) and issubclass(NotFittedError, AttributeError)
+    assert issubclass(LeakageError, ValueError)
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

@@ -4,11 +4,14 @@ model option trains (cached or not), saves and loads."""
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -16,7 +19,8 @@ from cxrlab.core import ConfigError
 from cxrlab.models import create_classifier, load_model
 from cxrlab.preprocess import ShardReader
 from cxrlab.train import build_config, train
-from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss, guided_forward
+from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss
+from cxrlab.train.module import ClassifierModule
 
 
 @pytest.fixture(scope="module")
@@ -51,26 +55,43 @@ def test_attention_loss_is_the_share_of_evidence_outside_the_lungs():
     assert attention_loss(torch.zeros(1, 8, 8), masks).item() == 0.0  # no evidence: nothing to penalise
 
 
-def test_the_attention_loss_gradient_reaches_the_backbone_and_moves_evidence(model):
+def test_the_training_step_s_attention_term_reaches_the_backbone_and_moves_evidence():
+    """The training step itself (ClassifierModule._step, mask as the input's last channel): its loss is
+    cross-entropy + alpha x the outside share of the true class's Grad-CAM, and minimising that term
+    alone pulls the evidence into the mask."""
     torch.manual_seed(1)
     net = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune="all")
     net.train()
     x, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
     masks = torch.zeros(4, 64, 64)
     masks[:, :, :32] = 1.0  # "lungs": the left half
-    logits, loss = guided_forward(net, x, target, masks)
-    assert logits.shape == (4, 3) and 0 < loss.item() < 1
-    loss.backward()
+    module = ClassifierModule(net, build_config({"data": "x.csv", "attention_loss": 2.0}), 0.05, 1)
+    batch = (torch.cat([x, masks[:, None]], 1), target)
+
+    def attention_term() -> tuple[torch.Tensor, torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*self.log.*")  # no trainer here to log to
+            logits, loss, _ = module._step(batch, "train")
+        return logits, (loss - F.cross_entropy(logits, target, weight=module.class_weights)) / 2.0
+
+    torch.manual_seed(5)
+    logits, term = attention_term()
+    torch.manual_seed(5)  # the same dropout draws as the step's
+    features = net.image_features(x)
+    by_hand = attention_loss(differentiable_gradcam(features, net.head(net.attend(features, masks)), target), masks)
+    assert logits.shape == (4, 3) and 0 < term.item() < 1
+    assert term.item() == pytest.approx(by_hand.item(), rel=1e-4)
+    term.backward()
     last_block = [p for n, p in net.named_parameters() if n.startswith("backbone.blocks.6")]
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in last_block)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-    before = loss.item()
-    for _ in range(15):  # the attention loss alone, minimised, pulls the evidence into the mask
+    before = term.item()
+    for _ in range(15):  # the attention term alone, minimised, pulls the evidence into the mask
         optimizer.zero_grad()
-        _, loss = guided_forward(net, x, target, masks)
-        loss.backward()
+        _, term = attention_term()
+        term.backward()
         optimizer.step()
-    assert loss.item() < before
+    assert term.item() < before
 
 
 def test_gain_mines_the_erased_image_and_matches_the_map_to_the_lungs():

@@ -10,7 +10,6 @@ from cxrlab.core.errors import (
     LeakageError,
     ManifestError,
     MissingDependencyError,
-    NotFittedError,
     UnknownLabelError,
 )
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text, relative_to_or_absolute
@@ -23,7 +22,6 @@ __all__ = [
     "LeakageError",
     "ManifestError",
     "MissingDependencyError",
-    "NotFittedError",
     "UnknownLabelError",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -21,10 +21,6 @@ class LeakageError(CxrlabError, ValueError):
     """A split puts one patient on two sides (train/val/test or two CV folds)."""
 
 
-class NotFittedError(CxrlabError, AttributeError):
-    """An estimator was used before ``fit``."""
-
-
 class DeadlineExceeded(CxrlabError, TimeoutError):
     """Work stopped because the time it was given ran out (a service's request time limit)."""
 

@@ -11,7 +11,7 @@ from cxrlab.data.images import DecodedImage, decode_image, find_images, read_ima
 from cxrlab.data.manifest import Manifest, SkippedItem, read_manifest, write_manifest, write_table
 from cxrlab.data.metadata import read_metadata_csv
 from cxrlab.data.sources import load_source
-from cxrlab.data.splitfile import read_split_info, read_splits, write_splits
+from cxrlab.data.splitfile import read_splits, write_splits
 from cxrlab.data.splits import (
     SplitConfig,
     assign_folds,
@@ -30,6 +30,6 @@ __all__ = [
     "class_names", "compute_hashes", "dedupe_splits", "dicom_to_uint8", "duplicate_groups",
     "find_images", "find_near_duplicates", "generate_phantoms", "group_patients", "leave_one_source_out", "load_source",
     "make_splits", "decode_image", "read_dicom_header", "read_folder_tree", "read_image", "read_manifest",
-    "read_mask", "read_metadata_csv", "read_split_info", "read_splits", "split_by_patient",
+    "read_mask", "read_metadata_csv", "read_splits", "split_by_patient",
     "undersample", "write_manifest", "write_splits", "write_table",
 ]

@@ -82,8 +82,3 @@ def validate_split_table(frame: pd.DataFrame, path: str | Path, group_column: st
     return frame
 
 
-def read_split_info(path: str | Path) -> dict:
-    """Read ``splits.json`` next to a split file (empty dict when absent)."""
-    path = Path(path)
-    info = (path if path.is_dir() else path.parent) / INFO_FILE
-    return json.loads(info.read_text()) if info.exists() else {}

@@ -56,15 +56,6 @@ def attention_loss(cam: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (outside / (cam.sum(dim=(1, 2)) + EPS)).mean()
 
 
-def guided_forward(model: CxrClassifier, x: torch.Tensor, target: torch.Tensor,
-                   masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass giving the logits and the attention loss of the true class's Grad-CAM
-    on the last block's features (before the lung attention of a model that has it)."""
-    features = model.forward_features(x)
-    logits = model.head(model.attend(features, masks))
-    return logits, attention_loss(differentiable_gradcam(features, logits, target), masks)
-
-
 GAIN_SIGMA, GAIN_OMEGA = 0.5, 10.0  # the soft mask T(A) = sigmoid(omega (A - sigma)), as in Li et al.
 
 
