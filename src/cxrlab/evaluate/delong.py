@@ -1,7 +1,7 @@
 """DeLong's test for two correlated ROC AUCs on the same test set.
 
 Hand-written because scikit-learn has no AUC variance or comparison; this is the fast
-midrank algorithm of Sun & Xu (IEEE Signal Processing Letters 21(11), 2014), checked in the
+midrank algorithm (midranks: :func:`scipy.stats.rankdata`) of Sun & Xu (IEEE Signal Processing Letters 21(11), 2014), checked in the
 tests against the O(m·n) definition of DeLong, DeLong & Clarke-Pearson (Biometrics, 1988).
 """
 
@@ -11,20 +11,6 @@ import numpy as np
 from scipy import stats
 
 from cxrlab.core.errors import ConfigError
-
-
-def _midranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=float)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j < len(x) and sorted_x[j] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j]] = 0.5 * (i + j - 1) + 1
-        i = j
-    return ranks
 
 
 def delong_covariance(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,9 +33,9 @@ def delong_covariance(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     if m < 1 or n < 1:
         raise ConfigError("DeLong: need at least one positive and one negative case")
     k = scores.shape[0]
-    tx = np.array([_midranks(p) for p in pos])
-    ty = np.array([_midranks(q) for q in neg])
-    tz = np.array([_midranks(np.concatenate([p, q])) for p, q in zip(pos, neg)])
+    tx = np.array([stats.rankdata(p) for p in pos])
+    ty = np.array([stats.rankdata(q) for q in neg])
+    tz = np.array([stats.rankdata(np.concatenate([p, q])) for p, q in zip(pos, neg)])
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
     v01 = (tz[:, :m] - tx) / n
     v10 = 1.0 - (tz[:, m:] - ty) / m

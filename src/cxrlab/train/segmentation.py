@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -101,12 +102,8 @@ class _Pairs(Dataset):
         return x, torch.from_numpy(np.asarray(mask, np.float32))[None]
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 − soft Dice per image, averaged (the overlap term of the loss)."""
-    probs = logits.sigmoid().flatten(1)
-    target = target.flatten(1)
-    inter = (probs * target).sum(1)
-    return (1 - (2 * inter + 1) / (probs.sum(1) + target.sum(1) + 1)).mean()
+# smp's soft Dice over the batch (+1 smoothing), the overlap term of the loss
+DICE = DiceLoss("binary", from_logits=True, smooth=1.0)
 
 
 class SegmenterModule(L.LightningModule):
@@ -131,7 +128,7 @@ class SegmenterModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + DICE(logits, y)
         if not torch.isfinite(loss):
             raise ConfigError(f"segmenter: loss became {loss.item()} at epoch {self.current_epoch}; lower the lr")
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
@@ -140,7 +137,7 @@ class SegmenterModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.binary_cross_entropy_with_logits(logits, y) + soft_dice_loss(logits, y),
+        self.log("val_loss", F.binary_cross_entropy_with_logits(logits, y) + DICE(logits, y),
                  on_epoch=True, batch_size=len(y))
         for p, t in zip((logits > 0).cpu().numpy()[:, 0], y.cpu().numpy()[:, 0] > 0.5, strict=True):
             self._dice.append(dice_iou(p, t)[0])
