@@ -1,0 +1,71 @@
+"""cxrlab from Python: each command's job as one function, for notebooks and scripts.
+
+    import cxrlab
+
+    run = cxrlab.train_model(data="data/phantoms/manifest.csv", out="runs/notebook", epochs=2)
+    report = cxrlab.evaluate_model(run.out, out="runs/notebook/evaluation")
+    screened = cxrlab.predict(run.out, ["data/phantoms/images"], out="runs/notebook/predictions")
+    study = cxrlab.run_study("configs/studies/degree_sweep.yaml", out="runs/notebook-study")
+
+(``train``, ``evaluate`` and ``study`` are the names of cxrlab's subpackages, hence the longer names.)
+
+Settings are the config files' fields (``cxrlab train --help`` and ``configs/``), as keywords or in
+a YAML file (``config=``; keywords win). Errors are the commands' own: a
+:class:`cxrlab.core.ConfigError` names the bad field or file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+
+def train_model(config: str | Path | None = None, **settings):
+    """Train a classifier (``folds`` ≥ 3: cross-validated, the fold models as one ensemble) and write
+    the run folder, as ``cxrlab train`` does.
+
+    Returns:
+        The run's result: ``.out`` (its folder), ``.summary`` (``summary.json``'s contents).
+    """
+    from cxrlab.train import load_config
+    from cxrlab.train import train as train_run
+
+    resolved = load_config(config, settings)
+    if resolved.folds:
+        from cxrlab.study.crossval import train_crossval
+
+        return train_crossval(resolved)
+    return train_run(resolved)
+
+
+def evaluate_model(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
+             n_boot: int = 1000, seed: int = 0) -> dict:
+    """Evaluate a run's (or model file's) model on its test side, or on ``data`` (images it never
+    saw), and write the report, as ``cxrlab evaluate`` does. Returns the figures (``metrics.json``)."""
+    from cxrlab.evaluate.runner import evaluate_run
+
+    return evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
+
+
+def predict(model: str | Path, images: Iterable[str | Path], out: str | Path, overlays: bool = True) -> pd.DataFrame:
+    """Screen image files and folders with a run's model, as ``cxrlab predict`` does: one row per
+    input with a probability per class, the call, the out-of-distribution flag and the overlay's
+    path (``error`` says why an input was skipped)."""
+    from cxrlab.explain import predict_images
+
+    folder = Path(model)
+    records = predict_images(folder / "model.pt" if folder.is_dir() else folder, images, out, overlays=overlays)
+    return pd.DataFrame(records)
+
+
+def run_study(config: str | Path, out: str | Path | None = None, **overrides):
+    """Run (or resume) a study from its YAML file, as ``cxrlab study`` does; ``overrides`` replace
+    the file's top-level fields. Returns the result: ``.summary`` (one row per configuration),
+    ``.best``, ``.out``."""
+    from cxrlab.study import load_study_config
+    from cxrlab.study import run_study as run
+
+    loaded = load_study_config(config, overrides)
+    return run(loaded, out or Path("runs") / "studies" / loaded.name)
