@@ -5,11 +5,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench browser clean
+.PHONY: install demo test docs bench browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,9 +21,13 @@ demo: install
 # One pytest worker per core (pytest-xdist), each with one torch thread: the suite is mostly many
 # small single-threaded steps, and two workers finish it in ~5.5 min instead of ~9 on 2 cores.
 # A plain `.venv/bin/python -m pytest` runs the same tests in one process.
-test: install browser
+test: install browser docs
 	$(BIN)/cxrlab doctor --require-java
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+
+# The manual (docs/, mkdocs.yml) as a site in site/; strict: a broken link or reference fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Browser tests use the system's chromium (Playwright cannot download browsers here).
 browser:
@@ -40,4 +44,4 @@ bench: install
 	$(BIN)/python bench/bench_train.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

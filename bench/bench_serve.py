@@ -147,7 +147,7 @@ def onnx_bench(model_path: Path, images: list[Path]) -> dict:
     return figures
 
 
-# the inputs the checks were designed on (README figures before 2026-12-02), and others never looked at then
+# the inputs the checks were designed on (docs/benchmarks/serve.md, first table), and others never looked at then
 ODD_SETS = {"design": {"photos": ("astronaut", "chelsea", "coffee", "camera", "rocket", "immunohistochemistry"),
                        "page": "page", "grey": (0, 128, 255), "seed": 0},
             "fresh": {"photos": ("brick", "grass", "gravel", "coins", "moon", "clock", "hubble_deep_field", "cell",

@@ -46,7 +46,7 @@ def _batch(n: int, channels_last: bool) -> torch.Tensor:
 def _median_rate(fn, images_per_call: int, calls: int, rounds: int = 3) -> float:
     """Median images/s over ``rounds`` timed windows of ``calls`` calls each: a window disturbed by
     other work on this shared 2-core machine does not decide the figure (the machine's drift
-    between runs, up to 20% here, remains: the README shows repeated runs)."""
+    between runs, up to 20% here, remains: docs/benchmarks/training.md shows repeated runs)."""
     rates = []
     for _ in range(rounds):
         start = time.perf_counter()

@@ -18,11 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+if TYPE_CHECKING:  # the heavy modules load when a function runs
+    from cxrlab.study import StudyResult
+    from cxrlab.study.crossval import CrossvalResult
+    from cxrlab.train import TrainResult
 
-def train_model(config: str | Path | None = None, **settings):
+
+def train_model(config: str | Path | None = None, **settings) -> TrainResult | CrossvalResult:
     """Train a classifier (``folds`` ≥ 3: cross-validated, the fold models as one ensemble) and write
     the run folder, as ``cxrlab train`` does.
 
@@ -60,7 +66,7 @@ def predict(model: str | Path, images: Iterable[str | Path], out: str | Path, ov
     return pd.DataFrame(records)
 
 
-def run_study(config: str | Path, out: str | Path | None = None, **overrides):
+def run_study(config: str | Path, out: str | Path | None = None, **overrides) -> StudyResult:
     """Run (or resume) a study from its YAML file, as ``cxrlab study`` does; ``overrides`` replace
     the file's top-level fields. Returns the result: ``.summary`` (one row per configuration),
     ``.best``, ``.out``."""

@@ -1,4 +1,4 @@
-"""The Python entry points: the README's example runs as written, and each function is the command's job."""
+"""The Python entry points: the manual's example runs as written, and each function is the command's job."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 
 import cxrlab
 
-README = Path(__file__).parents[2] / "README.md"
+PAGE = Path(__file__).parents[2] / "docs" / "guide" / "python.md"
 
 
-def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
-    block = re.search(r"### From Python\n.*?```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
+def test_the_documented_example_runs_as_written(tmp_path, monkeypatch):
+    block = re.search(r"```python\n(.*?)```", PAGE.read_text(), re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block, "README.md (From Python)", "exec"), namespace)  # noqa: S102 -- our own documentation
+    exec(compile(block, str(PAGE), "exec"), namespace)  # noqa: S102 -- our own documentation
     run, report, screened = namespace["run"], namespace["report"], namespace["screened"]
     assert (tmp_path / "runs" / "notebook" / "run" / "model.pt").exists() and run.summary["status"] == "ok"
     written = json.loads((tmp_path / "runs" / "notebook" / "evaluation" / "metrics.json").read_text())

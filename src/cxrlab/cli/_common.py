@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.logging import quiet_lightning  # noqa: F401 -- the commands' import point
 
-# Exit codes (the README lists them): 0 everything done; 2 a command-line usage error (Click's);
+# Exit codes (docs/guide/commands.md lists them): 0 everything done; 2 a command-line usage error (Click's);
 EXIT_ERROR = 1  # the command failed, with a one-line reason (an unexpected error also names a log file)
 EXIT_PARTIAL = 3  # finished, but some inputs or runs failed: each is named, everything else is written
 

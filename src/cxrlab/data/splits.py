@@ -219,8 +219,8 @@ def make_splits(table: pd.DataFrame, class_names: tuple[str, ...], config: Split
         config, per-side counts and, for ``balance="weights"``, the class weights.
 
     Raises:
-        ConfigError: bad settings or too few patients. LeakageError: never expected here;
-        raised if a bug ever put a patient on two sides.
+        ConfigError: bad settings or too few patients.
+        LeakageError: never expected here; raised if a bug ever put a patient on two sides.
     """
     frame = table.reset_index(drop=True).copy()
     if config.balance == "undersample" and config.balance_scope == "all":

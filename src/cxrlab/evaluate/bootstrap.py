@@ -26,7 +26,7 @@ def bootstrap_cis(statistics: Callable[[np.ndarray], dict[str, float | None]], g
     Args:
         statistics: Takes row indices, returns ``{name: value or None}`` (computed once per
             replicate, so an expensive metrics table is not recomputed per statistic).
-        groups, n_boot, seed, level: As :func:`bootstrap_ci`.
+        groups: As :func:`bootstrap_ci`; so are ``n_boot``, ``seed`` and ``level``.
         null: Also test each statistic against this value (e.g. 0 for a paired difference, 0.5
             for an AUC): ``p_value`` is two-sided, from the replicates shifted to the null,
             ``(1 + #{|s* - s| >= |s - null|}) / (1 + replicates)``; patients stay the unit.

@@ -48,7 +48,7 @@ class HeadConfig(_Strict):
 
 
 # Named recipes: settings a config starts from (its own values win). "small-data" is the field defaults
-# below, chosen on cxr-real cross-validation (README, "Choosing the default recipe"); "papers" is what
+# below, chosen on cxr-real cross-validation (docs/benchmarks/recipe.md); "papers" is what
 # the papers ran and cxrlab's default until then: the last 2 blocks, Adam at 1e-3, ReduceLROnPlateau, no
 # augmentation, the epoch with the lowest validation loss.
 RECIPES: dict[str, dict[str, Any]] = {
