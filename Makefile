@@ -7,9 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo test docs bench browser clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)

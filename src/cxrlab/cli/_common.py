@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -40,7 +41,7 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except (CxrlabError, OSError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)  # "[x]" is text
         raise typer.Exit(EXIT_ERROR) from None
 
 

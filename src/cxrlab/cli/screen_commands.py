@@ -60,13 +60,17 @@ def serve_command(
 ) -> None:
     """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
     (research use only, not for clinical diagnosis)."""
-    import uvicorn
-
+    from cxrlab.core.optional import require
     from cxrlab.core.runtime import tune_allocator
     from cxrlab.evaluate.predictions import resolve_model_path
-    from cxrlab.serve import ServeSettings, create_app
 
     with handle_errors():
+        for module in ("fastapi", "uvicorn", "multipart"):
+            require(module, "cxrlab serve")
+        import uvicorn
+
+        from cxrlab.serve import ServeSettings, create_app
+
         tune_allocator()
         settings = ServeSettings(max_upload_mb=max_upload_mb, timeout_s=timeout, store_uploads=store_uploads,
                                  segmenter=segmenter, compile=compile, overlay_side=overlay_side,
@@ -82,11 +86,14 @@ def export_command(
     check: Annotated[bool, typer.Option(help="Compare onnxruntime's probabilities with PyTorch's on random inputs.")] = True,
 ) -> None:
     """Export a model to ONNX, for onnxruntime or any ONNX runtime; checks that the probabilities match."""
+    from cxrlab.core.optional import require
     from cxrlab.evaluate.predictions import resolve_model_path
     from cxrlab.models import load_model
     from cxrlab.models.onnx_export import export_onnx, onnx_difference
 
     with handle_errors():
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "cxrlab export --onnx")
         net, preprocess, _ = load_model(resolve_model_path(model))
         export_onnx(net, onnx, preprocess)
         console.print(f"wrote {onnx}")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
+from cxrlab.core.optional import require
 from cxrlab.core.runtime import check_java
 from cxrlab.preprocess.etl import ShardResult, ShardTask, run_shard
 
@@ -40,7 +41,7 @@ def get_spark(master: str):
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback
-    from pyspark.sql import SparkSession
+    SparkSession = require("pyspark.sql", "the Spark engine (--engine spark)").SparkSession
 
     spark = (SparkSession.builder.master(master).appName("cxrlab-prepare")
              .config("spark.ui.enabled", "false")

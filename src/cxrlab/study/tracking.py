@@ -1,12 +1,17 @@
-"""MLflow parent runs of studies and tuning searches (each training run nests under one)."""
+"""MLflow parent runs of studies and tuning searches (each training run nests under one); without
+MLflow (``cxrlab[track]``) nothing is tracked and the parent run's id is empty."""
 
 from __future__ import annotations
 
 import json
 
+from cxrlab.core.optional import available
+
 
 def start_parent_run(uri: str, experiment: str, name: str, params: dict, tags: dict[str, str]) -> str:
-    """Create the parent run (its experiment too, when new) and return its id."""
+    """Create the parent run (its experiment too, when new) and return its id ("" without MLflow)."""
+    if not available("mlflow"):
+        return ""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -20,6 +25,8 @@ def start_parent_run(uri: str, experiment: str, name: str, params: dict, tags: d
 
 def finish_parent_run(uri: str, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
     """Tag the parent run with its outcome, log its metrics and mark it finished."""
+    if not run_id or not available("mlflow"):
+        return
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

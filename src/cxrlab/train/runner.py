@@ -22,20 +22,27 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.core.optional import available
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
 from cxrlab.data.mask_provenance import mask_coverage
 from cxrlab.data.seen import seen_record
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
-from cxrlab.models.inference import cpu_supports_bf16
-from cxrlab.models.weights import check_weights_available
 from cxrlab.models.checkpoint import load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
+from cxrlab.models.inference import cpu_supports_bf16
+from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv
 from cxrlab.train.config import TrainConfig, load_config
-from cxrlab.train.data import TrainData, class_weights, datasets, load_train_data, loader
+from cxrlab.train.data import (
+    TrainData,
+    class_weights,
+    datasets,
+    load_train_data,
+    loader,
+)
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.plots import plot_curves
@@ -65,7 +72,11 @@ def _precision(config: TrainConfig, spec_name: str) -> str:
     return "32-true"
 
 
-def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger:
+def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger | bool:
+    """The run's MLflow logger; ``False`` (no logger) when MLflow is not installed (``cxrlab[track]``)."""
+    if not available("mlflow"):
+        log.info("MLflow is not installed (pip install 'cxrlab[track]'): %s is not tracked", out)
+        return False
     uri = config.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
     logger = MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri, run_name=out.name,
                           tags=dict(config.mlflow_tags) or None)
@@ -201,9 +212,10 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             save_model(model, keeper.path, keeper.preprocess,
                        {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
                         "screening": reference})
-    logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
-                        "best_val_auc": val.get("auc_macro") or float("nan")})
-    logger.finalize("FINISHED" if status == "ok" else "FAILED")
+    if logger:
+        logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
+                            "best_val_auc": val.get("auc_macro") or float("nan")})
+        logger.finalize("FINISHED" if status == "ok" else "FAILED")
     return {
         "status": status, "backbone": spec.name, "fine_tune": model.fine_tune,  # the kept epoch's (its phase's)
         "phases": [p.model_dump(mode="json") for p in config.resolved_phases()],
