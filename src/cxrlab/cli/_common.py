@@ -7,9 +7,16 @@ import os
 from collections.abc import Iterator
 
 import typer
-from rich.markup import escape
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.logging import quiet_lightning  # noqa: F401 -- the commands' import point
