@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
-import html
 from pathlib import Path
 
+from jinja2 import Environment, PackageLoader, select_autoescape
+
 DISCLAIMER = "Research use only. Not a diagnostic device; do not use these figures to make decisions about patients."
+
+
+_TEMPLATES = Environment(loader=PackageLoader("cxrlab.evaluate", "templates"), autoescape=select_autoescape(["j2"]),
+                         trim_blocks=True, lstrip_blocks=True)
 
 
 def _fmt(value, ci: dict | None = None) -> str:
@@ -71,6 +76,9 @@ def _is_warning(line: str) -> bool:
     return line.startswith("**") and "warning" in line[:24].lower()
 
 
+_TEMPLATES.tests["warning"] = _is_warning  # {% if line is warning %}
+
+
 def markdown_page(title: str, lines: list[str], tables: list[Table], figures: dict[str, Path],
                   lists: list[tuple[str, list[str]]] = ()) -> str:
     """A report as Markdown: title, disclaimer, summary lines, tables, figures (linked by file
@@ -87,30 +95,11 @@ def markdown_page(title: str, lines: list[str], tables: list[Table], figures: di
 
 def html_page(title: str, lines: list[str], tables: list[Table], figures: dict[str, Path],
               lists: list[tuple[str, list[str]]] = ()) -> str:
-    """The same report as one HTML page with tables and figures embedded (no external files)."""
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxrlab {html.escape(title.lower())}</title>",
-             "<style>body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "th{background:#f0f0f0}td:first-child{text-align:left}.warn{color:#a00}.note{color:#666}"
-             "img{max-width:100%}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f"<p class='note'><em>{html.escape(DISCLAIMER)}</em></p>"]
-    for line in lines:
-        css = " class='warn'" if _is_warning(line) else ""
-        parts.append(f"<p{css}>{html.escape(line.replace('**', '').replace('`', ''))}</p>")
-    for heading, header, rows in tables:
-        parts.append(f"<h2>{html.escape(heading)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(c.replace('**', '').strip('*'))}</td>" for c in r) + "</tr>"
-                  for r in rows]
-        parts.append("</table>")
-    parts.append("<h2>Figures</h2>")
-    for name, path in figures.items():
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    for heading, items in lists:
-        parts.append(f"<h2>{html.escape(heading)}</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    """The same report as one HTML page with tables and figures embedded (no external files), from
+    ``templates/report.html.j2`` (autoescaped)."""
+    encoded = [(name, base64.b64encode(Path(path).read_bytes()).decode()) for name, path in figures.items()]
+    return _TEMPLATES.get_template("report.html.j2").render(
+        title=title, disclaimer=DISCLAIMER, lines=lines, tables=tables, figures=encoded, lists=lists)
 
 
 def _skipped(results: dict) -> list[tuple[str, list[str]]]:
