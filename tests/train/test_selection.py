@@ -136,3 +136,19 @@ def test_a_small_validation_side_is_named_in_the_summary():
     probs[:4] = probs[[8, 9, 10, 11]]  # four COVID-19 images now look like pneumonia
     side = _validation_side(classification_summary(y, probs, ["COVID-19", "Pneumonia", "Normal"]), 24)
     assert side["widest_auc_interval"] > 0.2 and "small validation side (24 images)" in side["note"]
+
+
+def test_the_training_summary_and_the_evaluation_table_are_one_definition():
+    """Epoch selection, summary.json and the evaluation report read the same metrics: a class that is
+    neither present nor predicted leaves macro-F1 out of its average in both (it once counted as 0
+    while training and was left out in the report)."""
+    from cxrlab.evaluate.metrics import compute_metrics
+    from cxrlab.train.metrics import classification_summary
+
+    names = ["COVID-19", "Pneumonia", "Normal"]
+    y = np.array([0, 0, 2, 2, 0, 2])  # no pneumonia, never called pneumonia
+    probs = np.array([[.7, .1, .2], [.4, .1, .5], [.2, .1, .7], [.1, .2, .7], [.8, .1, .1], [.6, .1, .3]])
+    summary, table = classification_summary(y, probs, names), compute_metrics(y, probs, names)
+    assert summary["f1_macro"] == table["macro"]["f1"] == pytest.approx(np.mean([2 * 2 / (2 * 2 + 1 + 1)] * 2))
+    assert summary["auc_macro"] == table["macro"]["roc_auc"] and summary["per_class"]["Pneumonia"]["auc"] is None
+    assert summary["confusion_matrix"] == table["confusion_matrix"]

@@ -1,9 +1,6 @@
-"""Classification metrics on a test set: per class and overall, from scikit-learn where it has them.
-
-Per class (one-vs-rest): sensitivity (recall), specificity, precision (PPV), NPV, F1, support,
-ROC AUC and PR AUC (average precision); overall: accuracy, macro and weighted averages and the
-confusion matrix (rows = true class, columns = predicted class).
-"""
+"""What the evaluation adds to the metrics table (:func:`cxrlab.train.metrics.compute_metrics`, defined
+once for training and evaluation): the fast figures a bootstrap replicate needs, and the
+COVID-19-vs-rest view."""
 
 from __future__ import annotations
 
@@ -11,66 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.train.metrics import PER_CLASS_KEYS, compute_metrics, safe_div
 
-PER_CLASS_KEYS = ("sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc")
-
-
-def _safe_div(num: float, den: float) -> float | None:
-    return float(num / den) if den else None
-
-
-def _ranking_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
-    positives = int(y_true.sum())
-    if positives == 0 or positives == len(y_true):
-        return None, None  # undefined with one class only
-    return float(roc_auc_score(y_true, scores)), float(average_precision_score(y_true, scores))
-
-
-def compute_metrics(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
-                    y_pred: Sequence[int] | None = None) -> dict:
-    """Every metric of the report for one set of predictions.
-
-    Args:
-        y_true: ``(N,)`` true class indices.
-        probs: ``(N, C)`` class probabilities, columns in ``class_names`` order.
-        class_names: The ``C`` classes.
-        y_pred: Predicted indices (default: argmax of ``probs``).
-
-    Returns:
-        ``{"n", "accuracy", "per_class": {name: {...}}, "macro": {...}, "weighted": {...},
-        "confusion_matrix": [[...]]}``; a metric that is undefined (no positives) is ``None``.
-    """
-    y_true = np.asarray(y_true, dtype=int)
-    probs = np.asarray(probs, dtype=float)
-    labels = np.arange(len(class_names))
-    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {}
-    for i, name in enumerate(class_names):
-        tp = cm[i, i]
-        fn, fp = cm[i].sum() - tp, cm[:, i].sum() - tp
-        tn = cm.sum() - tp - fn - fp
-        roc, pr = _ranking_scores(y_true == i, probs[:, i])
-        per_class[name] = {
-            "sensitivity": _safe_div(tp, tp + fn), "specificity": _safe_div(tn, tn + fp),
-            "precision": _safe_div(tp, tp + fp), "npv": _safe_div(tn, tn + fn),
-            "f1": float(f1[i]) if support[i] or (tp + fp) else None, "support": int(support[i]),
-            "roc_auc": roc, "pr_auc": pr,
-        }
-    return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else None,
-            "per_class": per_class, "macro": _average(per_class, None), "weighted": _average(per_class, support),
-            "confusion_matrix": cm.tolist(), "class_names": list(class_names)}
-
+__all__ = ["PER_CLASS_KEYS", "accuracy_and_macro_auc", "binary_auc", "binary_view", "compute_metrics",
+           "interval_metrics"]
 
 def binary_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC as the Mann-Whitney statistic from mid-ranks (ties count half, as in scikit-learn)."""
@@ -120,7 +63,7 @@ def interval_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequenc
         tp, fn, fp = cm[i, i], cm[i].sum() - cm[i, i], cm[:, i].sum() - cm[i, i]
         tn = cm.sum() - tp - fn - fp
         positive = y_true == i
-        per_class[name] = {"sensitivity": _safe_div(tp, tp + fn), "specificity": _safe_div(tn, tn + fp),
+        per_class[name] = {"sensitivity": safe_div(tp, tp + fn), "specificity": safe_div(tn, tn + fp),
                            "roc_auc": binary_auc(positive, probs[:, i]),
                            "pr_auc": _average_precision(positive, probs[:, i])}
         if 2 * tp + fp + fn:  # undefined for a class neither present nor predicted, as in compute_metrics
@@ -129,18 +72,6 @@ def interval_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequenc
     return {"accuracy": float(np.trace(cm) / cm.sum()) if len(y_true) else None,
             "macro_roc_auc": float(np.mean(aucs)) if aucs else None,
             "macro_f1": float(np.mean(f1s)) if f1s else None, "per_class": per_class}
-
-
-def _average(per_class: dict, support: np.ndarray | None) -> dict:
-    out = {}
-    for key in PER_CLASS_KEYS:
-        values = [(m[key], m["support"]) for m in per_class.values() if m[key] is not None]
-        if not values:
-            out[key] = None
-            continue
-        v, w = np.array(values, dtype=float).T
-        out[key] = float(np.average(v, weights=w if support is not None and w.sum() else None))
-    return out
 
 
 def binary_view(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],

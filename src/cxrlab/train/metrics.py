@@ -1,7 +1,9 @@
-"""Validation metrics logged while training: accuracy, per-class sensitivity/specificity/AUC.
+"""Classification metrics, defined once for training (validation, epoch selection, summaries) and
+evaluation (the report builds on :func:`compute_metrics`), from scikit-learn where it has them.
 
-The full evaluation report (CIs, calibration, ROC/PR curves) is issue 4's ``evaluate`` layer;
-these are the numbers early stopping and the run summary need, from scikit-learn.
+Per class (one-vs-rest): sensitivity (recall), specificity, precision (PPV), NPV, F1, support,
+ROC AUC and PR AUC (average precision); overall: accuracy, macro and weighted averages and the
+confusion matrix (rows = true class, columns = predicted class).
 """
 
 from __future__ import annotations
@@ -9,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 
 def auc_interval(auc: float, positives: int, negatives: int) -> tuple[float, float]:
@@ -26,41 +34,85 @@ def auc_interval(auc: float, positives: int, negatives: int) -> tuple[float, flo
     return max(0.0, auc - half), min(1.0, auc + half)
 
 
-def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, macro AUC and, per class, sensitivity, specificity and one-vs-rest AUC.
+PER_CLASS_KEYS = ("sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc")
+
+
+def safe_div(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
+def _ranking_scores(y_true: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None]:
+    positives = int(y_true.sum())
+    if positives == 0 or positives == len(y_true):
+        return None, None  # undefined with one class only
+    return float(roc_auc_score(y_true, scores)), float(average_precision_score(y_true, scores))
+
+
+def compute_metrics(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
+                    y_pred: Sequence[int] | None = None) -> dict:
+    """Every metric of the report for one set of predictions.
 
     Args:
-        y_true: ``(N,)`` int class indices.
-        probs: ``(N, C)`` probabilities (rows sum to 1).
-        class_names: ``C`` names in column order.
+        y_true: ``(N,)`` true class indices.
+        probs: ``(N, C)`` class probabilities, columns in ``class_names`` order.
+        class_names: The ``C`` classes.
+        y_pred: Predicted indices (default: argmax of ``probs``).
+
+    Returns:
+        ``{"n", "accuracy", "per_class": {name: {...}}, "macro": {...}, "weighted": {...},
+        "confusion_matrix": [[...]]}``; a metric that is undefined (no positives) is ``None``.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    labels = np.arange(len(class_names))
+    y_pred = probs.argmax(axis=1) if y_pred is None else np.asarray(y_pred, dtype=int)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {}
+    for i, name in enumerate(class_names):
+        tp = cm[i, i]
+        fn, fp = cm[i].sum() - tp, cm[:, i].sum() - tp
+        tn = cm.sum() - tp - fn - fp
+        roc, pr = _ranking_scores(y_true == i, probs[:, i])
+        per_class[name] = {
+            "sensitivity": safe_div(tp, tp + fn), "specificity": safe_div(tn, tn + fp),
+            "precision": safe_div(tp, tp + fp), "npv": safe_div(tn, tn + fn),
+            "f1": float(f1[i]) if support[i] or (tp + fp) else None, "support": int(support[i]),
+            "roc_auc": roc, "pr_auc": pr,
+        }
+    return {"n": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else None,
+            "per_class": per_class, "macro": _average(per_class, None), "weighted": _average(per_class, support),
+            "confusion_matrix": cm.tolist(), "class_names": list(class_names)}
+
+
+def _average(per_class: dict, support: np.ndarray | None) -> dict:
+    out = {}
+    for key in PER_CLASS_KEYS:
+        values = [(m[key], m["support"]) for m in per_class.values() if m[key] is not None]
+        if not values:
+            out[key] = None
+            continue
+        v, w = np.array(values, dtype=float).T
+        out[key] = float(np.average(v, weights=w if support is not None and w.sum() else None))
+    return out
+
+
+def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:
+    """The figures a training run logs, chooses its epoch on and keeps in ``summary.json``, as
+    :func:`compute_metrics` defines them.
 
     Returns:
         ``{"accuracy", "auc_macro", "f1_macro", "per_class": {name: {"sensitivity", "specificity", "auc",
-        "support"}}, "confusion_matrix"}``; an AUC is ``None`` when the class is absent or alone in
-        ``y_true``; ``auc_interval`` its approximate 95% interval (:func:`auc_interval`); macro-F1
-        averages every class (an absent class scores 0, as scikit-learn's).
+        "support", "auc_interval"}}, "confusion_matrix"}``; an AUC is ``None`` when the class is absent
+        or alone in ``y_true`` (``auc_interval``, its approximate 95% interval, only when defined); the
+        macros average the classes where the figure is defined.
     """
-    y_true = np.asarray(y_true)
-    pred = probs.argmax(axis=1)
-    labels = list(range(len(class_names)))
-    cm = confusion_matrix(y_true, pred, labels=labels)
-    per_class, aucs = {}, []
-    for i, name in enumerate(class_names):
-        tp, fn = cm[i, i], cm[i].sum() - cm[i, i]
-        fp = cm[:, i].sum() - tp
-        tn = cm.sum() - tp - fn - fp
-        positives = y_true == i
-        auc = float(roc_auc_score(positives, probs[:, i])) if 0 < positives.sum() < len(y_true) else None
-        if auc is not None:
-            aucs.append(auc)
-        per_class[name] = {"sensitivity": float(tp / (tp + fn)) if tp + fn else None,
-                           "specificity": float(tn / (tn + fp)) if tn + fp else None,
-                           "auc": auc, "support": int(positives.sum())}
-        if auc is not None:
-            per_class[name]["auc_interval"] = list(auc_interval(auc, int(positives.sum()),
-                                                                int((~positives).sum())))
-    f1 = f1_score(y_true, pred, labels=labels, average="macro", zero_division=0) if len(y_true) else None
-    return {"accuracy": float((pred == y_true).mean()) if len(y_true) else None,
-            "auc_macro": float(np.mean(aucs)) if aucs else None,
-            "f1_macro": float(f1) if f1 is not None else None, "per_class": per_class,
-            "confusion_matrix": cm.tolist()}
+    table = compute_metrics(y_true, probs, class_names)
+    per_class = {}
+    for name, m in table["per_class"].items():
+        per_class[name] = {"sensitivity": m["sensitivity"], "specificity": m["specificity"], "auc": m["roc_auc"],
+                           "support": m["support"]}
+        if m["roc_auc"] is not None:
+            per_class[name]["auc_interval"] = list(auc_interval(m["roc_auc"], m["support"], table["n"] - m["support"]))
+    return {"accuracy": table["accuracy"], "auc_macro": table["macro"]["roc_auc"], "f1_macro": table["macro"]["f1"],
+            "per_class": per_class, "confusion_matrix": table["confusion_matrix"]}
