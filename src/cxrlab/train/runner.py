@@ -32,7 +32,7 @@ from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.checkpoint import load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
-from cxrlab.models.inference import cpu_supports_bf16
+from cxrlab.models.inference import InferenceModel, cpu_supports_bf16
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv
 from cxrlab.train.config import TrainConfig, load_config
@@ -90,11 +90,12 @@ def _head(config: TrainConfig) -> str | HeadSpec:
 
 @torch.no_grad()
 def _predict(model: CxrClassifier, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(targets (N,), probabilities (N, C))`` of a dataset."""
-    model.eval()
+    """``(targets (N,), probabilities (N, C))`` of a dataset, by :class:`InferenceModel` (the one batch
+    predictor: evaluate, the study's test side and screening use it too)."""
+    runner = InferenceModel(model, "fp32")
     probs, targets = [], []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        probs.append(model(x).float().softmax(1))
+        probs.append(runner.probabilities(x))
         targets.append(y)
     return torch.cat(targets).numpy(), torch.cat(probs).numpy()
 
