@@ -139,7 +139,7 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     third = run_study(config, tmp_path)
     assert third.trained == 1
     pd.testing.assert_frame_equal(_without_timing(pd.read_csv(tmp_path / "results.csv")), _without_timing(table))
-    with pytest.raises(ConfigError, match="other data or folds"):
+    with pytest.raises(ConfigError, match=r"holds a study with other settings \(differs in folds\)"):
         run_study(config.model_copy(update={"folds": 3}), tmp_path)
 
 

@@ -52,7 +52,7 @@ from cxrlab.study.plan import (
 from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
-from cxrlab.study.tracking import finish_parent_run, start_parent_run
+from cxrlab.study.tracking import finish_parent_run, folder_state
 from cxrlab.train import train
 
 log = logging.getLogger(__name__)
@@ -74,24 +74,10 @@ class StudyResult:
 
 
 def _state(config: StudyConfig, out: Path, uri: str) -> dict:
-    path = out / "study.json"
-    current = config.model_dump(mode="json")
-    if path.exists():
-        state = json.loads(path.read_text())
-        diff = [k for k in SPLIT_FIELDS if state["config"].get(k) != current.get(k)]
-        if diff:
-            raise ConfigError(f"{out}: holds a study with other data or folds (differs in {', '.join(diff)}); "
-                              "use a new --out")
-        state["config"] = current
-    else:
-        state = {"name": config.name, "config": current}
-    if not state.get("mlflow_parent"):
-        state["mlflow_parent"] = start_parent_run(uri, config.experiment, config.name,
-                                                  {"grid": config.grid, "variants": config.variants,
-                                                   "folds": config.num_folds},
-                                                  {"cxrlab.study": config.name})
-    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
-    return state
+    return folder_state(out / "study.json", config.model_dump(mode="json"), SPLIT_FIELDS, "a study", uri,
+                        config.experiment, config.name,
+                        {"grid": config.grid, "variants": config.variants, "folds": config.num_folds},
+                        {"cxrlab.study": config.name})
 
 
 def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:

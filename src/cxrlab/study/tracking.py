@@ -4,7 +4,11 @@ MLflow (``cxrlab[track]``) nothing is tracked and the parent run's id is empty."
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_text
 from cxrlab.core.optional import available
 
 
@@ -35,3 +39,26 @@ def finish_parent_run(uri: str, run_id: str, tags: dict[str, str], metrics: dict
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.set_terminated(run_id, "FINISHED")
+
+
+def folder_state(path: Path, config: dict, fixed: Sequence[str], what: str, uri: str, experiment: str, name: str,
+                 params: dict, tags: dict[str, str]) -> dict:
+    """The state file of a resumable folder (``study.json``, ``tune.json``): the current ``config``
+    and the MLflow parent run (started once), written atomically.
+
+    Raises:
+        ConfigError: the folder holds ``what`` made with other values of the ``fixed`` settings.
+    """
+    if path.exists():
+        state = json.loads(path.read_text())
+        changed = [k for k in fixed if state["config"].get(k) != config.get(k)]
+        if changed:
+            raise ConfigError(f"{path.parent}: holds {what} with other settings (differs in {', '.join(changed)}); "
+                              "use a new --out")
+    else:
+        state = {"name": name}
+    state["config"] = config
+    if not state.get("mlflow_parent"):
+        state["mlflow_parent"] = start_parent_run(uri, experiment, name, params, tags)
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+    return state

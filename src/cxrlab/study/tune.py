@@ -38,7 +38,7 @@ from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, run_config, study_split
 from cxrlab.study.test_side import predict_test_side, prediction_metrics
-from cxrlab.study.tracking import finish_parent_run, start_parent_run
+from cxrlab.study.tracking import finish_parent_run, folder_state
 from cxrlab.study.tune_config import MONITORED, Range, TuneConfig
 from cxrlab.train import train
 from cxrlab.train.data import check_classes_present
@@ -132,22 +132,10 @@ def _counted(study: optuna.Study) -> int:
 
 
 def _state(config: TuneConfig, out: Path, uri: str) -> dict:
-    path = out / "tune.json"
     current = config.model_dump(mode="json")
-    state = json.loads(path.read_text()) if path.exists() else {"name": config.name}
-    if path.exists():
-        changed = [k for k in ("data", "splits", "scheme", "ratios", "seed", "base", "space", "metric")
-                   if state["config"].get(k) != current.get(k)]
-        if changed:
-            raise ConfigError(f"{out}: holds a search with other settings (differs in {', '.join(changed)}); "
-                              "use a new --out")
-    state["config"] = current
-    if not state.get("mlflow_parent"):
-        state["mlflow_parent"] = start_parent_run(uri, config.experiment, config.name,
-                                                  {"space": current["space"], "metric": config.metric},
-                                                  {"cxrlab.tune": config.name})
-    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
-    return state
+    return folder_state(out / "tune.json", current, ("data", "splits", "scheme", "ratios", "seed", "base", "space",
+                                                      "metric"), "a search", uri, config.experiment, config.name,
+                        {"space": current["space"], "metric": config.metric}, {"cxrlab.tune": config.name})
 
 
 def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> TuneResult:
