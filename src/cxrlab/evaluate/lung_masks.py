@@ -21,7 +21,7 @@ from cxrlab.models.registry import get_backbone_spec
 from cxrlab.models.segmenter import load_segmenter
 from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.masks import dice_iou
-from cxrlab.train.segmentation import lung_mask_from_probability, predict_probabilities
+from cxrlab.models.segmenter import lung_mask_from_probability, predict_probabilities
 
 log = logging.getLogger(__name__)
 BATCH = 16

@@ -28,7 +28,7 @@ from cxrlab.models.ood import FeatureDistance
 from cxrlab.models.polarity import PolarityCheck
 from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.transforms import to_model_input
-from cxrlab.train.segmentation import LungSegmenter
+from cxrlab.models.segmenter import LungSegmenter
 
 
 def _check(deadline: float | None) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import segmentation_models_pytorch as smp
+import torch
 from torch import nn
 
 import cxrlab
@@ -18,7 +21,10 @@ from cxrlab.models.checkpoint import read_payload, write_payload
 from cxrlab.models.factory import create_backbone
 from cxrlab.models.registry import BackboneSpec, get_backbone_spec
 from cxrlab.models.weights import WeightsUnavailableError, load_pretrained
+from cxrlab.preprocess import Preprocessor
 from cxrlab.preprocess.config import PreprocessConfig
+from cxrlab.preprocess.masks import clean_lung_mask
+from cxrlab.preprocess.transforms import to_model_input
 
 FORMAT = "cxrlab-segmenter/1"
 DECODER_CHANNELS = (128, 64, 32, 16, 8)  # half smp's default: lungs are large, smooth shapes; twice as fast on a CPU
@@ -86,3 +92,38 @@ def load_segmenter(path: str | Path) -> tuple[smp.Unet, PreprocessConfig, dict]:
     net = create_segmenter(payload["backbone"], pretrained="none", decoder_channels=tuple(payload["decoder_channels"]))
     net.load_state_dict(payload["state_dict"])
     return net.eval(), PreprocessConfig.from_dict(payload["preprocess"]), payload
+
+
+@torch.inference_mode()
+def predict_probabilities(net: torch.nn.Module, images: np.ndarray, spec, batch_size: int = 16) -> np.ndarray:
+    """``(N, S, S)`` lung probabilities of preprocessed ``(N, S, S) uint8`` images."""
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.stack([to_model_input(im, spec.mean, spec.std, spec.in_chans)
+                                       for im in images[i:i + batch_size]]))
+        out.append(net(x.contiguous(memory_format=torch.channels_last)).sigmoid()[:, 0].float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
+
+
+def lung_mask_from_probability(probability: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(height, width) bool`` cleaned lung mask from a segmenter's ``(S, S)`` probabilities (stretched back)."""
+    return clean_lung_mask(cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
+
+
+class LungSegmenter:
+    """A trained segmenter file as a function: decoded image → lung mask on the image's own grid.
+
+    What screening needs for a model that crops to, inpaints around or attends to the lungs.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.net, preprocess, payload = load_segmenter(path)
+        self.spec = get_backbone_spec(payload["backbone"])
+        self.preprocessor = Preprocessor(preprocess)
+
+    def __call__(self, decoded) -> np.ndarray:
+        """``(H, W) bool`` mask of a :class:`cxrlab.data.images.DecodedImage`."""
+        pixels = self.preprocessor.process(decoded, "image").pixels
+        probability = predict_probabilities(self.net, pixels[None], self.spec)[0]
+        return lung_mask_from_probability(probability, *decoded.pixels.shape)

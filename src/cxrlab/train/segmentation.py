@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
@@ -34,8 +33,12 @@ from cxrlab.core.runtime import tune_allocator
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.seen import seen_record
 from cxrlab.models.registry import get_backbone_spec
-from cxrlab.models.segmenter import create_segmenter, load_segmenter, save_segmenter
-from cxrlab.preprocess import PreprocessConfig, Preprocessor
+from cxrlab.models.segmenter import (
+    create_segmenter,
+    predict_probabilities,
+    save_segmenter,
+)
+from cxrlab.preprocess import PreprocessConfig
 from cxrlab.preprocess.masks import clean_lung_mask, dice_iou, image_mask_pairs
 from cxrlab.preprocess.transforms import to_model_input
 from cxrlab.train.plots import plot_mask_overlays
@@ -238,41 +241,6 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
                             for i, c in zip(shown, cleaned, strict=True)], out / "test_overlays.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-@torch.inference_mode()
-def predict_probabilities(net: torch.nn.Module, images: np.ndarray, spec, batch_size: int = 16) -> np.ndarray:
-    """``(N, S, S)`` lung probabilities of preprocessed ``(N, S, S) uint8`` images."""
-    net.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.stack([to_model_input(im, spec.mean, spec.std, spec.in_chans)
-                                       for im in images[i:i + batch_size]]))
-        out.append(net(x.contiguous(memory_format=torch.channels_last)).sigmoid()[:, 0].float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *images.shape[1:]), np.float32)
-
-
-def lung_mask_from_probability(probability: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(height, width) bool`` cleaned lung mask from a segmenter's ``(S, S)`` probabilities (stretched back)."""
-    return clean_lung_mask(cv2.resize(probability, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5)
-
-
-class LungSegmenter:
-    """A trained segmenter file as a function: decoded image → lung mask on the image's own grid.
-
-    What screening needs for a model that crops to, inpaints around or attends to the lungs.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.net, preprocess, payload = load_segmenter(path)
-        self.spec = get_backbone_spec(payload["backbone"])
-        self.preprocessor = Preprocessor(preprocess)
-
-    def __call__(self, decoded) -> np.ndarray:
-        """``(H, W) bool`` mask of a :class:`cxrlab.data.images.DecodedImage`."""
-        pixels = self.preprocessor.process(decoded, "image").pixels
-        probability = predict_probabilities(self.net, pixels[None], self.spec)[0]
-        return lung_mask_from_probability(probability, *decoded.pixels.shape)
 
 
 def overlap_summary(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, rows: pd.DataFrame, spec) -> dict:
