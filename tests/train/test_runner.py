@@ -91,7 +91,7 @@ def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_pat
     import torch
 
     from cxrlab.train import add_screening_reference
-    from cxrlab.train.config import read_yaml_mapping
+    from cxrlab.core.settings import read_yaml_mapping
 
     # the run_dir fixture's own resolved config and seed, trained without the reference (as a study's runs are)
     values = {**read_yaml_mapping(run_dir / "config.yaml"), "out": str(tmp_path / "r"),

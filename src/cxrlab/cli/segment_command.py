@@ -33,14 +33,18 @@ def segment_train(
     batch_size: BatchSize = 8,
     lr: Lr = 1e-3,
     seed: Seed = 0,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
+                                                                  "e.g. patience=12.")] = None,
 ) -> None:
     """Train the lung segmenter on a patient split of the images with masks; report Dice and IoU."""
+    from cxrlab.core.settings import apply_assignments
     from cxrlab.train.segmentation import build_segment_config, train_segmenter
 
     with handle_errors():
-        config = build_segment_config({"data": tuple(str(d) for d in data or ()), "splits": str(splits) if splits else None,
-                                       "out": str(out), "backbone": backbone, "weights": str(weights) if weights else None,
-                                       "size": size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed})
+        config = build_segment_config(apply_assignments(
+            {"data": tuple(str(d) for d in data or ()), "splits": str(splits) if splits else None, "out": str(out),
+             "backbone": backbone, "weights": str(weights) if weights else None, "size": size, "epochs": epochs,
+             "batch_size": batch_size, "lr": lr, "seed": seed}, assignments or ()))
         quiet_lightning()
         summary = train_segmenter(config)
         for side in ("val", "test"):

@@ -20,6 +20,8 @@ def study_command(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run recorded failures again.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once, each in its own process "
                                                         "(default: the study's setting, 1).")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
+                                                                  "dotted keys reach nested ones, e.g. base.lr=1e-4 or folds=3.")] = None,
 ) -> None:
     """Train every configuration on every fold, evaluate on the test side, write report and best-model.
     Exit code 3 when some runs failed (each is in results.csv with its error; the rest is written)."""
@@ -34,7 +36,7 @@ def study_command(
             overrides["folds"] = folds
         if workers is not None:
             overrides["workers"] = workers
-        study = load_study_config(config, overrides)
+        study = load_study_config(config, overrides, assignments or ())
         if epochs is not None:
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})
         target = out or Path("runs") / "studies" / study.name

@@ -51,6 +51,8 @@ def train_command(
         "--lung-attention", help="Guided attention: multiply the last feature maps by each image's lung mask.")] = None,
     attention_loss: Annotated[Optional[float], typer.Option(
         help="Alpha of the Grad-CAM attention loss (evidence outside the lungs); needs lung masks.")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
+                                                                  "dotted keys reach nested ones, e.g. augment.enabled=true.")] = None,
 ) -> None:
     """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
     from cxrlab.train import load_config, train
@@ -64,7 +66,7 @@ def train_command(
                      "weights": str(weights) if weights else None, "pretrained": pretrained,
                      "allow_download": allow_download, "scheme": scheme, "precision": precision,
                      "mlflow_uri": mlflow_uri, "lung_attention": lung_attention, "attention_loss": attention_loss}
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, assignments or ())
         if cfg.folds >= 2:
             _train_crossval(cfg)
             return

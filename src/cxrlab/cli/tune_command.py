@@ -18,6 +18,8 @@ def tune_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL, e.g. postgresql://host/db to share "
                                                         "the search between machines (default: SQLite in OUT).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override base.epochs (quick trials).")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
+                                                                  "dotted keys reach nested ones, e.g. trials=20 or base.size=256.")] = None,
 ) -> None:
     """Search training settings with Optuna (TPE sampler, median pruning); report and export the best.
     Exit code 3 when some trials failed (each is in trials.csv with its error)."""
@@ -32,7 +34,7 @@ def tune_command(
             overrides["trials"] = trials
         if storage is not None:
             overrides["storage"] = storage
-        search = load_tune_config(config, overrides)
+        search = load_tune_config(config, overrides, assignments or ())
         if epochs is not None:
             search = search.model_copy(update={"base": {**search.base, "epochs": epochs}})
         target = out or Path("runs") / "tune" / search.name

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cxrlab.core.errors import ConfigError
-from cxrlab.train.config import TrainConfig, read_yaml_mapping
+from cxrlab.core.settings import load_settings
+from cxrlab.train.config import TrainConfig
 
 # fields a study sets itself for every run
 RESERVED = ("data", "splits", "out", "scheme", "ratios", "dedupe", "seed", "prepared", "prefix_store", "mlflow_uri",
@@ -157,31 +158,21 @@ class StudyConfig(DataSettings):
         return self.folds if self.folds >= 2 else 1
 
 
-def load_yaml_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
-    """Read a YAML config into ``model`` (relative ``data``/``splits`` resolve against the YAML's folder).
+def load_yaml_config(path: str | Path, model: type[M], overrides: dict | None = None,
+                     assignments: Sequence[str] = ()) -> M:
+    """Read a YAML config into ``model`` (:func:`cxrlab.core.settings.load_settings`: relative
+    ``data``/``splits`` from the YAML's folder; ``overrides`` as given, then ``--set`` assignments).
 
     Raises:
         ConfigError: unreadable file or an invalid field (named).
     """
-    path = Path(path)
-    values = read_yaml_mapping(path)
-    for key in ("data", "splits"):
-        if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
-            candidate = path.parent / values[key]
-            values[key] = str(candidate if candidate.exists() else Path(values[key]))
-    values.update(overrides or {})
-    try:
-        return model(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigError(f"{path}: field {field!r}: {first['msg'].removeprefix('Value error, ')}") from None
+    return load_settings(model, path, overrides, assignments)
 
 
-def load_study_config(path: str | Path, overrides: dict | None = None) -> StudyConfig:
+def load_study_config(path: str | Path, overrides: dict | None = None, assignments: Sequence[str] = ()) -> StudyConfig:
     """Read a study YAML (see :func:`load_yaml_config`).
 
     Raises:
         ConfigError: unreadable file or an invalid field (named).
     """
-    return load_yaml_config(path, StudyConfig, overrides)
+    return load_yaml_config(path, StudyConfig, overrides, assignments)

@@ -9,6 +9,7 @@ A search space maps training settings (dotted for nested ones, e.g. ``augment.ro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,10 +104,10 @@ class TuneConfig(DataSettings):
         return METRICS[self.metric]
 
 
-def load_tune_config(path: str | Path, overrides: dict | None = None) -> TuneConfig:
+def load_tune_config(path: str | Path, overrides: dict | None = None, assignments: Sequence[str] = ()) -> TuneConfig:
     """Read a tuning YAML (relative ``data``/``splits`` resolve against the YAML's folder).
 
     Raises:
         ConfigError: unreadable file or an invalid field (named).
     """
-    return load_yaml_config(path, TuneConfig, overrides)
+    return load_yaml_config(path, TuneConfig, overrides, assignments)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from cxrlab.core.errors import ConfigError
+from cxrlab.core.settings import load_settings, validate
 
 FineTuneValue = int | Literal["all"]
 
@@ -197,58 +203,20 @@ class TrainConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
-    # a typo shows up as an unknown field *and* a missing one: report the unknown field first
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        model: type[BaseModel] = TrainConfig
-        for part in first["loc"][:-1]:
-            annotation = model.model_fields[part].annotation if isinstance(part, str) and part in model.model_fields else None
-            inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-            model = inner[0] if inner else model
-        close = difflib.get_close_matches(str(first["loc"][-1]), list(model.model_fields), n=1)
-        message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{origin}: field {field!r}: {message}{more}"
-
-
 def build_config(values: dict, origin: str = "config") -> TrainConfig:
     """Validate a dict into a :class:`TrainConfig`.
 
     Raises:
-        ConfigError: naming the first bad field, e.g. ``field 'optimzer': Extra inputs are not permitted``.
+        ConfigError: naming the first bad field, e.g. ``field 'optimzer': unknown field; did you mean 'optimizer'?``.
     """
-    try:
-        return TrainConfig(**values)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
+    return validate(TrainConfig, values, origin)
 
 
-def read_yaml_mapping(path: str | Path) -> dict:
-    """The ``field: value`` mapping a YAML config file holds (empty file: ``{}``).
+def load_config(path: str | Path | None, overrides: dict | None = None, assignments: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (:mod:`cxrlab.core.settings`: relative paths from its folder), apply
+    command-line options (``None``: not given) and ``--set`` assignments.
 
     Raises:
-        ConfigError: unreadable file, bad YAML, or not a mapping.
+        ConfigError: unreadable YAML, a bad assignment or an invalid field (named).
     """
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read config ({err})") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of field: value")
-    return values
-
-
-def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
-    """Read a YAML config and apply command-line overrides (``None`` values are ignored).
-
-    Raises:
-        ConfigError: unreadable YAML or an invalid field (named).
-    """
-    values = read_yaml_mapping(path) if path is not None else {}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return build_config(values, str(path) if path else "config")
+    return load_settings(TrainConfig, path, {k: v for k, v in (overrides or {}).items() if v is not None}, assignments)

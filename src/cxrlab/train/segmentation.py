@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.runtime import tune_allocator
+from cxrlab.core.settings import validate
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.seen import seen_record
 from cxrlab.models.registry import get_backbone_spec
@@ -75,11 +76,7 @@ def build_segment_config(values: dict) -> SegmentConfig:
     Raises:
         ConfigError: naming the first bad field.
     """
-    try:
-        return SegmentConfig(**values)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise ConfigError(f"segment: field {'.'.join(str(p) for p in first['loc'])!r}: {first['msg']}") from None
+    return validate(SegmentConfig, values, "segment")
 
 
 class _Pairs(Dataset):

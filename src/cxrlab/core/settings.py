@@ -1,0 +1,117 @@
+"""Settings files and overrides, one way for every command (train, segment, study, tune).
+
+* A config is a YAML mapping of ``field: value``; relative ``data``/``splits`` paths in it resolve
+  against the file's folder when something is there, else against the current directory.
+* ``--set KEY=VALUE`` (repeatable) overrides any field; dotted keys reach nested ones
+  (``augment.enabled=true``, a study's ``base.lr=1e-4``); values are YAML (``1e-4``, ``[0, 2]``, ``true``).
+* A bad field is one line naming the file, the field and the reason, with the closest field name
+  for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cxrlab.core.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+PATH_FIELDS = ("data", "splits")
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The ``field: value`` mapping a YAML config file holds (empty file: ``{}``).
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of field: value")
+    return values
+
+
+def resolve_paths(values: dict, folder: Path) -> dict:
+    """``values`` with relative ``data``/``splits`` resolved against ``folder`` where something is there."""
+    for key in PATH_FIELDS:
+        if isinstance(values.get(key), str) and values[key] and not Path(values[key]).is_absolute():
+            candidate = folder / values[key]
+            values[key] = str(candidate) if candidate.exists() else values[key]
+    return values
+
+
+def apply_assignments(values: dict, assignments: Sequence[str]) -> dict:
+    """``values`` with each ``KEY=VALUE`` of ``assignments`` set (dotted keys nest; values are YAML).
+
+    Raises:
+        ConfigError: an assignment without ``=``, or a dotted key through a field that is not a mapping.
+    """
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. lr=1e-4 or augment.enabled=true")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
+        *parents, leaf = key.strip().split(".")
+        target = values
+        for part in parents:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a group of settings")
+        target[leaf] = value
+    return values
+
+
+def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> str:
+    """One line for a validation error: ``origin: field 'x': reason`` (an unknown field first, with the
+    closest known name)."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo is also a missing field
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        for part in first["loc"][:-1]:
+            annotation = model.model_fields[part].annotation if isinstance(part, str) and part in model.model_fields else None
+            inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = inner[0] if inner else model
+        close = difflib.get_close_matches(str(first["loc"][-1]), list(model.model_fields), n=1)
+        message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{origin}: field {field!r}: {message}{more}"
+
+
+def validate(model: type[M], values: dict, origin: str) -> M:
+    """``model(**values)``, or a :class:`ConfigError` of :func:`format_error`."""
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise ConfigError(format_error(err, origin, model)) from None
+
+
+def load_settings(model: type[M], path: str | Path | None, overrides: dict | None = None,
+                  assignments: Sequence[str] = ()) -> M:
+    """A config of type ``model`` from a YAML file (or none), then ``overrides`` (as given: a ``None``
+    clears a field), then ``--set`` ``assignments``.
+
+    Raises:
+        ConfigError: unreadable file, a bad assignment or an invalid field (named).
+    """
+    values = resolve_paths(read_yaml_mapping(path), Path(path).parent) if path is not None else {}
+    values.update(overrides or {})
+    apply_assignments(values, assignments)
+    return validate(model, values, str(path) if path is not None else "config")
