@@ -12,7 +12,11 @@ from cxrlab.core.errors import (
     MissingDependencyError,
     UnknownLabelError,
 )
-from cxrlab.core.io import atomic_write_bytes, atomic_write_text, relative_to_or_absolute
+from cxrlab.core.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    relative_to_or_absolute,
+)
 
 __all__ = [
     "ConfigError",

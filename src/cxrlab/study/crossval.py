@@ -24,6 +24,7 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.core.run_folder import finished_summary
 from cxrlab.data import class_names, load_source, write_splits
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.seen import seen_record
@@ -103,8 +104,7 @@ def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) ->
         "prepared": config.prepared or str(out / "prepared"),
         "mlflow_uri": config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"})
     check_same_config(run_dir, run_config)
-    summary = run_dir / "summary.json"
-    trained = not (summary.exists() and json.loads(summary.read_text()).get("status") == "ok")
+    trained = finished_summary(run_dir) is None
     if trained:
         write_splits(split, {"crossval_fold": fold, "folds": config.folds}, run_dir)
         (run_dir / "test_predictions.csv").unlink(missing_ok=True)  # predictions of an older model

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.core.run_folder import finished_summary
 from cxrlab.study.cell_ensemble import cell_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
@@ -66,8 +67,7 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
     run_dir = out / "runs" / cell.id / "refit"
     split = frame.assign(split=np.where(frame["split"] == "test", "test", "train"))
     result: dict = {"cell": cell.id, "settings": settings, "train_images": int((split["split"] == "train").sum())}
-    summary_file = run_dir / "summary.json"
-    reuse = summary_file.exists() and json.loads(summary_file.read_text()).get("status") == "ok"
+    reuse = finished_summary(run_dir) is not None
     if reuse:
         try:  # the settings are derived (more runs may change the median epoch): retrain when they moved
             check_same_config(run_dir, run_config(config, cell, run_dir, out / "shared", {}, 0, settings))

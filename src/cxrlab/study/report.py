@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrlab.core.io import atomic_write_text  # noqa: E402
-from cxrlab.evaluate.report import html_page, markdown_page  # noqa: E402
-from cxrlab.study.config import StudyConfig  # noqa: E402
 from cxrlab.data.classes import POSITIVE_CLASS  # noqa: E402
 from cxrlab.data.manifest import read_table  # noqa: E402
 from cxrlab.data.mask_provenance import mask_coverage  # noqa: E402
+from cxrlab.evaluate.report import html_page, markdown_page  # noqa: E402
+from cxrlab.study.config import StudyConfig  # noqa: E402
 from cxrlab.study.results import METRICS  # noqa: E402
 
 LABELS = {"accuracy": "accuracy", "sensitivity": f"{POSITIVE_CLASS} sensitivity",

@@ -19,12 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.evaluate.masked_inputs import ALPHA, VARIANTS, masked_input_predictions, summarise_masked_inputs
+from cxrlab.evaluate.masked_inputs import (
+    ALPHA,
+    VARIANTS,
+    masked_input_predictions,
+    summarise_masked_inputs,
+)
 from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.evaluate.source_probe import source_probe
-from cxrlab.models.ood import pooled_features
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
 from cxrlab.models import WeightsUnavailableError, create_classifier
+from cxrlab.models.ood import pooled_features
 from cxrlab.study.config import StudyConfig
 
 log = logging.getLogger(__name__)

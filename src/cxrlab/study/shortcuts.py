@@ -8,7 +8,6 @@ far below the in-distribution figure: the best-known failure of published COVID-
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.run_folder import finished_summary
 from cxrlab.data import class_names, leave_one_source_out
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import Cell
@@ -52,9 +52,8 @@ def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_
         run_dir = out / "loso" / cell.id / f"without-{source}"
         test = frame[frame["split"] == "test"]
         entry = {"images": int(len(test)), "classes": test["label"].value_counts().sort_index().to_dict()}
-        summary_path = run_dir / "summary.json"
         error = None
-        if not (summary_path.exists() and json.loads(summary_path.read_text()).get("status") == "ok"):
+        if finished_summary(run_dir) is None:
             _, error = train_one(f"without-{source}", run_dir, frame)
         if error:
             results["sources"][source] = {**entry, "status": "failed", "error": error}

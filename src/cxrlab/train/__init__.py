@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from cxrlab.train.config import AugmentConfig, HeadConfig, PhaseConfig, TrainConfig, build_config, load_config
+from cxrlab.train.config import (
+    AugmentConfig,
+    HeadConfig,
+    PhaseConfig,
+    TrainConfig,
+    build_config,
+    load_config,
+)
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.prefix_cache import ActivationDataset, can_cache, compute_prefix

@@ -7,10 +7,10 @@ makes sweeps over the fine-tuning degree affordable on a CPU (issue 3, item 5).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path

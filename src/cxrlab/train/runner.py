@@ -7,7 +7,6 @@ Run directory: ``config.yaml`` (resolved), ``splits.csv`` (when made here), ``pr
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -21,8 +20,8 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
 from cxrlab.core.errors import ConfigError
-from cxrlab.core.io import atomic_write_text
 from cxrlab.core.optional import available
+from cxrlab.core.run_folder import RunFolder
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
@@ -116,7 +115,6 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if config.folds >= 2:
         raise ConfigError(f"folds: {config.folds} folds train through cxrlab.study.train_crossval (cxrlab train "
                           "--folds); train() runs one split")
-    start = time.perf_counter()
     spec = get_backbone_spec(config.backbone)
     with torch.device("meta"):  # block count without allocating weights: check k before any data work
         blocks = len(spec.partition(create_backbone(spec)))
@@ -125,9 +123,8 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if config.pretrained == "imagenet" or config.weights:
         check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config.to_yaml())
+    folder = RunFolder(config.out, config.model_dump(mode="json"))
+    out = folder.out
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         data = load_train_data(config, spec, out, progress)
@@ -136,8 +133,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
                                   class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention)
         model.set_freeze_batchnorm(config.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
-    summary["timing"] = {"seconds_total": round(time.perf_counter() - start, 2), **summary.get("timing", {})}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    folder.finish(summary)
     plot_curves(out / "metrics.csv", out / "curves.png")
     if summary["status"] != "ok":
         raise NonFiniteLossError(summary["status"])

@@ -8,7 +8,6 @@ after clean-up, per source), ``test_overlays.png``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from torchvision.transforms import v2
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
+from cxrlab.core.run_folder import RunFolder
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.core.settings import validate
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
@@ -186,11 +186,9 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
     Raises:
         ConfigError: no masks, an empty side, or settings that do not fit.
     """
-    start = time.perf_counter()
     tune_allocator()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    folder = RunFolder(config.out, config.model_dump(mode="json"))
+    out = folder.out
     spec = get_backbone_spec(config.backbone)
     preprocess = PreprocessConfig(size=config.size, contrast=config.contrast)
     frame = _masked_rows(config, class_names("3class"))
@@ -220,14 +218,13 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
     save_segmenter(net, out / "segmenter.pt", config.backbone, preprocess,
                    {"best_epoch": module.best_epoch, "val_dice": module.best_dice, "weights": net.weights_origin,
                     "seen": seen_record(frame[sides["train"]])})  # masks it predicts for these are in-sample
-    summary = {"backbone": config.backbone, "size": config.size, "weights": net.weights_origin,
+    summary = {"status": "ok", "backbone": config.backbone, "size": config.size, "weights": net.weights_origin,
                "images": {side: int(m.sum()) for side, m in sides.items()}, "skipped": len(skipped),
                "best_epoch": module.best_epoch, "epochs_run": trainer.current_epoch,
                "val": overlap_summary(net, images[sides["val"]], masks[sides["val"]], frame[sides["val"]], spec),
                "test": overlap_summary(net, images[sides["test"]], masks[sides["test"]], frame[sides["test"]], spec),
                "timing": {"seconds_fit": round(fit_seconds, 1),
-                          "seconds_per_epoch": round(fit_seconds / max(trainer.current_epoch, 1), 2),
-                          "seconds_total": round(time.perf_counter() - start, 1)}}
+                          "seconds_per_epoch": round(fit_seconds / max(trainer.current_epoch, 1), 2)}}
     _metrics_csv(out)
     test = sides["test"]
     if test.any():
@@ -236,8 +233,7 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
         plot_mask_overlays(images[shown], masks[shown], cleaned,
                            [f"{Path(frame.at[i, 'image']).name[:22]}\nDice {dice_iou(c, masks[i])[0]:.3f}"
                             for i, c in zip(shown, cleaned, strict=True)], out / "test_overlays.png")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return folder.finish(summary)
 
 
 def overlap_summary(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, rows: pd.DataFrame, spec) -> dict:

@@ -1,0 +1,41 @@
+"""A run's folder, written the same way by every job that makes one (a training run, a segmenter,
+the runs of studies and searches): ``config.yaml`` first, ``summary.json`` last and atomically, so
+that its presence (with ``status: ok``) marks a finished run that a rerun reuses, with the wall
+time of the whole job in ``timing.seconds_total``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from cxrlab.core.io import atomic_write_text
+
+CONFIG, SUMMARY = "config.yaml", "summary.json"
+
+
+class RunFolder:
+    """Start a run in ``out`` (created) with its resolved ``config`` (a JSON-ready mapping)."""
+
+    def __init__(self, out: str | Path, config: dict) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        atomic_write_text(self.out / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
+    def finish(self, summary: dict) -> dict:
+        """Write ``summary.json`` (with ``timing.seconds_total``, the time since the start) and return it."""
+        summary["timing"] = {**summary.get("timing", {}), "seconds_total": round(time.perf_counter() - self.start, 2)}
+        atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def finished_summary(run_dir: str | Path) -> dict | None:
+    """The run's summary when it finished well (``status: ok``), else ``None`` (not run, interrupted or failed)."""
+    path = Path(run_dir) / SUMMARY
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("status") == "ok" else None
