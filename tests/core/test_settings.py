@@ -18,6 +18,8 @@ def test_assignments_parse_yaml_values_and_nest_dotted_keys():
                                                              "name=my study", "weights="])
     assert values == {"augment": {"rotation": 5, "enabled": True}, "lr": 1e-4, "grid": {"fine_tune": [0, 2]},
                       "name": "my study", "weights": None}
+    assert apply_assignments({"augment": None}, ["augment.enabled=true"]) == {"augment": {"enabled": True}}  # `augment:` empty
+    assert apply_assignments({}, ["tag='1e3'", "lr=1E-3"]) == {"tag": "1e3", "lr": 1e-3}  # quoted text stays text
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_assignments({}, ["lr"])
     with pytest.raises(ConfigError, match="'lr' is not a group of settings"):

@@ -65,12 +65,14 @@ def apply_assignments(values: dict, assignments: Sequence[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        if isinstance(value, str) and NUMBER.fullmatch(raw.strip()):  # unquoted only: '1e3' stays text
             value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as text
         *parents, leaf = key.strip().split(".")
         target = values
         for part in parents:
-            target = target.setdefault(part, {})
+            if target.get(part) is None:  # absent, or an empty `part:` in the YAML
+                target[part] = {}
+            target = target[part]
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a group of settings")
         target[leaf] = value

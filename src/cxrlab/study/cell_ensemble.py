@@ -26,24 +26,26 @@ from cxrlab.data.seen import merge_records
 from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.preprocess import ShardDataset, ShardReader
-from cxrlab.study.test_side import predict_test_side
+from cxrlab.study.test_side import predict_test_side, preprocess_key
 from cxrlab.train import add_screening_reference
 from cxrlab.train.screening_reference import operating_point, screening_reference
 
 ENSEMBLE = "ensemble"  # runs/<cell>/ensemble/: never a run's name (runs are fold<k>[...], refit)
-RUNS_FILE = "runs.json"  # which runs the ensemble holds; written last, so a half-built one is rebuilt
+RUNS_FILE = "runs.json"  # which runs (and model files) the ensemble holds; written last: a half-built one is rebuilt
 
 
 def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
     """The folder of cell ``cell``'s model: its one run's, or ``runs/<cell>/ensemble/`` holding the
-    ensemble of its finished runs ``ok`` (rows with ``run``), built once and rebuilt when the runs change."""
+    ensemble of its finished runs ``ok`` (rows with ``run``), built once and rebuilt (its cached
+    test-side figures with it) when a run is added or trained again."""
     runs = sorted(str(r) for r in ok["run"])
     cell_dir = out / "runs" / cell
     if len(runs) == 1:
         return cell_dir / runs[0]
     folder = cell_dir / ENSEMBLE
     record = folder / RUNS_FILE
-    if record.is_file() and json.loads(record.read_text()) == runs:
+    files = {run: _fingerprint(cell_dir / run / "model.pt") for run in runs}  # a run trained again is new
+    if record.is_file() and json.loads(record.read_text()) == files:
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # older runs' ensemble and everything cached from it
     folder.mkdir(parents=True)
@@ -55,8 +57,13 @@ def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
     save_model(EnsembleClassifier(members).eval(), folder / "model.pt", preprocess,
                {"seen": merge_records(*seen), "runs": runs})
     shutil.copy2(cell_dir / runs[0] / "config.yaml", folder / "config.yaml")
-    atomic_write_text(record, json.dumps(runs) + "\n")
+    atomic_write_text(record, json.dumps(files, indent=1) + "\n")
     return folder
+
+
+def _fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def oof_reference(ensemble: EnsembleClassifier, predictions: pd.DataFrame, names: list[str], reader: ShardReader,
@@ -115,7 +122,7 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
     write_splits(pooled, {"ensemble_of": extra.get("runs"), "cell": cell}, folder)
     names = list(model.class_names)
     predictions = cell_oof_predictions(out, cell, ok, frame)
-    work = out / "shared" / "prepared-ensemble"
+    work = out / "shared" / "prepared-ensemble" / preprocess_key(preprocess)
     prepared_dataset(model, preprocess, frame[frame["image"].isin(set(predictions["image"]))], work)
     extra["screening"] = oof_reference(model, predictions, names, ShardReader(work), batch_size)
     save_model(model, folder / "model.pt", preprocess, extra)

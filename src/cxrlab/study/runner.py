@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.core.errors import ConfigError
+from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.core.logging import configure_logging, quiet_lightning
 from cxrlab.core.runtime import default_workers, exit_with_parent
@@ -175,7 +175,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     _write_table(table, out, "results")
     summary_table = aggregate(table, config.num_folds * config.repeats)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
-    models = {cell: cell_model(out, cell, ok) for cell, ok in _complete_runs(table, summary_table).items()}
+    models = _cell_models(out, _complete_runs(table, summary_table))
     summary_table = evaluate_cells(config, out, frame, summary_table, models, best)
     _write_table(summary_table, out, "summary")
     if best is not None:
@@ -348,6 +348,18 @@ def _complete_runs(table: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.D
     """Each complete cell's finished runs."""
     complete = summary.loc[summary["complete"], "cell"]
     return {cell: ok for cell in complete if not (ok := table[(table["cell"] == cell) & (table["status"] == "ok")]).empty}
+
+
+def _cell_models(out: Path, complete: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Each complete cell's model folder (the ensemble of its runs); a cell whose runs cannot be read
+    together is left out of the test side with a warning, the others go on."""
+    models = {}
+    for cell, ok in complete.items():
+        try:
+            models[cell] = cell_model(out, cell, ok)
+        except (CxrlabError, OSError) as err:
+            log.warning("study: %s's runs could not be put together as one model: %s", cell, err)
+    return models
 
 
 def _export_best(config: StudyConfig, out: Path, frame: pd.DataFrame, table: pd.DataFrame, best: str,

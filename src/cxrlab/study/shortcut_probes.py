@@ -11,8 +11,6 @@ Each part writes plain-words warnings when it points to shortcut learning. Part 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -31,6 +29,7 @@ from cxrlab.explain import lung_evidence, summarise_lung_evidence
 from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.models.ood import pooled_features
 from cxrlab.study.config import StudyConfig
+from cxrlab.study.test_side import preprocess_key
 
 log = logging.getLogger(__name__)
 PROBE_WARNING = 0.8  # balanced accuracy at which features "recognise" sources
@@ -49,8 +48,7 @@ def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame, load
     if frame["source"].fillna("").astype(str).nunique() < 2:
         return {"skipped": "the data has a single source", "probes": {}, "warnings": []}
     model, preprocess, payload = loaded
-    key = hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    kept, dataset, _ = prepared_dataset(model, preprocess, frame, out / "shared" / "prepared-probe" / key)
+    kept, dataset, _ = prepared_dataset(model, preprocess, frame, out / "shared" / "prepared-probe" / preprocess_key(preprocess))
     models = {"fine-tuned (best model)": model}
     try:
         models["pretrained (before fine-tuning)"] = create_classifier(payload["backbone"], len(model.class_names))

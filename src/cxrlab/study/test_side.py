@@ -34,14 +34,18 @@ from cxrlab.study.results import ALPHA
 log = logging.getLogger(__name__)
 
 
+def preprocess_key(preprocess) -> str:
+    """A short name for a preprocessing: images prepared one way live under it, apart from others."""
+    return hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = "test_predictions.csv") -> pd.DataFrame:
     """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``)."""
     cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
     model, preprocess, _ = load_model(run_dir / "model.pt")
-    key = hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    result = predict_frame(model, preprocess, test, work / key)
+    result = predict_frame(model, preprocess, test, work / preprocess_key(preprocess))
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
         frame[name] = result.probs[:, i]

@@ -55,7 +55,8 @@ class Augmenter:
         if tuple(cfg.crop_scale) != (1.0, 1.0):
             steps.append(v2.RandomResizedCrop((h, w), scale=tuple(cfg.crop_scale), ratio=(w / h, w / h)))
         if cfg.rotation or cfg.translate:
-            steps.append(v2.RandomAffine(degrees=cfg.rotation, translate=(cfg.translate, cfg.translate)))
+            steps.append(v2.RandomAffine(degrees=cfg.rotation, translate=(cfg.translate, cfg.translate),
+                                         interpolation=v2.InterpolationMode.BILINEAR))  # masks: nearest regardless
         if cfg.hflip:
             steps.append(v2.RandomHorizontalFlip())
         if cfg.brightness or cfg.contrast:
