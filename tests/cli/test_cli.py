@@ -174,7 +174,7 @@ def test_an_unexpected_error_prints_one_line_and_the_log_file_with_the_traceback
 
 def test_train_command_and_one_line_errors(phantoms, tmp_path):
     args = ["train", "--data", str(phantoms), "--out", str(tmp_path / "run"), "--size", "32", "--epochs", "1",
-            "--fine-tune", "1", "--ratios", "6:2:2", "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+            "--fine-tune", "1", "--ratios", "6:2:2", "--set", f"tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "sensitivity" in result.output and (tmp_path / "run" / "summary.json").exists()

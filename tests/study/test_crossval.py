@@ -64,7 +64,7 @@ def test_oof_figures_pool_with_intervals_and_split_by_source():
 
 def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     args = ["train", "--data", str(phantoms), "--folds", "3", "--size", "64", "--epochs", "1", "--fine-tune", "1",
-            "--out", str(tmp_path / "cv"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+            "--out", str(tmp_path / "cv"), "--set", f"mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "out of fold" in result.output and "COVID-19 AUC" in result.output and "phantom-a" in result.output

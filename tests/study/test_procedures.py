@@ -24,7 +24,7 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     assert sorted(set(table["run"])) == ["fold0", "fold0-repeat1", "fold1", "fold1-repeat1"]
     for _, row in table.iterrows():  # each repeat trains with its own seed on the same fold
         run = tmp_path / "runs" / row["cell"] / row["run"]
-        assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == row["repeat"]
+        assert yaml.safe_load((run / "config.yaml").read_text())["runtime"]["seed"] == row["repeat"]
     # the second stage starts from the first stage's best cell by mean validation AUC
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("cell")
     stage1 = summary[summary["factor.stage"] == 1]
@@ -32,7 +32,7 @@ def test_screen_then_fine_tune_the_top_cell_over_two_seeds_and_refit_it(phantoms
     stage2 = summary[summary["factor.stage"] == 2]
     assert len(stage2) == 1 and stage2["factor.fine_tune"].iloc[0] == stage1.loc[top, "factor.fine_tune"]
     second = yaml.safe_load((tmp_path / "runs" / stage2.index[0] / "fold0" / "config.yaml").read_text())
-    assert (second["lr"], second["epochs"]) == (3e-4, 3) and stage1.index.str.startswith("fine_tune-").all()
+    assert (second["optim"]["lr"], second["schedule"]["epochs"]) == (3e-4, 3) and stage1.index.str.startswith("fine_tune-").all()
     assert summary["auc_macro_sd_seeds"].notna().all() and (summary["folds_ok"] == 4).all()
     # three cells against the best: Holm's adjustment never lowers a p-value, and the verdict follows it
     tested = summary.dropna(subset=["p_vs_best"])

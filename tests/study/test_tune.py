@@ -27,7 +27,7 @@ def _search(phantoms, **extra) -> TuneConfig:
 def test_tune_config_names_the_bad_field(tmp_path):
     path = tmp_path / "t.yaml"
     for space, message in (({"lrr": [0.1]}, "space.lrr: not a training setting; did you mean 'lr'"),
-                           ({"augment.rotatoin": [5]}, "not a part of 'augment'; did you mean augment.rotation"),
+                           ({"augment.rotatoin": [5]}, "not a part of 'augment'; did you mean 'augment.rotation'"),
                            ({"lr": {"low": 1.0, "high": 0.1}}, "must exceed low"),
                            ({"lr": {"low": 0.0, "high": 0.1, "log": True}}, "log range needs low > 0"),
                            ({"seed": [1, 2]}, "set by the study itself"),

@@ -92,9 +92,10 @@ def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_pat
 
     from cxrlab.train import add_screening_reference
     from cxrlab.core.settings import read_yaml_mapping
+    from cxrlab.train.config import flatten_settings
 
     # the run_dir fixture's own resolved config and seed, trained without the reference (as a study's runs are)
-    values = {**read_yaml_mapping(run_dir / "config.yaml"), "out": str(tmp_path / "r"),
+    values = {**flatten_settings(read_yaml_mapping(run_dir / "config.yaml")), "out": str(tmp_path / "r"),
               "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     out = train(build_config(values), screening=False).out
     assert "screening" not in torch.load(out / "model.pt", weights_only=True)["extra"]

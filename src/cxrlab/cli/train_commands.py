@@ -42,19 +42,15 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file or cache folder.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="imagenet or none.")] = None,
-    allow_download: Annotated[Optional[bool], typer.Option("--allow-download", help="Let timm download weights.")] = None,
-    scheme: Annotated[Optional[str], typer.Option(help="3class or binary.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="32, bf16 or auto.")] = None,
-    mlflow_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite next to OUT).")] = None,
-    lung_attention: Annotated[Optional[bool], typer.Option(
-        "--lung-attention", help="Guided attention: multiply the last feature maps by each image's lung mask.")] = None,
-    attention_loss: Annotated[Optional[float], typer.Option(
-        help="Alpha of the Grad-CAM attention loss (evidence outside the lungs); needs lung masks.")] = None,
-    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
-                                                                  "dotted keys reach nested ones, e.g. augment.enabled=true.")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
+                                                                  "by field or section: lr=1e-4 or optim.lr=1e-4, "
+                                                                  "augment.enabled=true, runtime.precision=bf16.")] = None,
 ) -> None:
-    """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT."""
+    """Train a classifier; writes model.pt, metrics.csv, summary.json and curves.png to OUT.
+
+    The options are the common few; every other setting (scheme, precision, MLflow, lung attention,
+    ...) is a --set KEY=VALUE or a field of the --config file (docs: Configuration).
+    """
     from cxrlab.train import load_config, train
 
     quiet_lightning()
@@ -63,9 +59,7 @@ def train_command(
                      "ratios": parse_ratios(ratios) if ratios else None, "folds": folds,
                      "recipe": recipe, "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
                      "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
-                     "weights": str(weights) if weights else None, "pretrained": pretrained,
-                     "allow_download": allow_download, "scheme": scheme, "precision": precision,
-                     "mlflow_uri": mlflow_uri, "lung_attention": lung_attention, "attention_loss": attention_loss}
+                     "weights": str(weights) if weights else None}
         cfg = load_config(config, overrides, assignments or ())
         if cfg.folds >= 2:
             _train_crossval(cfg)

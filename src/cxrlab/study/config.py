@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cxrlab.core.settings import load_settings
-from cxrlab.train.config import TrainConfig
+from cxrlab.core.settings import closest_hint, load_settings
+from cxrlab.train.config import SECTIONS, TrainConfig, flat_key, flatten_settings
 
-# fields a study sets itself for every run
-RESERVED = ("data", "splits", "out", "scheme", "ratios", "dedupe", "seed", "prepared", "prefix_store", "mlflow_uri",
-            "experiment", "mlflow_tags", "progress_bar")
 SELECT_METRICS = ("auc_macro", "accuracy")
 M = TypeVar("M", bound=BaseModel)
 
 
 def check_setting_names(section: str, keys) -> None:
-    """Each key names a training setting a study or search may set (``augment.rotation`` names a part
-    of one).
+    """Each key (flat, as :func:`flat_settings` leaves it) names a training setting a study or search
+    may set (``augment.rotation`` names a part of one).
 
     Raises:
         ValueError: ``section.key`` is unknown (with the closest name) or set by the study itself.
@@ -32,12 +28,21 @@ def check_setting_names(section: str, keys) -> None:
             raise ValueError(f"{section}.{key}: set by the study itself (use the study's own {head!r} field "
                              "where there is one)")
         if head not in TrainConfig.model_fields:
-            close = difflib.get_close_matches(head, list(TrainConfig.model_fields), n=1)
-            raise ValueError(f"{section}.{key}: not a training setting" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ValueError(f"{section}.{key}: not a training setting" + closest_hint(head, TrainConfig.model_fields))
         parts = getattr(TrainConfig.model_fields[head].annotation, "model_fields", None)
         if part and (parts is None or part not in parts):
-            close = difflib.get_close_matches(part, list(parts or []), n=1)
-            raise ValueError(f"{section}.{key}: not a part of {head!r}" + (f"; did you mean {head}.{close[0]}?" if close else ""))
+            raise ValueError(f"{section}.{key}: not a part of {head!r}" + closest_hint(part, parts or [], head + "."))
+
+
+def flat_settings(values: Any) -> Any:
+    """Training settings as flat field names, whether given flat, in sections (``optim: {lr: 1e-4}``)
+    or dotted (``optim.lr``): see :data:`cxrlab.train.config.SECTIONS`."""
+    return flatten_settings(values) if isinstance(values, dict) else values
+
+
+def flat_names(values: Any) -> Any:
+    """A mapping of setting name -> values (a grid, a search space) with its names flat (``optim.lr`` -> ``lr``)."""
+    return {flat_key(str(key)): value for key, value in values.items()} if isinstance(values, dict) else values
 
 
 def merge_settings(base: dict, factors: dict) -> dict:
@@ -67,12 +72,20 @@ class DataSettings(BaseModel):
     seed: int = 0
     base: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every run")
 
+    _flat_base = field_validator("base", mode="before")(flat_settings)
+
     @model_validator(mode="after")
     def _check_data(self) -> DataSettings:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
         check_setting_names("base", self.base)
         return self
+
+
+# training fields a study sets itself for every run: its own data settings, its tracking, where runs
+# and shared caches go, and its own progress display
+RESERVED = (*(f for f in DataSettings.model_fields if f != "base"), *SECTIONS["tracking"].values(), "out", "prepared",
+            "prefix_store", "progress_bar")
 
 
 class SecondStage(BaseModel):
@@ -84,6 +97,8 @@ class SecondStage(BaseModel):
 
     top: int = Field(ge=1, le=100, description="cells of the first stage that go on")
     settings: dict[str, Any] = Field(description="training settings of the second stage (over each cell's own)")
+
+    _flat_settings = field_validator("settings", mode="before")(flat_settings)
 
     @model_validator(mode="after")
     def _check(self) -> SecondStage:
@@ -129,6 +144,13 @@ class StudyConfig(DataSettings):
     n_boot: int = Field(1000, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"
+
+    _flat_grid = field_validator("grid", mode="before")(flat_names)
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _flat_variants(cls, values: Any) -> Any:
+        return {name: flat_settings(v) for name, v in values.items()} if isinstance(values, dict) else values
 
     @model_validator(mode="before")
     @classmethod

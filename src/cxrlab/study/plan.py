@@ -16,7 +16,7 @@ from cxrlab.data import SplitConfig, class_names, load_source, make_splits, writ
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.study.config import StudyConfig, merge_settings
-from cxrlab.train.config import RECIPES, TrainConfig, build_config
+from cxrlab.train.config import RECIPES, TrainConfig, build_config, flatten_settings
 from cxrlab.train.data import grouped_table, uses_masks
 
 
@@ -155,7 +155,7 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
         return
     import yaml
 
-    old = yaml.safe_load(recorded.read_text()) or {}
+    old = flatten_settings(yaml.safe_load(recorded.read_text()) or {})  # written flat before sections
     new = config.model_dump(mode="json")
     # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values
     ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta", "recipe"}

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from cxrlab.study.config import DataSettings, check_setting_names, load_yaml_config
+from cxrlab.study.config import DataSettings, check_setting_names, flat_names, load_yaml_config
 
 METRICS = {"auc_macro": "maximize", "accuracy": "maximize", "val_loss": "minimize"}
 MONITORED = {"auc_macro": "val_auc", "accuracy": "val_acc", "val_loss": "val_loss"}  # per-epoch values for pruning
@@ -79,7 +79,7 @@ class TuneConfig(DataSettings):
         if not isinstance(space, dict):
             return space
         out = {}
-        for key, value in space.items():
+        for key, value in flat_names(space).items():
             if isinstance(value, dict):
                 try:
                     value = Range(**value)

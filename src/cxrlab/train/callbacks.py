@@ -22,7 +22,14 @@ from cxrlab.train.selection import EpochSelector
 class BestModelKeeper(L.Callback):
     """Keeps the epoch the run's :class:`EpochSelector` chooses, across phases (saved to ``path``), and
     stops a phase early by the same rule, or at once when the validation loss is not finite. ``extra``
-    joins every saved file's payload (the record of the patients the run has seen)."""
+    joins every saved file's payload (the record of the patients the run has seen).
+
+    Why not Lightning's ModelCheckpoint + EarlyStopping: a run is one ``Trainer.fit`` per phase, and
+    both reset with each fit, while the kept epoch is chosen across phases; the rule compares a
+    trailing mean of the metric with a minimum epoch count and a loss tie-break, not one epoch's
+    value; and what is kept is the self-contained ``model.pt`` (weights, preprocessing, classes,
+    patients seen) that every command reads, not a Lightning ``.ckpt`` of the training state.
+    """
 
     def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector | None = None,
                  extra: dict | None = None) -> None:
@@ -73,7 +80,11 @@ class BestModelKeeper(L.Callback):
 
 class MetricsCsv(L.Callback):
     """Appends one row per epoch (phase, losses, accuracy, macro AUC, COVID-19 AUC, macro-F1, learning
-    rate, seconds; the attention loss when training with it) to a CSV."""
+    rate, seconds; the attention loss when training with it) to a CSV, rewritten atomically.
+
+    Why not Lightning's CSVLogger: its epoch counter restarts with each phase's fit and it writes
+    into a versioned sub-folder; ``metrics.csv`` is one table over all phases beside ``model.pt``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path, self.rows, self.phase, self.epoch_offset = path, [], 0, 0

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from cxrlab.core.settings import load_settings, validate
+from cxrlab.core.settings import closest_hint, load_settings, validate
 
 FineTuneValue = int | Literal["all"]
 
@@ -51,6 +51,67 @@ class HeadConfig(_Strict):
     hidden: tuple[int, ...] = (128, 64)
     dropout: tuple[float, ...] = (0.10, 0.05)
     activation: Literal["elu", "relu", "gelu"] = "elu"
+
+
+SECTIONS: dict[str, dict[str, str]] = {
+    "data": {"path": "data", **{k: k for k in ("splits", "scheme", "ratios", "dedupe", "folds", "class_balance")}},
+    "preprocess": {k: k for k in ("size", "contrast", "resize", "artifacts", "lung_crop", "prepared")},
+    "model": {k: k for k in ("backbone", "pretrained", "weights", "allow_download", "fine_tune", "batchnorm", "head",
+                             "lung_attention", "tta")},
+    "optim": {k: k for k in ("optimizer", "lr", "lr_decay", "momentum", "weight_decay", "label_smoothing", "ema_decay",
+                             "batch_size", "attention_loss", "attention_form")},
+    "schedule": {"kind": "schedule", **{k: k for k in ("epochs", "phases", "warmup_epochs", "plateau_factor",
+                                                       "plateau_patience", "step_size", "step_gamma", "select_on",
+                                                       "select_smoothing", "min_epochs", "patience")}},
+    "runtime": {k: k for k in ("out", "seed", "precision", "channels_last", "cache_prefix", "cache_max_gb",
+                               "prefix_store", "num_workers", "progress_bar")},
+    "tracking": {k: k for k in ("mlflow_uri", "experiment", "mlflow_tags")},
+}
+"""A run's settings in sections, each the layer that reads them: section -> {name in the section: field}.
+
+A config may be written flat (``lr: 1e-4``) or in sections (``optim: {lr: 1e-4}``, as a run writes its
+``config.yaml``); ``--set optim.lr=1e-4`` and ``--set lr=1e-4`` are the same. ``recipe`` and ``augment``
+stay at the top. Two names differ from the field: ``data.path`` (the ``data`` field) and
+``schedule.kind`` (the ``schedule`` field).
+"""
+TOP_LEVEL = ("recipe", "augment")
+
+
+def flat_key(key: str) -> str:
+    """A (dotted) setting name without its section: ``optim.lr`` -> ``lr``, ``schedule.kind`` ->
+    ``schedule``, ``model.head.hidden`` -> ``head.hidden``; a flat name as it is.
+
+    Raises:
+        ValueError: the section has no such setting (with the closest name).
+    """
+    section, _, rest = key.partition(".")
+    if section not in SECTIONS or not rest:
+        return key
+    name, _, part = rest.partition(".")
+    if name not in SECTIONS[section]:
+        raise ValueError(f"{section}.{name}: the {section} section has no such setting"
+                         + closest_hint(name, SECTIONS[section], section + "."))
+    field = SECTIONS[section][name]
+    return f"{field}.{part}" if part else field
+
+
+def flatten_settings(values: dict) -> dict:
+    """Settings given in sections (``optim: {lr: 1e-4}``) or dotted (``optim.lr``) as the flat fields of
+    :class:`TrainConfig`; flat ones pass through (``data: PATH`` is the field, ``data: {...}`` the section).
+
+    Raises:
+        ValueError: a name its section does not have, or one setting given twice.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        inner = value.items() if key in SECTIONS and isinstance(value, dict) else [(None, value)]
+        for name, item in inner:
+            given = key if name is None else f"{key}.{name}"
+            field = flat_key(given)
+            if field in out:
+                raise ValueError(f"{given}: {field!r} is set twice (once flat, once in its section?)")
+            out[field] = item
+    return out
 
 
 # Named recipes: settings a config starts from (its own values win). "small-data" is the field defaults
@@ -160,10 +221,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _recipe(cls, values: Any) -> Any:
-        if isinstance(values, dict) and values.get("recipe") in RECIPES:
-            return {**RECIPES[values["recipe"]], **values}
-        return values
+    def _sections_and_recipe(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = flatten_settings(values)
+        return {**RECIPES[values["recipe"]], **values} if values.get("recipe") in RECIPES else values
 
     @field_validator("fine_tune")
     @classmethod
@@ -198,9 +260,19 @@ class TrainConfig(_Strict):
         """The phases to run: ``phases`` if given, else one phase of ``fine_tune``/``lr``/``epochs``."""
         return self.phases or (PhaseConfig(fine_tune=self.fine_tune, lr=self.lr, epochs=self.epochs),)
 
+    def to_sections(self) -> dict:
+        """Every field, JSON-ready, in its section (the form a run writes to ``config.yaml``)."""
+        flat = self.model_dump(mode="json")
+        out = {"recipe": flat.pop("recipe")}
+        out.update({section: {name: flat.pop(field) for name, field in names.items()} for section, names in SECTIONS.items()})
+        out["augment"] = flat.pop("augment")
+        if flat:  # a field added without a section
+            raise RuntimeError(f"TrainConfig fields without a section: {', '.join(flat)}")
+        return out
+
     def to_yaml(self) -> str:
-        """YAML text of every field (the run's resolved config)."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """YAML text of every field in its section (the run's resolved config)."""
+        return yaml.safe_dump(self.to_sections(), sort_keys=False)
 
 
 def build_config(values: dict, origin: str = "config") -> TrainConfig:
@@ -213,10 +285,12 @@ def build_config(values: dict, origin: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None, assignments: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (:mod:`cxrlab.core.settings`: relative paths from its folder), apply
-    command-line options (``None``: not given) and ``--set`` assignments.
+    """Read a YAML config (flat or in :data:`SECTIONS`; :mod:`cxrlab.core.settings`: relative paths
+    from its folder), apply command-line options (``None``: not given) and ``--set`` assignments
+    (``optim.lr=1e-4`` or ``lr=1e-4``).
 
     Raises:
         ConfigError: unreadable YAML, a bad assignment or an invalid field (named).
     """
-    return load_settings(TrainConfig, path, {k: v for k, v in (overrides or {}).items() if v is not None}, assignments)
+    return load_settings(TrainConfig, path, {k: v for k, v in (overrides or {}).items() if v is not None}, assignments,
+                         normalize=flatten_settings, key=flat_key)

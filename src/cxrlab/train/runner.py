@@ -123,7 +123,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if config.pretrained == "imagenet" or config.weights:
         check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
-    folder = RunFolder(config.out, config.model_dump(mode="json"))
+    folder = RunFolder(config.out, config.to_sections())
     out = folder.out
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
