@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cxrlab.preprocess.etl as etl
-from cxrlab.core import ConfigError
+from cxrlab.core import ConfigError, ManifestError
 from cxrlab.data import load_source
 from cxrlab.preprocess import PreprocessConfig, Preprocessor, ShardReader, prepare
 from cxrlab.preprocess.shards import SHARD_DIR
@@ -81,3 +81,21 @@ def test_other_settings_in_same_folder_are_refused(phantoms, tmp_path):
         prepare(manifest, tmp_path / "out", PreprocessConfig(size=48), workers=1)
     summary = prepare(manifest, tmp_path / "out", PreprocessConfig(size=48), workers=1, overwrite=True)
     assert ShardReader(tmp_path / "out").image(0).shape == (48, 48) and summary.shards_reused == 0
+
+
+def test_several_prepared_folders_read_as_one(phantoms, tmp_path):
+    from cxrlab.data import Manifest
+
+    manifest = load_source(phantoms)
+    table = manifest.table.reset_index(drop=True)
+    halves = [table.iloc[: len(table) // 2], table.iloc[len(table) // 2:]]
+    for i, half in enumerate(halves):
+        prepare(Manifest(half, manifest.class_names), tmp_path / f"part{i}", CONFIG, workers=1, shard_size=7)
+    whole = ShardReader([tmp_path / "part0", tmp_path / "part1"])
+    assert sorted(whole.table["image"]) == sorted(table["image"]) and whole.config == CONFIG.to_dict()
+    alone = ShardReader(tmp_path / "part1")
+    index = whole.select(alone.table["image"].iloc[[2]])[0]
+    assert np.array_equal(whole.image(index), alone.image(2))  # pixels stay with their row
+    prepare(Manifest(halves[0], manifest.class_names), tmp_path / "other", PreprocessConfig(size=48), workers=1)
+    with pytest.raises(ManifestError, match="other settings"):
+        ShardReader([tmp_path / "part0", tmp_path / "other"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]], dict[
 
 
 class ShardReader:
-    """Read every shard of a prepared folder into memory.
+    """Read every shard of a prepared folder (or of several, prepared alike) into memory.
 
     Attributes:
         table: ``pandas.DataFrame`` of the metadata columns (``image`` absolute).
@@ -105,20 +106,27 @@ class ShardReader:
         ((224, 224), 'COVID-19')
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
-        out_dir = Path(out_dir)
-        files = sorted((out_dir / SHARD_DIR).glob("part-*.parquet"))
-        if not files:
-            raise ManifestError(f"{out_dir}: no shards found (run 'cxrlab prepare' first)")
-        tables = [pq.read_table(f) for f in files]
-        arrow = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
-        meta = tables[0].schema.metadata or {}
-        self.config = json.loads(meta.get(b"cxrlab.config", b"{}"))
-        self._pixels = arrow.column("pixels").to_pylist()
-        self._masks = arrow.column("mask").to_pylist() if "mask" in arrow.column_names else None
-        self._shapes = list(zip(arrow.column("height").to_pylist(), arrow.column("width").to_pylist()))
-        bulky = [c for c in ("pixels", "mask") if c in arrow.column_names]
-        self.table = resolve_paths(arrow.drop_columns(bulky).to_pandas(), out_dir)
+    def __init__(self, out_dir: str | Path | Sequence[str | Path]) -> None:
+        folders = [Path(out_dir)] if isinstance(out_dir, str | Path) else [Path(f) for f in out_dir]
+        pixels, masks, shapes, tables, configs = [], [], [], [], []
+        for folder in folders:  # several folders: e.g. each CV fold's validation images, read as one set
+            files = sorted((folder / SHARD_DIR).glob("part-*.parquet"))
+            if not files:
+                raise ManifestError(f"{folder}: no shards found (run 'cxrlab prepare' first)")
+            parts = [pq.read_table(f) for f in files]
+            arrow = pa.concat_tables([t.replace_schema_metadata(None) for t in parts])
+            configs.append(json.loads((parts[0].schema.metadata or {}).get(b"cxrlab.config", b"{}")))
+            if configs[-1] != configs[0]:
+                raise ManifestError(f"{folder}: prepared with other settings than {folders[0]}")
+            pixels += arrow.column("pixels").to_pylist()
+            masks.append(arrow.column("mask").to_pylist() if "mask" in arrow.column_names else None)
+            shapes += list(zip(arrow.column("height").to_pylist(), arrow.column("width").to_pylist()))
+            bulky = [c for c in ("pixels", "mask") if c in arrow.column_names]
+            tables.append(resolve_paths(arrow.drop_columns(bulky).to_pandas(), folder))
+        self.config = configs[0]
+        self._pixels, self._shapes = pixels, shapes
+        self._masks = None if any(m is None for m in masks) else [m for part in masks for m in part]
+        self.table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
     def __len__(self) -> int:
         return len(self._pixels)

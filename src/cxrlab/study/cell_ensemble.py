@@ -122,7 +122,13 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
     write_splits(pooled, {"ensemble_of": extra.get("runs"), "cell": cell}, folder)
     names = list(model.class_names)
     predictions = cell_oof_predictions(out, cell, ok, frame)
-    work = out / "shared" / "prepared-ensemble" / preprocess_key(preprocess)
-    prepared_dataset(model, preprocess, frame[frame["image"].isin(set(predictions["image"]))], work)
-    extra["screening"] = oof_reference(model, predictions, names, ShardReader(work), batch_size)
+    key = preprocess_key(preprocess)
+    folds = [out / "shared" / "prepared-val" / f"fold{k}" / key for k in sorted(predictions["fold"].unique())]
+    if all((f / "plan.json").exists() for f in folds):  # each image prepared once already, for its fold's runs
+        reader = ShardReader(folds)
+    else:  # predictions cached by an earlier cxrlab whose folders are gone
+        work = out / "shared" / "prepared-ensemble" / key
+        prepared_dataset(model, preprocess, frame[frame["image"].isin(set(predictions["image"]))], work)
+        reader = ShardReader(work)
+    extra["screening"] = oof_reference(model, predictions, names, reader, batch_size)
     save_model(model, folder / "model.pt", preprocess, extra)
