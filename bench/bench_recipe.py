@@ -48,6 +48,7 @@ RECIPES: dict[str, tuple[str | None, dict]] = {
     "full-decay": ("default", {"lr": 3e-4, "lr_decay": 0.7}),
     "lite2-260": ("default", {"backbone": "efficientnet_lite2", "size": 260}),
     "full-ema": ("default", {"ema_decay": 0.95}),  # ~10 steps an epoch: the average spans ~2 epochs
+    "full-mixup": ("default", {"mixup": 0.2}),
     "default": (None, {}),  # the small-data recipe now in TrainConfig's defaults: `cxrlab train --folds 5`
 }
 

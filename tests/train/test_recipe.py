@@ -1,5 +1,5 @@
-"""The training recipe's parts: discriminative learning rates, warm-up, label smoothing, AdamW and
-radiograph augmentation (grey levels and shifts)."""
+"""The training recipe's parts: discriminative learning rates, warm-up, label smoothing, mixup, AdamW,
+radiograph augmentation (grey levels and shifts) and the moving average of the weights."""
 
 from __future__ import annotations
 
@@ -62,6 +62,31 @@ def test_label_smoothing_changes_the_training_loss_only():
     assert val_loss.item() == pytest.approx(F.cross_entropy(logits, y).item())
     assert train_loss.item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.2).item())
     assert train_loss.item() != pytest.approx(val_loss.item())
+
+
+def test_mixup_mixes_the_inputs_and_weighs_the_two_targets_losses_as_the_plain_loss():
+    from cxrlab.core import ConfigError
+
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=1, seed=0).eval()
+    config = build_config({"data": "x.csv", "mixup": 0.4, "label_smoothing": 0.1})
+    module = ClassifierModule(model, config, 1e-3, 1, class_weights=[1.0, 2.0, 3.0])
+    x, y = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = module._mixup_loss((x, y))
+        torch.manual_seed(5)  # the same draws, made by hand
+        lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+        order = torch.randperm(6)
+        logits = model(lam * x + (1 - lam) * x[order])
+        weight = torch.tensor([1.0, 2.0, 3.0])
+        expected = (lam * F.cross_entropy(logits, y, weight=weight, label_smoothing=0.1)
+                    + (1 - lam) * F.cross_entropy(logits, y[order], weight=weight, label_smoothing=0.1))
+        torch.manual_seed(5)
+        again = module._mixup_loss((x, y))
+    assert 0 < lam < 1 and not torch.equal(order, torch.arange(6))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and again.item() == pytest.approx(loss.item(), rel=1e-6)
+    with pytest.raises(ConfigError, match="mixup: not with attention_loss"):
+        build_config({"data": "x.csv", "mixup": 0.4, "attention_loss": 1.0})
 
 
 def _augmented(settings: AugmentConfig, image: np.ndarray, seed: int) -> np.ndarray:

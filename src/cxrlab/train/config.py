@@ -59,7 +59,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "model": {k: k for k in ("backbone", "pretrained", "weights", "allow_download", "fine_tune", "batchnorm", "head",
                              "lung_attention", "tta")},
     "optim": {k: k for k in ("optimizer", "lr", "lr_decay", "momentum", "weight_decay", "label_smoothing", "ema_decay",
-                             "batch_size", "attention_loss", "attention_form")},
+                             "mixup", "batch_size", "attention_loss", "attention_form")},
     "schedule": {"kind": "schedule", **{k: k for k in ("epochs", "phases", "warmup_epochs", "plateau_factor",
                                                        "plateau_patience", "step_size", "step_gamma", "select_on",
                                                        "select_smoothing", "min_epochs", "patience")}},
@@ -183,6 +183,10 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (training loss only)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="exponential moving average of the weights, decay per "
                                                           "step (0: off); the averaged weights are validated and kept")
+    mixup: float = Field(0.0, ge=0, le=10, description="alpha of mixup (0: off): each training batch is mixed with "
+                                                      "itself shuffled, weight lambda ~ Beta(alpha, alpha), and so are "
+                                                      "the targets; what is mixed is the input of the first trainable "
+                                                      "block (the image when every block trains)")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.05, ge=0)
     schedule: Literal["plateau", "step", "cosine", "none"] = "cosine"
@@ -246,6 +250,8 @@ class TrainConfig(_Strict):
     def _need_data(self) -> TrainConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        if self.mixup and self.attention_loss:
+            raise ValueError("mixup: not with attention_loss (a mixed image has no one lung mask or true class)")
         if self.tta != "none" and self.folds < 3:
             raise ValueError("tta: test-time views are for the fold ensemble; set folds (at least 3) too")
         epochs = sum(p.epochs for p in self.resolved_phases())

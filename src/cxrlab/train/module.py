@@ -95,12 +95,25 @@ class ClassifierModule(L.LightningModule):
         return logits, loss, y
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, loss, y = self._step(batch, "train")
+        loss = self._mixup_loss(batch) if self.config.mixup else self._step(batch, "train")[1]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
                                      f"{batch_idx}; stopped (lower the learning rate?); the last good model is kept")
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[1]))
         return loss
+
+    def _mixup_loss(self, batch) -> torch.Tensor:
+        """Mixup (Zhang et al., 2018): the batch's inputs mixed with a shuffled copy, weight lambda ~
+        Beta(alpha, alpha), and the loss the same mix of the two targets' cross-entropies: each term
+        weighted as the unmixed loss is (torchvision's MixUp gives mixed one-hot targets, whose weighted
+        cross-entropy PyTorch averages over the batch, not over the weights). Drawn from torch's seeded
+        generator: a seed gives the same run."""
+        x, y, *rest = batch
+        lam = float(torch.distributions.Beta(self.config.mixup, self.config.mixup).sample())
+        order = torch.randperm(len(y), device=y.device)
+        logits, loss, _ = self._step((lam * x + (1 - lam) * x[order], y, *rest), "train")
+        other = F.cross_entropy(logits, y[order], weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+        return lam * loss + (1 - lam) * other
 
     def validation_step(self, batch, batch_idx: int) -> None:
         logits, loss, y = self._step(batch, "val")
