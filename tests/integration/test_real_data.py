@@ -57,3 +57,15 @@ def test_real_xrays_through_the_screening_service(real_data, run_dir):
             assert abs(sum(body["probabilities"].values()) - 1) < 1e-5
             # a model trained on synthetic phantoms sees real radiographs as unlike its training data
             assert body["ood"] is True, (image, body["ood_score"])
+
+
+def test_the_hash_index_finds_the_same_near_duplicates_as_all_pairs_on_real_images(real_data):
+    from cxrlab.data.duplicates import compute_hashes, find_near_duplicates
+
+    table = read_manifest(real_data / "manifest.csv").table
+    hashes = compute_hashes(table["image"].tolist(), workers=2)
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    for max_distance in (4, 10):  # the default, and a looser one that pairs more of these images
+        i, j = np.nonzero(np.triu(distance <= max_distance, k=1))
+        expected = [(int(a), int(b), int(distance[a, b])) for a, b in zip(i, j)]
+        assert find_near_duplicates(hashes, max_distance) == expected

@@ -60,24 +60,31 @@ def compute_hashes(paths: Sequence[str], workers: int = 1,
     return out
 
 
-def find_near_duplicates(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE,
-                         chunk: int = 2048) -> list[tuple[int, int, int]]:
-    """All pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance <= ``max_distance``.
+def find_near_duplicates(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> list[tuple[int, int, int]]:
+    """All pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance <= ``max_distance``, sorted.
 
-    Hashes equal to 0 (undecodable) are ignored. Memory stays O(chunk * N).
+    Hashes equal to 0 (undecodable) are ignored. Multi-index hashing (faiss'
+    ``IndexBinaryMultiHash``): the 64 bits are cut into ``max_distance + 1`` slices, one hash table
+    each; two hashes within ``max_distance`` bits of each other agree exactly on at least one slice
+    (pigeonhole), so a range search over the tables' candidates finds every pair, in about linear
+    time instead of comparing all ``N²/2`` pairs (100 000 hashes: well under a second).
     """
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    valid = hashes != 0
-    pairs = []
-    for start in range(0, len(hashes), chunk):
-        block = hashes[start:start + chunk, None] ^ hashes[None, :]
-        dist = np.bitwise_count(block)
-        rows, cols = np.nonzero(dist <= max_distance)
-        for r, c in zip(rows, cols):
-            i = start + int(r)
-            if i < c and valid[i] and valid[c]:
-                pairs.append((i, int(c), int(dist[r, c])))
-    return pairs
+    import faiss  # a compiled index library: imported where used
+
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    keep = np.flatnonzero(hashes != 0)
+    if len(keep) < 2:
+        return []
+    codes = hashes[keep].view(np.uint8).reshape(-1, 8)
+    tables = max_distance + 1
+    index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables) if tables <= 64 else faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    limits, distances, found = index.range_search(codes, max_distance + 1)  # radius: strictly below
+    rows = np.repeat(np.arange(len(keep)), np.diff(limits.astype(np.int64)))
+    near = rows < found
+    i, j = keep[rows[near]], keep[found[near]]
+    order = np.lexsort((j, i))
+    return [(int(a), int(b), int(d)) for a, b, d in zip(i[order], j[order], distances[near][order].astype(int))]
 
 
 def duplicate_groups(n: int, pairs: Sequence[tuple[int, int, int]]) -> np.ndarray:
