@@ -27,6 +27,10 @@ def test_each_fold_predicts_its_own_patients_validates_on_the_next_and_trains_on
         assert not sides[fold]["test"] & (sides[fold]["train"] | sides[fold]["val"])  # out of fold: never seen
         assert sides[fold]["val"] == set(frame.loc[frame["fold"] == (fold + 1) % 3, "patient_id"])
     assert set().union(*(s["test"] for s in sides.values())) == set(frame["patient_id"])  # every patient once
+    for fold in range(3):  # a fixed schedule (select_on: last) chooses no epoch: the next fold trains too
+        split = fold_split(frame, fold, 3, validate=False)
+        assert set(split["split"]) == {"train", "test"}
+        assert set(split.loc[split["split"] == "train", "fold"]) == {0, 1, 2} - {fold}
     with pytest.raises(ConfigError, match="made for 3 folds, not 4"):
         crossval_split(config.model_copy(update={"folds": 4}), tmp_path)
     with pytest.raises(ConfigError, match="train_crossval"):
@@ -100,3 +104,18 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     assert again.exit_code == 0, again.output
     assert (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns == stamp  # reused, not retrained
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cv" / "oof_predictions.csv"), oof)
+
+
+def test_a_fixed_schedule_trains_each_fold_on_every_other_fold(phantoms, tmp_path):
+    config = build_config({"data": str(phantoms), "out": str(tmp_path / "cv"), "folds": 3, "size": 64, "epochs": 1,
+                           "fine_tune": 1, "select_on": "last", "progress_bar": False,
+                           "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    from cxrlab.study.crossval import train_crossval
+
+    result = train_crossval(config, n_boot=20)
+    for fold in range(3):
+        split = pd.read_csv(tmp_path / "cv" / "folds" / f"fold{fold}" / "splits.csv")
+        assert set(split["split"]) == {"train", "test"}  # no validation fold: nothing chooses an epoch
+        summary = json.loads((tmp_path / "cv" / "folds" / f"fold{fold}" / "summary.json").read_text())
+        assert summary["images"]["val"] == 0 and summary["images"]["train"] == (split["split"] == "train").sum()
+    assert len(result.predictions) == len(pd.read_csv(phantoms)) and result.summary["select_on"] == "last"

@@ -86,19 +86,21 @@ def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
     return frame
 
 
-def fold_split(frame: pd.DataFrame, fold: int, folds: int) -> pd.DataFrame:
+def fold_split(frame: pd.DataFrame, fold: int, folds: int, validate: bool = True) -> pd.DataFrame:
     """Run ``fold``'s split: its fold is the out-of-fold side (``test``), the next one validates, the
-    others train; rows outside every fold are left out."""
+    others train; rows outside every fold are left out. ``validate=False`` (a fixed schedule,
+    ``select_on: last``, chooses no epoch): every other fold trains."""
     rows = frame[pd.to_numeric(frame["fold"]) >= 0].copy()
     k = pd.to_numeric(rows["fold"]).astype(int)
-    rows["split"] = np.where(k == fold, "test", np.where(k == (fold + 1) % folds, "val", "train"))
+    validating = (k == (fold + 1) % folds) & validate
+    rows["split"] = np.where(k == fold, "test", np.where(validating, "val", "train"))
     return rows
 
 
 def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> tuple[pd.DataFrame, bool]:
     """Train fold ``fold`` (or reuse it); return its out-of-fold predictions and whether it trained now."""
     run_dir = out / "folds" / f"fold{fold}"
-    split = fold_split(frame, fold, config.folds)
+    split = fold_split(frame, fold, config.folds, validate=config.select_on != "last")
     run_config = config.model_copy(update={
         "folds": 0, "tta": "none", "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
         "prepared": config.prepared or str(out / "prepared"),
