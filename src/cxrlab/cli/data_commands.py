@@ -17,28 +17,42 @@ if TYPE_CHECKING:
     from cxrlab.data.manifest import Manifest
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder tree, manifest, metadata CSV or splits.csv.")]
-SchemeOpt = Annotated[str, typer.Option("--scheme", help="Class scheme: 3class or binary.")]
+SchemeOpt = Annotated[str, typer.Option("--scheme", help="Class scheme: 3class, binary, or multi-label: chestxray14, "
+                                                           "chexpert5, findings:A,B,C.")]
+UncertainOpt = Annotated[Optional[list[str]], typer.Option(
+    "--uncertain", help="Multi-label: what an uncertain (-1) label becomes: ignore (default; left out of loss and "
+                        "metrics), ones or zeros; NAME=POLICY for one finding (repeatable).")]
+BlankOpt = Annotated[str, typer.Option(help="Multi-label: what a blank label cell becomes: zeros (default), ones "
+                                            "or ignore.")]
 LabelMapOpt = Annotated[Optional[list[str]], typer.Option(
     "--label-map", help="Override a raw label: RAW=CLASS or RAW=drop (repeatable).")]
 
 
 def show_skipped(manifest_skipped, limit: int = 20) -> None:
-    """Print inputs left out while reading, grouped by reason."""
+    """Print inputs left out while reading: a count per reason, then the first few."""
     if not manifest_skipped:
         return
+    from collections import Counter
+
     console.print(f"[yellow]{len(manifest_skipped)} input(s) left out:[/]")
+    reasons = Counter(item.reason for item in manifest_skipped)
+    if len(reasons) > 1 or len(manifest_skipped) > limit:
+        for reason, count in reasons.most_common(8):
+            console.print(f"  {count} × {reason}", highlight=False, soft_wrap=True)
     for item in list(manifest_skipped)[:limit]:
         console.print(f"  {item.image}: {item.reason}", highlight=False, soft_wrap=True)
     if len(manifest_skipped) > limit:
         console.print(f"  ... and {len(manifest_skipped) - limit} more")
 
 
-def load(data: Path, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False) -> Manifest:
+def load(data: Path, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False,
+         uncertain: list[str] | None = None, blank: str = "zeros") -> Manifest:
     """Load any input with the CLI's options."""
     from cxrlab.data import load_source
+    from cxrlab.data.findings import FindingPolicy
 
     return load_source(data, scheme=scheme, label_map=parse_label_map(label_map),  # type: ignore[arg-type]
-                       keep_blank_view=keep_blank_view)
+                       keep_blank_view=keep_blank_view, policy=FindingPolicy.parse(uncertain or (), blank))
 
 
 def synth(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data/phantoms"),
@@ -55,12 +69,15 @@ def synth(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data
 
 def manifest(data: DataOpt, out: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
              scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
-             keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
-    """Read any input and write it as one manifest table (CSV or Parquet)."""
+             keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False,
+             uncertain: UncertainOpt = None, blank: BlankOpt = "zeros") -> None:
+    """Read any input and write it as one manifest table (CSV or Parquet): a folder tree, a metadata CSV,
+    or a public collection's folder (ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, RSNA, VinDr-CXR,
+    COVIDx), with its official split in official_split."""
     from cxrlab.data import write_table
 
     with handle_errors():
-        m = load(data, scheme, label_map, keep_blank_view)
+        m = load(data, scheme, label_map, keep_blank_view, uncertain, blank)
         write_table(m.table, out)
         show_skipped(m.skipped)
         console.print(f"wrote {out}: {len(m)} images, {m.table['patient_id'].nunique()} patients, "
@@ -88,19 +105,24 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
           dedupe: Annotated[str, typer.Option(help="regroup: patients with near-duplicate images form one group, "
                                                    "kept on one side | none.")] = "regroup",
           loso: Annotated[bool, typer.Option(help="Also write leave-one-source-out splits.")] = False,
-          keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False) -> None:
+          official: Annotated[bool, typer.Option(help="Keep the collection's published split (ChestX-ray14, CheXpert, "
+                                                      "MIMIC-CXR, VinDr-CXR, COVIDx); validation from its training "
+                                                      "patients at the ratios' share when it has none.")] = False,
+          keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False,
+          uncertain: UncertainOpt = None, blank: BlankOpt = "zeros") -> None:
     """Split by patient (stratified by class) into train/val/test with CV folds; write splits.csv."""
     from cxrlab.data import SplitConfig, leave_one_source_out, make_splits, write_splits
 
     with handle_errors():
-        m = load(data, scheme, label_map, keep_blank_view)
+        m = load(data, scheme, label_map, keep_blank_view, uncertain, blank)
         show_skipped(m.skipped)
         table, group_column = m.table, "patient_id"
         if dedupe == "regroup":
             table, group_column = _regroup(table), "group_id"
         elif dedupe != "none":
             raise typer.BadParameter("--dedupe must be none or regroup")
-        config = SplitConfig(parse_ratios(ratios), folds, seed, balance, balance_scope, group_column)  # type: ignore[arg-type]
+        config = SplitConfig(parse_ratios(ratios), folds, seed, balance, balance_scope, group_column,  # type: ignore[arg-type]
+                             official)
         frame, info = make_splits(table, m.class_names, config)
         info["scheme"] = scheme
         path = write_splits(frame, info, out)

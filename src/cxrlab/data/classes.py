@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.data.findings import FINDING_SCHEMES, NO_FINDING, SEPARATOR, is_multilabel, scheme_findings, split_findings
 
 COVID = "COVID-19"
 PNEUMONIA = "Pneumonia"
@@ -21,7 +21,9 @@ NORMAL = "Normal"
 NON_COVID = "non-COVID"
 POSITIVE_CLASS = COVID  # the papers' headline class: COVID-19 vs the rest (operating points, binary views)
 
-SchemeName = Literal["3class", "binary"]
+# single-label schemes by name; multi-label ones are cxrlab.data.findings' (chestxray14, chexpert5,
+# findings:A,B,C), so a scheme is a name string wherever it is set
+SchemeName = str
 
 CLASS_SCHEMES: dict[str, tuple[str, ...]] = {
     "3class": (COVID, PNEUMONIA, NORMAL),
@@ -40,17 +42,17 @@ NON_COVID_PATTERN = re.compile(r"^non[- ]?covid", re.IGNORECASE)
 
 
 def class_names(scheme: SchemeName) -> tuple[str, ...]:
-    """Return the class names of ``scheme`` in their canonical order.
+    """Return the class names of ``scheme`` in their canonical order (a multi-label scheme's findings).
 
     Raises:
-        ConfigError: ``scheme`` is not one of :data:`CLASS_SCHEMES`.
+        ConfigError: ``scheme`` is none of :data:`CLASS_SCHEMES`, the finding schemes or ``findings:A,B``.
     """
-    try:
+    if scheme in CLASS_SCHEMES:
         return CLASS_SCHEMES[scheme]
-    except KeyError:
-        raise ConfigError(
-            f"scheme: unknown class scheme {scheme!r}; choose one of {sorted(CLASS_SCHEMES)}"
-        ) from None
+    if is_multilabel(scheme):
+        return scheme_findings(scheme)
+    raise ConfigError(f"scheme: unknown class scheme {scheme!r}; choose one of "
+                      f"{sorted(CLASS_SCHEMES) + sorted(FINDING_SCHEMES)} or findings:A,B,C (multi-label)")
 
 
 def _normalise(text: str) -> str:
@@ -75,8 +77,7 @@ class LabelMapper:
     overrides: Mapping[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        class_names(self.scheme)
-        valid = set(CLASS_SCHEMES["3class"]) | set(CLASS_SCHEMES[self.scheme])
+        valid = set(CLASS_SCHEMES["3class"]) | set(class_names(self.scheme))
         for raw, target in self.overrides.items():
             if target is not None and target not in valid:
                 raise ConfigError(
@@ -111,8 +112,20 @@ class LabelMapper:
             return PNEUMONIA
         return None
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether the scheme is a multi-label finding scheme."""
+        return is_multilabel(self.scheme)
+
     def map(self, raw: object) -> str | None:
-        """Map a raw label to a class of this scheme, or ``None`` when unmappable."""
+        """Map a raw label to a class of this scheme, or ``None`` when unmappable. Under a multi-label
+        scheme: the scheme's findings among ``raw``'s ``|``-joined ones, in scheme order (``No Finding``
+        when none; findings outside the scheme are not modelled)."""
+        if self.multilabel:
+            if raw is None or (isinstance(raw, float) and raw != raw):
+                return None
+            present = set(split_findings(raw))
+            return SEPARATOR.join(f for f in self.class_names if f in present) or NO_FINDING
         three = self.map3(raw)
         if three is None:
             return None

@@ -59,8 +59,8 @@ class Manifest:
         return len(self.table)
 
     def class_counts(self) -> dict[str, int]:
-        """Images per class, in class order."""
-        counts = self.table["label"].value_counts()
+        """Images per class, in class order (per finding: images on which it is present)."""
+        counts = self.table["label"].astype(str).str.split("|").explode().value_counts()  # no class name has a |
         return {c: int(counts.get(c, 0)) for c in self.class_names}
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from cxrlab.core.errors import ManifestError
 from cxrlab.data.classes import LabelMapper, SchemeName
+from cxrlab.data.collections import detect_collection, read_collection
+from cxrlab.data.findings import FindingPolicy
 from cxrlab.data.folders import read_folder_tree
 from cxrlab.data.manifest import TABLE_SUFFIXES, Manifest, read_manifest, read_table
 from cxrlab.data.metadata import detect_schema, read_metadata_csv
@@ -15,10 +17,13 @@ from cxrlab.data.splitfile import validate_split_table
 
 def load_source(path: str | Path, *, scheme: SchemeName = "3class",
                 label_map: Mapping[str, str | None] | None = None,
-                keep_blank_view: bool = False, source: str | None = None) -> Manifest:
+                keep_blank_view: bool = False, source: str | None = None,
+                policy: FindingPolicy | None = None) -> Manifest:
     """Load any supported input into a :class:`Manifest`, detecting its kind.
 
-    * a folder → :func:`read_folder_tree`;
+    * a public collection's folder (ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, RSNA,
+      VinDr-CXR, COVIDx) → :func:`cxrlab.data.collections.read_collection`;
+    * another folder → :func:`read_folder_tree`;
     * a table with an ``image`` column → :func:`read_manifest`; a split file (``split``
       column) is first checked by the leakage guard;
     * a table in a COVID-19 collection's metadata schema → :func:`read_metadata_csv`.
@@ -29,6 +34,7 @@ def load_source(path: str | Path, *, scheme: SchemeName = "3class",
         label_map: Raw label → class overrides (``None`` drops the label).
         keep_blank_view: For metadata CSVs, keep rows with a blank view.
         source: Source name for folder trees and metadata CSVs.
+        policy: Uncertain and blank labels of a collection under a multi-label scheme.
 
     Raises:
         ManifestError: the path is missing or of no recognised kind.
@@ -37,6 +43,8 @@ def load_source(path: str | Path, *, scheme: SchemeName = "3class",
     path = Path(path)
     mapper = LabelMapper(scheme, dict(label_map or {}))
     if path.is_dir():
+        if detect_collection(path):
+            return read_collection(path, mapper, policy)
         return read_folder_tree(path, mapper, source=source)
     if not path.exists():
         raise ManifestError(f"{path}: not found")

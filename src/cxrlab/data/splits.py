@@ -41,6 +41,10 @@ class SplitConfig:
         balance_scope: Undersample the training side only (test keeps its prevalence) or
             the whole set before splitting (the papers' practice).
         group_column: Column whose values must never straddle two sides.
+        official: Keep a collection's published split (the manifest's ``official_split``): its test
+            side is the test side (its validation side when it publishes no test one), its
+            validation side validates, or one made from its training patients at the share
+            ``ratios`` give validation beside training.
     """
 
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -49,6 +53,7 @@ class SplitConfig:
     balance: Balance = "none"
     balance_scope: BalanceScope = "train"
     group_column: str = "patient_id"
+    official: bool = False
 
     def __post_init__(self) -> None:
         ratios = tuple(float(r) for r in self.ratios)
@@ -225,7 +230,10 @@ def make_splits(table: pd.DataFrame, class_names: tuple[str, ...], config: Split
     frame = table.reset_index(drop=True).copy()
     if config.balance == "undersample" and config.balance_scope == "all":
         frame = undersample(frame, config.seed).reset_index(drop=True)
-    frame["split"] = split_by_patient(frame, config.ratios, config.seed, config.group_column)
+    if config.official:
+        frame["split"] = official_sides(frame, config.ratios, config.seed, config.group_column)
+    else:
+        frame["split"] = split_by_patient(frame, config.ratios, config.seed, config.group_column)
     if config.balance == "undersample" and config.balance_scope == "train":
         train = undersample(frame[frame["split"] == "train"], config.seed)
         frame = pd.concat([train, frame[frame["split"] != "train"]]).sort_index()
@@ -236,6 +244,39 @@ def make_splits(table: pd.DataFrame, class_names: tuple[str, ...], config: Split
     if config.balance == "weights":
         info["class_weights"] = balanced_class_weights(frame.loc[frame["split"] == "train", "label"], class_names)
     return frame, info
+
+
+OFFICIAL_NAMES = {"train": "train", "train_val": "train", "trainval": "train", "val": "val", "valid": "val",
+                  "validate": "val", "validation": "val", "test": "test"}
+
+
+def official_sides(table: pd.DataFrame, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0,
+                   group_column: str = "patient_id") -> pd.Series:
+    """``train`` / ``val`` / ``test`` of each row from the collection's published split (see
+    :class:`SplitConfig` ``official``).
+
+    Raises:
+        ConfigError: rows without an official side (named by count), or no training side.
+    """
+    given = table.get("official_split", pd.Series("", index=table.index)).astype(str).str.strip().str.lower()
+    sides = given.map(OFFICIAL_NAMES)
+    if sides.isna().any():
+        odd = sorted(set(given[sides.isna()]))[:5]
+        raise ConfigError(f"official split: {int(sides.isna().sum())} image(s) have no published side "
+                          f"(official_split {', '.join(map(repr, odd))}); this collection has none to keep, split "
+                          "by ratios instead")
+    if not (sides == "test").any():  # CheXpert: its test labels are not public; its validation side tests
+        sides[sides == "val"] = "test"
+    train = sides == "train"
+    if not train.any():
+        raise ConfigError("official split: no image is on the published training side")
+    share = ratios[1] / (ratios[0] + ratios[1])
+    if not (sides == "val").any() and share > 0:
+        parts = max(2, round(1 / share))
+        rows = table[train]
+        fold = _grouped_folds(rows["label"], rows[group_column], parts, seed, "validation side of the official split")
+        sides[rows.index[fold == 0]] = "val"
+    return sides.rename("split")
 
 
 def split_counts(frame: pd.DataFrame) -> dict[str, dict]:

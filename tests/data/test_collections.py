@@ -1,0 +1,233 @@
+"""Readers of the public collections on their real label tables (as torchxrayvision ships them), with
+generated images at the paths the tables list: no download."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cxrlab.cli import app
+from cxrlab.data import LabelMapper, load_source
+from cxrlab.data.collections import detect_collection, read_collection
+from cxrlab.data.findings import CHESTXRAY14, FindingPolicy, finding_targets
+from tests.conftest import gradient, write_dicom
+
+
+def _tables() -> Path:
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("torchxrayvision (the test extra) is not installed: its label tables are the fixtures")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _png(path: Path) -> None:
+    """A small image of its own (random blocks seeded by the name: no two are near-duplicates)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    blocks = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(np.kron(blocks, np.ones((8, 8), np.uint8))).save(path)
+
+
+def _sample(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
+    return frame.sample(n=n, random_state=seed).sort_index()
+
+
+def test_chestxray14_full_table_labels_as_nih_wrote_them(tmp_path):
+    table = pd.read_csv(_tables() / "Data_Entry_2017_v2020.csv.gz")
+    shutil.copy(_tables() / "Data_Entry_2017_v2020.csv.gz", tmp_path)  # the whole real table, no images
+    three = read_collection(tmp_path, LabelMapper("3class"), check_files=False)
+    multi = read_collection(tmp_path, LabelMapper("chestxray14"), check_files=False)
+    words = table["Finding Labels"].str.split("|")
+    assert len(multi) == len(table) == 112120 and multi.table["patient_id"].nunique() == table["Patient ID"].nunique()
+    assert three.class_counts()["Normal"] == (table["Finding Labels"] == "No Finding").sum()
+    assert three.class_counts()["Pneumonia"] == words.map(lambda w: "Pneumonia" in w).sum()
+    assert len(three) == three.class_counts()["Normal"] + three.class_counts()["Pneumonia"]  # others: no 3-class label
+    targets, known = finding_targets(multi.table["label"], multi.table["unlabelled"], CHESTXRAY14)
+    for i, finding in enumerate(CHESTXRAY14):
+        assert targets[:, i].sum() == words.map(lambda w: finding.replace(" ", "_") in w).sum(), finding
+    assert known.all()  # NIH reads every finding on every image
+
+
+def test_chestxray14_layout_with_official_split_through_the_command(tmp_path):
+    table = _sample(pd.read_csv(_tables() / "Data_Entry_2017_v2020.csv.gz"), 60)
+    root = tmp_path / "nih"
+    root.mkdir()
+    table.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    for k, name in enumerate(table["Image Index"]):
+        _png(root / f"images_{k % 3 + 1:03d}" / "images" / name)
+    test = set(table.loc[table["Patient ID"] % 4 == 0, "Image Index"])
+    (root / "test_list.txt").write_text("\n".join(sorted(test)) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(sorted(set(table["Image Index"]) - test)) + "\n")
+    assert detect_collection(root) == "chestxray14"
+    result = CliRunner().invoke(app, ["manifest", "--data", str(root), "--scheme", "chestxray14",
+                                      "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(tmp_path / "m.csv", keep_default_na=False)
+    assert len(manifest) == 60 and set(manifest.loc[manifest["official_split"] == "test", "image"].map(
+        lambda p: Path(p).name)) == test
+    by_name = dict(zip(table["Image Index"], table["Finding Labels"]))
+    for image, label in zip(manifest["image"], manifest["label"]):
+        assert set(label.split("|")) == {w.replace("_", " ") for w in by_name[Path(image).name].split("|")}
+    result = CliRunner().invoke(app, ["split", "--data", str(root), "--scheme", "chestxray14", "--official",
+                                      "--folds", "0", "--out", str(tmp_path / "split")])
+    assert result.exit_code == 0, result.output
+    sides = pd.read_csv(tmp_path / "split" / "splits.csv", keep_default_na=False)
+    assert set(sides.loc[sides["split"] == "test", "image"].map(lambda p: Path(p).name)) == test
+    assert (sides["split"] == "val").sum() > 0  # carved from the official training patients
+    assert (sides.groupby("patient_id")["split"].nunique() == 1).all()
+
+
+def _chexpert_layout(tmp_path: Path, n: int = 120) -> tuple[Path, pd.DataFrame]:
+    table = _sample(pd.read_csv(_tables() / "chexpert_train.csv.gz"), n)
+    release = tmp_path / "CheXpert-v1.0-small"
+    release.mkdir()
+    valid = table.iloc[: n // 4].copy()
+    valid["Path"] = valid["Path"].str.replace("/train/", "/valid/")
+    table.iloc[n // 4:].to_csv(release / "train.csv", index=False)
+    valid.to_csv(release / "valid.csv", index=False)
+    for path in pd.concat([table.iloc[n // 4:], valid])["Path"]:
+        _png(tmp_path / path)
+    return release, pd.concat([valid, table.iloc[n // 4:]])
+
+
+@pytest.mark.parametrize("uncertain", ["ignore", "ones", "zeros"])
+def test_chexpert_uncertain_and_blank_labels_follow_the_policy(tmp_path, uncertain):
+    release, table = _chexpert_layout(tmp_path)
+    manifest = read_collection(release, LabelMapper("chexpert5"), FindingPolicy(uncertain, "zeros"))
+    frontal = table[table["Frontal/Lateral"] == "Frontal"]
+    assert len(manifest) == len(frontal) and manifest.skipped and all(s.reason == "lateral view" for s in manifest.skipped)
+    assert set(manifest.table["official_split"]) == {"train", "val"}
+    targets, known = finding_targets(manifest.table["label"], manifest.table["unlabelled"], manifest.class_names)
+    rows = frontal.set_index(frontal["Path"].map(lambda p: Path(p).parts[-3] + "/" + Path(p).parts[-2]
+                                                 + "/" + Path(p).name))
+    keys = manifest.table["image"].map(lambda p: "/".join(Path(p).parts[-3:]))
+    for i, finding in enumerate(manifest.class_names):
+        column = "Pleural Effusion" if finding == "Effusion" else finding
+        cells = rows.loc[keys, column].to_numpy(dtype=float)
+        want = np.where(np.isnan(cells), 0.0, np.where(cells < 0, {"ones": 1.0, "zeros": 0.0}.get(uncertain, 0.0), cells))
+        assert np.array_equal(targets[:, i], want), finding
+        assert np.array_equal(known[:, i], ~((cells < 0) & (uncertain == "ignore"))), finding
+
+
+def test_chexpert_three_classes_from_no_finding_and_pneumonia(tmp_path):
+    release, table = _chexpert_layout(tmp_path)
+    manifest = load_source(release, scheme="3class")
+    frontal = table[table["Frontal/Lateral"] == "Frontal"]
+    assert manifest.class_counts()["Normal"] == (frontal["No Finding"] == 1).sum()
+    assert manifest.class_counts()["Pneumonia"] == (frontal["Pneumonia"] == 1).sum()
+    assert manifest.table["patient_id"].str.startswith("chexpert:patient").all()
+
+
+def test_padchest_frontal_images_with_their_findings(tmp_path):
+    table = pd.read_csv(_tables() / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", nrows=4000)
+    table = _sample(table, 80)
+    root = tmp_path / "padchest"
+    root.mkdir()
+    table.to_csv(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", index=False)
+    for folder, name in zip(table["ImageDir"], table["ImageID"]):
+        _png(root / str(folder) / name)
+    manifest = load_source(root, scheme="findings:Pneumonia,Effusion,Cardiomegaly")
+    frontal = table[table["Projection"].isin(["PA", "AP", "AP_horizontal"]) & (table["Labels"].fillna("[]") != "[]")]
+    assert len(manifest) == len(frontal)
+    assert manifest.class_counts()["Effusion"] == frontal["Labels"].str.contains("'pleural effusion'").sum()
+    assert manifest.class_counts()["Pneumonia"] == frontal["Labels"].str.contains("'pneumonia'").sum()
+    assert not manifest.table["unlabelled"].any()  # every finding of the report vocabulary is read
+
+
+def test_rsna_targets_over_boxes_and_views_from_dicom_headers(tmp_path):
+    with zipfile.ZipFile(_tables() / "kaggle_stage_2_train_labels.csv.zip") as z:
+        boxes = pd.read_csv(z.open(z.namelist()[0]))
+    patients = _sample(boxes.drop_duplicates("patientId"), 30)["patientId"]
+    root = tmp_path / "rsna"
+    (root / "stage_2_train_images").mkdir(parents=True)
+    boxes[boxes["patientId"].isin(patients)].to_csv(root / "stage_2_train_labels.csv", index=False)
+    for k, p in enumerate(patients):
+        write_dicom(root / "stage_2_train_images" / f"{p}.dcm", gradient(32, 32).astype(np.uint16) * 8,
+                    patient_id=p, view="L" if k == 0 else "AP")
+    manifest = load_source(root, scheme="findings:Pneumonia")
+    target = boxes[boxes["patientId"].isin(patients)].groupby("patientId")["Target"].max()
+    assert len(manifest) == 29 and "not frontal" in manifest.skipped[0].reason  # the lateral one
+    for image, label in zip(manifest.table["image"], manifest.table["label"]):
+        assert (label == "Pneumonia") == bool(target[Path(image).stem])
+
+
+def test_vindr_any_radiologist_and_no_patient_ids(tmp_path):
+    table = pd.read_csv(_tables() / "vinbigdata-train.csv.gz")
+    ids = _sample(table.drop_duplicates("image_id"), 25)["image_id"]
+    root = tmp_path / "vindr"
+    (root / "train").mkdir(parents=True)
+    table[table["image_id"].isin(ids)].to_csv(root / "train.csv", index=False)
+    for i in ids:
+        write_dicom(root / "train" / f"{i}.dicom", gradient(32, 32).astype(np.uint16), patient_id="")
+    manifest = load_source(root, scheme="chestxray14")
+    assert len(manifest) == 25 and manifest.table["patient_id"].is_unique
+    reported = table[table["image_id"].isin(ids)].groupby("image_id")["class_name"].agg(set)
+    for image, label in zip(manifest.table["image"], manifest.table["label"]):
+        names = reported[Path(image).stem]
+        assert ("Cardiomegaly" in label.split("|")) == ("Cardiomegaly" in names)
+        assert ("Effusion" in label.split("|")) == ("Pleural effusion" in names)
+
+
+def test_mimic_layout_joins_studies_and_the_official_split(tmp_path):
+    root = tmp_path / "mimic"
+    meta = pd.DataFrame({"dicom_id": ["d1", "d2", "d3"], "subject_id": ["10000032", "10000032", "11000001"],
+                         "study_id": ["50414267", "50414267", "53189527"], "ViewPosition": ["PA", "LATERAL", "AP"]})
+    labels = pd.DataFrame({"subject_id": ["10000032", "11000001"], "study_id": ["50414267", "53189527"],
+                           "No Finding": [np.nan, 1.0], "Pneumonia": [-1.0, np.nan], "Edema": [1.0, np.nan]})
+    split = pd.DataFrame({"dicom_id": ["d1", "d2", "d3"], "study_id": meta["study_id"], "subject_id": meta["subject_id"],
+                          "split": ["train", "train", "validate"]})
+    root.mkdir()
+    for name, frame in (("metadata", meta), ("chexpert", labels), ("split", split)):
+        frame.to_csv(root / f"mimic-cxr-2.0.0-{name}.csv.gz", index=False)
+    for s, t, d in zip(meta["subject_id"], meta["study_id"], meta["dicom_id"]):
+        _png(root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{t}" / f"{d}.jpg")
+    manifest = load_source(root, scheme="findings:Pneumonia,Edema")
+    assert list(manifest.table["label"]) == ["Edema", "No Finding"] and list(manifest.table["unlabelled"]) == ["Pneumonia", ""]
+    assert list(manifest.table["official_split"]) == ["train", "val"] and "not frontal" in manifest.skipped[0].reason
+    assert list(load_source(root, scheme="3class").table["label"]) == ["Normal"]  # d1: Edema is no 3-class label
+
+
+@pytest.mark.parametrize("release", ["v8", "cxr3"])
+def test_covidx_text_splits_and_their_sources(tmp_path, release):
+    root = tmp_path / "covidx"
+    labels = ("COVID-19", "pneumonia", "normal") if release == "v8" else ("positive", "negative", "negative")
+    for side in ("train", "test"):
+        lines = [f"{side}{k} {side}{k}.png {labels[k % 3]} {'rsna' if k % 3 else 'cohen'}" for k in range(6)]
+        (root / side).mkdir(parents=True)
+        (root / f"{side}.txt").write_text("\n".join(lines) + "\n")
+        for k in range(6):
+            _png(root / side / f"{side}{k}.png")
+    three = load_source(root, scheme="3class")
+    binary = load_source(root, scheme="binary")
+    assert len(binary) == 12 and set(binary.table["official_split"]) == {"train", "test"}
+    assert set(binary.table["source"]) == {"rsna", "cohen"} and binary.class_counts() == {"COVID-19": 4, "non-COVID": 8}
+    assert len(three) == (12 if release == "v8" else 4)  # "negative" has no 3-class meaning
+    assert any("non-COVID" in s.reason for s in three.skipped) == (release == "cxr3")
+
+
+def test_a_folder_no_reader_knows_stays_a_class_folder_tree(tmp_path):
+    _png(tmp_path / "tree" / "COVID" / "a.png")
+    assert detect_collection(tmp_path / "tree") is None
+    assert load_source(tmp_path / "tree").class_counts()["COVID-19"] == 1
+    shutil.rmtree(tmp_path / "tree")
+
+
+def test_official_sides_test_on_validation_when_no_test_and_refuse_collections_without_one():
+    from cxrlab.core import ConfigError
+    from cxrlab.data.splits import official_sides
+
+    table = pd.DataFrame({"label": ["A", "B"] * 20, "patient_id": [f"p{i // 2}" for i in range(40)],
+                          "official_split": ["valid"] * 8 + ["train"] * 32})
+    sides = official_sides(table, (0.8, 0.1, 0.1))
+    assert (sides[:8] == "test").all() and set(sides[8:]) == {"train", "val"}  # CheXpert's valid tests
+    assert 2 <= (sides == "val").sum() <= 6  # about 1/9 of the training images, whole patients
+    with pytest.raises(ConfigError, match="no published side"):
+        official_sides(table.assign(official_split=""))
