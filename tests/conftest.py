@@ -114,6 +114,36 @@ def phantoms(tmp_path_factory) -> Path:
     return generate_phantoms(tmp_path_factory.mktemp("phantoms"), n_patients=18, size=64, seed=1)
 
 
+# a phantom's class as ChestX-ray14 findings: the multi-label fixture's labels follow what the images show
+NIH_FINDINGS = {"COVID-19": "Consolidation|Infiltration", "Pneumonia": "Infiltration|Pneumonia", "Normal": "No Finding"}
+
+
+@pytest.fixture(scope="session")
+def nih_phantoms(phantoms, tmp_path_factory) -> Path:
+    """ChestX-ray14's layout over the phantom images: ``Data_Entry_2017.csv`` in NIH's columns, findings
+    from each phantom's class (:data:`NIH_FINDINGS`), images in ``images_001/images/`` and the
+    official ``train_val_list.txt`` / ``test_list.txt`` (every fourth patient tests); returns the folder."""
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("nih")
+    table = pd.read_csv(phantoms)
+    (root / "images_001" / "images").mkdir(parents=True)
+    names = []
+    for k, (image, label, patient) in enumerate(zip(table["image"], table["label"], table["patient_id"])):
+        name = f"{k // 4:08d}_{k % 4:03d}.png"
+        (root / "images_001" / "images" / name).symlink_to(phantoms.parent / image)
+        names.append((name, NIH_FINDINGS[label], patient))
+    patients = {p: i + 1 for i, p in enumerate(sorted(set(table["patient_id"])))}
+    entry = pd.DataFrame({"Image Index": [n for n, _, _ in names], "Finding Labels": [f for _, f, _ in names],
+                          "Follow-up #": 0, "Patient ID": [patients[p] for _, _, p in names], "Patient Age": 50,
+                          "Patient Gender": "F", "View Position": "PA"})
+    entry.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    test = entry["Patient ID"] % 4 == 0
+    (root / "test_list.txt").write_text("\n".join(entry.loc[test, "Image Index"]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(entry.loc[~test, "Image Index"]) + "\n")
+    return root
+
+
 @pytest.fixture()
 def bad_tree(tmp_path) -> tuple[Path, dict[str, str]]:
     """A folder-per-class tree with good images and planted bad files.

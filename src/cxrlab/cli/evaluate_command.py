@@ -30,10 +30,13 @@ def evaluate_command(
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,
                                        explanations=not no_gradcam, method=cam_method, layer=cam_layer)  # type: ignore[arg-type]
         m, ci = results["metrics"], results["ci"]
-        console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): accuracy "
-                      f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC AUC "
-                      f"{m['macro']['roc_auc'] or float('nan'):.3f}")
-        for source, v in results["per_source"].items():
+        if results.get("task") == "multilabel":
+            _print_multilabel(results)
+        else:
+            console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): accuracy "
+                          f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC "
+                          f"AUC {m['macro']['roc_auc'] or float('nan'):.3f}")
+        for source, v in results["per_source"].items() if results.get("task") != "multilabel" else ():
             covid, f1 = ("—" if v[k] is None else f"{v[k]:.3f}" for k in ("covid_roc_auc", "macro_f1"))
             console.print(f"  {source:10s} {v['n']:4d} images, accuracy {v['accuracy']:.3f}, COVID-19 AUC {covid}, "
                           f"macro-F1 {f1}")
@@ -86,3 +89,22 @@ def compare_command(
             console.print(f"  {name:10s} AUC {t['auc_a']:.3f} vs {t['auc_b']:.3f}, A − B {t['difference']:+.3f} "
                           f"({low} to {high}), {verdict(t)}")
         console.print(f"wrote {Path(out) / 'comparison.md'} and {Path(out) / 'comparison.json'}")
+
+
+def _interval(value: float | None, ci: dict) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" ({ci['low']:.3f}–{ci['high']:.3f})" if ci.get("low") is not None else "")
+
+
+def _print_multilabel(results: dict) -> None:
+    """Per-finding AUCs with intervals, the mean, and the mean per source."""
+    m, ci = results["metrics"], results["ci"]
+    console.print(f"{m['n']} images of {results['patients']} patients ({results['side']}): mean ROC AUC "
+                  f"{_interval(m['macro']['roc_auc'], ci['mean_roc_auc'])} over {len(m['per_class'])} findings")
+    for name, v in m["per_class"].items():
+        console.print(f"  {name:22s} AUC {_interval(v['roc_auc'], ci['per_class'][name]['roc_auc'])}, "
+                      f"{v['support']} positive of {v['known']}", highlight=False)
+    for source, v in results["per_source"].items():
+        mean = "—" if v["mean_roc_auc"] is None else f"{v['mean_roc_auc']:.3f}"
+        console.print(f"  {source:10s} {v['n']:4d} images, mean AUC {mean}", highlight=False)

@@ -1,6 +1,6 @@
 """Settings files and overrides, one way for every command (train, segment, study, tune).
 
-* A config is a YAML mapping of ``field: value``; relative ``data``/``splits`` paths in it resolve
+* A config is a YAML mapping of ``field: value``; relative ``data``/``splits``/``init_from`` paths in it resolve
   against the file's folder when something is there, else against the current directory.
 * ``--set KEY=VALUE`` (repeatable) overrides any field; dotted keys reach nested ones
   (``augment.enabled=true``, a study's ``base.lr=1e-4``); values are YAML (``1e-4``, ``[0, 2]``, ``true``).
@@ -23,7 +23,7 @@ from cxrlab.core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-PATH_FIELDS = ("data", "splits")
+PATH_FIELDS = ("data", "splits", "init_from")
 
 
 def read_yaml_mapping(path: str | Path) -> dict:

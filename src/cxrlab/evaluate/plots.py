@@ -40,15 +40,18 @@ def plot_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str], path
 
 
 def plot_roc_pr(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
-    """One-vs-rest ROC and precision-recall curves per class, with AUC / AP in the legend."""
+    """One-vs-rest ROC and precision-recall curves per class, with AUC / AP in the legend; for
+    multi-label ``(N, F)`` targets (NaN: unknown) one curve per finding on the images that know it."""
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    y_true = np.asarray(y_true)
     for i, name in enumerate(class_names):
-        positives = np.asarray(y_true) == i
+        known = ~np.isnan(y_true[:, i]) if y_true.ndim == 2 else np.ones(len(y_true), bool)
+        positives = (y_true[:, i] == 1)[known] if y_true.ndim == 2 else y_true == i
         if positives.all() or not positives.any():
             continue
-        fpr, tpr, _ = roc_curve(positives, probs[:, i])
+        fpr, tpr, _ = roc_curve(positives, probs[known, i])
         roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        precision, recall, _ = precision_recall_curve(positives, probs[:, i])
+        precision, recall, _ = precision_recall_curve(positives, probs[known, i])
         pr_ax.plot(recall, precision, label=f"{name} (AP {-np.sum(np.diff(recall) * precision[:-1]):.3f})")
     roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (one vs rest)")

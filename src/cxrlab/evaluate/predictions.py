@@ -25,10 +25,13 @@ class Predictions:
     y_true: np.ndarray
     class_names: tuple[str, ...]
     skipped: list[tuple[str, str]]
+    multilabel: bool = False  # then y_true is (N, F) 1/0 with NaN where a finding is unknown
 
     @property
     def probs(self) -> np.ndarray:
-        """Softmax probabilities ``(N, C)``."""
+        """Probabilities ``(N, C)``: softmax over classes, or a sigmoid per finding."""
+        if self.multilabel:
+            return 1.0 / (1.0 + np.exp(-self.logits))
         z = self.logits - self.logits.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
@@ -57,7 +60,7 @@ def prepared_dataset(model: CxrClassifier, preprocess: PreprocessConfig, frame: 
     Raises:
         ConfigError: a label is not one of the model's classes, or no image could be read.
     """
-    unknown = sorted(set(frame["label"]) - set(model.class_names))
+    unknown = [] if model.multilabel else sorted(set(frame["label"]) - set(model.class_names))
     if unknown:
         raise ConfigError(f"labels {unknown} are not classes of the model {list(model.class_names)}; "
                           "use the scheme the model was trained with")
@@ -68,7 +71,8 @@ def prepared_dataset(model: CxrClassifier, preprocess: PreprocessConfig, frame: 
     reader = ShardReader(work_dir)
     kept = frame[frame["image"].isin(set(reader.table["image"]))].reset_index(drop=True)
     dataset = ShardDataset(reader, model.class_names, images=kept["image"].tolist(), mean=model.spec.mean,
-                           std=model.spec.std, in_chans=model.spec.in_chans, with_masks=model.lung_attention)
+                           std=model.spec.std, in_chans=model.spec.in_chans, with_masks=model.lung_attention,
+                           multilabel=model.multilabel)
     return kept, dataset, list(summary.skipped)
 
 
@@ -82,7 +86,8 @@ def predict_frame(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
     kept, dataset, skipped = prepared_dataset(model, preprocess, frame, work_dir)
     runner = InferenceModel(model, "fp32")
     logits = [runner.logits(x) for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size)]
-    return Predictions(kept, torch.cat(logits).numpy(), np.asarray(dataset.targets), model.class_names, skipped)
+    return Predictions(kept, torch.cat(logits).numpy(), np.asarray(dataset.targets), model.class_names, skipped,
+                       model.multilabel)
 
 
 def load_for_evaluation(run: str | Path) -> tuple[CxrClassifier, PreprocessConfig, dict]:

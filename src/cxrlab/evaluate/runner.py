@@ -13,11 +13,13 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.data.findings import NO_FINDING
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
 from cxrlab.data.seen import SEEN_REASON, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
+from cxrlab.evaluate.multilabel import multilabel_figures, multilabel_results, render_multilabel
 from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
 from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
@@ -157,12 +159,14 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, preprocess, payload = load_for_evaluation(run)
-    scheme = "binary" if len(model.class_names) == 2 else "3class"
+    scheme = model_scheme(model)
     test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
                                                   scheme)
     test_frame, seen = _unseen(test_frame, _seen(run, payload), run, side)
     test = predict_frame(model, preprocess, test_frame, out / "prepared-test")
     val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
+    if model.multilabel:
+        return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, n_boot, seed)
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
     per_source = _per_source(test)
     positive = POSITIVE_CLASS
@@ -204,6 +208,42 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     return results
 
 
+def model_scheme(model) -> str:
+    """The class scheme a model was trained with, from its classes."""
+    if model.multilabel:
+        return "findings:" + ",".join(model.class_names)
+    return "binary" if len(model.class_names) == 2 else "3class"
+
+
+def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: str, unread, seen: list[str],
+                         n_boot: int, seed: int) -> dict:
+    """:func:`evaluate_run` for a multi-label model (:mod:`cxrlab.evaluate.multilabel`)."""
+    results = {
+        "model": {"file": str(run), "backbone": payload["backbone"], "fine_tune": payload["fine_tune"],
+                  "class_names": list(test.class_names), "multilabel": True},
+        "side": side, "patients": int(test.frame["patient_id"].nunique()), "n_boot": n_boot,
+        **multilabel_results(test, val, payload, n_boot, seed),
+        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *((i, SEEN_REASON) for i in seen)],
+        "seen_left_out": len(seen), "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
+        "warnings": _warnings(test, {}, len(seen)),  # a source's class mix: see its per-finding figures
+    }
+    figures = multilabel_figures(test, out)
+    if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
+        figures["training curves"] = curves
+    predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
+    for i, name in enumerate(test.class_names):
+        predictions[name] = test.probs[:, i]
+    thresholds = [results["metrics"]["per_class"][n]["threshold"] for n in test.class_names]
+    predictions["predicted"] = ["|".join(n for n, p, t in zip(test.class_names, row, thresholds) if p >= t) or NO_FINDING
+                                for row in test.probs]
+    for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
+        predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
+    predictions.to_csv(out / "predictions.csv", index=False)
+    results["figures"] = {name: str(path) for name, path in figures.items()}
+    write_report(results, out)
+    return results
+
+
 def write_report(results: dict, out: Path) -> None:
     """(Re)write ``metrics.json``, ``report.md`` and ``report.html`` from a results dict.
 
@@ -212,5 +252,10 @@ def write_report(results: dict, out: Path) -> None:
     """
     figures = {name: Path(path) for name, path in results.get("figures", {}).items()}
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2, default=float) + "\n")
-    atomic_write_text(out / "report.md", render_markdown(results, figures))
-    atomic_write_text(out / "report.html", render_html(results, figures))
+    if results.get("task") == "multilabel":
+        lists = [("Images not evaluated", [f"{i}: {r}" for i, r in results["skipped"]])] if results["skipped"] else []
+        markdown, html = render_multilabel(results, figures, lists)
+    else:
+        markdown, html = render_markdown(results, figures), render_html(results, figures)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", html)

@@ -27,8 +27,10 @@ KINDS = ("true positive", "false positive", "false negative")
 
 
 def select_examples(predictions: pd.DataFrame, class_name: str, per_kind: int = 3) -> dict[str, pd.DataFrame]:
-    """For one class: its most confident true positives, false positives and false negatives."""
-    truth, predicted = predictions["label"] == class_name, predictions["predicted"] == class_name
+    """For one class (or finding: ``label`` and ``predicted`` may list several, ``|``-joined): its most
+    confident true positives, false positives and false negatives."""
+    truth = predictions["label"].astype(str).str.split("|").map(lambda names: class_name in names)
+    predicted = predictions["predicted"].astype(str).str.split("|").map(lambda names: class_name in names)
     picks = {"true positive": predictions[truth & predicted].sort_values(class_name, ascending=False),
              "false positive": predictions[~truth & predicted].sort_values(class_name, ascending=False),
              "false negative": predictions[truth & ~predicted].sort_values(class_name)}
@@ -63,7 +65,9 @@ def plot_gallery(model: CxrClassifier, preprocess: PreprocessConfig, predictions
                 except InvalidImageError as err:
                     log.warning("gallery: %s", err)
                     continue
-                heatmap, _ = cam.explain_image(processed.pixels, names.index(row.predicted), processed.mask)
+                # the evidence for the prediction; a multi-label model's for this finding
+                target = names.index(class_name if model.multilabel else row.predicted)
+                heatmap, _ = cam.explain_image(processed.pixels, target, processed.mask)
                 image_ax, bar_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
                 image_ax.imshow(overlay(original, cam_to_original(heatmap, original.shape, preprocess, lungs)))
                 image_ax.set_xlabel(Path(row.image).name[:28], fontsize=6)

@@ -203,7 +203,10 @@ class GradCamExplainer:
             self._set_tta(tta)
         # without views: the forward pass Grad-CAM just made, no second one
         logits = averaged if averaged is not None else self._cam.outputs.detach()
-        probs = torch.sigmoid(logits) if self._single_logit else logits.softmax(1)
+        if self._single_logit:
+            probs = torch.sigmoid(logits)
+        else:  # the model's own meaning of its outputs (classes or independent findings)
+            probs = self.model.probabilities(logits) if hasattr(self.model, "probabilities") else logits.softmax(1)
         return maps.astype(np.float32), probs.numpy()
 
     def _set_tta(self, mode: str) -> None:

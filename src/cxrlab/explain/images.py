@@ -17,26 +17,30 @@ from cxrlab.data.images import find_images, read_image  # noqa: E402
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay  # noqa: E402
 from cxrlab.explain.records import RecordTable, overlay_name  # noqa: E402
+from cxrlab.explain.screening import decide, finding_targets_to_explain  # noqa: E402
 from cxrlab.models import load_model  # noqa: E402
 from cxrlab.preprocess import Preprocessor  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-def _figure(original: np.ndarray, blended: np.ndarray, probs: dict[str, float], title: str, path: Path) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+def _figure(original: np.ndarray, panels: list[tuple[str, np.ndarray]], probs: dict[str, float], path: Path) -> None:
+    """The image, one panel per explained class or finding (title, blended overlay), and the bars."""
+    fig, axes = plt.subplots(1, 2 + len(panels), figsize=(4 * (1 + len(panels)) + 3.2, 4.4),
+                             gridspec_kw={"width_ratios": [1] * (1 + len(panels)) + [0.8]})
     axes[0].imshow(original, cmap="gray")
     axes[0].set_title("image")
-    axes[1].imshow(blended)
-    axes[1].set_title(title)
-    for axis in axes[:2]:
+    for axis, (title, blended) in zip(axes[1:], panels):
+        axis.imshow(blended)
+        axis.set_title(title)
+    for axis in axes[:-1]:
         axis.axis("off")
     names = list(probs)
-    axes[2].barh(names[::-1], [probs[n] for n in names[::-1]], color="tab:blue")
-    axes[2].set_xlim(0, 1)
-    axes[2].set_title("model confidence per class")
+    axes[-1].barh(names[::-1], [probs[n] for n in names[::-1]], color="tab:blue")
+    axes[-1].set_xlim(0, 1)
+    axes[-1].set_title("model confidence per class")
     for i, name in enumerate(names[::-1]):
-        axes[2].text(min(probs[name] + 0.02, 0.8), i, f"{probs[name]:.2f}", va="center")
+        axes[-1].text(min(probs[name] + 0.02, 0.8), i, f"{probs[name]:.2f}", va="center")
     fig.suptitle("research use only - not for clinical diagnosis", fontsize=8, color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -57,7 +61,8 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, preprocess, _ = load_model(model_path)
+    model, preprocess, payload = load_model(model_path)
+    point = ((payload.get("extra") or {}).get("screening") or {}).get("operating_point")
     if model.lung_attention:
         raise ConfigError(f"{model_path}: this model uses lung attention and needs a lung mask per image; explain "
                           "it with 'cxrlab evaluate' on a manifest with masks ('cxrlab segment predict' makes them)")
@@ -77,9 +82,17 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
                 probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
                 predicted = max(probabilities, key=probabilities.get)
                 original = downsize(original)
-                blended = overlay(original, cam_to_original(heatmap, original.shape, preprocess))
+                names = list(model.class_names)
+                targets = finding_targets_to_explain(probs, names, point) if model.multilabel else [names.index(predicted)]
+                panels = []
+                for index in targets:  # one map per called finding (a multi-label model), else the top class
+                    found = heatmap if index == int(np.argmax(probs)) else cam.explain_image(processed.pixels, index)[0]
+                    panels.append((f"{method}: evidence for {names[index]}",
+                                   overlay(original, cam_to_original(found, original.shape, preprocess))))
+                if model.multilabel:
+                    predicted = decide(probs, names, point or {"per_finding": {}})
                 target = out / overlay_name(image, taken)
-                _figure(original, blended, probabilities, f"{method}: evidence for {predicted}", target)
+                _figure(original, panels, probabilities, target)
                 table.add({"image": str(image), "probabilities": probabilities, "predicted": predicted,
                            "overlay": str(target)})
             if progress:

@@ -49,6 +49,9 @@ def predict_images(model_path: str | Path, inputs: Iterable[str | Path], out: st
                         target = out / "overlays" / overlay_name(image, taken)
                         atomic_write_bytes(target, result.overlay_png())
                         record["overlay"] = str(target)
+                        for finding in list(result.finding_maps)[1:]:  # multi-label: each further called finding
+                            extra = target.with_name(f"{target.stem}_{finding.replace(' ', '_')}.png")
+                            atomic_write_bytes(extra, result.overlay_png(finding))
                     table.add(record)
                 if progress:
                     progress(1)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cxrlab.core.errors import ConfigError, DeadlineExceeded
+from cxrlab.data.findings import NO_FINDING
 from cxrlab.data.images import DecodedImage, decode_image, read_image
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
@@ -42,7 +43,7 @@ class Screening:
 
     Attributes:
         image: The file name (or upload name).
-        probabilities: Class → probability (sums to 1).
+        probabilities: Class → probability (sums to 1; a multi-label model: each finding's own).
         predicted: The class at the model's operating point (see :func:`decide`).
         most_probable: The class with the highest probability.
         ood_score: Mahalanobis distance of the image's features to the training images'
@@ -53,7 +54,10 @@ class Screening:
             without a reference).
         ood_reason: Why ``ood`` is true, else ``None``.
         heatmap: ``(h, w) float32`` Grad-CAM for ``predicted`` on the original image (downsized to at
-            most ``overlay_side``, 1024 px by default), in [0, 1].
+            most ``overlay_side``, 1024 px by default), in [0, 1]; for a multi-label model, for its
+            likeliest called finding.
+        finding_maps: Multi-label models only: finding -> its Grad-CAM on the original image, for the
+            called findings (at most :data:`MAX_FINDING_MAPS`; the likeliest finding when none is).
         original: ``(h, w) uint8`` that image.
     """
 
@@ -66,29 +70,54 @@ class Screening:
     ood_reason: str | None
     heatmap: np.ndarray = field(repr=False)
     original: np.ndarray = field(repr=False)
+    finding_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
-    def overlay(self) -> np.ndarray:
-        """``(h, w, 3) uint8`` RGB: the heatmap blended on the image."""
-        return overlay(self.original, self.heatmap)
+    def overlay(self, finding: str | None = None) -> np.ndarray:
+        """``(h, w, 3) uint8`` RGB: the heatmap (of ``finding``, a multi-label model's) blended on the image."""
+        return overlay(self.original, self.finding_maps[finding] if finding else self.heatmap)
 
-    def overlay_png(self) -> bytes:
+    def overlay_png(self, finding: str | None = None) -> bytes:
         """:meth:`overlay` encoded as PNG."""
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(self.overlay(), cv2.COLOR_RGB2BGR))
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(self.overlay(finding), cv2.COLOR_RGB2BGR))
         if not ok:
             raise ConfigError(f"{self.image}: cannot encode the overlay as PNG")
         return buf.tobytes()
 
     def record(self) -> dict:
         """JSON-ready fields (no arrays)."""
-        return {"image": self.image, "probabilities": self.probabilities, "predicted": self.predicted,
-                "most_probable": self.most_probable, "ood_score": self.ood_score, "ood": self.ood,
-                "ood_reason": self.ood_reason}
+        record = {"image": self.image, "probabilities": self.probabilities, "predicted": self.predicted,
+                  "most_probable": self.most_probable, "ood_score": self.ood_score, "ood": self.ood,
+                  "ood_reason": self.ood_reason}
+        if self.finding_maps:
+            record["explained_findings"] = list(self.finding_maps)
+        return record
+
+
+MAX_FINDING_MAPS = 3  # a multi-label model's image gets a map for each of its (at most) three likeliest called findings
+
+
+def called_findings(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> list[str]:
+    """A multi-label model's findings at or above their thresholds (the model file's, chosen on
+    validation or out-of-fold data; 0.5 where it has none), likeliest first."""
+    per = (operating_point or {}).get("per_finding") or {}
+    called = [(p, n) for n, p in zip(class_names, probabilities) if p >= (per.get(n) if per.get(n) is not None else 0.5)]
+    return [n for _, n in sorted(called, reverse=True)]
+
+
+def finding_targets_to_explain(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> list[int]:
+    """Indices of the findings whose evidence a multi-label screening shows: the called ones (at most
+    :data:`MAX_FINDING_MAPS`), or the likeliest finding when none is called."""
+    called = called_findings(probabilities, class_names, operating_point)[:MAX_FINDING_MAPS]
+    return [class_names.index(n) for n in called] or [int(np.argmax(probabilities))]
 
 
 def decide(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> str:
     """The predicted class: the positive class when its probability reaches the operating point's
     threshold, else the most probable of the other classes; without an operating point, the most
-    probable class."""
+    probable class. A multi-label operating point (``per_finding``): the called findings joined by
+    ``|``, or ``No Finding``."""
+    if operating_point and "per_finding" in operating_point:
+        return "|".join(called_findings(probabilities, class_names, operating_point)) or NO_FINDING
     if not operating_point or operating_point.get("positive") not in class_names:
         return class_names[int(np.argmax(probabilities))]
     column = class_names.index(operating_point["positive"])
@@ -216,9 +245,16 @@ class Screener:
             features, fine = self._features(processed.pixels), self._fine
             _check(deadline)
             predicted = decide(probs, self.class_names, self.operating_point)
-            target = self.class_names.index(predicted)
-            if target != int(np.argmax(probs)):  # the map explains the class reported, not the top logit
-                heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)
+            maps: dict[str, np.ndarray] = {}
+            if self.model.multilabel:  # a map per called finding, the likeliest first
+                for index in finding_targets_to_explain(probs, self.class_names, self.operating_point):
+                    found = heatmap if index == int(np.argmax(probs)) else \
+                        self._cam.explain_image(processed.pixels, index, processed.mask)[0]
+                    maps[self.class_names[index]] = found
+                    _check(deadline)
+                heatmap = next(iter(maps.values()))
+            elif (target := self.class_names.index(predicted)) != int(np.argmax(probs)):
+                heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)  # the class reported
                 _check(deadline)
         scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
         reasons = []  # most specific first
@@ -235,9 +271,10 @@ class Screener:
         score = float(scores[0]) if scores is not None else None
         original = downsize(decoded.pixels, self.overlay_side)
         lungs = mask if self.preprocess.lung_crop else None
+        on_original = {f: cam_to_original(m, original.shape, self.preprocess, lungs) for f, m in maps.items()}
         return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
                          self.class_names[int(np.argmax(probs))], score, flagged, reason,
-                         cam_to_original(heatmap, original.shape, self.preprocess, lungs), original)
+                         cam_to_original(heatmap, original.shape, self.preprocess, lungs), original, on_original)
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         """``(1, D)`` pooled last-block features, as the OOD reference was fitted on: for a sequential

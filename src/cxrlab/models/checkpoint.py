@@ -38,7 +38,7 @@ def save_model(model: CxrClassifier | EnsembleClassifier, path: str | Path, prep
     payload = {
         "format": FORMAT, "cxrlab_version": cxrlab.__version__, "backbone": first.spec.name,
         "head": first.head_spec.to_dict(), "fine_tune": first.fine_tune, "class_names": list(first.class_names),
-        "lung_attention": first.lung_attention,
+        "lung_attention": first.lung_attention, "multilabel": first.multilabel,
         "num_classes": first.head.fc.out_features, "mean": list(first.spec.mean), "std": list(first.spec.std),
         "preprocess": preprocess.to_dict(), "extra": extra or {},
     }
@@ -122,9 +122,36 @@ def load_model(path: str | Path) -> tuple[CxrClassifier | EnsembleClassifier, Pr
     for state in payload.get("members") or [payload["state_dict"]]:
         member = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
                                    fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
-                                   lung_attention=bool(payload.get("lung_attention", False)))
+                                   lung_attention=bool(payload.get("lung_attention", False)),
+                                   multilabel=bool(payload.get("multilabel", False)))
         member.load_state_dict(state)
         members.append(member)
     model = EnsembleClassifier(members, payload.get("tta", "none")) if "members" in payload else members[0]
     model.eval()
     return model, PreprocessConfig.from_dict(payload["preprocess"]), payload
+
+
+def init_backbone_from(model: CxrClassifier, path: str | Path) -> str:
+    """Load the backbone of a trained cxrlab model (a model file, or a run folder's ``model.pt``) into
+    ``model``, whose head stays new: a model trained on one task (ChestX-ray14's findings, say)
+    becomes the starting point of another (COVID-19 at fine-tuning degree k).
+
+    Returns:
+        Where the weights came from, for the run's summary.
+
+    Raises:
+        ConfigError: not a cxrlab model file, a fold ensemble (several backbones: name one member,
+            ``RUN/folds/fold0/model.pt``), or another backbone than ``model``'s.
+    """
+    path = Path(path)
+    file = path / "model.pt" if path.is_dir() else path
+    payload = read_payload(file, FORMAT, "model")
+    if "members" in payload:
+        raise ConfigError(f"{file}: a fold ensemble holds {len(payload['members'])} backbones; start from one of "
+                          f"them ({file.parent / 'folds' / 'fold0' / 'model.pt'})")
+    if payload["backbone"] != model.spec.name:
+        raise ConfigError(f"{file}: trained with backbone {payload['backbone']}, not {model.spec.name}; set "
+                          f"backbone: {payload['backbone']}")
+    state = {k.removeprefix("backbone."): v for k, v in payload["state_dict"].items() if k.startswith("backbone.")}
+    model.backbone.load_state_dict(state)
+    return f"cxrlab model {file} ({payload['backbone']}, trained on {', '.join(payload['class_names'])})"

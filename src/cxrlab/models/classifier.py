@@ -10,6 +10,7 @@ from torch import nn
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.heads import ClassifierHead, HeadSpec
+from cxrlab.models.outputs import to_probabilities
 from cxrlab.models.registry import BackboneSpec
 
 FineTune = int | Literal["all"]
@@ -54,10 +55,11 @@ class CxrClassifier(nn.Module):
     """
 
     def __init__(self, spec: BackboneSpec, backbone: nn.Module, num_classes: int, head: HeadSpec,
-                 class_names: tuple[str, ...] = (), lung_attention: bool = False) -> None:
+                 class_names: tuple[str, ...] = (), lung_attention: bool = False, multilabel: bool = False) -> None:
         super().__init__()
         self.spec, self.head_spec, self.class_names = spec, head, tuple(class_names)
         self.lung_attention = lung_attention
+        self.multilabel = multilabel  # independent findings (sigmoid per output) instead of one class of several
         self.backbone = backbone
         self.group_names = spec.partition(backbone)
         modules = dict(backbone.named_modules())
@@ -169,6 +171,10 @@ class CxrClassifier(nn.Module):
         mean = inside.mean(dim=(2, 3), keepdim=True)
         weights = torch.where(mean > 0, inside / mean.clamp_min(1e-6), torch.ones_like(inside))
         return features * weights
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` probabilities of these logits: softmax over classes, or a sigmoid per finding."""
+        return to_probabilities(logits, self.multilabel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         image, mask = self.split_input(x)

@@ -6,7 +6,8 @@ single ``model.pt`` then holds. The ensemble answers the inference side of
 :class:`~cxrlab.models.classifier.CxrClassifier`, so ``evaluate``, ``explain``, ``predict``,
 ``serve`` and ``export --onnx`` take it unchanged:
 
-* ``forward`` returns the log of the mean probability, so a softmax of it is the mean;
+* ``forward`` returns the logits of the mean probability (its log for classes, its logit per
+  finding for a multi-label model), so the model's probabilities of them are the mean;
 * ``cam_layers`` lists every member's target layer: Grad-CAM (pytorch-grad-cam) averages the
   members' maps for the ensemble's output;
 * ``image_features`` concatenates the members' feature maps (channel after channel), so the
@@ -26,6 +27,7 @@ from torch import nn
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.classifier import CxrClassifier
+from cxrlab.models.outputs import to_logits, to_probabilities
 from cxrlab.models.tta import TTA_MODES, TtaMode, mean_probabilities
 
 
@@ -50,8 +52,8 @@ class EnsembleClassifier(nn.Module):
             raise ConfigError(f"ensemble: needs at least 2 members, got {len(members)}")
         first = members[0]
         for i, m in enumerate(members[1:], start=1):
-            if (m.spec.name, m.class_names, m.lung_attention) != (first.spec.name, first.class_names,
-                                                                  first.lung_attention):
+            if (m.spec.name, m.class_names, m.lung_attention, m.multilabel) != (
+                    first.spec.name, first.class_names, first.lung_attention, first.multilabel):
                 raise ConfigError(f"ensemble: member {i} ({m.spec.name}, {list(m.class_names)}) differs from member 0 "
                                   f"({first.spec.name}, {list(first.class_names)})")
         self.members = nn.ModuleList(members)
@@ -70,6 +72,14 @@ class EnsembleClassifier(nn.Module):
         return self.members[0].lung_attention
 
     @property
+    def multilabel(self) -> bool:
+        return self.members[0].multilabel
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities of :meth:`forward`'s logits: the members' mean."""
+        return to_probabilities(logits, self.multilabel)
+
+    @property
     def head_spec(self):
         return self.members[0].head_spec
 
@@ -78,9 +88,9 @@ class EnsembleClassifier(nn.Module):
         return self.members[0].fine_tune
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, num_classes)`` log of the members' mean probability (a softmax of it is the mean)."""
-        probs = torch.stack([mean_probabilities(m, x, self.tta) for m in self.members]).mean(0)
-        return probs.clamp_min(1e-12).log()
+        """``(B, num_classes)`` logits of the members' mean probability (:meth:`probabilities` of them is the mean)."""
+        probs = torch.stack([mean_probabilities(m, x, self.tta, self.multilabel) for m in self.members]).mean(0)
+        return to_logits(probs, self.multilabel)
 
     def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.members[0].split_input(x)

@@ -33,7 +33,7 @@ def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "ga
                       pretrained: Pretrained = "imagenet", weights: str | Path | None = None,
                       allow_download: bool = False, fine_tune: FineTune = "all",
                       class_names: tuple[str, ...] = (), seed: int | None = None,
-                      lung_attention: bool = False) -> CxrClassifier:
+                      lung_attention: bool = False, multilabel: bool = False) -> CxrClassifier:
     """Build a classifier from the registry.
 
     Args:
@@ -49,6 +49,7 @@ def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "ga
             the global RNG state is restored afterwards.
         lung_attention: Multiply the last feature maps by the lung mask (guided attention; the
             input then carries the mask as a last channel).
+        multilabel: Outputs are independent findings (a sigmoid each), not one class of several.
 
     Raises:
         ConfigError: unknown backbone, head or k. WeightsUnavailableError: no weights offline.
@@ -62,7 +63,7 @@ def create_classifier(name: str, num_classes: int, *, head: str | HeadSpec = "ga
         if seed is not None:
             torch.manual_seed(seed)
         backbone = create_backbone(spec)
-        model = CxrClassifier(spec, backbone, num_classes, head_spec, class_names, lung_attention)
+        model = CxrClassifier(spec, backbone, num_classes, head_spec, class_names, lung_attention, multilabel)
     model.weights_origin = "random"
     if pretrained == "imagenet" or weights is not None:
         model.weights_origin = load_pretrained(backbone, spec, weights, allow_download)

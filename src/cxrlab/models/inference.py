@@ -130,5 +130,5 @@ class InferenceModel:
             return self._forward(x).float()
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities for a batch."""
-        return self.logits(x).softmax(dim=1)
+        """Probabilities for a batch (softmax over classes, or a sigmoid per finding)."""
+        return self.model.probabilities(self.logits(x))

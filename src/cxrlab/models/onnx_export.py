@@ -29,7 +29,7 @@ class _Probabilities(torch.nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image).softmax(dim=1)
+        return self.model.probabilities(self.model(image))
 
 
 def input_channels(model: CxrClassifier) -> int:
@@ -114,7 +114,7 @@ def onnx_difference(model: CxrClassifier, path: str | Path, images: int = 4, see
     if model.lung_attention:
         x[:, -1] = (x[:, -1] > 0).float()  # a mask channel holds 0/1
     with torch.no_grad():
-        expected = model.eval()(x).softmax(dim=1).numpy()
+        expected = model.probabilities(model.eval()(x)).numpy()
     difference = float(np.abs(runner.probabilities(x.numpy()) - expected).max())
     if difference > 1e-4:
         raise ConfigError(f"{path}: onnxruntime's probabilities differ from PyTorch's by {difference:.2e} (> 1e-4)")

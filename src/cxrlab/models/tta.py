@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cxrlab.models.outputs import to_probabilities
+
 TtaMode = Literal["none", "crops"]
 TTA_MODES: tuple[str, ...] = ("none", "crops")
 CROP = 0.9
@@ -30,10 +32,10 @@ def tta_views(x: torch.Tensor, mode: TtaMode) -> torch.Tensor:
     return torch.stack(views)
 
 
-def mean_probabilities(logits_of, x: torch.Tensor, mode: TtaMode) -> torch.Tensor:
-    """``(B, num_classes)``: the mean over ``mode``'s views of ``softmax(logits_of(view))``, the views
-    run as one batch."""
+def mean_probabilities(logits_of, x: torch.Tensor, mode: TtaMode, multilabel: bool = False) -> torch.Tensor:
+    """``(B, num_classes)``: the mean over ``mode``'s views of the probabilities of ``logits_of(view)``
+    (softmax, or a sigmoid per finding), the views run as one batch."""
     views = tta_views(x, mode)
     count, batch = views.shape[:2]
-    probs = logits_of(views.flatten(0, 1)).float().softmax(1)
+    probs = to_probabilities(logits_of(views.flatten(0, 1)).float(), multilabel)
     return probs.unflatten(0, (count, batch)).mean(0)

@@ -45,7 +45,7 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     model, preprocess, payload = load_for_evaluation(run)
     figures = results.setdefault("figures", {})
-    if (predictions["mask"] != "").any():
+    if "mask" in predictions.columns and (predictions["mask"] != "").any():
         table = lung_evidence(model, preprocess, predictions, method, layer)
         table.to_csv(out / "lung_evidence.csv", index=False)
         summary = summarise_lung_evidence(table)

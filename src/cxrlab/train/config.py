@@ -16,6 +16,8 @@ from pydantic import (
 )
 
 from cxrlab.core.settings import closest_hint, load_settings, validate
+from cxrlab.data.classes import class_names
+from cxrlab.data.findings import FindingPolicy, is_multilabel
 
 FineTuneValue = int | Literal["all"]
 
@@ -54,10 +56,11 @@ class HeadConfig(_Strict):
 
 
 SECTIONS: dict[str, dict[str, str]] = {
-    "data": {"path": "data", **{k: k for k in ("splits", "scheme", "ratios", "dedupe", "folds", "class_balance")}},
+    "data": {"path": "data", **{k: k for k in ("splits", "scheme", "uncertain", "blank", "ratios", "dedupe", "folds",
+                                               "class_balance")}},
     "preprocess": {k: k for k in ("size", "contrast", "resize", "artifacts", "lung_crop", "prepared")},
-    "model": {k: k for k in ("backbone", "pretrained", "weights", "allow_download", "fine_tune", "batchnorm", "head",
-                             "lung_attention", "tta")},
+    "model": {k: k for k in ("backbone", "pretrained", "weights", "init_from", "allow_download", "fine_tune",
+                             "batchnorm", "head", "lung_attention", "tta")},
     "optim": {k: k for k in ("optimizer", "lr", "lr_decay", "momentum", "weight_decay", "label_smoothing", "ema_decay",
                              "mixup", "batch_size", "attention_loss", "attention_form")},
     "schedule": {"kind": "schedule", **{k: k for k in ("epochs", "phases", "warmup_epochs", "plateau_factor",
@@ -138,7 +141,13 @@ class TrainConfig(_Strict):
     data: str | None = None
     splits: str | None = None
     out: str = "runs/train"
-    scheme: Literal["3class", "binary"] = "3class"
+    scheme: str = Field("3class", description="3class or binary (one class per image), or multi-label findings: "
+                                               "chestxray14, chexpert5 or findings:A,B,C (a sigmoid per finding)")
+    uncertain: tuple[str, ...] = Field(("ignore",), description="multi-label: what an uncertain (-1) label of a "
+                                                                "collection becomes: ignore (left out of loss and "
+                                                                "metrics), ones or zeros; NAME=POLICY for one finding")
+    blank: Literal["ignore", "ones", "zeros"] = Field("zeros", description="multi-label: what a blank label cell "
+                                                                           "of a collection becomes")
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     dedupe: bool = Field(True, description="when making a split: patients whose images are near-duplicates (pHash "
                                            "distance <= 4) form one group, kept on one side")
@@ -151,6 +160,9 @@ class TrainConfig(_Strict):
     backbone: str = "efficientnet_lite0"
     pretrained: Literal["imagenet", "none"] = "imagenet"
     weights: str | None = None
+    init_from: str | None = Field(None, description="start from the backbone of a trained cxrlab model (a run "
+                                                    "folder or model file; its head is not used): transfer from "
+                                                    "your own task, e.g. ChestX-ray14's findings, to another")
     allow_download: bool = False
     fine_tune: FineTuneValue = "all"
     batchnorm: Literal["train", "frozen"] = Field(
@@ -231,6 +243,18 @@ class TrainConfig(_Strict):
         values = flatten_settings(values)
         return {**RECIPES[values["recipe"]], **values} if values.get("recipe") in RECIPES else values
 
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        class_names(value)  # a ConfigError (a ValueError) names the schemes
+        return value
+
+    @field_validator("uncertain")
+    @classmethod
+    def _known_policy(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        FindingPolicy.parse(value)  # names a bad policy
+        return value
+
     @field_validator("fine_tune")
     @classmethod
     def _k_non_negative(cls, value: FineTuneValue) -> FineTuneValue:
@@ -250,6 +274,9 @@ class TrainConfig(_Strict):
     def _need_data(self) -> TrainConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        if is_multilabel(self.scheme) and (self.attention_loss or self.class_balance == "sampler"):
+            raise ValueError(f"scheme: {self.scheme} is multi-label: the attention loss (a true class's Grad-CAM) and "
+                             "class_balance: sampler (one class per image) need a single-label scheme")
         if self.mixup and self.attention_loss:
             raise ValueError("mixup: not with attention_loss (a mixed image has no one lung mask or true class)")
         if self.tta != "none" and self.folds < 3:
@@ -261,6 +288,16 @@ class TrainConfig(_Strict):
             raise ValueError(f"min_epochs ({self.min_epochs}) is more than the run's {epochs} epoch(s): no epoch "
                              "could be kept")
         return self
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the scheme is a multi-label finding scheme."""
+        return is_multilabel(self.scheme)
+
+    @property
+    def finding_policy(self) -> FindingPolicy:
+        """What uncertain and blank labels of a collection become (multi-label schemes)."""
+        return FindingPolicy.parse(self.uncertain, self.blank)
 
     def resolved_phases(self) -> tuple[PhaseConfig, ...]:
         """The phases to run: ``phases`` if given, else one phase of ``fine_tune``/``lr``/``epochs``."""

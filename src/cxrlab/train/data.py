@@ -17,10 +17,11 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.runtime import default_workers
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.duplicates import regroup_duplicates
+from cxrlab.data.findings import finding_targets
 from cxrlab.data.manifest import Manifest
 from cxrlab.data.mask_provenance import check_uniform_masks
 from cxrlab.models.registry import BackboneSpec
-from cxrlab.preprocess import PreprocessConfig, ShardDataset, ShardReader, prepare
+from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset, ShardReader, prepare
 from cxrlab.train.augment import Augmenter
 from cxrlab.train.config import TrainConfig
 
@@ -70,16 +71,24 @@ def mask_settings(config: TrainConfig) -> str:
     return " and ".join(used)
 
 
-def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequence[str] = ("train", "val")) -> None:
-    """Every class has images on each of ``sides``.
+def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequence[str] = ("train", "val"),
+                          multilabel: bool = False) -> None:
+    """Every class has images on each of ``sides`` (multi-label: every finding is positive on some
+    training image; a validation side without one only loses that finding's validation AUC, logged).
 
     Raises:
         ConfigError: a side lacks a class (named).
     """
     for side in sides:
-        counts = frame.loc[frame["split"] == side, "label"].value_counts()
+        counts = frame.loc[frame["split"] == side, "label"].astype(str).str.split("|").explode().value_counts()
         missing = [c for c in names if counts.get(c, 0) == 0]
-        if missing:
+        if missing and multilabel and side != "train":
+            log.warning("the %s side has no positive image of %s: no validation AUC for it", side, ", ".join(missing))
+        elif missing and multilabel:
+            present = [c for c in names if c not in missing]
+            raise ConfigError(f"no training image has finding(s) {', '.join(missing)}: they cannot be learned; "
+                              f"choose the findings the data hold (scheme findings:{','.join(present)})")
+        elif missing:
             raise ConfigError(f"the {side} side has no images of class(es) {', '.join(missing)}; "
                               "fix the split or the data before training")
 
@@ -94,12 +103,12 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     """
     names = class_names(config.scheme)
     if config.splits:
-        manifest = load_source(config.splits, scheme=config.scheme)  # runs the leakage guard
+        manifest = load_source(config.splits, scheme=config.scheme, policy=config.finding_policy)  # the leakage guard
         frame = manifest.table
         if Path(config.splits).resolve() != (out / "splits.csv").resolve():  # the run folder keeps its split
             write_splits(frame, {"from": str(config.splits), "scheme": config.scheme}, out)
     else:
-        manifest = load_source(config.data, scheme=config.scheme)
+        manifest = load_source(config.data, scheme=config.scheme, policy=config.finding_policy)
         table, group, duplicates = grouped_table(manifest.table, config.dedupe)
         frame, info = make_splits(table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed,
                                                             group_column=group))
@@ -123,14 +132,20 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     frame = frame[frame["image"].isin(present)]
     # a refit (select_on: last) may train on everything: a validation side is then optional
     optional_val = config.select_on == "last" and not (frame["split"] == "val").any()
-    check_classes_present(frame, names, ("train",) if optional_val else ("train", "val"))
+    check_classes_present(frame, names, ("train",) if optional_val else ("train", "val"), config.multilabel)
     return TrainData(frame, names, preprocess, reader, frame.loc[frame["split"] == "train", "image"].tolist(),
                      frame.loc[frame["split"] == "val", "image"].tolist(), skipped)
 
 
-def class_weights(data: TrainData) -> list[float]:
-    """Balanced weights ``n / (C * count)`` from the training side."""
-    counts = data.frame.loc[data.frame["split"] == "train", "label"].value_counts()
+def class_weights(data: TrainData, multilabel: bool = False) -> list[float]:
+    """Balanced weights ``n / (C * count)`` from the training side; for a multi-label scheme each
+    finding's positive weight, negatives / positives among the training images that know it."""
+    train = data.frame[data.frame["split"] == "train"]
+    if multilabel:
+        targets, known = finding_targets(train["label"], train.get("unlabelled"), data.class_names)
+        positives = (targets * known).sum(axis=0)
+        return [float((k - p) / p) if p else 1.0 for p, k in zip(positives, known.sum(axis=0))]
+    counts = train["label"].value_counts()
     total = int(counts.sum())
     return [total / (len(data.class_names) * counts[c]) for c in data.class_names]
 
@@ -139,7 +154,8 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
              augment: bool = True) -> tuple[ShardDataset, ShardDataset]:
     """Train dataset (augmented when enabled and ``augment``) and validation dataset (never augmented);
     lung masks as a last input channel when the run uses them."""
-    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config)}
+    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config),
+              "multilabel": config.multilabel}
     augment = Augmenter(config.augment) if config.augment.enabled and augment else None  # draws: torch's seeded generator
     train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
     val = ShardDataset(data.reader, data.class_names, images=data.val_images, **common)
@@ -148,12 +164,21 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
 
 def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
     """A DataLoader with a seeded generator; balanced sampling when ``class_balance="sampler"``. A
-    training epoch drops a last batch of a single image: BatchNorm cannot train on one."""
+    training epoch drops a last batch of a single image: BatchNorm cannot train on one. Streamed
+    shards (a prepared set too large for memory) train through :class:`ShardAwareSampler`: a few
+    shards at a time, shuffled together."""
     generator = torch.Generator().manual_seed(seed)
     drop_last = train and len(dataset) % config.batch_size == 1 and len(dataset) > 1
-    if train and config.class_balance == "sampler":
+    balanced = train and config.class_balance == "sampler"
+    weights = None
+    if balanced:
         targets = np.asarray(dataset.targets)
         weights = 1.0 / np.bincount(targets)[targets]
+    if train and getattr(dataset, "streaming", False):
+        sampler = ShardAwareSampler(dataset.shard_of, seed, weights=weights)
+        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                          drop_last=drop_last, persistent_workers=config.num_workers > 0)
+    if balanced:
         sampler = WeightedRandomSampler(weights.tolist(), len(targets), replacement=True, generator=generator)
         return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                           drop_last=drop_last)

@@ -4,6 +4,10 @@ evaluation (the report builds on :func:`compute_metrics`), from scikit-learn whe
 Per class (one-vs-rest): sensitivity (recall), specificity, precision (PPV), NPV, F1, support,
 ROC AUC and PR AUC (average precision); overall: accuracy, macro and weighted averages and the
 confusion matrix (rows = true class, columns = predicted class).
+
+Multi-label (independent findings, :func:`compute_multilabel_metrics`): the same per finding, on the
+images whose value of it is known, at a threshold per finding (0.5 unless given); the macro
+average is the mean over findings (mean AUC, the figure ChestX-ray14 papers report).
 """
 
 from __future__ import annotations
@@ -105,14 +109,62 @@ def classification_summary(y_true: np.ndarray, probs: np.ndarray, class_names: S
         ``{"accuracy", "auc_macro", "f1_macro", "per_class": {name: {"sensitivity", "specificity", "auc",
         "support", "auc_interval"}}, "confusion_matrix"}``; an AUC is ``None`` when the class is absent
         or alone in ``y_true`` (``auc_interval``, its approximate 95% interval, only when defined); the
-        macros average the classes where the figure is defined.
+        macros average the classes where the figure is defined. Multi-label targets (``(N, F)``) give
+        the same per finding (``confusion_matrix`` None; accuracy the mean over findings at 0.5).
     """
-    table = compute_metrics(y_true, probs, class_names)
+    multilabel = is_multilabel_targets(y_true)
+    table = (compute_multilabel_metrics if multilabel else compute_metrics)(y_true, probs, class_names)
     per_class = {}
     for name, m in table["per_class"].items():
         per_class[name] = {"sensitivity": m["sensitivity"], "specificity": m["specificity"], "auc": m["roc_auc"],
                            "support": m["support"]}
         if m["roc_auc"] is not None:
-            per_class[name]["auc_interval"] = list(auc_interval(m["roc_auc"], m["support"], table["n"] - m["support"]))
+            negatives = m.get("known", table["n"]) - m["support"]
+            per_class[name]["auc_interval"] = list(auc_interval(m["roc_auc"], m["support"], negatives))
     return {"accuracy": table["accuracy"], "auc_macro": table["macro"]["roc_auc"], "f1_macro": table["macro"]["f1"],
-            "per_class": per_class, "confusion_matrix": table["confusion_matrix"]}
+            "per_class": per_class, "confusion_matrix": table.get("confusion_matrix")}
+
+
+def compute_multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                               thresholds: Sequence[float] | None = None) -> dict:
+    """Every metric per finding for multi-label predictions.
+
+    Args:
+        y_true: ``(N, F)`` 1 / 0, NaN where the finding is unknown (left out of its figures).
+        probs: ``(N, F)`` probability of each finding.
+        class_names: The ``F`` findings.
+        thresholds: Per finding, ``p >= t`` counts as positive (default 0.5).
+
+    Returns:
+        ``{"n", "task": "multilabel", "accuracy" (mean over findings), "per_class": {finding: {...,
+        "support" (positives), "known"}}, "macro", "weighted" (by positives), "class_names"}``.
+    """
+    y_true, probs = np.asarray(y_true, dtype=float), np.asarray(probs, dtype=float)
+    thresholds = [0.5] * len(class_names) if thresholds is None else list(thresholds)
+    per_class, accuracies = {}, []
+    for i, name in enumerate(class_names):
+        known = ~np.isnan(y_true[:, i])
+        truth, score = y_true[known, i].astype(bool), probs[known, i]
+        called = score >= thresholds[i]
+        tp, fn = int((called & truth).sum()), int((~called & truth).sum())
+        tn, fp = int((~called & ~truth).sum()), int((called & ~truth).sum())
+        precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
+        roc, pr = _ranking_scores(truth, score)
+        per_class[name] = {
+            "sensitivity": recall, "specificity": safe_div(tn, tn + fp), "precision": precision,
+            "npv": safe_div(tn, tn + fn),
+            "f1": (2 * tp / (2 * tp + fp + fn)) if (tp + fp + fn) else None,
+            "support": int(truth.sum()), "known": int(known.sum()), "roc_auc": roc, "pr_auc": pr,
+            "threshold": float(thresholds[i]),
+        }
+        if known.any():
+            accuracies.append(float((called == truth).mean()))
+    return {"n": int(len(y_true)), "task": "multilabel", "accuracy": float(np.mean(accuracies)) if accuracies else None,
+            "per_class": per_class, "macro": _average(per_class, None),
+            "weighted": _average(per_class, np.array([m["support"] for m in per_class.values()])),
+            "class_names": list(class_names)}
+
+
+def is_multilabel_targets(y_true: np.ndarray) -> bool:
+    """Multi-label targets are ``(N, F)``; class indices are ``(N,)``."""
+    return np.asarray(y_true).ndim == 2

@@ -30,7 +30,8 @@ class ClassifierModule(L.LightningModule):
         config: Optimiser and schedule settings.
         lr: Learning rate of this phase.
         epochs: Epochs of this phase (for the cosine schedule).
-        class_weights: Cross-entropy weights per class, or ``None``.
+        class_weights: Cross-entropy weights per class (a multi-label model: each finding's positive
+            weight), or ``None``.
         start_block: 0 for images; ``k`` when batches are activations entering block ``k``
             (``(activations, y)`` or, with lung masks, ``(activations, y, mask)``).
 
@@ -83,7 +84,7 @@ class ClassifierModule(L.LightningModule):
         with torch.enable_grad() if guided else nullcontext():
             logits = self.model.head(self.model.attend(features, mask)).float()
             smoothing = self.config.label_smoothing if stage == "train" else 0.0  # validation: plain cross-entropy
-            loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing)
+            loss = self.loss(logits, y, smoothing)
             if guided:
                 if self.config.attention_form == "gain" and stage == "train":  # needs the images (no prefix cache)
                     attention = gain_loss(self.model, image, features, logits, y, mask)
@@ -93,6 +94,17 @@ class ClassifierModule(L.LightningModule):
                 if stage == "train":
                     loss = loss + self.config.attention_loss * attention
         return logits, loss, y
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy over classes (class weights, label smoothing), or for a multi-label model the
+        binary cross-entropy of each finding whose value is known (``y`` NaN where it is not), with
+        positive weights from the training side and targets smoothed towards 1/2."""
+        if not self.model.multilabel:
+            return F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing)
+        known = ~torch.isnan(y)
+        target = torch.nan_to_num(y) * (1 - smoothing) + smoothing / 2
+        each = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.class_weights, reduction="none")
+        return (each * known).sum() / known.sum().clamp_min(1)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._mixup_loss(batch) if self.config.mixup else self._step(batch, "train")[1]
@@ -112,7 +124,7 @@ class ClassifierModule(L.LightningModule):
         lam = float(torch.distributions.Beta(self.config.mixup, self.config.mixup).sample())
         order = torch.randperm(len(y), device=y.device)
         logits, loss, _ = self._step((lam * x + (1 - lam) * x[order], y, *rest), "train")
-        other = F.cross_entropy(logits, y[order], weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+        other = self.loss(logits, y[order], self.config.label_smoothing)
         return lam * loss + (1 - lam) * other
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -123,7 +135,7 @@ class ClassifierModule(L.LightningModule):
         self._val_targets.append(y.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        probs = torch.cat(self._val_logits).softmax(1).numpy()
+        probs = self.model.probabilities(torch.cat(self._val_logits)).numpy()
         targets = torch.cat(self._val_targets).numpy()
         self._val_logits.clear()
         self._val_targets.clear()

@@ -28,7 +28,7 @@ from cxrlab.data.manifest import read_table
 from cxrlab.data.mask_provenance import mask_coverage
 from cxrlab.data.seen import seen_record
 from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
-from cxrlab.models.checkpoint import load_model, save_model
+from cxrlab.models.checkpoint import init_backbone_from, load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
 from cxrlab.models.inference import InferenceModel, cpu_supports_bf16
@@ -120,7 +120,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         blocks = len(spec.partition(create_backbone(spec)))
     for phase in config.resolved_phases():
         check_fine_tune(phase.fine_tune, blocks, spec.name)
-    if config.pretrained == "imagenet" or config.weights:
+    if (config.pretrained == "imagenet" or config.weights) and not config.init_from:
         check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
     folder = RunFolder(config.out, config.to_sections())
@@ -128,9 +128,14 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         data = load_train_data(config, spec, out, progress)
-        model = create_classifier(config.backbone, len(data.class_names), head=_head(config), pretrained=config.pretrained,
-                                  weights=config.weights, allow_download=config.allow_download,
-                                  class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention)
+        start = {"pretrained": "none", "weights": None} if config.init_from else {"pretrained": config.pretrained,
+                                                                                 "weights": config.weights}
+        model = create_classifier(config.backbone, len(data.class_names), head=_head(config), **start,
+                                  allow_download=config.allow_download,
+                                  class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention,
+                                  multilabel=config.multilabel)
+        if config.init_from:
+            model.weights_origin = init_backbone_from(model, config.init_from)
         model.set_freeze_batchnorm(config.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
     folder.finish(summary)
@@ -146,7 +151,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     train_ds, val_ds = datasets(data, config, spec)
-    weights = class_weights(data) if config.class_balance == "weights" else None
+    weights = class_weights(data, config.multilabel) if config.class_balance == "weights" else None
     # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
     if config.select_on == "auc_covid" and POSITIVE_CLASS not in data.class_names:
         raise ConfigError(f"select_on: auc_covid needs a {POSITIVE_CLASS} class; the classes are "

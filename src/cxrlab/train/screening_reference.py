@@ -85,7 +85,10 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
 def operating_point(targets: np.ndarray, probs: np.ndarray, class_names, chosen_on: str) -> dict | None:
     """The Youden threshold on ``P(COVID-19)`` over ``(N,)`` class indices and ``(N, C)`` probabilities
     (``chosen_on`` says which images they are), or None with a warning when the classes lack COVID-19
-    or the images lack either side."""
+    or the images lack either side. Multi-label targets (``(N, F)``, NaN unknown): a Youden threshold
+    per finding (``per_finding``; None for a finding without positives and negatives there)."""
+    if np.asarray(targets).ndim == 2:
+        return finding_operating_points(targets, probs, class_names, chosen_on)
     if POSITIVE_CLASS not in class_names:
         return None
     column = list(class_names).index(POSITIVE_CLASS)
@@ -95,3 +98,21 @@ def operating_point(targets: np.ndarray, probs: np.ndarray, class_names, chosen_
         log.warning("no operating point in the model file (most probable class instead): %s", err)
         return None
     return {"positive": POSITIVE_CLASS, "threshold": point.threshold, "method": point.method, "chosen_on": chosen_on}
+
+
+def finding_operating_points(targets: np.ndarray, probs: np.ndarray, class_names, chosen_on: str) -> dict:
+    """``{"per_finding": {finding: Youden threshold or None}, "method": "youden", "chosen_on"}`` over
+    ``(N, F)`` multi-label targets (NaN: unknown, left out) and probabilities."""
+    targets, probs = np.asarray(targets, dtype=float), np.asarray(probs, dtype=float)
+    thresholds = {}
+    for i, name in enumerate(class_names):
+        known = ~np.isnan(targets[:, i])
+        try:
+            thresholds[name] = choose_operating_point(targets[known, i] == 1, probs[known, i]).threshold
+        except ConfigError:
+            thresholds[name] = None  # screening calls it at 0.5 then
+    missing = [n for n, t in thresholds.items() if t is None]
+    if missing:
+        log.warning("no operating point for %s (the %s lack positives or negatives): 0.5 instead", ", ".join(missing),
+                    chosen_on)
+    return {"per_finding": thresholds, "method": "youden", "chosen_on": chosen_on}
