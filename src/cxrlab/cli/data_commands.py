@@ -45,7 +45,7 @@ def show_skipped(manifest_skipped, limit: int = 20) -> None:
         console.print(f"  ... and {len(manifest_skipped) - limit} more")
 
 
-def load(data: Path, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False,
+def load(data: Path | str, scheme: str, label_map: list[str] | None, keep_blank_view: bool = False,
          uncertain: list[str] | None = None, blank: str = "zeros") -> Manifest:
     """Load any input with the CLI's options."""
     from cxrlab.data import load_source

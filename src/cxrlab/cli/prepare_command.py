@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
-from cxrlab.cli.data_commands import DataOpt, LabelMapOpt, SchemeOpt, load
+from cxrlab.cli.data_commands import LabelMapOpt, SchemeOpt, load
 from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ def print_summary(summary: PrepareSummary, limit: int = 30) -> None:
 
 
 def prepare_command(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option(help="Output folder for shards and reports.")],
+    data: Annotated[str, typer.Option("--data", help="Folder tree, manifest, metadata CSV, splits.csv or a public "
+                                                     "collection; a manifest may be an fsspec URL (s3://...).")],
+    out: Annotated[str, typer.Option(help="Output folder for shards and reports, or an fsspec URL (s3://bucket/"
+                                          "prepared, gs://..., hdfs://...).")],
     size: Annotated[int, typer.Option(help="Output side in pixels.")] = 224,
     clahe: Annotated[bool, typer.Option("--clahe", help="CLAHE contrast correction.")] = False,
     equalize: Annotated[bool, typer.Option("--equalize", help="Global histogram equalisation.")] = False,
@@ -58,7 +60,11 @@ def prepare_command(
     min_side: Annotated[int, typer.Option(help="Refuse images with a shorter side.")] = DEFAULT_MIN_SIDE,
     engine: Annotated[str, typer.Option(help="local (process pool) or spark.")] = "local",
     workers: Annotated[Optional[int], typer.Option(help="Processes / Spark cores (default: all).")] = None,
-    spark_master: Annotated[Optional[str], typer.Option(help="Spark master URL (default local[WORKERS]).")] = None,
+    spark_master: Annotated[Optional[str], typer.Option("--master", "--spark-master",
+                                                        help="Spark master URL (default local[WORKERS]).")] = None,
+    spark_conf: Annotated[Optional[list[str]], typer.Option("--conf", help="Spark setting KEY=VALUE (repeatable), "
+                                                                           "e.g. spark.executor.memory=4g or "
+                                                                           "spark.pyspark.python=/opt/venv/bin/python.")] = None,
     shard_size: Annotated[int, typer.Option(help="Images per shard.")] = DEFAULT_SHARD_SIZE,
     scheme: SchemeOpt = "3class",
     label_map: LabelMapOpt = None,
@@ -75,16 +81,25 @@ def prepare_command(
                                   clahe_clip=clahe_clip, clahe_grid=clahe_grid, contrast_at=contrast_at,  # type: ignore[arg-type]
                                   lung_crop=lung_crop, fast_decode=fast_decode, max_pixels=max_pixels, min_side=min_side,
                                   artifacts="inpaint" if inpaint_artifacts else "keep")
-        manifest = load(data, scheme, label_map, keep_blank_view)
+        conf = dict(_key_value(item) for item in spark_conf or ())
+        manifest = load(data if "://" in data else Path(data), scheme, label_map, keep_blank_view)
         with progress_bar(f"prepare ({engine})") as bar:
             task = bar.add_task(f"prepare ({engine})", total=len(manifest))
             summary = prepare(manifest, out, config, engine=engine, workers=workers, shard_size=shard_size,  # type: ignore[arg-type]
-                              spark_master=spark_master, overwrite=overwrite,
+                              spark_master=spark_master, spark_conf=conf, overwrite=overwrite,
                               progress=lambda n: bar.advance(task, n))
         print_summary(summary)
         if config.artifacts == "inpaint":
             from cxrlab.preprocess.artifacts import plot_artifact_sample
 
-            figure = plot_artifact_sample(manifest.table, summary.artifacts, config, Path(summary.out_dir) / "artifacts.png")
+            figure = plot_artifact_sample(manifest.table, summary.artifacts, config, Path(summary.out_dir) / "artifacts.png") \
+                if "://" not in summary.out_dir else None
             console.print(f"artifacts painted out in {len(summary.artifacts)} of {summary.images} images "
                           f"({sum(summary.artifacts.values()):,} pixels)" + (f"; sample: {figure}" if figure else ""))
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise typer.BadParameter(f"--conf takes KEY=VALUE, got {item!r}")
+    return key.strip(), value.strip()

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrlab.core.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, MAX_FILE_BYTES
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.core import storage
 from cxrlab.core.io import file_problem
 from cxrlab.data._pixels import scale_to_uint8
 from cxrlab.data.dicom import DICOM_SUFFIXES, dicom_to_uint8, is_dicom_bytes
@@ -224,8 +225,25 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         >>> img.pixels.dtype, img.pixels.ndim
         (dtype('uint8'), 2)
     """
+    if storage.is_url(path):  # an object store's file: fetched whole, then decoded like a local one
+        return decode_image(_read_url(str(path)), str(path), max_pixels=max_pixels, min_side=min_side,
+                            reduce_to=reduce_to)
     path = Path(path)
     return decode_image(_read_bytes(path), path, max_pixels=max_pixels, min_side=min_side, reduce_to=reduce_to)
+
+
+def _read_url(url: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a file at an fsspec URL (at most ``max_bytes``), or a one-line reason."""
+    problem = storage.problem(url)
+    if problem:
+        raise InvalidImageError(url, problem)
+    try:
+        fs, inner = storage.filesystem(url)
+        if fs.size(inner) > max_bytes:
+            raise InvalidImageError(url, f"file too large (> {max_bytes / 2**20:.0f} MB)")
+        return fs.cat_file(inner)
+    except OSError as err:
+        raise InvalidImageError(url, f"cannot read file ({err})") from err
 
 
 def decode_image(buf: bytes, name: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,

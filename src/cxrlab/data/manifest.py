@@ -7,14 +7,18 @@ folder and its tables move together.
 
 from __future__ import annotations
 
+import io
 import logging
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from cxrlab.core.errors import ManifestError
-from cxrlab.core.io import absolute_path, atomic_write_bytes, file_problem, relative_to_or_absolute
+from cxrlab.core import storage
+from cxrlab.core.io import absolute_path, atomic_write_bytes, relative_to_or_absolute
 from cxrlab.data.classes import LabelMapper
 
 log = logging.getLogger(__name__)
@@ -70,15 +74,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Raises:
         ManifestError: missing file, unknown suffix, or unparsable content.
     """
-    path = Path(path)
-    if not path.is_file():
+    source: str | Path | io.BytesIO = path if storage.is_url(path) else Path(path)
+    if storage.problem(path):
         raise ManifestError(f"{path}: file not found")
-    suffix = path.suffix.lower()
+    suffix = Path(urlsplit(str(path)).path).suffix.lower()
+    if storage.is_url(path):  # an object store's table, read whole
+        source = io.BytesIO(storage.read_bytes(path))
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
         elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(source)
             for column in frame.columns:  # text columns as in a CSV: nulls become ""
                 if not pd.api.types.is_numeric_dtype(frame[column]):
                     frame[column] = frame[column].fillna("").astype(str)
@@ -101,15 +107,17 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: str | P
             f"found: {', '.join(map(str, frame.columns)) or 'none'})")
 
 
-def resolve_paths(frame: pd.DataFrame, base: Path) -> pd.DataFrame:
-    """Make the path columns absolute, resolving relative entries against ``base``."""
+def resolve_paths(frame: pd.DataFrame, base: str | Path) -> pd.DataFrame:
+    """Make the path columns absolute, resolving relative entries against ``base`` (a folder or a
+    folder URL; entries that are URLs stay as they are)."""
     frame = frame.copy()
-    base = absolute_path(base)
+    url = storage.is_url(base)
+    base = base if url else absolute_path(base)
     for column in PATH_COLUMNS:
         if column in frame.columns:
             frame[column] = [
-                str(absolute_path(base / p)) if isinstance(p, str) and p else ""
-                for p in frame[column]
+                (storage.resolve(p, base) if url or storage.is_url(p) else str(absolute_path(base / p)))
+                if isinstance(p, str) and p else "" for p in frame[column]
             ]
     return frame
 
@@ -133,13 +141,15 @@ def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
     Raises:
         ManifestError: the file is missing, unparsable or lacks required columns.
     """
-    path = Path(path)
+    url = storage.is_url(path)
+    path = path if url else Path(path)
     mapper = mapper or LabelMapper()
     frame = read_table(path) if table is None else table
     require_columns(frame, ("image", "label", "patient_id"), path)
-    frame = resolve_paths(frame, path.parent)
+    folder = posixpath.dirname(str(path)) if url else path.parent
+    frame = resolve_paths(frame, folder)
     if "source" not in frame.columns:
-        frame["source"] = path.parent.resolve().name
+        frame["source"] = posixpath.basename(folder) if url else path.parent.resolve().name
     if "view" not in frame.columns:
         frame["view"] = ""
     return finalise_manifest(frame, mapper, check_files=check_files)
@@ -164,7 +174,7 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
             skipped.append(SkippedItem(image, f"unknown label {raw!r} for scheme {mapper.scheme}"))
         elif not image:
             skipped.append(SkippedItem(f"row {i + 2}", "empty image path"))
-        elif check_files and (problem := file_problem(image)):
+        elif check_files and (problem := storage.problem(image)):
             skipped.append(SkippedItem(image, problem, unreadable=True))
         else:
             keep.append(i)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from cxrlab.core import storage
 from cxrlab.core.errors import ManifestError
 from cxrlab.data.classes import LabelMapper, SchemeName
 from cxrlab.data.collections import detect_collection, read_collection
@@ -40,8 +41,10 @@ def load_source(path: str | Path, *, scheme: SchemeName = "3class",
         ManifestError: the path is missing or of no recognised kind.
         LeakageError: a split file puts a patient on two sides.
     """
-    path = Path(path)
     mapper = LabelMapper(scheme, dict(label_map or {}))
+    if storage.is_url(path):  # a manifest in an object store (its images may be there too)
+        return read_manifest(str(path), mapper)
+    path = Path(path)
     if path.is_dir():
         if detect_collection(path):
             return read_collection(path, mapper, policy)

@@ -3,7 +3,8 @@
 Work is cut into shards of ``shard_size`` images. A shard is written atomically by whichever
 engine processes it (local process pool or Spark tasks run the same :func:`run_shard`), so
 both engines give identical files, and a rerun after an interruption only does the shards
-whose file does not exist yet.
+whose file does not exist yet. Sources and ``OUT`` may be local paths or fsspec URLs
+(:mod:`cxrlab.core.storage`: ``s3://``, ``gs://``, ``hdfs://``, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 
 from cxrlab.core.defaults import DEFAULT_SHARD_SIZE
 from cxrlab.core.errors import ConfigError, InvalidImageError
-from cxrlab.core.io import atomic_write_text, relative_to_or_absolute
+from cxrlab.core import storage
 from cxrlab.core.runtime import default_workers, exit_with_parent, tune_allocator
 from cxrlab.data.manifest import Manifest, write_table
 from cxrlab.preprocess.config import PreprocessConfig
@@ -81,8 +82,9 @@ def run_shard(task: ShardTask) -> ShardResult:
             skipped.append((row["image"], f"unexpected {type(err).__name__}: {err}"))
             continue
         records.append({
-            "image": relative_to_or_absolute(row["image"], task.out_dir),
-            "label": row["label"], "patient_id": row["patient_id"], "source": row["source"],
+            "image": storage.relative(row["image"], task.out_dir),
+            "label": row["label"], "unlabelled": row.get("unlabelled", ""), "patient_id": row["patient_id"],
+            "source": row["source"],
             "view": row.get("view", ""), "height": out.pixels.shape[0], "width": out.pixels.shape[1],
             "orig_h": out.orig_height, "orig_w": out.orig_width, "pixels": out.pixels.tobytes(),
             "mask": None if out.mask is None else out.mask.astype(np.uint8).tobytes(),
@@ -110,11 +112,14 @@ def plan_shards(manifest: Manifest, out_dir: Path, config: PreprocessConfig, sha
         raise ConfigError(f"shard_size: must be >= 1, got {shard_size}")
     table = manifest.table.sort_values("image").reset_index(drop=True)
     rows = [{k: str(r.get(k, "") or "") for k in _ROW_KEYS} for r in table.to_dict("records")]
+    for row, record in zip(rows, table.to_dict("records")):  # multi-label: the findings of unknown value
+        if record.get("unlabelled"):  # (only where set: a plan without them keeps its fingerprint)
+            row["unlabelled"] = str(record["unlabelled"])
     plan = {"config": config.to_dict(), "shard_size": shard_size, "class_names": list(manifest.class_names),
             "images": len(rows), "fingerprint": _fingerprint(rows)}
-    plan_file = out_dir / PLAN_FILE
-    if plan_file.exists() and not overwrite:
-        old = json.loads(plan_file.read_text())
+    plan_file = storage.join(out_dir, PLAN_FILE)
+    if storage.exists(plan_file) and not overwrite:
+        old = json.loads(storage.read_bytes(plan_file))
         if isinstance(old.get("config"), dict):  # settings added since keep their defaults
             old["config"] = {**PreprocessConfig().to_dict(), **old["config"]}
         diff = [k for k in plan if old.get(k) != plan[k]]
@@ -123,12 +128,22 @@ def plan_shards(manifest: Manifest, out_dir: Path, config: PreprocessConfig, sha
                 f"{out_dir}: holds shards prepared from other input or settings (differs in "
                 f"{', '.join(diff)}); choose a new --out or pass --overwrite")
     if overwrite:
-        shutil.rmtree(out_dir / SHARD_DIR, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(plan_file, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+        _remove_shards(out_dir)
+    if not storage.is_url(out_dir):
+        storage.local(out_dir).mkdir(parents=True, exist_ok=True)
+    storage.write_bytes(plan_file, (json.dumps(plan, indent=2, sort_keys=True) + "\n").encode())
     return [ShardTask(i, tuple(rows[start:start + shard_size]), str(shard_path(out_dir, i)),
                       str(out_dir), config.to_dict())
             for i, start in enumerate(range(0, len(rows), shard_size))]
+
+
+def _remove_shards(out_dir: storage.Location) -> None:
+    if storage.is_url(out_dir):
+        fs, inner = storage.filesystem(str(out_dir))
+        if fs.exists(f"{inner}/{SHARD_DIR}"):
+            fs.rm(f"{inner}/{SHARD_DIR}", recursive=True)
+    else:
+        shutil.rmtree(storage.local(out_dir) / SHARD_DIR, ignore_errors=True)
 
 
 def _worker_init() -> None:
@@ -172,11 +187,13 @@ class PrepareSummary:
         return asdict(self)
 
 
-def _collect_counts(out_dir: Path) -> tuple[dict, dict]:
+def _collect_counts(out_dir: storage.Location) -> tuple[dict, dict]:
+    import io
+
     import pyarrow.parquet as pq
 
-    frames = [pq.read_table(f, columns=["label", "source"]).to_pandas()
-              for f in sorted((out_dir / SHARD_DIR).glob("part-*.parquet"))]
+    frames = [pq.read_table(io.BytesIO(storage.read_bytes(f)), columns=["label", "source"]).to_pandas()
+              for f in storage.glob(storage.join(out_dir, SHARD_DIR), "part-*.parquet")]
     table = pd.concat(frames) if frames else pd.DataFrame(columns=["label", "source"])
     counts = table.groupby(["label", "source"]).size()
     by_class = {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()}
@@ -186,7 +203,8 @@ def _collect_counts(out_dir: Path) -> tuple[dict, dict]:
 
 def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *, engine: Engine = "local",
             workers: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE, spark_master: str | None = None,
-            overwrite: bool = False, progress: Callable[[int], None] | None = None) -> PrepareSummary:
+            spark_conf: dict[str, str] | None = None, overwrite: bool = False,
+            progress: Callable[[int], None] | None = None) -> PrepareSummary:
     """Preprocess every image of ``manifest`` into shards under ``out_dir``.
 
     Resumable: shards already on disk are kept (never rewritten) and their counts reused.
@@ -200,6 +218,7 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
         workers: Processes (local) or cores (Spark ``local[N]``); default: all CPUs.
         shard_size: Images per shard.
         spark_master: Spark master URL (default ``local[workers]``).
+        spark_conf: Spark settings for the session (``spark.executor.memory``, ``spark.pyspark.python``, ...).
         overwrite: Delete existing shards first.
         progress: Called with the number of images of each finished shard.
 
@@ -211,13 +230,13 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
         MissingDependencyError: ``engine="spark"`` without Java 17+.
     """
     start = time.perf_counter()
-    out = Path(out_dir).resolve()
+    out = out_dir if storage.is_url(out_dir) else storage.local(out_dir).resolve()
     workers = workers or default_workers()
     tasks = plan_shards(manifest, out, config, shard_size, overwrite)
     summary = PrepareSummary(str(out))
     pending = []
     for task in tasks:
-        if Path(task.out_path).exists():
+        if storage.exists(task.out_path):
             written, skipped, artifacts = read_shard_info(task.out_path)
             summary.shards_reused += 1
             summary.images += written
@@ -237,7 +256,7 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
     elif engine == "spark":
         from cxrlab.preprocess.etl_spark import run_spark
 
-        results = run_spark(pending, spark_master or f"local[{workers}]", on_result) if pending else []
+        results = run_spark(pending, spark_master or f"local[{workers}]", on_result, spark_conf) if pending else []
     else:
         raise ConfigError(f"engine: choose local or spark, got {engine!r}")
     for result in results:
@@ -252,8 +271,11 @@ def prepare(manifest: Manifest, out_dir: str | Path, config: PreprocessConfig, *
     return summary
 
 
-def _write_report(out: Path, summary: PrepareSummary) -> None:
-    atomic_write_text(out / REPORT_FILE, json.dumps(summary.to_dict(), indent=2) + "\n")
+def _write_report(out: storage.Location, summary: PrepareSummary) -> None:
+    storage.write_bytes(storage.join(out, REPORT_FILE), (json.dumps(summary.to_dict(), indent=2) + "\n").encode())
     skipped = pd.DataFrame(summary.skipped, columns=["image", "reason"])
-    write_table(skipped, out / SKIPPED_FILE)
+    if storage.is_url(out):
+        storage.write_bytes(storage.join(out, SKIPPED_FILE), skipped.to_csv(index=False).encode())
+    else:
+        write_table(skipped, storage.local(out) / SKIPPED_FILE)
 

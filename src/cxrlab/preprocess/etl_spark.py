@@ -2,7 +2,10 @@
 
 Tasks write their shard files themselves (atomically), exactly as the local engine does, so
 the output is byte-for-byte the same format and resumable; on a cluster, ``OUT`` must be on
-storage every executor can write (a shared file system).
+storage every executor can write: an object store's URL (``s3://...``; the executors need the
+protocol's fsspec package and credentials) or a shared file system. The executors' Python is the
+user's Spark setting (``spark.pyspark.python`` or ``PYSPARK_PYTHON``); only without one does a
+``local`` master use this interpreter.
 """
 
 from __future__ import annotations
@@ -28,33 +31,41 @@ def _run_task(task: dict) -> dict:
     return asdict(result)
 
 
-def get_spark(master: str):
-    """Get or create a SparkSession for ``master`` with a quiet console and this Python.
+DEFAULT_CONF = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false", "spark.task.maxFailures": "2"}
+
+
+def get_spark(master: str, conf: dict[str, str] | None = None):
+    """Get or create a SparkSession for ``master`` with a quiet console and ``conf`` on top of
+    :data:`DEFAULT_CONF`.
+
+    The executors' Python is the user's (``spark.pyspark.python`` in ``conf``, or ``PYSPARK_PYTHON``):
+    on a cluster only the user knows where cxrlab is installed. Without either, a ``local`` master
+    runs this interpreter (it has cxrlab and its dependencies).
 
     Raises:
         MissingDependencyError: Java 17+ is missing.
     """
     check_java()
-    # Workers must run this interpreter (it has cxrlab and its dependencies); PySpark reads
-    # these when it launches the JVM, so set them before the session exists.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = {**DEFAULT_CONF, **(conf or {})}
+    chosen = conf.get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON")
+    if not chosen and master.startswith("local"):
+        conf["spark.pyspark.python"] = sys.executable
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read when PySpark launches the JVM
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)  # the driver is this process
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback
     SparkSession = require("pyspark.sql", "the Spark engine (--engine spark)").SparkSession
 
-    spark = (SparkSession.builder.master(master).appName("cxrlab-prepare")
-             .config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.pyspark.python", sys.executable)
-             .config("spark.pyspark.driver.python", sys.executable)
-             .config("spark.task.maxFailures", "2")
-             .getOrCreate())
+    builder = SparkSession.builder.master(master).appName("cxrlab-prepare")
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def run_spark(tasks: list[ShardTask], master: str, progress: Callable[[ShardResult], None]) -> list[ShardResult]:
+def run_spark(tasks: list[ShardTask], master: str, progress: Callable[[ShardResult], None],
+              conf: dict[str, str] | None = None) -> list[ShardResult]:
     """Run shard tasks as one Spark job (one partition per shard).
 
     Args:
@@ -62,8 +73,9 @@ def run_spark(tasks: list[ShardTask], master: str, progress: Callable[[ShardResu
         master: Spark master URL, e.g. ``local[2]`` or ``spark://host:7077``.
         progress: Called once per finished shard (after the job, in shard order; the
             progress bar is fed from Spark's status tracker while it runs).
+        conf: Spark settings (see :func:`get_spark`).
     """
-    spark = get_spark(master)
+    spark = get_spark(master, conf)
     sc = spark.sparkContext
     sc.setJobGroup(_JOB_GROUP, "cxrlab prepare", interruptOnCancel=True)
     rdd = sc.parallelize([asdict(t) for t in tasks], numSlices=len(tasks)).map(_run_task)

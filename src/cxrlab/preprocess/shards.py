@@ -6,7 +6,7 @@ Layout of ``OUT/shards/part-NNNNN.parquet`` (one row group per file):
 column     type     content
 ========== ======== ===========================================================
 image      string   source path, relative to OUT (absolute if on another drive)
-label      string   class of the scheme
+label      string   class of the scheme (multi-label: the positive findings, ``|``-joined)
 patient_id string   patient
 source     string   source collection
 view       string   view position
@@ -16,6 +16,7 @@ orig_h     int32    height of the source file
 orig_w     int32    width of the source file
 pixels     binary   ``height * width`` bytes, row-major uint8 grayscale
 mask       binary   (``keep_mask`` only) the lung mask on the same grid, 0/1 bytes
+unlabelled string   (multi-label only) findings of unknown value, ``|``-joined
 ========== ======== ===========================================================
 
 The file's key-value metadata holds ``cxrlab.config`` (preprocessing settings) and
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxrlab.core.errors import ManifestError
-from cxrlab.core.io import atomic_write_bytes
+from cxrlab.core import storage
 from cxrlab.data.manifest import resolve_paths
 
 SHARD_DIR = "shards"
@@ -47,11 +50,12 @@ SHARD_SCHEMA = pa.schema([
 ])
 META_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name != "pixels"]
 MASK_FIELD = pa.field("mask", pa.binary())
+UNLABELLED_FIELD = pa.field("unlabelled", pa.string())
 
 
-def shard_path(out_dir: str | Path, index: int) -> Path:
-    """Path of shard ``index`` under ``out_dir``."""
-    return Path(out_dir) / SHARD_DIR / f"part-{index:05d}.parquet"
+def shard_path(out_dir: str | Path, index: int) -> str | Path:
+    """Path (or URL) of shard ``index`` under ``out_dir``."""
+    return storage.join(out_dir, SHARD_DIR, f"part-{index:05d}.parquet")
 
 
 def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, str]], config: dict,
@@ -66,6 +70,8 @@ def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, 
         artifacts: Pixels painted out per image (images with none are left out), stored too.
     """
     schema = SHARD_SCHEMA.append(MASK_FIELD) if config.get("keep_mask") else SHARD_SCHEMA
+    if any(r.get("unlabelled") for r in records):
+        schema = schema.append(UNLABELLED_FIELD)
     columns = {f.name: [r[f.name] for r in records] for f in schema}
     schema = schema.with_metadata({"cxrlab.config": json.dumps(config, sort_keys=True),
                                          "cxrlab.skipped": json.dumps(skipped),
@@ -73,7 +79,7 @@ def write_shard(path: str | Path, records: list[dict], skipped: list[tuple[str, 
     table = pa.table(columns, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=max(1, len(records)), compression="zstd")
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
 
 
 def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]], dict[str, int]]:
@@ -84,7 +90,7 @@ def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]], dict[
         ManifestError: the file is not a readable shard.
     """
     try:
-        meta = pq.read_metadata(path)
+        meta = pq.read_metadata(io.BytesIO(storage.read_bytes(path)) if storage.is_url(path) else path)
     except Exception as err:  # pyarrow raises ArrowInvalid / OSError for damaged files
         raise ManifestError(f"{path}: not a readable shard ({err})") from err
     kv = meta.metadata or {}
@@ -92,12 +98,26 @@ def read_shard_info(path: str | Path) -> tuple[int, list[tuple[str, str]], dict[
     return meta.num_rows, [tuple(s) for s in skipped], json.loads(kv.get(b"cxrlab.artifacts", b"{}"))
 
 
+IN_MEMORY_BYTES = 2 << 30  # prepared pixels up to 2 GiB are read into memory (faster); larger sets stream
+
+
 class ShardReader:
-    """Read every shard of a prepared folder (or of several, prepared alike) into memory.
+    """Read the shards of a prepared folder (or of several, prepared alike): their metadata at once,
+    their pixels into memory when they fit, else lazily, a shard at a time.
+
+    Args:
+        out_dir: The prepared folder(s).
+        lazy: Stream the pixels (read a shard file when one of its images is asked for, keeping the
+            ``cache_shards`` most recently used ones): memory independent of the number of images.
+            Default: only when the pixels exceed :data:`IN_MEMORY_BYTES` (``CXRLAB_IN_MEMORY_GB``
+            overrides it). Random access then rereads shards: train with :class:`ShardAwareSampler`.
+        cache_shards: Shard files kept decoded per process when streaming.
 
     Attributes:
         table: ``pandas.DataFrame`` of the metadata columns (``image`` absolute).
         config: Preprocessing settings the shards were made with.
+        lazy: Whether the pixels stream.
+        shard_of: ``(N,) int64`` the shard file each row is in (what a shard-aware sampler groups by).
 
     Example:
         >>> reader = ShardReader("prepared/")  # doctest: +SKIP
@@ -106,39 +126,77 @@ class ShardReader:
         ((224, 224), 'COVID-19')
     """
 
-    def __init__(self, out_dir: str | Path | Sequence[str | Path]) -> None:
+    def __init__(self, out_dir: str | Path | Sequence[str | Path], lazy: bool | None = None,
+                 cache_shards: int = 64) -> None:
         folders = [Path(out_dir)] if isinstance(out_dir, str | Path) else [Path(f) for f in out_dir]
-        pixels, masks, shapes, tables, configs = [], [], [], [], []
+        tables, configs, self._files = [], [], []
         for folder in folders:  # several folders: e.g. each CV fold's validation images, read as one set
             files = sorted((folder / SHARD_DIR).glob("part-*.parquet"))
             if not files:
                 raise ManifestError(f"{folder}: no shards found (run 'cxrlab prepare' first)")
-            parts = [pq.read_table(f) for f in files]
-            arrow = pa.concat_tables([t.replace_schema_metadata(None) for t in parts])
-            configs.append(json.loads((parts[0].schema.metadata or {}).get(b"cxrlab.config", b"{}")))
-            if configs[-1] != configs[0]:
-                raise ManifestError(f"{folder}: prepared with other settings than {folders[0]}")
-            pixels += arrow.column("pixels").to_pylist()
-            masks.append(arrow.column("mask").to_pylist() if "mask" in arrow.column_names else None)
-            shapes += list(zip(arrow.column("height").to_pylist(), arrow.column("width").to_pylist()))
-            bulky = [c for c in ("pixels", "mask") if c in arrow.column_names]
-            tables.append(resolve_paths(arrow.drop_columns(bulky).to_pandas(), folder))
+            for f in files:
+                handle = pq.ParquetFile(f)
+                configs.append(json.loads((handle.schema_arrow.metadata or {}).get(b"cxrlab.config", b"{}")))
+                if configs[-1] != configs[0]:
+                    raise ManifestError(f"{folder}: prepared with other settings than {folders[0]}")
+                names = [c for c in handle.schema_arrow.names if c not in ("pixels", "mask")]
+                part = resolve_paths(handle.read(columns=names).to_pandas(), folder)
+                tables.append(part.assign(_file=len(self._files), _row=np.arange(len(part))))
+                self._files.append((f, "mask" in handle.schema_arrow.names))
         self.config = configs[0]
-        self._pixels, self._shapes = pixels, shapes
-        self._masks = None if any(m is None for m in masks) else [m for part in masks for m in part]
-        self.table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        meta = pd.concat(tables, ignore_index=True)
+        self.shard_of = meta.pop("_file").to_numpy(np.int64)
+        self._row_in_shard = meta.pop("_row").to_numpy(np.int64)
+        self._shapes = list(zip(meta["height"].tolist(), meta["width"].tolist()))
+        meta["unlabelled"] = meta["unlabelled"].fillna("") if "unlabelled" in meta else ""
+        self.table = meta
+        self._has_masks = all(has for _, has in self._files)
+        size = float(meta["height"].astype(np.int64).mul(meta["width"]).sum()) * (2 if self._has_masks else 1)
+        limit = float(os.environ.get("CXRLAB_IN_MEMORY_GB", IN_MEMORY_BYTES / 2**30)) * 2**30
+        self.lazy = size > limit if lazy is None else lazy
+        self._cache: OrderedDict[int, tuple[list, list | None]] = OrderedDict()
+        self._cache_shards = max(1, cache_shards)
+        if not self.lazy:
+            pixels, masks = [], []
+            for index in range(len(self._files)):
+                shard_pixels, shard_masks = self._read(index)
+                pixels += shard_pixels
+                masks += shard_masks or []
+            self._pixels, self._masks = pixels, (masks if self._has_masks else None)
+
+    def _read(self, index: int) -> tuple[list, list | None]:
+        """A shard file's pixels (and masks) as lists of bytes, in its row order."""
+        path, has_mask = self._files[index]
+        table = pq.read_table(path, columns=["pixels", "mask"] if has_mask else ["pixels"])
+        return table.column("pixels").to_pylist(), table.column("mask").to_pylist() if has_mask else None
+
+    def _shard(self, index: int) -> tuple[list, list | None]:
+        """A streamed shard, from the per-process cache of recently used ones."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        self._cache[index] = self._read(index)
+        while len(self._cache) > self._cache_shards:
+            self._cache.popitem(last=False)
+        return self._cache[index]
+
+    def _bytes(self, index: int, masks: bool = False) -> bytes:
+        if not self.lazy:
+            return (self._masks if masks else self._pixels)[index]
+        pixels, mask = self._shard(int(self.shard_of[index]))
+        return (mask if masks else pixels)[int(self._row_in_shard[index])]
 
     def __len__(self) -> int:
-        return len(self._pixels)
+        return len(self.table)
 
     def image(self, index: int) -> np.ndarray:
         """``(H, W) uint8`` image of row ``index`` (a read-only view of the stored bytes)."""
-        return np.frombuffer(self._pixels[index], np.uint8).reshape(self._shapes[index])
+        return np.frombuffer(self._bytes(index), np.uint8).reshape(self._shapes[index])
 
     @property
     def has_masks(self) -> bool:
         """True when the shards hold lung masks (prepared with ``keep_mask``)."""
-        return self._masks is not None
+        return self._has_masks
 
     def mask(self, index: int) -> np.ndarray:
         """``(H, W) uint8`` 0/1 lung mask of row ``index``.
@@ -146,9 +204,9 @@ class ShardReader:
         Raises:
             ManifestError: the shards hold no masks.
         """
-        if self._masks is None:
+        if not self._has_masks:
             raise ManifestError("these shards hold no lung masks (prepare them with keep_mask)")
-        return np.frombuffer(self._masks[index], np.uint8).reshape(self._shapes[index])
+        return np.frombuffer(self._bytes(index, masks=True), np.uint8).reshape(self._shapes[index])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict]:
         return self.image(index), self.table.iloc[index].to_dict()
