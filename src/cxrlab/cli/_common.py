@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -86,3 +87,18 @@ def parse_label_map(items: list[str] | None) -> dict[str, str | None]:
         raw, target = item.split("=", 1)
         out[raw.strip()] = None if target.strip().lower() == "drop" else target.strip()
     return out
+
+
+DeviceOpt = Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[str, typer.Option(help="32 (the same numbers on every machine), bf16, 16 (fp16, GPUs) or "
+                                                "auto (bf16 where it is faster).")]
+
+
+@contextlib.contextmanager
+def device_policy(device: str = "auto", precision: str = "32") -> Iterator[None]:
+    """Run a command's models on ``--device`` with ``--precision`` (cxrlab.core.device); inside
+    :func:`handle_errors`, so a device the machine lacks is a one-line error."""
+    from cxrlab.core.device import resolve_policy, use_policy
+
+    with use_policy(resolve_policy(device, precision)):  # type: ignore[arg-type]
+        yield

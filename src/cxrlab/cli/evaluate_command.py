@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, exit_if_failed, handle_errors
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, exit_if_failed, handle_errors
 
 
 def evaluate_command(
@@ -20,13 +20,14 @@ def evaluate_command(
     no_gradcam: Annotated[bool, typer.Option("--no-gradcam", help="Skip the Grad-CAM sections (in-lung evidence, galleries, filters).")] = False,
     cam_method: Annotated[str, typer.Option(help="Map of the explanation sections: gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     cam_layer: Annotated[Optional[str], typer.Option(help="last (default), fine (a finer grid) or a module name.")] = None,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
     Exit code 3 when some images could not be read (each is named on screen and in the report; rows
     left out by choice, such as labels outside the scheme, are listed but do not count)."""
     from cxrlab.study.evaluation import evaluate_and_explain
 
-    with handle_errors():
+    with handle_errors(), device_policy(device, precision):
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,
                                        explanations=not no_gradcam, method=cam_method, layer=cam_layer)  # type: ignore[arg-type]
         m, ci = results["metrics"], results["ci"]

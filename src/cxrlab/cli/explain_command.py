@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, err_console, exit_if_failed, handle_errors, progress_bar
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar
 
 
 def explain_command(
@@ -18,6 +18,7 @@ def explain_command(
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     layer: Annotated[Optional[str], typer.Option(help="last (default: the backbone's last block), fine (the last block "
                                                       "with a finer grid) or a module name.")] = None,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Per-class probabilities and a Grad-CAM heatmap on each image (research use only). Exit code 3 when
     some inputs could not be read (each is a row with its reason; every other image is written)."""
@@ -25,7 +26,7 @@ def explain_command(
     from cxrlab.evaluate.predictions import resolve_model_path
     from cxrlab.explain import explain_images
 
-    with handle_errors():
+    with handle_errors(), device_policy(device, precision):
         files = find_images(images)
         with progress_bar("explaining") as bar:
             task = bar.add_task("explaining", total=len(files))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, err_console, exit_if_failed, handle_errors, progress_bar
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar
 
 
 def predict_command(
@@ -17,6 +17,7 @@ def predict_command(
     segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for models that use lung masks.")] = None,
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     overlays: Annotated[bool, typer.Option(help="Write a Grad-CAM overlay PNG per image.")] = True,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Per-class probabilities, the class at the model's operating point, an out-of-distribution flag and
     a Grad-CAM overlay for each image (research use only, not for clinical diagnosis). Exit code 3 when
@@ -25,7 +26,7 @@ def predict_command(
     from cxrlab.evaluate.predictions import resolve_model_path
     from cxrlab.explain.predict import predict_images
 
-    with handle_errors():
+    with handle_errors(), device_policy(device, precision):
         files = find_images(inputs)
         with progress_bar("screening") as bar:
             task = bar.add_task("screening", total=len(files))
@@ -57,6 +58,7 @@ def serve_command(
     overlay_side: Annotated[int, typer.Option(help="Longest side of the returned overlay in pixels.")] = 512,
     max_queue: Annotated[int, typer.Option(help="Requests screened or waiting at once; more get 503.")] = 16,
     body_timeout: Annotated[float, typer.Option(help="Seconds a request body may take to arrive before a 408.")] = 30.0,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
     (research use only, not for clinical diagnosis)."""
@@ -64,7 +66,7 @@ def serve_command(
     from cxrlab.core.runtime import tune_allocator
     from cxrlab.evaluate.predictions import resolve_model_path
 
-    with handle_errors():
+    with handle_errors(), device_policy(device, precision):
         for module in ("fastapi", "uvicorn", "multipart"):
             require(module, "cxrlab serve")
         import uvicorn

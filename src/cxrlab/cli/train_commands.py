@@ -42,6 +42,7 @@ def train_command(
     seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file or cache folder.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")] = None,
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from the backbone of a trained cxrlab "
                                                                          "run or model file (a new head for this task).")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
@@ -61,7 +62,8 @@ def train_command(
                      "ratios": parse_ratios(ratios) if ratios else None, "folds": folds,
                      "recipe": recipe, "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
                      "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
-                     "weights": str(weights) if weights else None, "init_from": str(init_from) if init_from else None}
+                     "weights": str(weights) if weights else None, "init_from": str(init_from) if init_from else None,
+                     "device": device}
         cfg = load_config(config, overrides, assignments or ())
         if cfg.folds >= 2:
             _train_crossval(cfg)

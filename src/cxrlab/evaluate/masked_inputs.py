@@ -53,7 +53,7 @@ def masked_input_predictions(model: CxrClassifier, preprocess: PreprocessConfig,
         One row per image and variant: ``image, patient_id, label, variant``, one probability column per class.
     """
     transforms = build_transforms(preprocess)
-    spec, runner = model.spec, InferenceModel(model, "fp32")
+    spec, runner = model.spec, InferenceModel(model)
     masks = frame.get("mask", pd.Series("", index=frame.index)).fillna("").astype(str)
     rows, inputs = [], []
     for row, mask_path in zip(frame.itertuples(), masks, strict=True):

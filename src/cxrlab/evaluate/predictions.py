@@ -84,7 +84,7 @@ def predict_frame(model: CxrClassifier, preprocess: PreprocessConfig, frame: pd.
         ConfigError: a label is not one of the model's classes, or no image could be read.
     """
     kept, dataset, skipped = prepared_dataset(model, preprocess, frame, work_dir)
-    runner = InferenceModel(model, "fp32")
+    runner = InferenceModel(model)  # the command's device and precision (fp32 on the CPU by default)
     logits = [runner.logits(x) for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size)]
     return Predictions(kept, torch.cat(logits).numpy(), np.asarray(dataset.targets), model.class_names, skipped,
                        model.multilabel)

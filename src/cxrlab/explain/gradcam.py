@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget, C
 from torch import nn
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.core.device import current_policy
 from cxrlab.models.ensemble import cam_layers, named_layers
 from cxrlab.models.inference import FrozenPrefix
 from cxrlab.preprocess.transforms import to_model_input
@@ -95,6 +96,8 @@ class GradCamExplainer:
                  compile: bool = False) -> None:
         if method not in _METHODS:
             raise ConfigError(f"cam method: choose one of {sorted(_METHODS)}, got {method!r}")
+        model = model.to(current_policy().device)  # the command's device (the CPU unless it set another)
+        self.device = next(model.parameters()).device
         self.model, self.method = model, method
         self.target_layers = resolve_target_layers(model, layer)
         if compile and len(self.target_layers) > 1:
@@ -132,7 +135,7 @@ class GradCamExplainer:
         if not self._activations:
             raise ConfigError("GradCamExplainer: no activations yet; call explain first")
         pooled = [self._activations[i].float().mean(dim=(2, 3)) for i in sorted(self._activations)]
-        return torch.cat(pooled, dim=1).numpy()
+        return torch.cat(pooled, dim=1).cpu().numpy()
 
     def __exit__(self, *exc) -> None:
         if self._cam is not None:
@@ -178,6 +181,7 @@ class GradCamExplainer:
         """
         if self._cam is None:
             raise ConfigError("GradCamExplainer: use it inside a 'with' block")
+        x = x.to(self.device)
         if self._single_logit is None:
             with torch.no_grad():
                 self._single_logit = self.model(x[:1]).shape[1] == 1
@@ -202,7 +206,7 @@ class GradCamExplainer:
         finally:
             self._set_tta(tta)
         # without views: the forward pass Grad-CAM just made, no second one
-        logits = averaged if averaged is not None else self._cam.outputs.detach()
+        logits = (averaged if averaged is not None else self._cam.outputs.detach()).float().cpu()
         if self._single_logit:
             probs = torch.sigmoid(logits)
         else:  # the model's own meaning of its outputs (classes or independent findings)

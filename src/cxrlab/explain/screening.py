@@ -186,7 +186,7 @@ class Screener:
 
     def _capture_fine(self, index: int):
         def hook(module, args, output) -> None:
-            self._fine_parts[index] = output.detach().float().mean(dim=(2, 3)).numpy()
+            self._fine_parts[index] = output.detach().float().mean(dim=(2, 3)).cpu().numpy()
         return hook
 
     @property
@@ -284,7 +284,7 @@ class Screener:
         spec = self.model.spec
         x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans))[None]
         with torch.no_grad():
-            return self.model.image_features(x).float().mean(dim=(2, 3)).numpy()
+            return self.model.image_features(x.to(self._cam.device)).float().mean(dim=(2, 3)).cpu().numpy()
 
     def card(self) -> dict:
         """The model's card: what it is, how it was trained and tested, what it is (not) for."""

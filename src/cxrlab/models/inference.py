@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch
 
+from cxrlab.core.device import cpu_supports_bf16, current_policy, resolve_policy
 from cxrlab.models.classifier import CxrClassifier
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 instructions (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def compile_settings(enabled: bool = True):
@@ -71,11 +62,14 @@ class InferenceModel:
     """A classifier prepared for inference; logits and probabilities as two methods.
 
     Args:
-        model: A trained :class:`CxrClassifier` (not copied: set to eval mode and channels-last).
-        precision: ``fp32`` (default), ``bf16`` (autocast), or ``auto``: bf16 on CUDA or on CPUs
-            with native bf16, fp32 elsewhere. bf16 is opt-in because it moves results: on the real
-            validation set it changed probabilities by up to 0.06, one of 104 predicted classes,
-            and per-class AUCs by up to 0.005.
+        model: A trained :class:`CxrClassifier` (not copied: set to eval mode and channels-last, and
+            moved to the policy's device).
+        precision: ``fp32``, ``bf16`` (autocast) or ``auto`` (:func:`cxrlab.core.device.resolve_policy`)
+            on the model's own device; default (``None``): the command's policy
+            (:func:`cxrlab.core.device.current_policy`: fp32 on the CPU unless a command set
+            another). bf16 is opt-in because it moves results: on the real validation set it
+            changed probabilities by up to 0.06, one of 104 predicted classes, and per-class AUCs
+            by up to 0.005.
         compile: Compile with torch.compile (inductor, frozen weights) on first use.
 
     Shapes:
@@ -84,12 +78,16 @@ class InferenceModel:
         columns in ``model.class_names`` order.
     """
 
-    def __init__(self, model: CxrClassifier, precision: Precision = "fp32", compile: bool = False) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
-        self.device = next(model.parameters()).device
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" or cpu_supports_bf16() else "fp32"
-        self.precision = precision
+    def __init__(self, model: CxrClassifier, precision: Precision | None = None, compile: bool = False) -> None:
+        if precision is None:
+            policy = current_policy()
+        else:  # on the device the model is on
+            request = {"fp32": "32", "bf16": "bf16", "auto": "auto"}[precision]
+            policy = resolve_policy(str(next(model.parameters()).device), request)  # type: ignore[arg-type]
+        self.policy = policy
+        self.model = model.eval().to(policy.device, memory_format=torch.channels_last)
+        self.device = torch.device(policy.device)
+        self.precision = {"bf16-mixed": "bf16", "16-mixed": "fp16"}.get(policy.precision, "fp32")
         self.class_names = model.class_names
         self._checked = False
         self.compiled = compile
@@ -125,9 +123,10 @@ class InferenceModel:
             if warning:
                 log.warning("%s", warning)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        with self._compile_settings(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                       enabled=self.precision == "bf16"):
-            return self._forward(x).float()
+        dtype = self.policy.autocast_dtype
+        with self._compile_settings(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
+                                                       enabled=dtype is not None):
+            return self._forward(x).float().cpu()
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities for a batch (softmax over classes, or a sigmoid per finding)."""

@@ -126,8 +126,9 @@ def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batc
     hooks = ([layer.register_forward_hook(capture(i)) for i, layer in enumerate(cam_layers(model, "fine"))]
              if "fine" in levels else [])
     try:
+        device = next(model.parameters()).device
         for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-            image, _ = model.split_input(x.contiguous(memory_format=torch.channels_last))
+            image, _ = model.split_input(x.to(device).contiguous(memory_format=torch.channels_last))
             last = model.image_features(image).float().mean(dim=(2, 3))
             if "last" in out:
                 out["last"].append(last)
@@ -136,7 +137,7 @@ def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batc
     finally:
         for hook in hooks:
             hook.remove()
-    return {level: torch.cat(v).numpy() if v else np.zeros((0, 0), np.float32) for level, v in out.items()}
+    return {level: torch.cat(v).cpu().numpy() if v else np.zeros((0, 0), np.float32) for level, v in out.items()}
 
 
 def pooled_features(model, dataset, batch_size: int = 32) -> np.ndarray:

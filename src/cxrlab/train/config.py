@@ -66,7 +66,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "schedule": {"kind": "schedule", **{k: k for k in ("epochs", "phases", "warmup_epochs", "plateau_factor",
                                                        "plateau_patience", "step_size", "step_gamma", "select_on",
                                                        "select_smoothing", "min_epochs", "patience")}},
-    "runtime": {k: k for k in ("out", "seed", "precision", "channels_last", "cache_prefix", "cache_max_gb",
+    "runtime": {k: k for k in ("out", "seed", "device", "precision", "channels_last", "cache_prefix", "cache_max_gb",
                                "prefix_store", "num_workers", "progress_bar")},
     "tracking": {k: k for k in ("mlflow_uri", "experiment", "mlflow_tags")},
 }
@@ -221,7 +221,11 @@ class TrainConfig(_Strict):
     class_balance: Literal["none", "weights", "sampler"] = "weights"
     augment: AugmentConfig = AugmentConfig()
 
-    precision: Literal["auto", "32", "bf16"] = "32"
+    device: str = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "32", description="32 (the same numbers on every machine); bf16 or 16 (fp16, GPUs only) autocast; auto: "
+                          "bf16 where it is faster (GPUs with bf16, ResNet/DenseNet on CPUs with native bf16), else "
+                          "32 (cxrlab.core.device)")
     channels_last: bool = True
     cache_prefix: bool = True
     cache_max_gb: float = Field(4.0, gt=0)

@@ -31,7 +31,8 @@ from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.checkpoint import init_backbone_from, load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
-from cxrlab.models.inference import InferenceModel, cpu_supports_bf16
+from cxrlab.core.device import resolve_policy
+from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv
 from cxrlab.train.config import TrainConfig, load_config
@@ -59,16 +60,6 @@ class TrainResult:
     out: Path
     summary: dict
     model: CxrClassifier
-
-
-def _precision(config: TrainConfig, spec_name: str) -> str:
-    if torch.cuda.is_available():
-        return "16-mixed" if config.precision != "32" else "32-true"
-    if config.precision == "bf16":
-        return "bf16-mixed"
-    if config.precision == "auto" and spec_name.startswith(("resnet", "densenet")) and cpu_supports_bf16():
-        return "bf16-mixed"  # measured faster for ResNet/DenseNet training; slower for EfficientNet-Lite
-    return "32-true"
 
 
 def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger | bool:
@@ -163,12 +154,14 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     csv = MetricsCsv(out / "metrics.csv")
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
+    policy = resolve_policy(config.device, config.precision, workload="train", backbone=spec.name)
+    log.info("training on %s with %s (%s)", policy.device, policy.precision, policy.reason)
     for index, phase in enumerate(config.resolved_phases()):
         model.set_fine_tune(phase.fine_tune)
         keeper.phase = csv.phase = index
         keeper.epoch_offset = csv.epoch_offset = epochs_run
         start_block, fit_sets = 0, [train_ds, val_ds] if validated else [train_ds]
-        precision = _precision(config, spec.name)
+        precision = policy.precision
         # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
         gain = config.attention_loss > 0 and config.attention_form == "gain"  # mines on the images themselves
         if config.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
@@ -182,7 +175,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             cached_any = True
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
         trainer = L.Trainer(
-            max_epochs=phase.epochs, accelerator="auto", devices=1, precision=precision,
+            max_epochs=phase.epochs, accelerator=policy.accelerator,
+            devices=[int(policy.device.split(":")[1])] if ":" in policy.device else 1, precision=precision,
             logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv, *callbacks],
             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
@@ -228,7 +222,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "best_val_loss": keeper.best_loss if np.isfinite(keeper.best_loss) else None,
         "selection": selector.to_dict(),
         "masks": mask_coverage(data.frame),  # lung masks per side, class and origin
-        "prefix_cache": cached_any, "val": val, "validation_side": _validation_side(val, len(data.val_images)),
+        "prefix_cache": cached_any, "device": policy.to_dict(), "val": val, "validation_side": _validation_side(val, len(data.val_images)),
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},
     }
