@@ -5,18 +5,24 @@ average of the weights whose averaged weights are the ones scored and kept."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import random
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from cxrlab.core.io import atomic_write_text
-from cxrlab.models.checkpoint import save_model
+from cxrlab.models.checkpoint import FORMAT, read_payload, save_model
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.train.selection import EpochSelector
+
+log = logging.getLogger(__name__)
 
 
 class BestModelKeeper(L.Callback):
@@ -37,6 +43,7 @@ class BestModelKeeper(L.Callback):
         self.selector = selector or EpochSelector()
         self.best_state, self.best_phase = None, -1
         self.phase, self.epoch_offset = 0, 0
+        self._resumed = False
 
     @property
     def best_epoch(self) -> int:
@@ -48,7 +55,27 @@ class BestModelKeeper(L.Callback):
         return self.selector.best_loss
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._resumed:  # the phase goes on from a checkpoint: its window and patience with it
+            self._resumed = False
+            epoch = self.epoch_offset + trainer.current_epoch - 1
+            if trainer.current_epoch and self.selector.should_stop(epoch):  # it had stopped early at that epoch
+                trainer.should_stop = True
+            return
         self.selector.start_phase(self.epoch_offset)
+
+    def state_dict(self) -> dict:
+        return {"selector": self.selector.state(), "best_phase": self.best_phase, "phase": self.phase,
+                "epoch_offset": self.epoch_offset, "kept": self.best_state is not None,
+                "best_fine_tune": getattr(self, "best_fine_tune", None)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a run from its checkpoint: the kept model is the one saved at ``path``."""
+        self.selector.restore(state["selector"])
+        self.best_phase, self.phase, self.epoch_offset = state["best_phase"], state["phase"], state["epoch_offset"]
+        if state["kept"] and self.path.exists():
+            self.best_state = read_payload(self.path, FORMAT, "model")["state_dict"]
+            self.best_fine_tune = state["best_fine_tune"]
+        self._resumed = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
@@ -93,6 +120,12 @@ class MetricsCsv(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         row = {"epoch": self.epoch_offset + trainer.current_epoch, "phase": self.phase,
@@ -105,6 +138,44 @@ class MetricsCsv(L.Callback):
                 row[key] = float(metrics[key])
         self.rows.append(row)
         atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+
+
+class ResumeState(L.Callback):
+    """What a resumed run needs besides Lightning's own checkpoint to go on exactly as if never stopped:
+    the random states (torch's, NumPy's, Python's and the training loader's generator, which shuffles
+    and seeds augmentation workers) and where in the run's phases the checkpoint was taken."""
+
+    def __init__(self, generator: torch.Generator | None, phase: int, epochs_before: int) -> None:
+        self.generator, self.phase, self.epochs_before = generator, phase, epochs_before
+
+    def state_dict(self) -> dict:
+        return {"phase": self.phase, "epochs_before": self.epochs_before, "torch": torch.get_rng_state(),
+                "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+                "python": random.getstate(), "loader": self.generator.get_state() if self.generator else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        numpy = list(state["numpy"])
+        numpy[1] = np.asarray(numpy[1], dtype=np.uint32)
+        np.random.set_state(tuple(numpy))
+        random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state["python"]))
+        if self.generator is not None and state["loader"] is not None:
+            self.generator.set_state(state["loader"])
+
+
+def read_resume_point(path: Path) -> dict | None:
+    """``{"phase", "epochs_before", "epoch", "state_dict"}`` of a run's ``last.ckpt`` (None without one,
+    or when it cannot be read: the run then starts again, with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file, with RNG states
+        state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("ResumeState"))
+    except Exception as err:  # a checkpoint cut short by a kill during its write
+        log.warning("%s: cannot resume from it (%s); training starts again", path, err)
+        return None
+    return {"phase": state["phase"], "epochs_before": state["epochs_before"], "epoch": checkpoint["epoch"],
+            "state_dict": {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}}
 
 
 class EmaWeights(EMAWeightAveraging):

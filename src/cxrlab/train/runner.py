@@ -8,6 +8,7 @@ Run directory: ``config.yaml`` (resolved), ``splits.csv`` (when made here), ``pr
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,11 +18,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cxrlab.core.errors import ConfigError
+from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.optional import available
-from cxrlab.core.run_folder import RunFolder
+from cxrlab.core.run_folder import CONFIG, RunFolder
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
@@ -34,7 +38,7 @@ from cxrlab.models.heads import HeadSpec
 from cxrlab.core.device import resolve_policy
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
-from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv
+from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
 from cxrlab.train.config import TrainConfig, load_config
 from cxrlab.train.data import (
     TrainData,
@@ -51,6 +55,11 @@ from cxrlab.train.screening_reference import screening_reference
 from cxrlab.train.selection import EpochSelector
 
 log = logging.getLogger(__name__)
+CHECKPOINTS = "checkpoints"  # last.ckpt: where a stopped run resumes (removed when the run ends)
+
+
+class TrainingInterrupted(CxrlabError, RuntimeError):
+    """A run was stopped (SIGTERM) between epochs; its checkpoint lets the same command resume it."""
 
 
 @dataclass
@@ -114,6 +123,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if (config.pretrained == "imagenet" or config.weights) and not config.init_from:
         check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
+    _drop_stale_checkpoint(Path(config.out), config)
     folder = RunFolder(config.out, config.to_sections())
     out = folder.out
     with torch.random.fork_rng():
@@ -130,10 +140,19 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         model.set_freeze_batchnorm(config.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
     folder.finish(summary)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: nothing to resume
     plot_curves(out / "metrics.csv", out / "curves.png")
     if summary["status"] != "ok":
         raise NonFiniteLossError(summary["status"])
     return TrainResult(out, summary, model)
+
+
+def _drop_stale_checkpoint(out: Path, config: TrainConfig) -> None:
+    """A checkpoint left by a run of other settings is not resumed from: removed, with a warning."""
+    if (out / CHECKPOINTS).exists() and (out / CONFIG).exists():
+        if yaml.safe_load((out / CONFIG).read_text()) != config.to_sections():
+            log.warning("%s: its checkpoint is of a run with other settings; training starts again", out)
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
 
 
 def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
@@ -156,7 +175,16 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
     policy = resolve_policy(config.device, config.precision, workload="train", backbone=spec.name)
     log.info("training on %s with %s (%s)", policy.device, policy.precision, policy.reason)
+    last = out / CHECKPOINTS / "last.ckpt"
+    resume = read_resume_point(last)
+    if resume is not None:  # a run stopped before its end: go on from its last finished epoch
+        log.warning("resuming %s from its checkpoint: phase %d, epoch %d done", out, resume["phase"] + 1,
+                    resume["epochs_before"] + resume["epoch"])
+        model.load_state_dict(resume["state_dict"])  # before a frozen prefix is computed from it
+        epochs_run = resume["epochs_before"]
     for index, phase in enumerate(config.resolved_phases()):
+        if resume is not None and index < resume["phase"]:
+            continue  # finished before the interruption: its weights are the checkpoint's
         model.set_fine_tune(phase.fine_tune)
         keeper.phase = csv.phase = index
         keeper.epoch_offset = csv.epoch_offset = epochs_run
@@ -174,11 +202,16 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                                                bf16=bf16) for ds in fit_sets]
             cached_any = True
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
+        train_loader = loader(fit_sets[0], config, True, config.seed + index)
+        checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="last", save_top_k=1, every_n_epochs=1,
+                                     save_on_train_epoch_end=True, enable_version_counter=False)  # every epoch's end
+        resumed_here = resume is not None and index == resume["phase"]
         trainer = L.Trainer(
             max_epochs=phase.epochs, accelerator=policy.accelerator,
             devices=[int(policy.device.split(":")[1])] if ":" in policy.device else 1, precision=precision,
-            logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv, *callbacks],
-            enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=config.progress_bar,
+            logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv,
+                                      ResumeState(train_loader.generator, index, epochs_run), checkpoint, *callbacks],
+            enable_checkpointing=True, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
@@ -187,10 +220,13 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
                 warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # a refit has no validation side
-                trainer.fit(module, loader(fit_sets[0], config, True, config.seed + index),
-                            loader(fit_sets[1], config, False, config.seed) if validated else None)
+                trainer.fit(module, train_loader, loader(fit_sets[1], config, False, config.seed) if validated else None,
+                            ckpt_path=str(last) if resumed_here else None)
         except NonFiniteLossError as err:
             status = str(err)
+        except SIGTERMException:
+            raise TrainingInterrupted(f"{out}: stopped by SIGTERM after epoch {epochs_run + trainer.current_epoch}; "
+                                      "run the same command again to resume from there") from None
         fit_seconds += time.perf_counter() - fit_start
         epochs_run += trainer.current_epoch if status == "ok" else trainer.current_epoch + 1
         if keeper.best_state is not None:

@@ -85,6 +85,15 @@ class EpochSelector:
         since = max(self.best_epoch, self._phase_start - 1, self.min_epochs - 2)
         return epoch - since >= self.patience
 
+    def state(self) -> dict:
+        """Everything the selector holds (a resumed run continues from it)."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state`."""
+        for key, value in state.items():
+            setattr(self, key, list(value) if isinstance(value, list) else value)
+
     def to_dict(self) -> dict:
         """What ``summary.json`` records of the choice."""
         out = {"metric": self.metric, "smoothing": self.smoothing, "min_epochs": self.min_epochs,
