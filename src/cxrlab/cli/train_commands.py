@@ -43,6 +43,12 @@ def train_command(
     out: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file or cache folder.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes per machine (GPUs or CPU processes); "
+                                                        "--batch-size is per process.")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(help="Machines of a data-parallel run (torchrun or SLURM start "
+                                                          "it on each).")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="ddp (distributed data-parallel) or auto (ddp when devices "
+                                                         "or nodes > 1).")] = None,
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from the backbone of a trained cxrlab "
                                                                          "run or model file (a new head for this task).")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
@@ -55,6 +61,7 @@ def train_command(
     ...) is a --set KEY=VALUE or a field of the --config file (docs: Configuration).
     """
     from cxrlab.train import load_config, train
+    from cxrlab.train.distributed import is_rank_zero
 
     quiet_lightning()
     with handle_errors():
@@ -63,15 +70,18 @@ def train_command(
                      "recipe": recipe, "backbone": backbone, "fine_tune": _fine_tune(fine_tune), "epochs": epochs, "lr": lr,
                      "batch_size": batch_size, "size": size, "seed": seed, "out": str(out) if out else None,
                      "weights": str(weights) if weights else None, "init_from": str(init_from) if init_from else None,
-                     "device": device}
+                     "device": device, "devices": devices, "num_nodes": num_nodes, "strategy": strategy}
         cfg = load_config(config, overrides, assignments or ())
         if cfg.folds >= 2:
             _train_crossval(cfg)
             return
-        console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) → {cfg.out}")
+        if is_rank_zero():
+            console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) → {cfg.out}")
         with progress_bar("prepare") as bar:
             task = bar.add_task("prepare", total=None)
             result = train(cfg, progress=lambda n: bar.advance(task, n))
+        if not is_rank_zero():  # a data-parallel run's other processes: rank 0 reports
+            return
         summary = result.summary
         val = summary["val"]
         if not val and summary["status"] == "ok" and not summary["images"]["val"]:

@@ -17,13 +17,15 @@ CONFIG, SUMMARY = "config.yaml", "summary.json"
 
 
 class RunFolder:
-    """Start a run in ``out`` (created) with its resolved ``config`` (a JSON-ready mapping)."""
+    """Start a run in ``out`` (created) with its resolved ``config`` (a JSON-ready mapping); ``write=False``
+    (a data-parallel run's other ranks) only reads it."""
 
-    def __init__(self, out: str | Path, config: dict) -> None:
+    def __init__(self, out: str | Path, config: dict, write: bool = True) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.start = time.perf_counter()
-        atomic_write_text(self.out / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        if write:
+            atomic_write_text(self.out / CONFIG, yaml.safe_dump(config, sort_keys=False))
 
     def finish(self, summary: dict) -> dict:
         """Write ``summary.json`` (with ``timing.seconds_total``, the time since the start) and return it."""

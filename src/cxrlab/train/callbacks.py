@@ -101,8 +101,9 @@ class BestModelKeeper(L.Callback):
         self.best_phase = self.phase
         self.best_state = copy.deepcopy(model.state_dict())
         self.best_fine_tune = model.fine_tune
-        save_model(model, self.path, self.preprocess, {**self.extra, "val_loss": self.best_loss, "epoch": epoch,
-                                                       "selection": self.selector.to_dict()})
+        if pl_module.trainer.is_global_zero:  # one writer in a data-parallel run
+                save_model(model, self.path, self.preprocess, {**self.extra, "val_loss": self.best_loss, "epoch": epoch,
+                                                           "selection": self.selector.to_dict()})
 
 
 class MetricsCsv(L.Callback):
@@ -137,7 +138,8 @@ class MetricsCsv(L.Callback):
             if key in metrics:
                 row[key] = float(metrics[key])
         self.rows.append(row)
-        atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
 
 
 class ResumeState(L.Callback):

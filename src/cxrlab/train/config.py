@@ -66,7 +66,7 @@ SECTIONS: dict[str, dict[str, str]] = {
     "schedule": {"kind": "schedule", **{k: k for k in ("epochs", "phases", "warmup_epochs", "plateau_factor",
                                                        "plateau_patience", "step_size", "step_gamma", "select_on",
                                                        "select_smoothing", "min_epochs", "patience")}},
-    "runtime": {k: k for k in ("out", "seed", "device", "precision", "channels_last", "cache_prefix", "cache_max_gb",
+    "runtime": {k: k for k in ("out", "seed", "device", "devices", "num_nodes", "strategy", "precision", "channels_last", "cache_prefix", "cache_max_gb",
                                "prefix_store", "num_workers", "progress_bar")},
     "tracking": {k: k for k in ("mlflow_uri", "experiment", "mlflow_tags")},
 }
@@ -222,6 +222,11 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
 
     device: str = Field("auto", description="auto (a GPU when there is one), cpu, cuda, cuda:N or mps")
+    devices: int = Field(1, ge=1, description="processes per machine (GPUs, or CPU processes) for data-parallel "
+                                              "training; batch_size is per process")
+    num_nodes: int = Field(1, ge=1, description="machines of a data-parallel run (launched by torchrun or SLURM)")
+    strategy: Literal["auto", "ddp"] = Field("auto", description="ddp: distributed data-parallel (Lightning's); "
+                                                                 "auto: ddp when devices or num_nodes > 1")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "32", description="32 (the same numbers on every machine); bf16 or 16 (fp16, GPUs only) autocast; auto: "
                           "bf16 where it is faster (GPUs with bf16, ResNet/DenseNet on CPUs with native bf16), else "
@@ -278,6 +283,8 @@ class TrainConfig(_Strict):
     def _need_data(self) -> TrainConfig:
         if not self.data and not self.splits:
             raise ValueError("give data (a folder, manifest or metadata CSV) or splits (a splits.csv)")
+        if (self.devices > 1 or self.num_nodes > 1) and self.strategy == "auto":
+            object.__setattr__(self, "strategy", "ddp")
         if is_multilabel(self.scheme) and (self.attention_loss or self.class_balance == "sampler"):
             raise ValueError(f"scheme: {self.scheme} is multi-label: the attention loss (a true class's Grad-CAM) and "
                              "class_balance: sampler (one class per image) need a single-label scheme")

@@ -24,6 +24,7 @@ from cxrlab.models.registry import BackboneSpec
 from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset, ShardReader, prepare
 from cxrlab.train.augment import Augmenter
 from cxrlab.train.config import TrainConfig
+from cxrlab.train.distributed import is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,15 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if config.splits:
         manifest = load_source(config.splits, scheme=config.scheme, policy=config.finding_policy)  # the leakage guard
         frame = manifest.table
-        if Path(config.splits).resolve() != (out / "splits.csv").resolve():  # the run folder keeps its split
+        if Path(config.splits).resolve() != (out / "splits.csv").resolve() and is_rank_zero():  # the run keeps its split
             write_splits(frame, {"from": str(config.splits), "scheme": config.scheme}, out)
     else:
         manifest = load_source(config.data, scheme=config.scheme, policy=config.finding_policy)
         table, group, duplicates = grouped_table(manifest.table, config.dedupe)
         frame, info = make_splits(table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed,
                                                             group_column=group))
-        write_splits(frame, {**info, "scheme": config.scheme, "duplicates": duplicates}, out)
+        if is_rank_zero():  # a data-parallel run's other processes make the same split and write nothing
+            write_splits(frame, {**info, "scheme": config.scheme, "duplicates": duplicates}, out)
     if settings := mask_settings(config):
         check_uniform_masks(frame, settings, str(config.splits or config.data))
     skipped = [(s.image, s.reason) for s in manifest.skipped]

@@ -15,6 +15,7 @@ from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss
 from cxrlab.train.config import TrainConfig
+from cxrlab.train.distributed import gather
 from cxrlab.train.metrics import classification_summary
 
 
@@ -111,7 +112,7 @@ class ClassifierModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
                                      f"{batch_idx}; stopped (lower the learning rate?); the last good model is kept")
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[1]))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[1]), sync_dist=True)
         return loss
 
     def _mixup_loss(self, batch) -> torch.Tensor:
@@ -130,13 +131,16 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         logits, loss, y = self._step(batch, "val")
         logits, loss = logits.detach(), loss.detach()
-        self.log("val_loss", loss, on_epoch=True, batch_size=len(y))
+        if self.trainer.world_size == 1:  # several processes: the loss of all their images, at the epoch's end
+            self.log("val_loss", loss, on_epoch=True, batch_size=len(y))
         self._val_logits.append(logits.detach().cpu())
         self._val_targets.append(y.detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        probs = self.model.probabilities(torch.cat(self._val_logits)).numpy()
-        targets = torch.cat(self._val_targets).numpy()
+        logits, targets = gather(torch.cat(self._val_logits), torch.cat(self._val_targets))  # all ranks' images
+        if self.trainer.world_size > 1:  # a mean of the ranks' means would weigh their uneven shares alike
+            self.log("val_loss", float(self.loss(logits, targets)))
+        probs, targets = self.model.probabilities(logits).numpy(), targets.numpy()
         self._val_logits.clear()
         self._val_targets.clear()
         self.last_summary = classification_summary(targets, probs, self.model.class_names)

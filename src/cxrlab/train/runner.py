@@ -8,6 +8,7 @@ Run directory: ``config.yaml`` (resolved), ``splits.csv`` (when made here), ``pr
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -40,6 +41,7 @@ from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
 from cxrlab.train.config import TrainConfig, load_config
+from cxrlab.train.distributed import RunData, is_distributed, is_rank_zero
 from cxrlab.train.data import (
     TrainData,
     class_weights,
@@ -123,8 +125,10 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if (config.pretrained == "imagenet" or config.weights) and not config.init_from:
         check_weights_available(spec, config.weights, config.allow_download)
     tune_allocator()
-    _drop_stale_checkpoint(Path(config.out), config)
-    folder = RunFolder(config.out, config.to_sections())
+    writer = is_rank_zero()  # a data-parallel run's other processes write nothing
+    if writer:
+        _drop_stale_checkpoint(Path(config.out), config)
+    folder = RunFolder(config.out, config.to_sections(), write=writer)
     out = folder.out
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -139,12 +143,20 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
             model.weights_origin = init_backbone_from(model, config.init_from)
         model.set_freeze_batchnorm(config.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
+    if not writer:
+        return TrainResult(out, summary, model)
     folder.finish(summary)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: nothing to resume
     plot_curves(out / "metrics.csv", out / "curves.png")
     if summary["status"] != "ok":
         raise NonFiniteLossError(summary["status"])
     return TrainResult(out, summary, model)
+
+
+def _distributed_settings(config: TrainConfig) -> dict:
+    """Lightning's data-parallel settings; the loaders come from :class:`RunData`, rank by rank."""
+    return {"strategy": "ddp", "devices": config.devices, "num_nodes": config.num_nodes,
+            "use_distributed_sampler": False}
 
 
 def _drop_stale_checkpoint(out: Path, config: TrainConfig) -> None:
@@ -192,25 +204,29 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         precision = policy.precision
         # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
         gain = config.attention_loss > 0 and config.attention_form == "gain"  # mines on the images themselves
+        spill = out / "cache" / (f"rank{os.environ.get('LOCAL_RANK', '0')}" if is_distributed(config) else "")
         if config.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
             start_block, bf16 = model.frozen_blocks, precision == "bf16-mixed"
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if config.prefix_store:
                     fit_sets = stored_prefix(model, fit_sets, data.preprocess, config.prefix_store, bf16=bf16)
                 else:
-                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=out / "cache",
+                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=spill,
                                                bf16=bf16) for ds in fit_sets]
             cached_any = True
         module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
-        train_loader = loader(fit_sets[0], config, True, config.seed + index)
+        distributed = is_distributed(config)
+        train_loader = None if distributed else loader(fit_sets[0], config, True, config.seed + index)
         checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="last", save_top_k=1, every_n_epochs=1,
                                      save_on_train_epoch_end=True, enable_version_counter=False)  # every epoch's end
         resumed_here = resume is not None and index == resume["phase"]
         trainer = L.Trainer(
-            max_epochs=phase.epochs, accelerator=policy.accelerator,
-            devices=[int(policy.device.split(":")[1])] if ":" in policy.device else 1, precision=precision,
+            max_epochs=phase.epochs, accelerator=policy.accelerator, precision=precision,
+            **(_distributed_settings(config) if distributed else
+               {"devices": [int(policy.device.split(":")[1])] if ":" in policy.device else 1}),
             logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv,
-                                      ResumeState(train_loader.generator, index, epochs_run), checkpoint, *callbacks],
+                                      ResumeState(train_loader.generator if train_loader else None, index, epochs_run),
+                                      checkpoint, *callbacks],
             enable_checkpointing=True, enable_model_summary=False, enable_progress_bar=config.progress_bar,
             num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
@@ -220,8 +236,13 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                 warnings.filterwarnings("ignore", ".*does not have many workers.*")
                 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen BatchNorm, on purpose
                 warnings.filterwarnings("ignore", ".*no `val_dataloader`.*")  # a refit has no validation side
-                trainer.fit(module, train_loader, loader(fit_sets[1], config, False, config.seed) if validated else None,
-                            ckpt_path=str(last) if resumed_here else None)
+                resume_from = str(last) if resumed_here else None
+                if distributed:  # each rank's loaders are made once the process group is up
+                    trainer.fit(module, datamodule=RunData(fit_sets[0], fit_sets[1] if validated else [], config,
+                                                           config.seed + index), ckpt_path=resume_from)
+                else:
+                    trainer.fit(module, train_loader, loader(fit_sets[1], config, False, config.seed) if validated else None,
+                                ckpt_path=resume_from)
         except NonFiniteLossError as err:
             status = str(err)
         except SIGTERMException:
@@ -234,6 +255,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         if status != "ok":
             break
     model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
+    if not is_rank_zero():  # rank 0 validates, keeps the model and writes the summary
+        return {"status": status}
     val = {}
     if keeper.best_state is not None and validated:
         targets, probs = _predict(model, val_ds, config.batch_size)
