@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test docs bench browser clean
+.PHONY: install demo test docs bench browser postgres clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: install
 # One pytest worker per core (pytest-xdist), each with one torch thread: the suite is mostly many
 # small single-threaded steps, and two workers finish it in ~5.5 min instead of ~9 on 2 cores.
 # A plain `.venv/bin/python -m pytest` runs the same tests in one process.
-test: install browser docs
+test: install browser postgres docs
 	$(BIN)/cxrlab doctor --require-java
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
 
@@ -37,6 +37,16 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else \
 	    echo "chromium not found: browser tests will be skipped (install it: sudo apt-get install -y chromium)"; \
+	  fi; }
+
+# The shared-study test starts a real PostgreSQL server (Debian's); skipped with a reason without one.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the shared-study test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "postgresql not found: the shared-study test will be skipped (install it: sudo apt-get install -y postgresql)"; \
 	  fi; }
 
 bench: install

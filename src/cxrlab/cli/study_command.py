@@ -20,6 +20,9 @@ def study_command(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run recorded failures again.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once, each in its own process "
                                                         "(default: the study's setting, 1).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Database the runs are claimed through, so that any number "
+                                                        "of these commands (on any machines, sharing OUT) split the "
+                                                        "study: sqlite:///study.db or postgresql://user@host/db.")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
                                                                   "dotted keys reach nested ones, e.g. base.lr=1e-4 or folds=3.")] = None,
 ) -> None:
@@ -36,6 +39,8 @@ def study_command(
             overrides["folds"] = folds
         if workers is not None:
             overrides["workers"] = workers
+        if storage is not None:
+            overrides["storage"] = storage
         study = load_study_config(config, overrides, assignments or ())
         if epochs is not None:
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})

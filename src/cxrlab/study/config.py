@@ -142,6 +142,12 @@ class StudyConfig(DataSettings):
     faithfulness: bool = Field(False, description="score each cell's test-side maps by ROAD deletion (does the map "
                                                   "point at what the model uses? ~2-4 s per image on 2 cores)")
     n_boot: int = Field(1000, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
+    storage: str | None = Field(None, description="a database the runs are claimed through, so any number of "
+                                                 "workers (processes, machines) share the study: sqlite:///study.db "
+                                                 "or postgresql://user@host/db (cxrlab[postgres]); the workers share "
+                                                 "the study folder")
+    heartbeat: int = Field(60, ge=1, le=3600, description="seconds between a shared run's heartbeats; a run silent "
+                                                          "for twice as long (its worker died) is trained again")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-studies"
 

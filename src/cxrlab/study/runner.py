@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
@@ -119,8 +120,9 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    state = _state(config, out, uri)
-    frame = study_split(config, out)
+    with FileLock(str(out / "study.lock")):  # workers sharing the folder: one makes the state, the split, the store
+        state = _state(config, out, uri)
+        frame = study_split(config, out)
     rows: dict[tuple[str, int, int], dict] = {}
 
     def run_cells(stage: list[Cell]) -> tuple[int, int]:
@@ -149,12 +151,21 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         def finished(job: tuple[Cell, int, int, Path], outcome: tuple[dict | None, str | None]) -> None:
             cell, fold, repeat, run_dir = job
             row = rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, *outcome, repeat, run_dir.name)
-            _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die now
+            if not config.storage:  # (shared: each run's folder is its record; one worker writes the tables)
+                _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die
             if progress:
                 progress(f"{cell.label()} {run_dir.name}: {row['status']}")
 
         work = [(job, (config, job[0], job[3].name, job[3], fold_frame(frame, job[1], config.num_folds), out, uri,
                        state["mlflow_parent"], job[2])) for job in jobs]
+        if config.storage:  # claimed through the database: any number of workers share them
+            mine = _run_shared(config, stage, work, finished)
+            for cell, fold, repeat, run_dir in jobs:  # what the other workers trained
+                if (cell.id, fold, repeat) not in rows:
+                    status, summary, error = _run_status(run_dir)
+                    rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, summary, error, repeat,
+                                                            run_dir.name)
+            return mine, reused + len(jobs) - mine
         _run_jobs(work, config.workers, finished)
         return len(jobs), reused
 
@@ -167,6 +178,18 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         second = second_stage_cells(config, [by_id[c] for c in ranking["cell"]])
         more = run_cells(second)
         trained, reused, plan = trained + more[0], reused + more[1], plan + second
+    if config.storage:  # one worker writes the tables and the report; the others wait and read them
+        report = {}
+        if _claim_report(config, lambda: report.setdefault("result", _report(config, out, frame, plan, rows, trained,
+                                                                               reused, uri, state, progress))):
+            return report["result"]
+        return _read_result(out, config, trained, reused)
+    return _report(config, out, frame, plan, rows, trained, reused, uri, state, progress)
+
+
+def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell], rows: dict, trained: int,
+            reused: int, uri: str, state: dict, progress: Callable[[str], None] | None) -> StudyResult:
+    """Everything after the grid's runs: tables, test side, exports, refit, leave-one-source-out, audit, report."""
     failed = sum(row["status"] == "failed" for row in rows.values())
     order = {cell.id: i for i, cell in enumerate(plan)}  # report in the grid's order
     table = pd.DataFrame(list(rows.values()))
@@ -193,6 +216,49 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     warnings = [w for part in [loso or {}, *(audit or {}).values()] if isinstance(part, dict)
                 for w in part.get("warnings", [])]
     return StudyResult(out, table, summary_table, best, trained, reused, failed, warnings)
+
+
+def _queue_name(config: StudyConfig, part: str) -> str:
+    """A study's name in the database: its name, a fingerprint of what its runs are, and the part."""
+    import hashlib
+
+    settings = config.model_dump(mode="json", exclude={"workers", "storage", "heartbeat"})
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config.name}-{digest}-{part}"
+
+
+def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished) -> int:
+    """Train the stage's runs this worker claims (:class:`cxrlab.study.queue.SharedRuns`); how many."""
+    from cxrlab.study.queue import SharedRuns
+
+    by_id = {f"{job[0].id}/{job[3].name}": (job, arguments) for job, arguments in work}
+    queue = SharedRuns(config.storage, _queue_name(config, "stage-" + "-".join(sorted(c.id for c in stage))[:80]),
+                       config.heartbeat)
+    queue.enqueue(sorted(by_id))
+
+    def train_run(run_id: str) -> str | None:
+        job, arguments = by_id[run_id]
+        outcome = _train_one(*arguments)
+        finished(job, outcome)
+        return outcome[1]
+
+    return queue.work(train_run) if by_id else 0
+
+
+def _claim_report(config: StudyConfig, write: Callable[[], object]) -> bool:
+    """Whether this worker wrote the report (one does, once every run is done)."""
+    from cxrlab.study.queue import SharedRuns
+
+    queue = SharedRuns(config.storage, _queue_name(config, "report"), config.heartbeat)
+    queue.enqueue(["report"])
+    return queue.work(lambda _: write() and None) > 0
+
+
+def _read_result(out: Path, config: StudyConfig, trained: int, reused: int) -> StudyResult:
+    """The outcome another worker wrote (``results.csv``, ``summary.csv``)."""
+    table, summary = pd.read_csv(out / "results.csv"), pd.read_csv(out / "summary.csv")
+    best, _ = compare_to_best(table, summary, config.select_metric)
+    return StudyResult(out, table, summary, best, trained, reused, int((table["status"] == "failed").sum()), [])
 
 
 def _in_distribution(out: Path, row: pd.Series, frame: pd.DataFrame) -> dict:
@@ -325,9 +391,9 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
     """Train one run on ``split`` (``part``: ``fold0``…, ``fold0-repeat1``, ``without-<source>`` or
     ``refit``) with seed ``config.seed + repeat`` and ``overrides`` over the cell's settings; record a
     failure."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a run interrupted half-way: start it again from scratch
-    run_dir.mkdir(parents=True)
+    if run_dir.exists() and not (run_dir / "checkpoints" / "last.ckpt").exists():
+        shutil.rmtree(run_dir)  # a run interrupted before its first epoch ended: start it again
+    run_dir.mkdir(parents=True, exist_ok=True)  # one with a checkpoint resumes from it (cxrlab.train)
     tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.part": part}
     try:
         train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import lightning as L
 import optuna
+from filelock import FileLock
 import pandas as pd
 
 from cxrlab.core.errors import ConfigError
@@ -106,8 +107,9 @@ def _as_study(config: TuneConfig) -> StudyConfig:
 def _storage(config: TuneConfig, out: Path) -> optuna.storages.RDBStorage:
     url = config.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     if config.storage:  # shared between machines: a trial is stale when its heartbeat stops
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=60, grace_period=300,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     return optuna.storages.RDBStorage(url)
 
 
@@ -148,9 +150,10 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    state = _state(config, out, uri)
     as_study = _as_study(config).model_copy(update={"mlflow_uri": uri})
-    frame = study_split(as_study, out)
+    with FileLock(str(out / "tune.lock")):  # workers sharing the folder: one makes the state (one MLflow parent)
+        state = _state(config, out, uri)
+        frame = study_split(as_study, out)
     check_classes_present(frame, class_names(config.scheme))  # before any trial: each would fail the same way
     storage = _storage(config, out)
     interrupted = _recover_interrupted(storage, config.name) if config.storage is None else []
