@@ -194,12 +194,18 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
                "reliability diagram": plot_reliability(calibration["bins"], calibration["ece"], out / "reliability.png")}
+    return _finish(run, out, test, results, figures, [test.class_names[i] for i in test.probs.argmax(1)])
+
+
+def _finish(run: Path, out: Path, test, results: dict, figures: dict, predicted: list[str]) -> dict:
+    """The training curves, ``predictions.csv`` (probabilities, ``predicted``, masks for the explanation
+    layer) and the report files."""
     if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
         figures["training curves"] = curves
     predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
     for i, name in enumerate(test.class_names):
         predictions[name] = test.probs[:, i]
-    predictions["predicted"] = [test.class_names[i] for i in test.probs.argmax(1)]
+    predictions["predicted"] = predicted
     for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
         predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
     predictions.to_csv(out / "predictions.csv", index=False)
@@ -227,21 +233,10 @@ def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: s
         "seen_left_out": len(seen), "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
         "warnings": _warnings(test, {}, len(seen)),  # a source's class mix: see its per-finding figures
     }
-    figures = multilabel_figures(test, out)
-    if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
-        figures["training curves"] = curves
-    predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
-    for i, name in enumerate(test.class_names):
-        predictions[name] = test.probs[:, i]
     thresholds = [results["metrics"]["per_class"][n]["threshold"] for n in test.class_names]
-    predictions["predicted"] = ["|".join(n for n, p, t in zip(test.class_names, row, thresholds) if p >= t) or NO_FINDING
-                                for row in test.probs]
-    for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
-        predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
-    predictions.to_csv(out / "predictions.csv", index=False)
-    results["figures"] = {name: str(path) for name, path in figures.items()}
-    write_report(results, out)
-    return results
+    called = ["|".join(n for n, p, t in zip(test.class_names, row, thresholds) if p >= t) or NO_FINDING
+              for row in test.probs]  # each finding at its threshold, chosen on validation
+    return _finish(run, out, test, results, multilabel_figures(test, out), called)
 
 
 def write_report(results: dict, out: Path) -> None:
