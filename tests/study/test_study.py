@@ -73,6 +73,9 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert summary.set_index("cell").loc["fine_tune-2", "folds_ok"] == 2 and first.best in {"fine_tune-0", "fine_tune-2"}
     assert summary["test_accuracy"].notna().sum() == 2  # both complete cells evaluated on the test side
+    probe = pd.read_csv(tmp_path / "baseline_folds.csv")  # the linear probe on the same folds
+    assert sorted(probe["fold"]) == [0, 1] and probe["auc_macro"].between(0, 1).all()
+    assert summary["p_vs_probe"].notna().sum() == 2 and "Against the baseline" in (tmp_path / "report.md").read_text()
     # folds: one patient never on two sides, test side untouched by training
     split = pd.read_csv(tmp_path / "splits.csv")
     assert split.groupby("patient_id")["fold"].nunique().max() == 1 and (split.loc[split["split"] == "test", "fold"] == -1).all()

@@ -279,14 +279,36 @@ def _mask_table(split: pd.DataFrame) -> tuple[str, list[str], list[list[str]]] |
             "training refuses masks whose presence or origin tracks the class)", ["side", "class", *origins], rows)
 
 
+def _probe_baseline_table(config: StudyConfig, summary: pd.DataFrame, probe: pd.DataFrame) -> tuple:
+    """Each configuration against the linear probe on frozen features, fold by fold."""
+    metric = config.select_metric
+    mean, sd = probe[metric].mean(), probe[metric].std(ddof=1)
+    factors = [c for c in summary.columns if c.startswith("factor.")]
+    rows = []
+    for _, r in summary.iterrows():
+        verdict = ("—" if r.get("beats_probe") is None or _missing(r.get("p_vs_probe")) else
+                   "beats it" if r["beats_probe"] else "within noise of it (or below)")
+        rows.append([", ".join(str(r[f]) for f in factors) or str(r["cell"]), _mean_sd(r, metric),
+                     f"{mean:.3f} ± {sd:.3f}", _num(r.get("p_vs_probe")), verdict])
+    return (f"Against the baseline: a logistic regression on the frozen pretrained features of "
+            f"{probe['backbone'].iloc[0]} at {int(probe['size'].iloc[0])} px, fit on the same folds ({LABELS[metric]} on "
+            "each validation fold; corrected resampled t-test, Holm across configurations)",
+            ["configuration", LABELS[metric], "linear probe", "Holm p vs probe", "verdict"], rows)
+
+
 def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summary: pd.DataFrame,
                        best: str | None, loso: dict | None = None, audit: dict | None = None,
-                       refit: dict | None = None) -> None:
+                       refit: dict | None = None, probe: pd.DataFrame | None = None) -> None:
     """``report.md`` and a self-contained ``report.html`` (figure embedded) in ``out``."""
     figures = {"metrics vs k": plot_metrics(summary, best, out / "metrics_vs_k.png")} if len(summary) else {}
     if _has(summary, "test_accuracy"):
         figures["test side"] = plot_test_side(summary, best, out / "test_side.png")
     tables, lines = _tables(config, table, summary, best), _lines(config, summary, best, loso, audit)
+    if probe is not None and "p_vs_probe" in summary:
+        tables.insert(1, _probe_baseline_table(config, summary, probe))
+        beaten = int(summary["beats_probe"].fillna(False).astype(bool).sum())
+        lines.append(f"{beaten} of {len(summary)} configuration(s) beat the linear probe on frozen features beyond "
+                     "noise (the rest learned nothing their pretrained features did not already separate).")
     if refit:
         tables.append(_refit_table(refit))
     if loso and loso.get("sources"):

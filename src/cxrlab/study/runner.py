@@ -52,6 +52,7 @@ from cxrlab.study.plan import (
 )
 from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.shortcuts import held_out_results, source_runs
+from cxrlab.study.study_baseline import compare_to_probe, study_probe
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
 from cxrlab.study.tracking import finish_parent_run, folder_state
 from cxrlab.train import train
@@ -198,6 +199,12 @@ def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell
     _write_table(table, out, "results")
     summary_table = aggregate(table, config.num_folds * config.repeats)
     best, summary_table = compare_to_best(table, summary_table, config.select_metric)
+    try:  # the baseline every configuration must beat: frozen features and a logistic regression
+        probe = study_probe(config, out, frame)
+    except Exception as err:  # noqa: BLE001 -- a failed baseline must not cost the study's report
+        log.warning("study: the linear-probe baseline failed: %s: %s", type(err).__name__, err)
+        probe = None
+    summary_table = compare_to_probe(table, summary_table, probe, config.select_metric)
     models = _cell_models(out, _complete_runs(table, summary_table))
     summary_table = evaluate_cells(config, out, frame, summary_table, models, best)
     _write_table(summary_table, out, "summary")
@@ -208,7 +215,7 @@ def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell
     from cxrlab.study.report import write_study_report
 
     audit = _shortcut_checks(config, out, frame, best)
-    write_study_report(config, out, table, summary_table, best, loso, audit, refit)
+    write_study_report(config, out, table, summary_table, best, loso, audit, refit, probe)
     metric = config.select_metric
     best_row = summary_table.set_index("cell").loc[best] if best is not None else None
     finish_parent_run(uri, state["mlflow_parent"], {"cxrlab.best_cell": best} if best is not None else {},
