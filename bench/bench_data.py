@@ -13,7 +13,7 @@ Writes ``bench/out/data.json`` and prints the figures. Nothing here asserts.
   not preprocessed), read back through the training data path (ShardReader, ShardDataset with
   augmentation, ShardAwareSampler, DataLoader with 0, 1 and 2 workers): images/s delivered as
   batched tensors, and the peak RSS of a process that reads the shards and runs training steps
-  of EfficientNet-Lite0 on them.
+  of EfficientNet-Lite0 on them, beside the same steps on one random batch (the model's own memory).
 """
 
 from __future__ import annotations
@@ -170,6 +170,22 @@ print(json.dumps({"lazy": reader.lazy, "images": images, "seconds": seconds, "im
 '''
 
 
+MODEL_ONLY = r'''
+import json, resource, time, torch
+from cxrlab.models import create_classifier
+torch.set_num_threads(2)
+model = create_classifier("efficientnet_lite0", 3)
+optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+x, y = torch.randn(32, 3, 224, 224), torch.randint(0, 3, (32,))
+start = time.perf_counter()
+for _ in range(40):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+print(json.dumps({"images_per_s": 40 * 32 / (time.perf_counter() - start),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
 def bench_stream(work: Path) -> dict:
     out = {}
     for n in (10_000, 100_000):
@@ -186,6 +202,8 @@ def bench_stream(work: Path) -> dict:
         result = subprocess.run([sys.executable, "-c", STREAM_CHILD, str(folder), "1", "40"], capture_output=True,
                                 text=True, check=True)  # the default choice (streams above 2 GiB), training
         row["train_40_steps"] = json.loads(result.stdout.strip().splitlines()[-1])
+        result = subprocess.run([sys.executable, "-c", MODEL_ONLY], capture_output=True, text=True, check=True)
+        row["model_only_40_steps"] = json.loads(result.stdout.strip().splitlines()[-1])  # the same steps, no data
         out[str(n)] = row
         shutil.rmtree(folder)
     return out
