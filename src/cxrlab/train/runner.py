@@ -191,7 +191,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     resume = read_resume_point(last)
     if resume is not None:  # a run stopped before its end: go on from its last finished epoch
         log.warning("resuming %s from its checkpoint: phase %d, epoch %d done", out, resume["phase"] + 1,
-                    resume["epochs_before"] + resume["epoch"])
+                    resume["epochs_before"] + resume["epoch"] + 1)  # epochs counted from 1
         model.load_state_dict(resume["state_dict"])  # before a frozen prefix is computed from it
         epochs_run = resume["epochs_before"]
     for index, phase in enumerate(config.resolved_phases()):
