@@ -30,7 +30,8 @@ class BestModelKeeper(L.Callback):
     stops a phase early by the same rule, or at once when the validation loss is not finite. ``extra``
     joins every saved file's payload (the record of the patients the run has seen).
 
-    Why not Lightning's ModelCheckpoint + EarlyStopping: a run is one ``Trainer.fit`` per phase, and
+    Why not Lightning's ModelCheckpoint + EarlyStopping for this (ModelCheckpoint does keep the run's
+    ``last.ckpt``, for resuming): a run is one ``Trainer.fit`` per phase, and
     both reset with each fit, while the kept epoch is chosen across phases; the rule compares a
     trailing mean of the metric with a minimum epoch count and a loss tie-break, not one epoch's
     value; and what is kept is the self-contained ``model.pt`` (weights, preprocessing, classes,
@@ -102,7 +103,7 @@ class BestModelKeeper(L.Callback):
         self.best_state = copy.deepcopy(model.state_dict())
         self.best_fine_tune = model.fine_tune
         if pl_module.trainer.is_global_zero:  # one writer in a data-parallel run
-                save_model(model, self.path, self.preprocess, {**self.extra, "val_loss": self.best_loss, "epoch": epoch,
+            save_model(model, self.path, self.preprocess, {**self.extra, "val_loss": self.best_loss, "epoch": epoch,
                                                            "selection": self.selector.to_dict()})
 
 
