@@ -104,7 +104,7 @@ def test_last_keeps_the_final_epoch_and_trains_without_a_validation_side(phantom
         add_screening_reference(result.out)
     with pytest.raises(ConfigError, match="the val side has no images"):  # other rules still need one
         train(build_config({"splits": str(split), "out": str(tmp_path / "s"), "size": 32, "epochs": 1,
-                            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+                            "select_on": "loss", "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
 
 
 def test_the_auc_interval_matches_the_spread_of_auc_over_resampled_validation_sides():
