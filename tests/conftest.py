@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -199,3 +203,43 @@ def run_dir(phantoms, tmp_path_factory) -> Path:
     config = build_config({"recipe": "papers", "data": str(phantoms), "out": str(out / "r"), "size": 96, "epochs": 2, "batch_size": 8,
                            "ratios": (0.6, 0.2, 0.2), "mlflow_uri": f"sqlite:///{out / 'mlflow.db'}"})
     return train(config).out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on loopback with bucket ``cxr``; the environment points boto (and Spark's
+    Python workers, which inherit it) at it. ``AWS_ENDPOINT_URL_S3`` is read whenever a client is
+    made; ``FSSPEC_S3_ENDPOINT_URL`` only when fsspec is first imported, which in this worker may have
+    happened already (Lightning imports it)."""
+    pytest.importorskip("moto", reason="moto[server] (the test extra) is not installed")
+    pytest.importorskip("s3fs", reason="s3fs (the test extra) is not installed")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        patch.setenv(key, value)
+    import s3fs
+
+    for _ in range(100):  # the server takes a moment to listen
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    fs = s3fs.S3FileSystem(endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+    fs.mkdir("cxr")
+    try:
+        yield fs
+    finally:
+        patch.undo()
+        server.terminate()
+        server.wait(10)

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,42 +20,6 @@ pytestmark = [pytest.mark.spark,
               pytest.mark.skipif(find_java() is None, reason="Java 17+ not installed (make test checks for it)"),
               pytest.mark.skipif(importlib.util.find_spec("moto") is None or importlib.util.find_spec("s3fs") is None,
                                  reason="moto[server] and s3fs (the test extra) are not installed")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on loopback with bucket ``cxr``; the environment points fsspec (and Spark's
-    Python workers, which inherit it) at it."""
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    patch = pytest.MonkeyPatch()
-    for key, value in env.items():
-        patch.setenv(key, value)
-    import s3fs
-
-    for _ in range(100):  # the server takes a moment to listen
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    fs = s3fs.S3FileSystem(endpoint_url=env["FSSPEC_S3_ENDPOINT_URL"])
-    fs.mkdir("cxr")
-    try:
-        yield fs
-    finally:
-        patch.undo()
-        server.terminate()
-        server.wait(10)
 
 
 def _fresh_spark() -> None:

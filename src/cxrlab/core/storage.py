@@ -3,7 +3,7 @@
 ``prepare`` reads sources from and writes shards to either. A local path goes through
 :mod:`cxrlab.core.io` (atomic renames); a URL through fsspec, whose object stores write an object
 in one request (seen whole or not at all). Credentials and endpoints come the way fsspec takes
-them: the file system's own settings or environment (``AWS_*``, ``FSSPEC_S3_ENDPOINT_URL``, ...).
+them: the file system's own settings or environment (``AWS_*``, ``AWS_ENDPOINT_URL_S3``, ...).
 URLs stay strings here: ``pathlib.Path("s3://b/k")`` would fold the double slash.
 """
 
