@@ -1,6 +1,7 @@
-"""A study shared by two workers through a real PostgreSQL server (Debian's, started by the test): every
-run is trained once, a worker killed mid-run leaves its run to the other, and the table is the one a
-single worker makes."""
+"""A study shared by two workers through a real PostgreSQL server (Debian's, started by the test), each
+with a study folder of its own and the runs shared through an S3 server (moto's), as on machines
+with no shared file system: every run is trained once, a worker killed mid-run leaves its run to
+the other, the table is the one a single worker makes, and one MLflow parent run holds the study."""
 
 from __future__ import annotations
 
@@ -18,18 +19,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 
 def _binaries() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def postgres(tmp_path_factory):
         as_user = ["runuser", "-u", "postgres", "--"]
         os.chmod(home, 0o755)
         shutil.chown(data, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run([*as_user, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "cxrlab"], check=True,
                    capture_output=True)
     subprocess.run([*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
@@ -73,19 +70,23 @@ def _config(phantoms, folder: Path) -> Path:
     return path
 
 
-def _worker(config: Path, out: Path, storage: str | None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "cxrlab.cli", "study", str(config), "--out", str(out)]
-    return subprocess.Popen(command + (["--storage", storage] if storage else []), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _worker(config: Path, out: Path, *options: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "cxrlab.cli", "study", str(config), "--out", str(out), *options]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(postgres, phantoms, tmp_path):
+def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(postgres, s3, phantoms, tmp_path):
     import optuna
+    from mlflow import MlflowClient
 
     config = _config(phantoms, tmp_path)
-    alone = _worker(config, tmp_path / "alone", None)  # the reference: one worker, no database
+    alone = _worker(config, tmp_path / "alone")  # the reference: one worker, no database
     assert alone.wait(600) == 0, alone.stdout.read()[-3000:]
-    first, second = _worker(config, tmp_path / "shared", postgres), _worker(config, tmp_path / "shared", postgres)
+    tracking = f"sqlite:///{tmp_path / 'tracking.db'}"  # stands in for a tracking server both workers reach
+    MlflowClient(tracking_uri=tracking).search_experiments()  # its tables made before two workers race to
+    options = ("--storage", postgres, "--share", "s3://cxr/studies/shared", "--set", f"mlflow_uri={tracking}")
+    first, second = _worker(config, tmp_path / "one", *options), _worker(config, tmp_path / "two", *options)
     victim = f"{socket.gethostname()}:{first.pid}"
     deadline, killed = time.monotonic() + 300, False
     while time.monotonic() < deadline and first.poll() is None and not killed:
@@ -103,7 +104,7 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(
     first.wait()
     assert killed, f"the first worker never held a run: {first.stdout.read()[-3000:]}"
     assert second.wait(600) == 0, second.stdout.read()[-3000:]
-    results = pd.read_csv(tmp_path / "shared" / "results.csv")
+    results = pd.read_csv(tmp_path / "two" / "results.csv")
     reference = pd.read_csv(tmp_path / "alone" / "results.csv")
     assert len(results) == 6 and (results["status"] == "ok").all()
     columns = ["cell", "fold", "accuracy", "auc_macro"]
@@ -114,4 +115,15 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(
     assert sorted(complete) == sorted(set(complete)) and len(complete) == 6  # each run trained once
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert failed and all(t.user_attrs.get("worker") == victim for t in failed)  # the killed run, retried
-    assert (tmp_path / "shared" / "report.md").exists() and (tmp_path / "shared" / "best-model" / "model.pt").exists()
+    assert (tmp_path / "two" / "report.md").exists() and (tmp_path / "two" / "best-model" / "model.pt").exists()
+    for run in complete:  # every run on the share, whole (its summary last), and the report beside them
+        assert s3.exists(f"cxr/studies/shared/runs/{run}/summary.json") and s3.exists(f"cxr/studies/shared/runs/{run}/model.pt")
+    assert s3.exists("cxr/studies/shared/results.csv") and s3.exists("cxr/studies/shared/best-model/model.pt")
+    assert not s3.glob("cxr/studies/shared/shared/**") and not s3.glob("cxr/studies/shared/**/last.ckpt")
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name("cxrlab-studies")
+    parents = client.search_runs([experiment.experiment_id], "tags.`cxrlab.study` = 'shared' and attributes.run_name = 'shared'")
+    assert len(parents) == 1  # one parent run for the study, made by whichever worker claimed it
+    every = [e.experiment_id for e in client.search_experiments()]
+    children = client.search_runs(every, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(children) >= 6

@@ -21,8 +21,11 @@ def study_command(
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once, each in its own process "
                                                         "(default: the study's setting, 1).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Database the runs are claimed through, so that any number "
-                                                        "of these commands (on any machines, sharing OUT) split the "
+                                                        "of these commands (on any machines, sharing OUT or --share) split the "
                                                         "study: sqlite:///study.db or postgresql://user@host/db.")] = None,
+    share: Annotated[Optional[str], typer.Option(help="Where finished runs and results are copied (s3://bucket/path "
+                                                      "or a folder), so workers on machines without a shared OUT "
+                                                      "use each other's runs.")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
                                                                   "dotted keys reach nested ones, e.g. base.lr=1e-4 or folds=3.")] = None,
 ) -> None:
@@ -41,6 +44,8 @@ def study_command(
             overrides["workers"] = workers
         if storage is not None:
             overrides["storage"] = storage
+        if share is not None:
+            overrides["share"] = share
         study = load_study_config(config, overrides, assignments or ())
         if epochs is not None:
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})

@@ -145,7 +145,10 @@ class StudyConfig(DataSettings):
     storage: str | None = Field(None, description="a database the runs are claimed through, so any number of "
                                                  "workers (processes, machines) share the study: sqlite:///study.db "
                                                  "or postgresql://user@host/db (cxrlab[postgres]); the workers share "
-                                                 "the study folder")
+                                                 "the study folder, or each has its own and a share")
+    share: str | None = Field(None, description="where finished runs and the results are copied, so workers with "
+                                               "study folders of their own (other machines) use each other's runs: "
+                                               "an fsspec URL (s3://bucket/studies/k-sweep, cxrlab[cloud]) or a folder")
     heartbeat: int = Field(60, ge=1, le=3600, description="seconds between a shared run's heartbeats; a run silent "
                                                           "for twice as long (its worker died) is trained again")
     mlflow_uri: str | None = None

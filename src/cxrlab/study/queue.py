@@ -14,6 +14,8 @@ queue (Optuna's).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cxrlab.core.optional import require
+from cxrlab.study.config import StudyConfig
 
 log = logging.getLogger(__name__)
 PARAM = "run"
@@ -114,3 +117,28 @@ class SharedRuns:
     def finished(self) -> set[str]:
         """The runs a worker has finished (trained, well or not: errors are in the run folders)."""
         return {t.params[PARAM] for t in self._trials((self.optuna.trial.TrialState.COMPLETE,))} - {EMPTY}
+
+
+def queue_name(config: StudyConfig, part: str) -> str:
+    """A study's name in the database: its name, a fingerprint of what its runs are, and the part."""
+    settings = config.model_dump(mode="json", exclude={"workers", "storage", "heartbeat", "share"})
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{config.name}-{digest}-{part}"
+
+
+def claim_once(config: StudyConfig, part: str, job: Callable[[SharedRuns], object]) -> bool:
+    """Run ``job`` in the one worker that claims ``part`` of the study (the others wait until it is
+    done); whether this worker ran it."""
+    queue = SharedRuns(config.storage, queue_name(config, part), config.heartbeat)
+    queue.enqueue([part])
+    return queue.work(lambda _: job(queue) and None) > 0
+
+
+def shared_parent(config: StudyConfig, start: Callable[[], str]) -> str:
+    """The study's MLflow parent run, started by the one worker that claims it; every worker's id of it."""
+    def begin(queue: SharedRuns) -> None:
+        queue.study.set_user_attr("mlflow_parent", start())
+
+    claim_once(config, "parent", begin)
+    return SharedRuns(config.storage, queue_name(config, "parent"), config.heartbeat).study.user_attrs.get(
+        "mlflow_parent", "")

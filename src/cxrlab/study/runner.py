@@ -51,6 +51,8 @@ from cxrlab.study.plan import (
     study_split,
 )
 from cxrlab.study.results import aggregate, compare_to_best, run_row
+from cxrlab.study.queue import SharedRuns, claim_once, queue_name, shared_parent
+from cxrlab.study.share import Share, split_digest
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.study_baseline import compare_to_probe, study_probe
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
@@ -59,6 +61,8 @@ from cxrlab.train import train
 
 log = logging.getLogger(__name__)
 SPLIT_FIELDS = ("data", "splits", "scheme", "ratios", "folds", "seed")
+OUTPUTS = ("results.csv", "results.parquet", "summary.csv", "report.md", "report.html", "refit.json",
+           "leave_one_source_out.json", "shortcut_audit.json")  # what a worker that did not write the report reads
 
 
 @dataclass
@@ -76,10 +80,12 @@ class StudyResult:
 
 
 def _state(config: StudyConfig, out: Path, uri: str) -> dict:
+    # workers with folders of their own, one tracking server: the parent run is made once, claimed in the database
+    shared = (lambda start: shared_parent(config, start)) if config.storage and config.mlflow_uri else None
     return folder_state(out / "study.json", config.model_dump(mode="json"), SPLIT_FIELDS, "a study", uri,
                         config.experiment, config.name,
                         {"grid": config.grid, "variants": config.variants, "folds": config.num_folds},
-                        {"cxrlab.study": config.name})
+                        {"cxrlab.study": config.name}, shared)
 
 
 def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
@@ -124,6 +130,9 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     with FileLock(str(out / "study.lock")):  # workers sharing the folder: one makes the state, the split, the store
         state = _state(config, out, uri)
         frame = study_split(config, out)
+    share = Share(config.share, out) if config.share else None
+    if share is not None:  # refuses a share holding another study, or this study made from other data
+        share.claim(config.model_dump(mode="json"), SPLIT_FIELDS, split_digest(frame))
     rows: dict[tuple[str, int, int], dict] = {}
 
     def run_cells(stage: list[Cell]) -> tuple[int, int]:
@@ -135,6 +144,10 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
                 for repeat in range(config.repeats):
                     run_dir = out / "runs" / cell.id / run_name(fold, repeat)
                     status, summary, error = _run_status(run_dir)
+                    if status == "todo" and share is not None and share.get(run_dir):  # trained elsewhere
+                        status, summary, error = _run_status(run_dir)
+                    elif status != "todo" and share is not None and not share.has(run_dir):
+                        share.put_quietly(run_dir)  # finished here when the share could not be reached
                     if status == "failed" and retry_failed:
                         shutil.rmtree(run_dir)
                         status = "todo"
@@ -152,6 +165,8 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         def finished(job: tuple[Cell, int, int, Path], outcome: tuple[dict | None, str | None]) -> None:
             cell, fold, repeat, run_dir = job
             row = rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, *outcome, repeat, run_dir.name)
+            if share is not None:
+                share.put_quietly(run_dir)
             if not config.storage:  # (shared: each run's folder is its record; one worker writes the tables)
                 _write_table(pd.DataFrame(list(rows.values())), out, "results")  # nothing finished is lost if we die
             if progress:
@@ -160,9 +175,11 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         work = [(job, (config, job[0], job[3].name, job[3], fold_frame(frame, job[1], config.num_folds), out, uri,
                        state["mlflow_parent"], job[2])) for job in jobs]
         if config.storage:  # claimed through the database: any number of workers share them
-            mine = _run_shared(config, stage, work, finished)
+            mine = _run_shared(config, stage, work, finished, share)
             for cell, fold, repeat, run_dir in jobs:  # what the other workers trained
                 if (cell.id, fold, repeat) not in rows:
+                    if share is not None:
+                        share.get(run_dir)
                     status, summary, error = _run_status(run_dir)
                     rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, summary, error, repeat,
                                                             run_dir.name)
@@ -179,13 +196,22 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         second = second_stage_cells(config, [by_id[c] for c in ranking["cell"]])
         more = run_cells(second)
         trained, reused, plan = trained + more[0], reused + more[1], plan + second
-    if config.storage:  # one worker writes the tables and the report; the others wait and read them
-        report = {}
-        if _claim_report(config, lambda: report.setdefault("result", _report(config, out, frame, plan, rows, trained,
-                                                                               reused, uri, state, progress))):
-            return report["result"]
-        return _read_result(out, config, trained, reused)
-    return _report(config, out, frame, plan, rows, trained, reused, uri, state, progress)
+    def write() -> StudyResult:
+        result = report["result"] = _report(config, out, frame, plan, rows, trained, reused, uri, state, progress)
+        if share is not None:
+            share.put_outputs()
+        return result
+
+    report: dict[str, StudyResult] = {}
+    if not config.storage:
+        return write()
+    if claim_once(config, "report", lambda _: write()):  # one worker writes the report; the others read it
+        return report["result"]
+    if share is not None:  # (from the share, when the workers' folders are their own)
+        for name in OUTPUTS:
+            share.get_file(name)
+        share.get(out / "best-model", run=False)
+    return _read_result(out, config, trained, reused)
 
 
 def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell], rows: dict, trained: int,
@@ -225,40 +251,23 @@ def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell
     return StudyResult(out, table, summary_table, best, trained, reused, failed, warnings)
 
 
-def _queue_name(config: StudyConfig, part: str) -> str:
-    """A study's name in the database: its name, a fingerprint of what its runs are, and the part."""
-    import hashlib
-
-    settings = config.model_dump(mode="json", exclude={"workers", "storage", "heartbeat"})
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{config.name}-{digest}-{part}"
-
-
-def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished) -> int:
+def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, share: Share | None) -> int:
     """Train the stage's runs this worker claims (:class:`cxrlab.study.queue.SharedRuns`); how many."""
-    from cxrlab.study.queue import SharedRuns
-
     by_id = {f"{job[0].id}/{job[3].name}": (job, arguments) for job, arguments in work}
-    queue = SharedRuns(config.storage, _queue_name(config, "stage-" + "-".join(sorted(c.id for c in stage))[:80]),
+    queue = SharedRuns(config.storage, queue_name(config, "stage-" + "-".join(sorted(c.id for c in stage))[:80]),
                        config.heartbeat)
     queue.enqueue(sorted(by_id))
 
     def train_run(run_id: str) -> str | None:
         job, arguments = by_id[run_id]
-        outcome = _train_one(*arguments)
+        if share is not None and share.get(job[3]):  # a retried run another worker finished after all
+            outcome = _run_status(job[3])[1:]
+        else:
+            outcome = _train_one(*arguments)
         finished(job, outcome)
         return outcome[1]
 
     return queue.work(train_run) if by_id else 0
-
-
-def _claim_report(config: StudyConfig, write: Callable[[], object]) -> bool:
-    """Whether this worker wrote the report (one does, once every run is done)."""
-    from cxrlab.study.queue import SharedRuns
-
-    queue = SharedRuns(config.storage, _queue_name(config, "report"), config.heartbeat)
-    queue.enqueue(["report"])
-    return queue.work(lambda _: write() and None) > 0
 
 
 def _read_result(out: Path, config: StudyConfig, trained: int, reused: int) -> StudyResult:

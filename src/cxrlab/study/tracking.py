@@ -4,7 +4,7 @@ MLflow (``cxrlab[track]``) nothing is tracked and the parent run's id is empty."
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlab.core.errors import ConfigError
@@ -42,9 +42,10 @@ def finish_parent_run(uri: str, run_id: str, tags: dict[str, str], metrics: dict
 
 
 def folder_state(path: Path, config: dict, fixed: Sequence[str], what: str, uri: str, experiment: str, name: str,
-                 params: dict, tags: dict[str, str]) -> dict:
+                 params: dict, tags: dict[str, str], shared: Callable[[Callable[[], str]], str] | None = None) -> dict:
     """The state file of a resumable folder (``study.json``, ``tune.json``): the current ``config``
-    and the MLflow parent run (started once), written atomically.
+    and the MLflow parent run (started once), written atomically. ``shared(start)``, when given,
+    returns the parent run of workers with folders of their own (calling ``start`` in one of them).
 
     Raises:
         ConfigError: the folder holds ``what`` made with other values of the ``fixed`` settings.
@@ -59,6 +60,9 @@ def folder_state(path: Path, config: dict, fixed: Sequence[str], what: str, uri:
         state = {"name": name}
     state["config"] = config
     if not state.get("mlflow_parent"):
-        state["mlflow_parent"] = start_parent_run(uri, experiment, name, params, tags)
+        def start() -> str:
+            return start_parent_run(uri, experiment, name, params, tags)
+
+        state["mlflow_parent"] = shared(start) if shared is not None else start()
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
     return state

@@ -1,0 +1,162 @@
+"""A study's finished runs and results copied to a shared location (``share:``, any fsspec URL or a
+folder), so the workers of a shared study need no shared file system.
+
+Each worker keeps its own study folder (``--out``: prepared shards, checkpoints, MLflow's local
+store). A run is copied to the share when it ends, its ``summary.json`` (or ``failed.json``) last,
+so a run seen there with that file is whole; a worker needing a run another one trained copies it
+back into its own folder. The worker that writes the report copies the study's outputs (tables,
+report, ``best-model``, refit and leave-one-source-out runs) there too. What every worker can make
+again itself is not copied: ``shared/`` (prepared shards, frozen-prefix store), checkpoints, locks
+and the local MLflow store. Hand-written: fsspec copies files, not "a folder whose marker file comes last".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlab.core.errors import ConfigError
+from cxrlab.core.storage import filesystem, is_url, local
+
+log = logging.getLogger(__name__)
+MARKERS = ("summary.json", "failed.json")  # a run folder's last file: it is whole once one is there
+SKIP_TOP = {"shared", "mlflow.db", "mlruns", "share.json"}  # every worker makes these itself
+SKIP_ANY = {"checkpoints"}
+
+
+def _skipped(relative: Path) -> bool:
+    parts = relative.parts
+    return (bool(parts) and parts[0] in SKIP_TOP) or any(p in SKIP_ANY for p in parts) or relative.suffix == ".lock"
+
+
+def _files(folder: Path, base: Path) -> Iterator[Path]:
+    """Files under ``folder`` worth sharing, markers last (paths relative to ``base``)."""
+    found = [p.relative_to(base) for p in sorted(folder.rglob("*")) if p.is_file()]
+    kept = [p for p in found if not _skipped(p)]
+    yield from (p for p in kept if p.name not in MARKERS)
+    yield from (p for p in kept if p.name in MARKERS)
+
+
+class Share:
+    """The share of one study folder ``out``.
+
+    Args:
+        url: An fsspec URL (``s3://bucket/studies/k-sweep``) or a local folder.
+        out: This worker's study folder.
+    """
+
+    def __init__(self, url: str, out: Path) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.url, self.out = url, Path(out)
+        if is_url(url):
+            self.fs, self.root = filesystem(url)
+        else:
+            self.fs, self.root = LocalFileSystem(auto_mkdir=True), str(local(url).resolve())
+
+    def _remote(self, relative: Path | str) -> str:
+        inner = Path(relative).as_posix()
+        return self.root if inner == "." else posixpath.join(self.root, inner)
+
+    def put(self, folder: Path) -> int:
+        """Copy ``folder`` (inside ``out``) to the share, markers last, leaving out files already there
+        with the same size (one listing of the share, not a request per file); how many were copied."""
+        remote = self._remote(folder.relative_to(self.out))
+        held = {name: info.get("size") for name, info in self.fs.find(remote, detail=True).items()} \
+            if self.fs.exists(remote) else {}
+        count = 0
+        for relative in _files(folder, self.out):
+            target, source = self._remote(relative), self.out / relative
+            if held.get(target) != source.stat().st_size:
+                self.fs.put_file(str(source), target)
+                count += 1
+        return count
+
+    def put_quietly(self, folder: Path) -> None:
+        """:meth:`put`, where a share that cannot be reached costs a warning, not the finished run (a
+        rerun of the command copies it)."""
+        try:
+            self.put(folder)
+        except OSError as err:
+            log.warning("study: %s could not be copied to %s: %s", folder, self.url, err)
+
+    def has(self, folder: Path) -> bool:
+        """Whether the run ``folder`` (inside ``out``) is whole on the share."""
+        remote = self._remote(folder.relative_to(self.out))
+        return any(self.fs.exists(posixpath.join(remote, m)) for m in MARKERS)
+
+    def put_outputs(self) -> int:
+        """Copy everything in ``out`` worth sharing (after the report): tables, report, exports, runs."""
+        return self.put(self.out)
+
+    def get(self, folder: Path, run: bool = True) -> bool:
+        """Copy ``folder`` (inside ``out``) from the share, replacing what this worker has of it: a run
+        folder only when it is whole there (a marker file; ``run=False``: any folder that is there);
+        whether it was copied."""
+        relative = folder.relative_to(self.out)
+        remote = self._remote(relative)
+        if not (self.has(folder) if run else self.fs.isdir(remote)):
+            return False
+        part = folder.with_name(folder.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        names = sorted(self.fs.find(remote))
+        for name in sorted(names, key=lambda n: posixpath.basename(n) in MARKERS):  # markers last
+            inner = Path(posixpath.relpath(name, remote))
+            if not _skipped(relative / inner):
+                (part / inner).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(name, str(part / inner))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        part.rename(folder)
+        return True
+
+    def get_file(self, name: str) -> bool:
+        """Copy one file of the study folder's top level from the share; whether it was there."""
+        remote = self._remote(name)
+        if not self.fs.exists(remote):
+            return False
+        target = self.out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.get_file(remote, str(target) + ".part")
+        Path(str(target) + ".part").replace(target)
+        return True
+
+    def claim(self, config: dict, fixed: Sequence[str], split: str) -> None:
+        """Check the share holds this study (or nothing yet) and record its settings there.
+
+        Args:
+            config: The study's settings.
+            fixed: The settings a share's study must keep.
+            split: A digest of this worker's split (:func:`split_digest`): every worker must make the same.
+
+        Raises:
+            ConfigError: the share holds a study made with other values of the ``fixed`` settings, or
+                with another split (other data here).
+        """
+        remote = self._remote("share.json")
+        mine = {"config": {k: config.get(k) for k in fixed}, "split": split}
+        if not self.fs.exists(remote):
+            self.fs.pipe_file(remote, (json.dumps(mine, indent=2) + "\n").encode())
+            return
+        held = json.loads(self.fs.cat_file(remote))
+        changed = [k for k in fixed if held["config"].get(k) != mine["config"][k]]
+        if changed:
+            raise ConfigError(f"{self.url}: holds a study with other settings (differs in {', '.join(changed)}); "
+                              "use a new share")
+        if held["split"] != split:
+            raise ConfigError(f"{self.url}: holds a study whose split differs from this worker's (other data or "
+                              "files here?); every worker needs the same data")
+
+
+def split_digest(frame: pd.DataFrame) -> str:
+    """A fingerprint of a study's split that does not depend on where the data are mounted: each
+    image's patient, side and fold, in the split's order."""
+    columns = [c for c in ("patient_id", "label", "split", "fold") if c in frame.columns]
+    return hashlib.sha256(frame[columns].to_csv(index=False).encode()).hexdigest()[:16]
