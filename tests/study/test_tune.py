@@ -138,3 +138,27 @@ def test_tune_command_runs_and_resumes(phantoms, tmp_path):
     assert "2 trial(s) run now" in result.output and "best:" in result.output
     again = CliRunner().invoke(app, ["tune", str(path), "--out", str(tmp_path / "out"), "--trials", "3"])
     assert again.exit_code == 0 and "1 trial(s) run now" in again.output
+
+
+def test_a_search_shared_through_a_database_and_a_share_needs_no_shared_folder(phantoms, tmp_path):
+    """Two workers, each in a folder of its own (other machines): the second finds the search done
+    in the database, takes the best trial from the share to export and test it, and both nest
+    their runs under the one MLflow parent run."""
+    from mlflow import MlflowClient
+
+    tracking = f"sqlite:///{tmp_path / 'tracking.db'}"
+    config = _search(phantoms, trials=2, base={"size": 32, "epochs": 1, "batch_size": 8},
+                     storage=f"sqlite:///{tmp_path / 'search.db'}", share=str(tmp_path / "share"), mlflow_uri=tracking)
+    first = run_tune(config, tmp_path / "one")
+    second = run_tune(config, tmp_path / "two")
+    assert first.ran == 2 and second.ran == 0 and second.best_params == first.best_params
+    best = json.loads((tmp_path / "two" / "best-model" / "origin.json").read_text())["trial"]
+    assert (tmp_path / "two" / "trials" / f"trial-{best:04d}" / "model.pt").exists()  # from the share
+    assert second.test == first.test  # the same trial scored on the same test side
+    assert (tmp_path / "share" / "trials.csv").exists() and (tmp_path / "share" / "best-model" / "model.pt").exists()
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name("cxrlab-tuning")
+    parents = client.search_runs([experiment.experiment_id], "attributes.run_name = 'tiny'")
+    assert len(parents) == 1
+    with pytest.raises(ConfigError, match="differs in seed"):
+        run_tune(config.model_copy(update={"seed": 1}), tmp_path / "three")

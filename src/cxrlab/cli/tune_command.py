@@ -17,6 +17,8 @@ def tune_command(
     trials: Annotated[Optional[int], typer.Option(help="Override the number of trials (in total).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL, e.g. postgresql://host/db to share "
                                                         "the search between machines (default: SQLite in OUT).")] = None,
+    share: Annotated[Optional[str], typer.Option(help="Where finished trials and results are copied (s3://bucket/path "
+                                                      "or a folder), so workers without a shared OUT search together.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Override base.epochs (quick trials).")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable); "
                                                                   "dotted keys reach nested ones, e.g. trials=20 or base.size=256.")] = None,
@@ -34,6 +36,8 @@ def tune_command(
             overrides["trials"] = trials
         if storage is not None:
             overrides["storage"] = storage
+        if share is not None:
+            overrides["share"] = share
         search = load_tune_config(config, overrides, assignments or ())
         if epochs is not None:
             search = search.model_copy(update={"base": {**search.base, "epochs": epochs}})

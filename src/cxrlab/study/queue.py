@@ -126,19 +126,19 @@ def queue_name(config: StudyConfig, part: str) -> str:
     return f"{config.name}-{digest}-{part}"
 
 
-def claim_once(config: StudyConfig, part: str, job: Callable[[SharedRuns], object]) -> bool:
-    """Run ``job`` in the one worker that claims ``part`` of the study (the others wait until it is
+def claim_once(storage: str, name: str, heartbeat: int, job: Callable[[SharedRuns], object]) -> bool:
+    """Run ``job`` in the one worker that claims ``name`` in ``storage`` (the others wait until it is
     done); whether this worker ran it."""
-    queue = SharedRuns(config.storage, queue_name(config, part), config.heartbeat)
-    queue.enqueue([part])
+    queue = SharedRuns(storage, name, heartbeat)
+    queue.enqueue([name])
     return queue.work(lambda _: job(queue) and None) > 0
 
 
-def shared_parent(config: StudyConfig, start: Callable[[], str]) -> str:
-    """The study's MLflow parent run, started by the one worker that claims it; every worker's id of it."""
+def shared_parent(storage: str, name: str, heartbeat: int, start: Callable[[], str]) -> str:
+    """An MLflow parent run (of a study or a search) started by the one worker that claims ``name``;
+    every worker's id of it."""
     def begin(queue: SharedRuns) -> None:
         queue.study.set_user_attr("mlflow_parent", start())
 
-    claim_once(config, "parent", begin)
-    return SharedRuns(config.storage, queue_name(config, "parent"), config.heartbeat).study.user_attrs.get(
-        "mlflow_parent", "")
+    claim_once(storage, name, heartbeat, begin)
+    return SharedRuns(storage, name, heartbeat).study.user_attrs.get("mlflow_parent", "")

@@ -80,8 +80,10 @@ class StudyResult:
 
 
 def _state(config: StudyConfig, out: Path, uri: str) -> dict:
-    # workers with folders of their own, one tracking server: the parent run is made once, claimed in the database
-    shared = (lambda start: shared_parent(config, start)) if config.storage and config.mlflow_uri else None
+    shared = None  # workers with folders of their own, one tracking server: the parent run is claimed in the database
+    if config.storage and config.mlflow_uri:
+        def shared(start: Callable[[], str]) -> str:
+            return shared_parent(config.storage, queue_name(config, "parent"), config.heartbeat, start)
     return folder_state(out / "study.json", config.model_dump(mode="json"), SPLIT_FIELDS, "a study", uri,
                         config.experiment, config.name,
                         {"grid": config.grid, "variants": config.variants, "folds": config.num_folds},
@@ -205,7 +207,8 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     report: dict[str, StudyResult] = {}
     if not config.storage:
         return write()
-    if claim_once(config, "report", lambda _: write()):  # one worker writes the report; the others read it
+    # one worker writes the report; the others read it
+    if claim_once(config.storage, queue_name(config, "report"), config.heartbeat, lambda _: write()):
         return report["result"]
     if share is not None:  # (from the share, when the workers' folders are their own)
         for name in OUTPUTS:

@@ -38,6 +38,8 @@ from cxrlab.data import class_names, write_splits
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, run_config, study_split
+from cxrlab.study.queue import shared_parent
+from cxrlab.study.share import Share, split_digest
 from cxrlab.study.test_side import predict_test_side, prediction_metrics
 from cxrlab.study.tracking import finish_parent_run, folder_state
 from cxrlab.study.tune_config import MONITORED, Range, TuneConfig
@@ -133,11 +135,17 @@ def _counted(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=DONE) if not t.user_attrs.get("interrupted"))
 
 
+FIXED = ("data", "splits", "scheme", "ratios", "seed", "base", "space", "metric")  # what a resumed search keeps
+
+
 def _state(config: TuneConfig, out: Path, uri: str) -> dict:
     current = config.model_dump(mode="json")
-    return folder_state(out / "tune.json", current, ("data", "splits", "scheme", "ratios", "seed", "base", "space",
-                                                      "metric"), "a search", uri, config.experiment, config.name,
-                        {"space": current["space"], "metric": config.metric}, {"cxrlab.tune": config.name})
+    shared = None  # workers with folders of their own, one tracking server: the parent run is claimed in the database
+    if config.storage and config.mlflow_uri:
+        def shared(start: Callable[[], str]) -> str:
+            return shared_parent(config.storage, f"{config.name}-mlflow-parent", 60, start)
+    return folder_state(out / "tune.json", current, FIXED, "a search", uri, config.experiment, config.name,
+                        {"space": current["space"], "metric": config.metric}, {"cxrlab.tune": config.name}, shared)
 
 
 def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None] | None = None) -> TuneResult:
@@ -155,6 +163,9 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
         state = _state(config, out, uri)
         frame = study_split(as_study, out)
     check_classes_present(frame, class_names(config.scheme))  # before any trial: each would fail the same way
+    share = Share(config.share, out) if config.share else None
+    if share is not None:  # refuses a share holding another search, or this one made from other data
+        share.claim(config.model_dump(mode="json"), FIXED, split_digest(frame))
     storage = _storage(config, out)
     interrupted = _recover_interrupted(storage, config.name) if config.storage is None else []
     study = optuna.create_study(
@@ -185,6 +196,8 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
             raise
+        if share is not None:
+            share.put_quietly(run_dir)
         value = summary["best_val_loss"] if config.metric == "val_loss" else summary["val"].get(config.metric)
         if value is None or not math.isfinite(value):
             raise ConfigError(f"trial {trial.number}: validation {config.metric} is undefined (one class on the "
@@ -208,7 +221,10 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
             study.optimize(objective, n_trials=remaining, timeout=config.timeout, catch=(Exception,),
                            callbacks=[report_trial], gc_after_trial=True)
     trials = _write_trials(study, out)
-    return _finish(config, out, study, trials, frame, uri, state["mlflow_parent"], ran)
+    result = _finish(config, out, study, trials, frame, uri, state["mlflow_parent"], ran, share)
+    if share is not None:  # each worker's report is the whole search's: the last one to finish stays
+        share.put_outputs()
+    return result
 
 
 @contextlib.contextmanager
@@ -241,7 +257,7 @@ def _write_trials(study: optuna.Study, out: Path) -> pd.DataFrame:
 
 
 def _finish(config: TuneConfig, out: Path, study: optuna.Study, trials: pd.DataFrame, frame: pd.DataFrame, uri: str,
-            parent: str, ran: int) -> TuneResult:
+            parent: str, ran: int, share: Share | None = None) -> TuneResult:
     from cxrlab.study.tune_report import write_tune_report
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -249,6 +265,8 @@ def _finish(config: TuneConfig, out: Path, study: optuna.Study, trials: pd.DataF
     test = None
     if best is not None:
         run_dir = out / best.user_attrs["run"]
+        if share is not None and not (run_dir / "summary.json").exists():
+            share.get(run_dir)  # another worker's trial
         export_run(run_dir, out / "best-model", {"trial": best.number, "settings": _settings(best)})
         test_side = frame[frame["split"] == "test"]
         if len(test_side):

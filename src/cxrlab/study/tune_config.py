@@ -69,6 +69,9 @@ class TuneConfig(DataSettings):
                                                      "waits for as many finished trials")
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: SQLite in the "
                                                   "output folder); a shared database lets several machines search together")
+    share: str | None = Field(None, description="where finished trials and the results are copied, so workers with "
+                                               "folders of their own (other machines) search together: an fsspec URL "
+                                               "(s3://bucket/tune/lr, cxrlab[cloud]) or a folder")
     share_prefix: bool = Field(True, description="reuse frozen-prefix activations across trials")
     mlflow_uri: str | None = None
     experiment: str = "cxrlab-tuning"
