@@ -3,6 +3,8 @@ the test) and back into another worker's study folder, whole or not at all."""
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -40,6 +42,9 @@ def test_a_run_goes_to_the_share_and_back_into_another_workers_folder(share_url,
     assert first.put(run) == 0  # already there, same sizes
     (run / "history.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n")
     assert first.put(run) == 1
+    (run / "model.pt").write_bytes(b"WEIGHTS")  # same size, changed since it was copied (a rebuilt ensemble)
+    os.utime(run / "model.pt", ns=(1, 1))
+    assert first.put(run) == 1
     assert first.has(run)
 
     second = Share(share_url, two)
@@ -49,6 +54,7 @@ def test_a_run_goes_to_the_share_and_back_into_another_workers_folder(share_url,
     assert second.get(partial)
     assert sorted(p.name for p in partial.iterdir()) == ["history.csv", "model.pt", "summary.json"]
     assert (partial / "history.csv").read_text() == (run / "history.csv").read_text()
+    assert (partial / "model.pt").read_bytes() == b"WEIGHTS"
     assert not second.get(two / "runs" / "k1" / "fold1")  # not on the share
 
     assert first.put_outputs() == 0  # the run is there; locks and shared/ are never copied

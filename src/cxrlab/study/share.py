@@ -15,19 +15,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from cxrlab.core.errors import ConfigError
+from cxrlab.core.io import atomic_write_text
 from cxrlab.core.storage import filesystem, is_url, local
 
 log = logging.getLogger(__name__)
 MARKERS = ("summary.json", "failed.json")  # a run folder's last file: it is whole once one is there
-SKIP_TOP = {"shared", "mlflow.db", "mlruns", "share.json"}  # every worker makes these itself
+RECORD = "share-copied.json"  # what this worker copied to the share: path -> [size, mtime_ns]
+SKIP_TOP = {"shared", "mlflow.db", "mlruns", "share.json", RECORD}  # every worker makes these itself
 SKIP_ANY = {"checkpoints"}
 
 
@@ -36,12 +39,15 @@ def _skipped(relative: Path) -> bool:
     return (bool(parts) and parts[0] in SKIP_TOP) or any(p in SKIP_ANY for p in parts) or relative.suffix == ".lock"
 
 
-def _files(folder: Path, base: Path) -> Iterator[Path]:
-    """Files under ``folder`` worth sharing, markers last (paths relative to ``base``)."""
-    found = [p.relative_to(base) for p in sorted(folder.rglob("*")) if p.is_file()]
-    kept = [p for p in found if not _skipped(p)]
-    yield from (p for p in kept if p.name not in MARKERS)
-    yield from (p for p in kept if p.name in MARKERS)
+def _files(folder: Path, base: Path) -> list[Path]:
+    """Files under ``folder`` worth sharing, markers last (paths relative to ``base``); skipped
+    folders (``shared/`` with its shards) are not walked."""
+    kept = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root).relative_to(base)
+        dirs[:] = sorted(d for d in dirs if not _skipped(here / d))
+        kept += [here / f for f in sorted(files) if not _skipped(here / f)]
+    return [p for p in kept if p.name not in MARKERS] + [p for p in kept if p.name in MARKERS]
 
 
 class Share:
@@ -65,18 +71,28 @@ class Share:
         inner = Path(relative).as_posix()
         return self.root if inner == "." else posixpath.join(self.root, inner)
 
+    def _copied(self) -> dict[str, list[int]]:
+        try:
+            return json.loads((self.out / RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+
     def put(self, folder: Path) -> int:
-        """Copy ``folder`` (inside ``out``) to the share, markers last, leaving out files already there
-        with the same size (one listing of the share, not a request per file); how many were copied."""
+        """Copy ``folder`` (inside ``out``) to the share, markers last, leaving out files copied before
+        and unchanged since (size and modification time as recorded here, when the share still has
+        them: one listing of the share, not a request per file); how many were copied."""
         remote = self._remote(folder.relative_to(self.out))
-        held = {name: info.get("size") for name, info in self.fs.find(remote, detail=True).items()} \
-            if self.fs.exists(remote) else {}
-        count = 0
+        held = self.fs.find(remote, detail=True) if self.fs.exists(remote) else {}
+        copied, count = self._copied(), 0
         for relative in _files(folder, self.out):
-            target, source = self._remote(relative), self.out / relative
-            if held.get(target) != source.stat().st_size:
-                self.fs.put_file(str(source), target)
+            target, stat = self._remote(relative), (self.out / relative).stat()
+            key, now = relative.as_posix(), [stat.st_size, stat.st_mtime_ns]
+            if target not in held or copied.get(key) != now:
+                self.fs.put_file(str(self.out / relative), target)
+                copied[key] = now
                 count += 1
+        if count:
+            atomic_write_text(self.out / RECORD, json.dumps(copied) + "\n")
         return count
 
     def put_quietly(self, folder: Path) -> None:
