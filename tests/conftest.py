@@ -211,10 +211,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    """A moto S3 server on loopback with bucket ``cxr``; the environment points boto (and Spark's
-    Python workers, which inherit it) at it. ``AWS_ENDPOINT_URL_S3`` is read whenever a client is
+    """A moto S3 server on loopback with bucket ``cxr``, one per test process (fsspec caches its S3
+    file system, endpoint included); the environment points boto (and Spark's Python workers, which
+    inherit it) at it. ``AWS_ENDPOINT_URL_S3`` is read whenever a client is
     made; ``FSSPEC_S3_ENDPOINT_URL`` only when fsspec is first imported, which in this worker may have
     happened already (Lightning imports it)."""
     pytest.importorskip("moto", reason="moto[server] (the test extra) is not installed")
