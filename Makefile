@@ -19,11 +19,12 @@ demo: install
 	$(BIN)/cxrlab demo --out runs/demo
 
 # One pytest worker per core (pytest-xdist), each with one torch thread: the suite is mostly many
-# small single-threaded steps, and two workers finish it in ~5.5 min instead of ~9 on 2 cores.
+# small single-threaded steps, and two workers finish it in about half the time of one on 2 cores.
+# The slowest tests are listed at the end, so a run shows where the suite's time goes.
 # A plain `.venv/bin/python -m pytest` runs the same tests in one process.
 test: install browser postgres docs
 	$(BIN)/cxrlab doctor --require-java
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile --durations=15
 
 # The manual (docs/, mkdocs.yml) as a site in site/; strict: a broken link or reference fails.
 docs: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -65,6 +66,15 @@ def progress_bar(description: str) -> Progress:
     """A rich progress bar with count, elapsed time and ETA (goes to stderr)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False)
+
+
+def search_overrides(data: Path | None, **options: object) -> dict:
+    """A study's or search's settings given as options: those given, and ``data`` replacing the
+    config's data and split file."""
+    overrides = {key: value for key, value in options.items() if value is not None}
+    if data is not None:
+        overrides["data"], overrides["splits"] = str(data), None
+    return overrides
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:

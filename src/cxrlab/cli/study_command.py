@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import (
+    console,
+    exit_if_failed,
+    handle_errors,
+    progress_bar,
+    quiet_lightning,
+    search_overrides,
+)
 
 
 def study_command(
@@ -35,17 +42,7 @@ def study_command(
     from cxrlab.study.plan import cells
 
     with handle_errors():
-        overrides: dict = {}
-        if data is not None:
-            overrides["data"], overrides["splits"] = str(data), None
-        if folds is not None:
-            overrides["folds"] = folds
-        if workers is not None:
-            overrides["workers"] = workers
-        if storage is not None:
-            overrides["storage"] = storage
-        if share is not None:
-            overrides["share"] = share
+        overrides = search_overrides(data, folds=folds, workers=workers, storage=storage, share=share)
         study = load_study_config(config, overrides, assignments or ())
         if epochs is not None:
             study = study.model_copy(update={"base": {**study.base, "epochs": epochs}})

@@ -7,7 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import (
+    console,
+    exit_if_failed,
+    handle_errors,
+    progress_bar,
+    quiet_lightning,
+    search_overrides,
+)
 
 
 def tune_command(
@@ -29,15 +36,7 @@ def tune_command(
     from cxrlab.study.tune_config import load_tune_config
 
     with handle_errors():
-        overrides: dict = {}
-        if data is not None:
-            overrides["data"], overrides["splits"] = str(data), None
-        if trials is not None:
-            overrides["trials"] = trials
-        if storage is not None:
-            overrides["storage"] = storage
-        if share is not None:
-            overrides["share"] = share
+        overrides = search_overrides(data, trials=trials, storage=storage, share=share)
         search = load_tune_config(config, overrides, assignments or ())
         if epochs is not None:
             search = search.model_copy(update={"base": {**search.base, "epochs": epochs}})
