@@ -3,6 +3,7 @@ the test) and back into another worker's study folder, whole or not at all."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pandas as pd
@@ -84,3 +85,40 @@ def test_a_share_refuses_another_study_or_another_split(tmp_path):
         share.claim({**config, "seed": 1}, ("data", "seed", "folds"), split_digest(frame))
     with pytest.raises(ConfigError, match="split differs"):
         share.claim(config, ("data", "seed", "folds"), split_digest(frame.assign(fold=[1, 0, -1])))
+
+
+def test_an_unreachable_share_costs_a_warning_not_the_run(tmp_path, monkeypatch, caplog):
+    from botocore.exceptions import EndpointConnectionError
+
+    one = tmp_path / "one"
+    run = _run(one)
+    share = Share(str(tmp_path / "share"), one)
+
+    def unreachable(*args, **kwargs):  # what s3fs raises when the endpoint does not answer: not an OSError
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(share.fs, "exists", unreachable)
+    with caplog.at_level(logging.WARNING, logger="cxrlab.study.share"):
+        share.put_quietly(run)
+        assert not share.get_quietly(tmp_path / "one" / "runs" / "k9" / "fold0")
+    assert "could not be copied" in caplog.text and "could not be read" in caplog.text
+    assert (run / "model.pt").exists() and (run / "summary.json").exists()
+
+
+def test_a_run_whose_worker_crashed_is_queued_again_by_a_rerun(tmp_path):
+    """A trial that failed (its worker raised) would block its run for ever: a rerun queues it again;
+    a finished run is not queued twice."""
+    from cxrlab.study.queue import SharedRuns
+
+    queue = SharedRuns(f"sqlite:///{tmp_path / 'q.db'}", "s", heartbeat=5)
+    queue.enqueue(["a", "b"])
+    with pytest.raises(RuntimeError):
+        queue.work(lambda run: (_ for _ in ()).throw(RuntimeError("crash")) if run == "a" else None)
+    assert queue.finished() <= {"b"}  # "a" failed; "b" may have been reached before the crash
+    waiting_b = "b" not in queue.finished()
+    again = SharedRuns(f"sqlite:///{tmp_path / 'q.db'}", "s", heartbeat=5)
+    again.enqueue(["a", "b"])
+    assert again.work(lambda run: None) == 1 + waiting_b
+    assert again.finished() == {"a", "b"}
+    again.enqueue(["a", "b"])  # both finished: nothing is queued again
+    assert again.work(lambda run: None) == 0

@@ -118,7 +118,14 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(
     assert (tmp_path / "two" / "report.md").exists() and (tmp_path / "two" / "best-model" / "model.pt").exists()
     for run in complete:  # every run on the share, whole (its summary last), and the report beside them
         assert s3.exists(f"cxr/studies/shared/runs/{run}/summary.json") and s3.exists(f"cxr/studies/shared/runs/{run}/model.pt")
-    assert s3.exists("cxr/studies/shared/results.csv") and s3.exists("cxr/studies/shared/best-model/model.pt")
+    assert s3.exists("cxr/studies/shared/results.csv") and s3.exists("cxr/studies/shared/report.md")
+    assert s3.exists("cxr/studies/shared/best-model/model.pt")
+    late = _worker(config, tmp_path / "three", *options)  # a worker joining when all is done, in another folder
+    assert late.wait(600) == 0
+    printed = late.stdout.read()
+    assert "0 run(s) trained, 6 reused" in printed, printed[-3000:]  # every run taken from the share
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "three" / "results.csv")[columns], results[columns])
+    assert (tmp_path / "three" / "best-model" / "model.pt").exists()  # the report another worker wrote
     assert not s3.glob("cxr/studies/shared/shared/**") and not s3.glob("cxr/studies/shared/**/last.ckpt")
     client = MlflowClient(tracking_uri=tracking)
     experiment = client.get_experiment_by_name("cxrlab-studies")

@@ -157,8 +157,9 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
 
     old = flatten_settings(yaml.safe_load(recorded.read_text()) or {})  # written flat before sections
     new = config.model_dump(mode="json")
-    # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values
-    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta", "recipe"}
+    # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values; out,
+    # splits: the run's own folder (another worker's, for a run taken from a share)
+    ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta", "recipe", "out", "splits"}
     defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
     diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:

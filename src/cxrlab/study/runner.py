@@ -146,10 +146,10 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
                 for repeat in range(config.repeats):
                     run_dir = out / "runs" / cell.id / run_name(fold, repeat)
                     status, summary, error = _run_status(run_dir)
-                    if status == "todo" and share is not None and share.get(run_dir):  # trained elsewhere
+                    if status == "todo" and share is not None and share.get_quietly(run_dir):  # trained elsewhere
                         status, summary, error = _run_status(run_dir)
-                    elif status != "todo" and share is not None and not share.has(run_dir):
-                        share.put_quietly(run_dir)  # finished here when the share could not be reached
+                    elif status != "todo" and share is not None:  # finished here when the share was unreachable
+                        share.put_quietly(run_dir, only_missing=True)
                     if status == "failed" and retry_failed:
                         shutil.rmtree(run_dir)
                         status = "todo"
@@ -177,11 +177,11 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         work = [(job, (config, job[0], job[3].name, job[3], fold_frame(frame, job[1], config.num_folds), out, uri,
                        state["mlflow_parent"], job[2])) for job in jobs]
         if config.storage:  # claimed through the database: any number of workers share them
-            mine = _run_shared(config, stage, work, finished, share)
+            mine = _run_shared(config, stage, work, finished, share, retry_failed)
             for cell, fold, repeat, run_dir in jobs:  # what the other workers trained
                 if (cell.id, fold, repeat) not in rows:
-                    if share is not None:
-                        share.get(run_dir)
+                    if share is not None and _run_status(run_dir)[0] == "todo":
+                        share.get_quietly(run_dir)
                     status, summary, error = _run_status(run_dir)
                     rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, summary, error, repeat,
                                                             run_dir.name)
@@ -201,7 +201,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     def write() -> StudyResult:
         result = report["result"] = _report(config, out, frame, plan, rows, trained, reused, uri, state, progress)
         if share is not None:
-            share.put_outputs()
+            share.put_quietly(out)  # tables, report, exports; a rerun copies what could not be
         return result
 
     report: dict[str, StudyResult] = {}
@@ -211,9 +211,16 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     if claim_once(config.storage, queue_name(config, "report"), config.heartbeat, lambda _: write()):
         return report["result"]
     if share is not None:  # (from the share, when the workers' folders are their own)
-        for name in OUTPUTS:
-            share.get_file(name)
-        share.get(out / "best-model", run=False)
+        try:
+            for name in OUTPUTS:
+                share.get_file(name)
+        except Exception as err:  # noqa: BLE001 -- botocore's errors are not OSErrors
+            raise CxrlabError(f"{config.share}: cannot read the results another worker wrote "
+                              f"({type(err).__name__}: {err}); rerun to try again") from err
+        share.get_quietly(out / "best-model", run=False)
+    if not (out / "results.csv").exists():
+        raise CxrlabError(f"{out / 'results.csv'}: the worker that claimed the report wrote none (it failed: "
+                          "rerun the command to write it)")
     return _read_result(out, config, trained, reused)
 
 
@@ -254,7 +261,8 @@ def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell
     return StudyResult(out, table, summary_table, best, trained, reused, failed, warnings)
 
 
-def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, share: Share | None) -> int:
+def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, share: Share | None,
+                retry_failed: bool) -> int:
     """Train the stage's runs this worker claims (:class:`cxrlab.study.queue.SharedRuns`); how many."""
     by_id = {f"{job[0].id}/{job[3].name}": (job, arguments) for job, arguments in work}
     queue = SharedRuns(config.storage, queue_name(config, "stage-" + "-".join(sorted(c.id for c in stage))[:80]),
@@ -263,10 +271,14 @@ def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, sh
 
     def train_run(run_id: str) -> str | None:
         job, arguments = by_id[run_id]
-        if share is not None and share.get(job[3]):  # a retried run another worker finished after all
-            outcome = _run_status(job[3])[1:]
-        else:
-            outcome = _train_one(*arguments)
+        run_dir = job[3]
+        if share is not None and share.get_quietly(run_dir):  # a retried run another worker finished after all
+            status, summary, error = _run_status(run_dir)
+            if status == "done" or (status == "failed" and not retry_failed):
+                finished(job, (summary, error))
+                return error
+            shutil.rmtree(run_dir)  # a failure recorded there, to be tried again
+        outcome = _train_one(*arguments)
         finished(job, outcome)
         return outcome[1]
 

@@ -53,6 +53,10 @@ def _files(folder: Path, base: Path) -> list[Path]:
 class Share:
     """The share of one study folder ``out``.
 
+    Methods ending in ``_quietly`` never raise: a share that cannot be reached (network, permissions,
+    a missing package) costs a warning and the local copy, never a finished run; a rerun of the
+    command copies what is missing.
+
     Args:
         url: An fsspec URL (``s3://bucket/studies/k-sweep``) or a local folder.
         out: This worker's study folder.
@@ -62,14 +66,19 @@ class Share:
         from fsspec.implementations.local import LocalFileSystem
 
         self.url, self.out = url, Path(out)
-        if is_url(url):
-            self.fs, self.root = filesystem(url)
-        else:
+        self.is_local = not is_url(url)
+        if self.is_local:
             self.fs, self.root = LocalFileSystem(auto_mkdir=True), str(local(url).resolve())
+        else:
+            self.fs, self.root = filesystem(url)
 
     def _remote(self, relative: Path | str) -> str:
         inner = Path(relative).as_posix()
         return self.root if inner == "." else posixpath.join(self.root, inner)
+
+    def _fresh(self, remote: str) -> None:
+        """Forget what the file system remembers of ``remote`` (s3fs answers from its listings)."""
+        self.fs.invalidate_cache(remote)
 
     def _copied(self) -> dict[str, list[int]]:
         try:
@@ -77,35 +86,55 @@ class Share:
         except (OSError, ValueError):
             return {}
 
+    def _record(self, copied: dict[str, list[int]]) -> None:
+        atomic_write_text(self.out / RECORD, json.dumps(copied) + "\n")
+
+    def _put_file(self, source: Path, target: str) -> None:
+        """One file to the share, seen whole or not at all: an object store writes an object in one
+        request; a folder gets a temporary name renamed into place."""
+        if not self.is_local:
+            self.fs.put_file(str(source), target)
+            return
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        part = f"{target}.part-{os.getpid()}"
+        shutil.copyfile(source, part)
+        os.replace(part, target)
+
     def put(self, folder: Path) -> int:
-        """Copy ``folder`` (inside ``out``) to the share, markers last, leaving out files copied before
-        and unchanged since (size and modification time as recorded here, when the share still has
-        them: one listing of the share, not a request per file); how many were copied."""
+        """Copy ``folder`` (inside ``out``) to the share, markers last, leaving out files copied (or
+        fetched) before and unchanged since (size and modification time as recorded here, when the
+        share still has them: one listing of the share, not a request per file); how many were copied.
+        A run finished here after a failure recorded there loses that ``failed.json`` there."""
         remote = self._remote(folder.relative_to(self.out))
+        self._fresh(remote)
         held = self.fs.find(remote, detail=True) if self.fs.exists(remote) else {}
         copied, count = self._copied(), 0
         for relative in _files(folder, self.out):
             target, stat = self._remote(relative), (self.out / relative).stat()
             key, now = relative.as_posix(), [stat.st_size, stat.st_mtime_ns]
             if target not in held or copied.get(key) != now:
-                self.fs.put_file(str(self.out / relative), target)
+                self._put_file(self.out / relative, target)
                 copied[key] = now
                 count += 1
+            if relative.name == "summary.json" and (stale := posixpath.join(posixpath.dirname(target), "failed.json")) in held \
+                    and not (self.out / relative.parent / "failed.json").exists():
+                self.fs.rm_file(stale)
         if count:
-            atomic_write_text(self.out / RECORD, json.dumps(copied) + "\n")
+            self._record(copied)
         return count
 
-    def put_quietly(self, folder: Path) -> None:
-        """:meth:`put`, where a share that cannot be reached costs a warning, not the finished run (a
-        rerun of the command copies it)."""
+    def put_quietly(self, folder: Path, only_missing: bool = False) -> None:
+        """:meth:`put` (``only_missing``: only when the run is not whole on the share), never raising."""
         try:
-            self.put(folder)
-        except OSError as err:
-            log.warning("study: %s could not be copied to %s: %s", folder, self.url, err)
+            if not (only_missing and self.has(folder)):
+                self.put(folder)
+        except Exception as err:  # noqa: BLE001 -- botocore's and other file systems' errors are not OSErrors
+            log.warning("study: %s could not be copied to %s: %s: %s", folder, self.url, type(err).__name__, err)
 
     def has(self, folder: Path) -> bool:
         """Whether the run ``folder`` (inside ``out``) is whole on the share."""
         remote = self._remote(folder.relative_to(self.out))
+        self._fresh(remote)
         return any(self.fs.exists(posixpath.join(remote, m)) for m in MARKERS)
 
     def put_outputs(self) -> int:
@@ -115,37 +144,56 @@ class Share:
     def get(self, folder: Path, run: bool = True) -> bool:
         """Copy ``folder`` (inside ``out``) from the share, replacing what this worker has of it: a run
         folder only when it is whole there (a marker file; ``run=False``: any folder that is there);
-        whether it was copied."""
+        whether it was copied. What is copied is recorded, so it is not copied back."""
         relative = folder.relative_to(self.out)
         remote = self._remote(relative)
+        self._fresh(remote)
         if not (self.has(folder) if run else self.fs.isdir(remote)):
             return False
-        part = folder.with_name(folder.name + ".part")
+        part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
         shutil.rmtree(part, ignore_errors=True)
         names = sorted(self.fs.find(remote))
+        fetched = []
         for name in sorted(names, key=lambda n: posixpath.basename(n) in MARKERS):  # markers last
             inner = Path(posixpath.relpath(name, remote))
-            if not _skipped(relative / inner):
+            if not _skipped(relative / inner) and ".part-" not in inner.name:
                 (part / inner).parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(name, str(part / inner))
+                fetched.append(relative / inner)
         shutil.rmtree(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
         part.rename(folder)
+        copied = self._copied()
+        for path in fetched:
+            stat = (self.out / path).stat()
+            copied[path.as_posix()] = [stat.st_size, stat.st_mtime_ns]
+        self._record(copied)
         return True
+
+    def get_quietly(self, folder: Path, run: bool = True) -> bool:
+        """:meth:`get`, never raising: False when the share cannot be read."""
+        try:
+            return self.get(folder, run)
+        except Exception as err:  # noqa: BLE001 -- as in put_quietly
+            log.warning("study: %s could not be read from %s: %s: %s", folder, self.url, type(err).__name__, err)
+            return False
 
     def get_file(self, name: str) -> bool:
         """Copy one file of the study folder's top level from the share; whether it was there."""
         remote = self._remote(name)
+        self._fresh(remote)
         if not self.fs.exists(remote):
             return False
         target = self.out / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.fs.get_file(remote, str(target) + ".part")
-        Path(str(target) + ".part").replace(target)
+        part = Path(f"{target}.part-{os.getpid()}")
+        self.fs.get_file(remote, str(part))
+        part.replace(target)
         return True
 
     def claim(self, config: dict, fixed: Sequence[str], split: str) -> None:
-        """Check the share holds this study (or nothing yet) and record its settings there.
+        """Check the share holds this study (or nothing yet) and record its settings there. As in a
+        study folder, only the settings that fix the split are fixed (a grid may grow).
 
         Args:
             config: The study's settings.
@@ -158,9 +206,13 @@ class Share:
         """
         remote = self._remote("share.json")
         mine = {"config": {k: config.get(k) for k in fixed}, "split": split}
+        self._fresh(remote)
         if not self.fs.exists(remote):
-            self.fs.pipe_file(remote, (json.dumps(mine, indent=2) + "\n").encode())
-            return
+            try:  # only one of two workers starting together writes it; the other checks against it
+                self._create(remote, (json.dumps(mine, indent=2) + "\n").encode())
+                return
+            except FileExistsError:
+                self._fresh(remote)
         held = json.loads(self.fs.cat_file(remote))
         changed = [k for k in fixed if held["config"].get(k) != mine["config"][k]]
         if changed:
@@ -169,6 +221,18 @@ class Share:
         if held["split"] != split:
             raise ConfigError(f"{self.url}: holds a study whose split differs from this worker's (other data or "
                               "files here?); every worker needs the same data")
+
+    def _create(self, remote: str, data: bytes) -> None:
+        """Write ``remote`` only if it does not exist (FileExistsError otherwise)."""
+        if self.is_local:
+            Path(remote).parent.mkdir(parents=True, exist_ok=True)
+            with open(remote, "xb") as handle:
+                handle.write(data)
+            return
+        try:
+            self.fs.pipe_file(remote, data, mode="create")
+        except TypeError:  # a file system without exclusive creation: a near race stays possible
+            self.fs.pipe_file(remote, data)
 
 
 def split_digest(frame: pd.DataFrame) -> str:

@@ -222,8 +222,8 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
                            callbacks=[report_trial], gc_after_trial=True)
     trials = _write_trials(study, out)
     result = _finish(config, out, study, trials, frame, uri, state["mlflow_parent"], ran, share)
-    if share is not None:  # each worker's report is the whole search's: the last one to finish stays
-        share.put_outputs()
+    if share is not None:  # the tables and report of the search as this worker saw it at its end
+        share.put_quietly(out)
     return result
 
 
@@ -266,7 +266,7 @@ def _finish(config: TuneConfig, out: Path, study: optuna.Study, trials: pd.DataF
     if best is not None:
         run_dir = out / best.user_attrs["run"]
         if share is not None and not (run_dir / "summary.json").exists():
-            share.get(run_dir)  # another worker's trial
+            share.get_quietly(run_dir)  # another worker's trial
         export_run(run_dir, out / "best-model", {"trial": best.number, "settings": _settings(best)})
         test_side = frame[frame["split"] == "test"]
         if len(test_side):
