@@ -58,9 +58,9 @@ def test_a_run_goes_to_the_share_and_back_into_another_workers_folder(share_url,
     assert (partial / "model.pt").read_bytes() == b"WEIGHTS"
     assert not second.get(two / "runs" / "k1" / "fold1")  # not on the share
 
-    assert first.put_outputs() == 0  # the run is there; locks and shared/ are never copied
+    assert first.put(one) == 0  # the run is there; locks and shared/ are never copied
     (one / "results.csv").write_text("cell,fold\nk1,0\n")
-    assert first.put_outputs() == 1 and second.get_file("results.csv") and not second.get_file("summary.csv")
+    assert first.put(one) == 1 and second.get_file("results.csv") and not second.get_file("summary.csv")
     assert (two / "results.csv").read_text() == "cell,fold\nk1,0\n"
 
 

@@ -8,14 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import (
-    console,
-    exit_if_failed,
-    handle_errors,
-    progress_bar,
-    quiet_lightning,
-    search_overrides,
-)
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning, search_overrides
 
 
 def study_command(

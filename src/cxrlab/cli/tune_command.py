@@ -7,14 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import (
-    console,
-    exit_if_failed,
-    handle_errors,
-    progress_bar,
-    quiet_lightning,
-    search_overrides,
-)
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning, search_overrides
 
 
 def tune_command(

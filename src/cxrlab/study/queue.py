@@ -140,11 +140,19 @@ def claim_once(storage: str, name: str, heartbeat: int, job: Callable[[SharedRun
     return queue.work(lambda _: job(queue) and None) > 0
 
 
-def shared_parent(storage: str, name: str, heartbeat: int, start: Callable[[], str]) -> str:
-    """An MLflow parent run (of a study or a search) started by the one worker that claims ``name``;
-    every worker's id of it."""
-    def begin(queue: SharedRuns) -> None:
-        queue.study.set_user_attr("mlflow_parent", start())
+def shared_parent(storage: str | None, mlflow_uri: str | None, name: str,
+                  heartbeat: int) -> Callable[[Callable[[], str]], str] | None:
+    """For :func:`cxrlab.study.tracking.folder_state`: with a database and a tracking server (workers
+    with folders of their own), the MLflow parent run of a study or a search is started by the one
+    worker that claims ``name``, and every worker gets its id; otherwise None (one per folder)."""
+    if not (storage and mlflow_uri):
+        return None
 
-    claim_once(storage, name, heartbeat, begin)
-    return SharedRuns(storage, name, heartbeat).study.user_attrs.get("mlflow_parent", "")
+    def claimed(start: Callable[[], str]) -> str:
+        def begin(queue: SharedRuns) -> None:
+            queue.study.set_user_attr("mlflow_parent", start())
+
+        claim_once(storage, name, heartbeat, begin)
+        return SharedRuns(storage, name, heartbeat).study.user_attrs.get("mlflow_parent", "")
+
+    return claimed

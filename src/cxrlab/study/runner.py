@@ -80,10 +80,7 @@ class StudyResult:
 
 
 def _state(config: StudyConfig, out: Path, uri: str) -> dict:
-    shared = None  # workers with folders of their own, one tracking server: the parent run is claimed in the database
-    if config.storage and config.mlflow_uri:
-        def shared(start: Callable[[], str]) -> str:
-            return shared_parent(config.storage, queue_name(config, "parent"), config.heartbeat, start)
+    shared = shared_parent(config.storage, config.mlflow_uri, queue_name(config, "parent"), config.heartbeat)
     return folder_state(out / "study.json", config.model_dump(mode="json"), SPLIT_FIELDS, "a study", uri,
                         config.experiment, config.name,
                         {"grid": config.grid, "variants": config.variants, "folds": config.num_folds},
@@ -201,7 +198,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     def write() -> StudyResult:
         result = report["result"] = _report(config, out, frame, plan, rows, trained, reused, uri, state, progress)
         if share is not None:
-            share.put_quietly(out)  # tables, report, exports; a rerun copies what could not be
+            share.put_quietly(out)  # tables, report, exports, runs; a rerun copies what could not be
         return result
 
     report: dict[str, StudyResult] = {}

@@ -137,10 +137,6 @@ class Share:
         self._fresh(remote)
         return any(self.fs.exists(posixpath.join(remote, m)) for m in MARKERS)
 
-    def put_outputs(self) -> int:
-        """Copy everything in ``out`` worth sharing (after the report): tables, report, exports, runs."""
-        return self.put(self.out)
-
     def get(self, folder: Path, run: bool = True) -> bool:
         """Copy ``folder`` (inside ``out``) from the share, replacing what this worker has of it: a run
         folder only when it is whole there (a marker file; ``run=False``: any folder that is there);

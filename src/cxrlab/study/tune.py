@@ -140,10 +140,7 @@ FIXED = ("data", "splits", "scheme", "ratios", "seed", "base", "space", "metric"
 
 def _state(config: TuneConfig, out: Path, uri: str) -> dict:
     current = config.model_dump(mode="json")
-    shared = None  # workers with folders of their own, one tracking server: the parent run is claimed in the database
-    if config.storage and config.mlflow_uri:
-        def shared(start: Callable[[], str]) -> str:
-            return shared_parent(config.storage, f"{config.name}-mlflow-parent", 60, start)
+    shared = shared_parent(config.storage, config.mlflow_uri, f"{config.name}-mlflow-parent", 60)
     return folder_state(out / "tune.json", current, FIXED, "a search", uri, config.experiment, config.name,
                         {"space": current["space"], "metric": config.metric}, {"cxrlab.tune": config.name}, shared)
 
