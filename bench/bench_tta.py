@@ -22,8 +22,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.evaluate.bootstrap import bootstrap_cis
-from cxrlab.evaluate.predictions import prepared_dataset
-from cxrlab.models import load_model
+from cxrlab.models.predictor import Predictor
 from cxrlab.models.tta import mean_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +32,11 @@ def oof(run: Path, mode: str) -> tuple[pd.DataFrame, float]:
     """Out-of-fold probabilities of every fold's model on its own fold, with ``mode`` views."""
     frames, seconds = [], 0.0
     for fold_dir in sorted((run / "folds").glob("fold*")):
-        model, preprocess, _ = load_model(fold_dir / "model.pt")
-        model.eval()
+        predictor = Predictor(fold_dir)
+        model = predictor.model.eval()
         split = resolve_paths(read_table(fold_dir / "splits.csv"), fold_dir)
         held = split[split["split"] == "test"].reset_index(drop=True)
-        kept, dataset, _ = prepared_dataset(model, preprocess, held, run / f"prepared-tta-{fold_dir.name}")
+        kept, dataset, _ = predictor.dataset(held, run / f"prepared-tta-{fold_dir.name}")
         start = time.perf_counter()
         with torch.no_grad():
             probs = torch.cat([mean_probabilities(model, x, mode) for x, _ in

@@ -47,22 +47,26 @@ def train_model(config: str | Path | None = None, **settings) -> TrainResult | C
 
 
 def evaluate_model(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
-             n_boot: int = 1000, seed: int = 0) -> dict:
+                   n_boot: int = 1000, seed: int = 0, segmenter: str | Path | None = None,
+                   explanations: bool = False) -> dict:
     """Evaluate a run's (or model file's) model on its test side, or on ``data`` (images it never
-    saw), and write the report, as ``cxrlab evaluate`` does. Returns the figures (``metrics.json``)."""
-    from cxrlab.evaluate.runner import evaluate_run
+    saw), and write the report, as ``cxrlab evaluate`` does (``explanations``: with its Grad-CAM
+    sections, as the command by default). Returns the figures (``metrics.json``)."""
+    from cxrlab.study.evaluation import evaluate_and_explain
 
-    return evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
+    return evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter,
+                                explanations=explanations)
 
 
-def predict(model: str | Path, images: Iterable[str | Path], out: str | Path, overlays: bool = True) -> pd.DataFrame:
+def predict(model: str | Path, images: Iterable[str | Path], out: str | Path, overlays: bool = True,
+            segmenter: str | Path | None = None) -> pd.DataFrame:
     """Screen image files and folders with a run's model, as ``cxrlab predict`` does: one row per
     input with a probability per class, the call, the out-of-distribution flag and the overlay's
     path (``error`` says why an input was skipped)."""
+    from cxrlab.core.run_folder import model_file
     from cxrlab.explain import predict_images
 
-    folder = Path(model)
-    records = predict_images(folder / "model.pt" if folder.is_dir() else folder, images, out, overlays=overlays)
+    records = predict_images(model_file(model), images, out, overlays=overlays, segmenter=segmenter)
     return pd.DataFrame(records)
 
 

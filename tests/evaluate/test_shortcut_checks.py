@@ -8,7 +8,8 @@ import pytest
 
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.evaluate.masked_inputs import VARIANTS, _variants, masked_input_predictions, summarise_masked_inputs
-from cxrlab.evaluate.predictions import load_for_evaluation, predict_frame
+from cxrlab.models import load_model
+from cxrlab.models.predictor import Predictor
 from cxrlab.evaluate.source_probe import source_probe
 
 
@@ -73,7 +74,7 @@ def test_masked_input_summary_flags_evidence_outside_the_lungs():
 
 
 def test_masked_inputs_of_a_trained_model(run_dir, tmp_path):
-    model, preprocess, _ = load_for_evaluation(run_dir)
+    model, preprocess, _ = load_model(run_dir)
     split = resolve_paths(read_table(run_dir / "splits.csv"), run_dir)
     test = split[split["split"] == "test"].head(6)
     table = masked_input_predictions(model, preprocess, test)
@@ -82,7 +83,7 @@ def test_masked_inputs_of_a_trained_model(run_dir, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert not np.allclose(probs[0::3], probs[2::3])  # blacking out the lungs changes the model's input
     # the whole-image variant is exactly what the model predicts through its usual path
-    usual = predict_frame(model, preprocess, test, tmp_path / "prep")
+    usual = Predictor(run_dir).predict_frame(test, tmp_path / "prep")
     np.testing.assert_allclose(probs[0::3], usual.probs, atol=1e-4)
     broken = test.assign(mask=[str(tmp_path / "missing.png")] + list(test["mask"][1:]))
     assert len(masked_input_predictions(model, preprocess, broken)) == 3 * (len(test) - 1)  # skipped, named in a warning

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 from cxrlab.core.errors import ConfigError
 from cxrlab.explain import Screener, predict_images
-from cxrlab.explain.screening import decide
+from cxrlab.models.decision import DecisionRule
 from cxrlab.models import create_classifier, save_model
 from cxrlab.models.ood import FeatureDistance
 from cxrlab.models.polarity import PolarityCheck
@@ -104,12 +104,21 @@ def test_inverted_images_are_the_negatives_in_the_models_input_space(run_dir):
 
 
 def test_decide_applies_the_operating_point_and_falls_back_to_the_most_probable_class():
+    def decide(probs, names, point, multilabel=False):
+        return DecisionRule.from_operating_point(point, names, multilabel).decide(probs)
+
     probs = np.array([0.30, 0.45, 0.25])
     assert decide(probs, CLASSES, None) == "Pneumonia"
     point = {"positive": "COVID-19", "threshold": 0.25}
     assert decide(probs, CLASSES, point) == "COVID-19"  # above its threshold though not the top class
     assert decide(np.array([0.20, 0.30, 0.50]), CLASSES, point) == "Normal"  # below: best of the others
     assert decide(probs, ["A", "B", "C"], point) == "B"  # no such class: argmax
+    findings = ["Effusion", "Nodule", "Mass"]  # multi-label: each finding at its own threshold, 0.5 without one
+    assert decide(np.array([0.6, 0.3, 0.55]), findings, {"per_finding": {"Nodule": 0.2}}, True) == "Effusion|Mass|Nodule"
+    assert decide(np.array([0.4, 0.1, 0.45]), findings, None, True) == "No Finding"  # none called, no file thresholds
+    for bad in (float("nan"), 1.5, "x"):  # a diverged or edited file: refused by name, never a silent call
+        with pytest.raises(ConfigError, match="threshold"):
+            DecisionRule.from_operating_point({"positive": "COVID-19", "threshold": bad}, CLASSES)
 
 
 def test_training_stores_the_screening_reference_set_on_validation(run_dir):
@@ -146,7 +155,8 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
     rows = predict_images(run_dir, [*test, photo, blank, *negatives, tmp_path / "notes.png",
                                     tmp_path / "missing.png"], tmp_path / "out")
     every = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert list(every.columns) == ["image", *CLASSES, "predicted", "ood_score", "ood", "ood_reason", "overlay", "error"]
+    assert list(every.columns) == ["image", *CLASSES, "predicted", "most_probable", "ood_score", "ood", "ood_reason",
+                                   "overlay", "error"]
     assert len(every) == len(test) + 8  # a row per input, the unreadable ones with their reason
     errors = every.dropna(subset=["error"]).set_index("image")["error"].to_dict()
     assert errors == {str(tmp_path / "notes.png"): "not an image (unrecognised file content)",

@@ -20,6 +20,7 @@ from scipy import stats
 
 from cxrlab.core import ConfigError
 from cxrlab.models import load_model
+from cxrlab.models.predictor import Predictor
 from cxrlab.study import StudyConfig, corrected_resampled_ttest, load_study_config, run_study
 from cxrlab.study.plan import cells
 from cxrlab.study.test_side import predict_test_side
@@ -294,8 +295,8 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report
     assert "test ROAD" in report and "Lung masks per side, class and origin" in report  # every phantom: "given"
     # the shortcut checks run on a lung-attention model too (its masks ride along as an input channel)
-    loaded = load_model(guided / "model.pt")
-    assert loaded[0].lung_attention
+    loaded = Predictor(guided)
+    assert loaded.model.lung_attention
     split = pd.read_csv(tmp_path / "splits.csv")
     split["image"] = [str((tmp_path / p).resolve()) for p in split["image"]]
     split["mask"] = [str((tmp_path / p).resolve()) for p in split["mask"]]

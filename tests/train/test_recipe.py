@@ -148,8 +148,7 @@ def test_the_moving_average_of_the_weights_is_what_is_validated_and_kept(tmp_pat
     import pandas as pd
 
     from cxrlab.data import load_source
-    from cxrlab.evaluate.predictions import predict_frame
-    from cxrlab.models import load_model
+    from cxrlab.models.predictor import Predictor
 
     config = build_config({"data": str(phantoms), "out": str(tmp_path / "ema"), "size": 32, "epochs": 3,
                            "batch_size": 8, "ratios": (0.6, 0.2, 0.2), "lr": 1e-2, "fine_tune": 1, "ema_decay": decay,
@@ -158,9 +157,8 @@ def test_the_moving_average_of_the_weights_is_what_is_validated_and_kept(tmp_pat
     result = train(config, screening=False)
     logged = pd.read_csv(result.out / "metrics.csv")
     kept = logged.loc[logged["epoch"] == result.summary["best_epoch"], "val_loss"].item()
-    model, preprocess, _ = load_model(result.out / "model.pt")
     val = load_source(result.out / "splits.csv").table.query("split == 'val'")
-    scored = predict_frame(model, preprocess, val, tmp_path / "work")
+    scored = Predictor(result.out).predict_frame(val, tmp_path / "work")
     probs = torch.from_numpy(scored.logits).log_softmax(1)
     recomputed = -probs[torch.arange(len(probs)), torch.as_tensor(scored.y_true)].mean().item()
     assert recomputed == pytest.approx(kept, rel=1e-4)

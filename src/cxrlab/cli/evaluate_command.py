@@ -20,6 +20,9 @@ def evaluate_command(
     no_gradcam: Annotated[bool, typer.Option("--no-gradcam", help="Skip the Grad-CAM sections (in-lung evidence, galleries, filters).")] = False,
     cam_method: Annotated[str, typer.Option(help="Map of the explanation sections: gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     cam_layer: Annotated[Optional[str], typer.Option(help="last (default), fine (a finer grid) or a module name.")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file: for a model that uses lung masks, every "
+                                                          "image's mask comes from it (as in predict) instead of the "
+                                                          "table's mask column.")] = None,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
@@ -29,7 +32,8 @@ def evaluate_command(
 
     with handle_errors(), device_policy(device, precision):
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,
-                                       explanations=not no_gradcam, method=cam_method, layer=cam_layer)  # type: ignore[arg-type]
+                                       explanations=not no_gradcam, method=cam_method, layer=cam_layer,  # type: ignore[arg-type]
+                                       segmenter=segmenter)
         m, ci = results["metrics"], results["ci"]
         if results.get("task") == "multilabel":
             _print_multilabel(results)

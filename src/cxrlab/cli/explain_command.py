@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar
 
@@ -18,27 +19,31 @@ def explain_command(
     method: Annotated[str, typer.Option(help="gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
     layer: Annotated[Optional[str], typer.Option(help="last (default: the backbone's last block), fine (the last block "
                                                       "with a finer grid) or a module name.")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for models that use lung masks.")] = None,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
-    """Per-class probabilities and a Grad-CAM heatmap on each image (research use only). Exit code 3 when
-    some inputs could not be read (each is a row with its reason; every other image is written)."""
+    """Per-class probabilities, the class `predict` reports and a Grad-CAM heatmap on each image, drawn as one
+    figure per image (research use only). Exit code 3 when some inputs could not be read (each is a row
+    with its reason; every other image is written)."""
     from cxrlab.data.images import find_images
-    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.core.run_folder import model_file
     from cxrlab.explain import explain_images
 
     with handle_errors(), device_policy(device, precision):
         files = find_images(images)
         with progress_bar("explaining") as bar:
             task = bar.add_task("explaining", total=len(files))
-            records = explain_images(resolve_model_path(run), files, out, method, layer,  # type: ignore[arg-type]
-                                     progress=lambda n: bar.advance(task, n))
+            records = explain_images(model_file(run), files, out, method, layer,  # type: ignore[arg-type]
+                                     progress=lambda n: bar.advance(task, n), segmenter=segmenter)
         failed = [r for r in records if "error" in r]
         for r in failed:
-            err_console.print(f"[yellow]skipped[/] {r['image']}: {r['error']}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {escape(r['image'])}: {escape(r['error'])}", highlight=False)
         for r in records[:20]:
             if "error" not in r:
                 probs = ", ".join(f"{k} {v:.2f}" for k, v in r["probabilities"].items())
-                console.print(f"{r['image']}: {r['predicted']} ({probs}) → {r['overlay']}", highlight=False)
+                note = " [red](out of distribution)[/]" if r.get("ood") else ""
+                console.print(f"{escape(r['image'])}: {r['predicted']} ({probs}){note} → {escape(r['overlay'])}",
+                              highlight=False)
         console.print(f"{len(records) - len(failed)} image(s) explained, {len(failed)} skipped; wrote "
                       f"{Path(out) / 'explanations.csv'} and {Path(out) / 'explanations.json'}")
     exit_if_failed(len(failed), "input(s)")

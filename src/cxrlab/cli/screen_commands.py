@@ -23,14 +23,14 @@ def predict_command(
     a Grad-CAM overlay for each image (research use only, not for clinical diagnosis). Exit code 3 when
     some inputs could not be read (each is a row with its reason; every other image is written)."""
     from cxrlab.data.images import find_images
-    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.core.run_folder import model_file
     from cxrlab.explain.predict import predict_images
 
     with handle_errors(), device_policy(device, precision):
         files = find_images(inputs)
         with progress_bar("screening") as bar:
             task = bar.add_task("screening", total=len(files))
-            rows = predict_images(resolve_model_path(model), files, out, segmenter=segmenter, method=method,  # type: ignore[arg-type]
+            rows = predict_images(model_file(model), files, out, segmenter=segmenter, method=method,  # type: ignore[arg-type]
                                   overlays=overlays, progress=lambda n: bar.advance(task, n))
         skipped = [r for r in rows if "error" in r]
         flagged = [r for r in rows if r.get("ood")]
@@ -64,7 +64,7 @@ def serve_command(
     (research use only, not for clinical diagnosis)."""
     from cxrlab.core.optional import require
     from cxrlab.core.runtime import tune_allocator
-    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.core.run_folder import model_file
 
     with handle_errors(), device_policy(device, precision):
         for module in ("fastapi", "uvicorn", "multipart"):
@@ -77,7 +77,7 @@ def serve_command(
         settings = ServeSettings(max_upload_mb=max_upload_mb, timeout_s=timeout, store_uploads=store_uploads,
                                  segmenter=segmenter, compile=compile, overlay_side=overlay_side,
                                  max_queue=max_queue, body_timeout_s=body_timeout)
-        app = create_app(resolve_model_path(model), settings)
+        app = create_app(model_file(model), settings)
         console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
 
@@ -89,14 +89,14 @@ def export_command(
 ) -> None:
     """Export a model to ONNX, for onnxruntime or any ONNX runtime; checks that the probabilities match."""
     from cxrlab.core.optional import require
-    from cxrlab.evaluate.predictions import resolve_model_path
+    from cxrlab.core.run_folder import model_file
     from cxrlab.models import load_model
     from cxrlab.models.onnx_export import export_onnx, onnx_difference
 
     with handle_errors():
         for module in ("onnx", "onnxscript", "onnxruntime"):
             require(module, "cxrlab export --onnx")
-        net, preprocess, _ = load_model(resolve_model_path(model))
+        net, preprocess, _ = load_model(model_file(model))
         export_onnx(net, onnx, preprocess)
         console.print(f"wrote {onnx}")
         if check:

@@ -11,9 +11,24 @@ from pathlib import Path
 
 import yaml
 
+from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 
 CONFIG, SUMMARY = "config.yaml", "summary.json"
+MODEL = "model.pt"  # the self-contained model file every command reads
+
+
+def model_file(run: str | Path) -> Path:
+    """The model file of ``run``: ``RUN/model.pt`` for a run folder, else ``run`` itself.
+
+    Raises:
+        ConfigError: neither a run folder with a model file nor a file.
+    """
+    run = Path(run)
+    path = run / MODEL if run.is_dir() else run
+    if not path.is_file():
+        raise ConfigError(f"{run}: no model found (expected a run folder with {MODEL}, or a model file)")
+    return path
 
 
 class RunFolder:

@@ -13,7 +13,7 @@ import numpy as np
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.metrics import _average_precision, binary_auc
 from cxrlab.evaluate.plots import plot_roc_pr
-from cxrlab.evaluate.predictions import Predictions
+from cxrlab.models.predictor import Predictions
 from cxrlab.evaluate.report import _fmt, html_page, markdown_page
 from cxrlab.train.metrics import compute_multilabel_metrics
 from cxrlab.train.screening_reference import finding_operating_points

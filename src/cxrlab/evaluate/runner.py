@@ -13,17 +13,16 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.data.findings import NO_FINDING
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
 from cxrlab.data.seen import SEEN_REASON, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
 from cxrlab.evaluate.multilabel import multilabel_figures, multilabel_results, render_multilabel
-from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
-from cxrlab.evaluate.predictions import Predictions, load_for_evaluation, predict_frame
 from cxrlab.evaluate.report import render_html, render_markdown
+from cxrlab.models.predictor import Predictions, Predictor
+from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
 from cxrlab.train.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -142,8 +141,12 @@ def _warnings(p: Predictions, per_source: dict, seen: int = 0) -> list[str]:
 
 
 def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict:
-    """Evaluate a trained model and write ``report.html``, ``report.md``, ``metrics.json`` and figures.
+                 n_boot: int = 1000, seed: int = 0, segmenter: str | Path | None = None) -> dict:
+    """Evaluate a trained model and write ``report.html``, ``report.md``, ``metrics.json``,
+    ``predictions.csv`` and figures.
+
+    The images go through :class:`cxrlab.models.predictor.Predictor`, as in ``predict``: the
+    ``predicted`` column is the class ``predict`` reports (the model file's decision rule).
 
     Args:
         run: A run directory (``model.pt``, ``splits.csv``, ``metrics.csv``) or a model file.
@@ -152,19 +155,22 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         splits: A split file to take the test side (and validation side) from.
         n_boot: Bootstrap replicates for the CIs.
         seed: Seed of the bootstrap.
+        segmenter: A lung segmenter file: every image's mask (for a model whose preprocessing uses
+            one) comes from it, as in ``predict``, instead of the table's ``mask`` column.
 
     Returns:
         The results dict also written to ``metrics.json``.
     """
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, preprocess, payload = load_for_evaluation(run)
+    predictor = Predictor(run, segmenter=segmenter)
+    model, payload = predictor.model, predictor.payload
     scheme = model_scheme(model)
     test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
                                                   scheme)
     test_frame, seen = _unseen(test_frame, _seen(run, payload), run, side)
-    test = predict_frame(model, preprocess, test_frame, out / "prepared-test")
-    val = predict_frame(model, preprocess, val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
+    test = predictor.predict_frame(test_frame, out / "prepared-test")
+    val = predictor.predict_frame(val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     if model.multilabel:
         return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, n_boot, seed)
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
@@ -194,18 +200,19 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
                "reliability diagram": plot_reliability(calibration["bins"], calibration["ece"], out / "reliability.png")}
-    return _finish(run, out, test, results, figures, [test.class_names[i] for i in test.probs.argmax(1)])
+    return _finish(run, out, test, results, figures)
 
 
-def _finish(run: Path, out: Path, test, results: dict, figures: dict, predicted: list[str]) -> dict:
-    """The training curves, ``predictions.csv`` (probabilities, ``predicted``, masks for the explanation
-    layer) and the report files."""
+def _finish(run: Path, out: Path, test: Predictions, results: dict, figures: dict) -> dict:
+    """The training curves, ``predictions.csv`` (probabilities, ``predicted``: the class ``predict``
+    reports, masks for the explanation layer) and the report files."""
     if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
         figures["training curves"] = curves
     predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
     for i, name in enumerate(test.class_names):
         predictions[name] = test.probs[:, i]
-    predictions["predicted"] = predicted
+    predictions["predicted"] = test.predicted
+    predictions["most_probable"] = [test.class_names[i] for i in test.probs.argmax(1)]
     for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
         predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
     predictions.to_csv(out / "predictions.csv", index=False)
@@ -233,10 +240,7 @@ def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: s
         "seen_left_out": len(seen), "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
         "warnings": _warnings(test, {}, len(seen)),  # a source's class mix: see its per-finding figures
     }
-    thresholds = [results["metrics"]["per_class"][n]["threshold"] for n in test.class_names]
-    called = ["|".join(n for n, p, t in zip(test.class_names, row, thresholds) if p >= t) or NO_FINDING
-              for row in test.probs]  # each finding at its threshold, chosen on validation
-    return _finish(run, out, test, results, multilabel_figures(test, out), called)
+    return _finish(run, out, test, results, multilabel_figures(test, out))
 
 
 def write_report(results: dict, out: Path) -> None:

@@ -1,4 +1,5 @@
-"""Explain image files with a trained model: probabilities, Grad-CAM overlays, a JSON record."""
+"""``explain``: image files through the screener (the same answers as ``predict``), each drawn as a figure:
+the image, a Grad-CAM map per explained class and the probabilities."""
 
 from __future__ import annotations
 
@@ -12,14 +13,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxrlab.core.errors import ConfigError, InvalidImageError  # noqa: E402
-from cxrlab.data.images import find_images, read_image  # noqa: E402
-from cxrlab.explain.gradcam import CamMethod, GradCamExplainer  # noqa: E402
-from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay  # noqa: E402
-from cxrlab.explain.records import RecordTable, overlay_name  # noqa: E402
-from cxrlab.explain.screening import decide, finding_targets_to_explain  # noqa: E402
-from cxrlab.models import load_model  # noqa: E402
-from cxrlab.preprocess import Preprocessor  # noqa: E402
+from cxrlab.core.errors import InvalidImageError  # noqa: E402
+from cxrlab.data.images import find_images  # noqa: E402
+from cxrlab.explain.gradcam import CamMethod  # noqa: E402
+from cxrlab.explain.overlay import overlay  # noqa: E402
+from cxrlab.explain.records import COLUMNS, RecordTable, overlay_name  # noqa: E402
+from cxrlab.explain.screening import Screener  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -48,53 +47,44 @@ def _figure(original: np.ndarray, panels: list[tuple[str, np.ndarray]], probs: d
 
 
 def explain_images(model_path: str | Path, images: list[str | Path], out: str | Path, method: CamMethod = "gradcam",
-                   layer: str | None = None, progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Write ``<stem>_gradcam.png`` per image (files, and folders searched recursively) and
-    ``explanations.csv`` / ``explanations.json`` into ``out``.
+                   layer: str | None = None, progress: Callable[[int], None] | None = None, *,
+                   segmenter: str | Path | None = None) -> list[dict]:
+    """Write ``<stem>_gradcam.png`` per image (files, and folders searched recursively: the image, a map
+    per explained class and the probabilities) and ``explanations.csv`` / ``explanations.json`` into
+    ``out``, with the columns ``predict`` writes (the class from the model file's decision rule, the
+    out-of-distribution flag; ``overlay`` is the figure).
 
     An unreadable image is a row with its reason (``error``) and a warning; the others go on. The
     tables are rewritten every 50 images, so an interrupted run keeps what it finished.
 
+    Args:
+        segmenter: Lung segmenter file, for models whose preprocessing uses lung masks.
+
     Returns:
-        One record per image: ``image``, ``probabilities`` (per class), ``predicted``, ``overlay``
-        (or ``error``).
+        One record per image: ``image``, ``probabilities`` (per class), ``predicted``, ``most_probable``,
+        the out-of-distribution fields and ``overlay`` (or ``error``).
+
+    Raises:
+        ConfigError: not a model file, or a model that uses lung masks without a segmenter.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, preprocess, payload = load_model(model_path)
-    point = ((payload.get("extra") or {}).get("screening") or {}).get("operating_point")
-    if model.lung_attention:
-        raise ConfigError(f"{model_path}: this model uses lung attention and needs a lung mask per image; explain "
-                          "it with 'cxrlab evaluate' on a manifest with masks ('cxrlab segment predict' makes them)")
-    pre = Preprocessor(preprocess)
     taken: set[str] = set()
-    with GradCamExplainer(model, method, layer) as cam, \
-            RecordTable(out, "explanations", list(model.class_names), ["predicted", "overlay"]) as table:
+    with Screener(model_path, segmenter=segmenter, method=method, layer=layer) as screener, \
+            RecordTable(out, "explanations", screener.class_names, COLUMNS) as table:
         for image in find_images(images):
             try:
-                processed = pre(image)
-                original = read_image(image, max_pixels=preprocess.max_pixels, reduce_to=MAX_OVERLAY_SIDE).pixels
+                result = screener.screen_file(image)
             except InvalidImageError as err:
                 log.warning("%s", err)
                 table.add({"image": str(image), "error": err.reason})
             else:
-                heatmap, probs = cam.explain_image(processed.pixels)
-                probabilities = {c: float(p) for c, p in zip(model.class_names, probs)}
-                predicted = max(probabilities, key=probabilities.get)
-                original = downsize(original)
-                names = list(model.class_names)
-                targets = finding_targets_to_explain(probs, names, point) if model.multilabel else [names.index(predicted)]
-                panels = []
-                for index in targets:  # one map per called finding (a multi-label model), else the top class
-                    found = heatmap if index == int(np.argmax(probs)) else cam.explain_image(processed.pixels, index)[0]
-                    panels.append((f"{method}: evidence for {names[index]}",
-                                   overlay(original, cam_to_original(found, original.shape, preprocess))))
-                if model.multilabel:
-                    predicted = decide(probs, names, point or {"per_finding": {}})
+                maps = result.finding_maps or {result.predicted: result.heatmap}
+                panels = [(f"{method}: evidence for {name}", overlay(result.original, heatmap))
+                          for name, heatmap in maps.items()]
                 target = out / overlay_name(image, taken)
-                _figure(original, panels, probabilities, target)
-                table.add({"image": str(image), "probabilities": probabilities, "predicted": predicted,
-                           "overlay": str(target)})
+                _figure(result.original, panels, result.probabilities, target)
+                table.add({**result.record(), "overlay": str(target)})
             if progress:
                 progress(1)
     return table.records

@@ -10,11 +10,10 @@ from cxrlab.core.errors import InvalidImageError
 from cxrlab.core.io import atomic_write_bytes
 from cxrlab.data.images import find_images
 from cxrlab.explain.gradcam import CamMethod
-from cxrlab.explain.records import RecordTable, overlay_name
+from cxrlab.explain.records import COLUMNS, RecordTable, overlay_name
 from cxrlab.explain.screening import Screener
 
 log = logging.getLogger(__name__)
-COLUMNS = ["predicted", "ood_score", "ood", "ood_reason", "overlay"]
 
 
 def predict_images(model_path: str | Path, inputs: Iterable[str | Path], out: str | Path, *,
@@ -22,9 +21,9 @@ def predict_images(model_path: str | Path, inputs: Iterable[str | Path], out: st
                    progress: Callable[[int], None] | None = None) -> list[dict]:
     """Screen every image under ``inputs`` (files, and folders searched recursively); write
     ``predictions.csv`` (one row per input: ``image``, a probability column per class, ``predicted``,
-    ``ood_score``, ``ood``, ``ood_reason``, ``overlay``, and ``error``: why an input was skipped, empty
-    for the others), ``predictions.json`` (the same records, plus ``most_probable``) and
-    ``overlays/<stem>_gradcam.png``.
+    ``most_probable``, ``ood_score``, ``ood``, ``ood_reason``, ``overlay``, and ``error``: why an input
+    was skipped, empty for the others), ``predictions.json`` (the same records) and
+    ``overlays/<stem>_gradcam.png``. ``explain`` writes the same columns.
 
     An input that cannot be read is a row with its reason (and a warning); the others go on. The
     tables are rewritten every 50 images, so an interrupted run keeps what it finished.

@@ -11,6 +11,8 @@ import pandas as pd
 from cxrlab.core.io import atomic_write_text
 
 SAVE_EVERY = 50  # rows between rewrites of the tables: a crash loses at most this much work
+# what predict and explain write after the image and its probabilities (one vocabulary for both)
+COLUMNS = ["predicted", "most_probable", "ood_score", "ood", "ood_reason", "overlay"]
 
 
 def overlay_name(image: Path, taken: set[str], suffix: str = "gradcam") -> str:

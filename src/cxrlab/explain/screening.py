@@ -1,9 +1,11 @@
-"""Screening one image at a time: per-class probabilities, the class at the model's operating point,
-an out-of-distribution flag, and a Grad-CAM heatmap, from one forward and one head-only backward pass.
+"""Screening one image at a time: per-class probabilities, the class the model file's decision rule
+reports, an out-of-distribution flag, and a Grad-CAM heatmap, from one forward and one head-only
+backward pass.
 
-The engine behind ``cxrlab predict`` and ``cxrlab serve``: the model file is loaded once; the
-Grad-CAM hooks stay in place for the screener's lifetime; calls are serialised (hooks hold
-per-call state), so a server runs them in a worker thread, one at a time.
+The engine behind ``cxrlab predict``, ``cxrlab explain`` and ``cxrlab serve``: the steps up to the
+class are :class:`cxrlab.models.predictor.Predictor`'s (the same as ``evaluate``'s); the model file
+is loaded once; the Grad-CAM hooks stay in place for the screener's lifetime; calls are serialised
+(hooks hold per-call state), so a server runs them in a worker thread, one at a time.
 """
 
 from __future__ import annotations
@@ -18,18 +20,14 @@ import numpy as np
 import torch
 
 from cxrlab.core.errors import ConfigError, DeadlineExceeded
-from cxrlab.data.findings import NO_FINDING
-from cxrlab.data.images import DecodedImage, decode_image, read_image
+from cxrlab.data.images import DecodedImage
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay
-from cxrlab.models.checkpoint import load_model
 from cxrlab.models.ensemble import cam_layers
 from cxrlab.models.ood import FeatureDistance
 from cxrlab.models.polarity import PolarityCheck
-from cxrlab.preprocess import Preprocessor
-from cxrlab.preprocess.transforms import to_model_input
-from cxrlab.models.segmenter import LungSegmenter
+from cxrlab.models.predictor import Predictor
 
 
 def _check(deadline: float | None) -> None:
@@ -44,7 +42,8 @@ class Screening:
     Attributes:
         image: The file name (or upload name).
         probabilities: Class → probability (sums to 1; a multi-label model: each finding's own).
-        predicted: The class at the model's operating point (see :func:`decide`).
+        predicted: The class the model file's decision rule reports
+            (:class:`cxrlab.models.decision.DecisionRule`).
         most_probable: The class with the highest probability.
         ood_score: Mahalanobis distance of the image's features to the training images'
             (``None`` when the model file has no reference).
@@ -57,7 +56,7 @@ class Screening:
             most ``overlay_side``, 1024 px by default), in [0, 1]; for a multi-label model, for its
             likeliest called finding.
         finding_maps: Multi-label models only: finding -> its Grad-CAM on the original image, for the
-            called findings (at most :data:`MAX_FINDING_MAPS`; the likeliest finding when none is).
+            called findings (at most :data:`cxrlab.models.decision.MAX_FINDING_MAPS`; the likeliest finding when none is).
         original: ``(h, w) uint8`` that image.
     """
 
@@ -93,41 +92,6 @@ class Screening:
         return record
 
 
-MAX_FINDING_MAPS = 3  # a multi-label model's image gets a map for each of its (at most) three likeliest called findings
-
-
-def called_findings(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> list[str]:
-    """A multi-label model's findings at or above their thresholds (the model file's, chosen on
-    validation or out-of-fold data; 0.5 where it has none), likeliest first."""
-    per = (operating_point or {}).get("per_finding") or {}
-    called = [(p, n) for n, p in zip(class_names, probabilities) if p >= (per.get(n) if per.get(n) is not None else 0.5)]
-    return [n for _, n in sorted(called, reverse=True)]
-
-
-def finding_targets_to_explain(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> list[int]:
-    """Indices of the findings whose evidence a multi-label screening shows: the called ones (at most
-    :data:`MAX_FINDING_MAPS`), or the likeliest finding when none is called."""
-    called = called_findings(probabilities, class_names, operating_point)[:MAX_FINDING_MAPS]
-    return [class_names.index(n) for n in called] or [int(np.argmax(probabilities))]
-
-
-def decide(probabilities: np.ndarray, class_names: list[str], operating_point: dict | None) -> str:
-    """The predicted class: the positive class when its probability reaches the operating point's
-    threshold, else the most probable of the other classes; without an operating point, the most
-    probable class. A multi-label operating point (``per_finding``): the called findings joined by
-    ``|``, or ``No Finding``."""
-    if operating_point and "per_finding" in operating_point:
-        return "|".join(called_findings(probabilities, class_names, operating_point)) or NO_FINDING
-    if not operating_point or operating_point.get("positive") not in class_names:
-        return class_names[int(np.argmax(probabilities))]
-    column = class_names.index(operating_point["positive"])
-    if probabilities[column] >= operating_point["threshold"]:
-        return class_names[column]
-    others = np.array(probabilities, dtype=float)
-    others[column] = -np.inf
-    return class_names[int(np.argmax(others))]
-
-
 def is_blank(pixels: np.ndarray, min_spread: float = 4.0) -> bool:
     """Whether an image is (almost) uniform: the 1st-99th percentile spread of its grey levels is
     below ``min_spread`` (of 255). CLAHE would stretch such an image's noise into texture."""
@@ -136,14 +100,16 @@ def is_blank(pixels: np.ndarray, min_spread: float = 4.0) -> bool:
     return float(high - low) < min_spread
 
 
-class Screener:
-    """A model file ready to screen images; use as a context manager or call :meth:`close`.
+class Screener(Predictor):
+    """A model file ready to screen images: :class:`cxrlab.models.predictor.Predictor`'s steps plus a
+    Grad-CAM map and the out-of-distribution flag; use as a context manager or call :meth:`close`.
 
     Args:
         model_path: A cxrlab model file, or a run folder with ``model.pt``.
         segmenter: A lung segmenter file, required for models whose preprocessing uses a lung mask
             (lung crop, artifact inpainting, lung attention).
         method: Grad-CAM variant.
+        layer: The map's layer: ``last`` (default), ``fine`` or a module name.
         compile: Compile the blocks before the Grad-CAM layer (20-40 s once, then faster: a server).
         overlay_side: Longest side of the image the heatmap is drawn on (the original is downsized).
 
@@ -152,17 +118,11 @@ class Screener:
     """
 
     def __init__(self, model_path: str | Path, *, segmenter: str | Path | None = None, method: CamMethod = "gradcam",
-                 compile: bool = False, overlay_side: int = MAX_OVERLAY_SIDE) -> None:
-        self.model, self.preprocess, self.payload = load_model(model_path)
+                 layer: str | None = None, compile: bool = False, overlay_side: int = MAX_OVERLAY_SIDE) -> None:
+        super().__init__(model_path, segmenter=segmenter)
+        self.require_segmenter()
         self.overlay_side = overlay_side
-        self.model_path = Path(model_path) / "model.pt" if Path(model_path).is_dir() else Path(model_path)
-        self.class_names = list(self.model.class_names)
-        self.preprocessor = Preprocessor(self.preprocess)
-        if self.preprocessor.needs_mask and segmenter is None:
-            raise ConfigError(f"{model_path}: this model's preprocessing uses a lung mask (lung crop, inpainting or lung "
-                              "attention): give a lung segmenter file (--segmenter; 'cxrlab segment train' makes one)")
-        self.segmenter = LungSegmenter(segmenter) if segmenter is not None and self.preprocessor.needs_mask else None
-        reference = self.payload.get("extra", {}).get("screening") or {}
+        reference = self.reference
         self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
         self.ood_fine = FeatureDistance.from_dict(reference["ood_fine"]) if reference.get("ood_fine") else None
         self.polarity = PolarityCheck.from_dict(reference["polarity"]) if reference.get("polarity") else None
@@ -173,9 +133,10 @@ class Screener:
                                 for i, layer in enumerate(cam_layers(self.model, "fine"))]
         else:
             self.ood_fine = None
-        self.operating_point = reference.get("operating_point")
         self.method = method
-        self._cam = GradCamExplainer(self.model, method, None, compile=compile).__enter__()
+        # the OOD reference was fitted on the last block's pooled features: the default map layer's activations
+        self._features_from_cam = layer in (None, "last") and self.model.spec.sequential
+        self._cam = GradCamExplainer(self.model, method, layer, compile=compile).__enter__()
         self._lock = threading.Lock()
 
     def __enter__(self) -> Screener:
@@ -211,7 +172,7 @@ class Screener:
         Raises:
             InvalidImageError: unreadable, corrupt, too large or too small (names the file).
         """
-        return self.screen(read_image(path, **self.preprocessor.decode_options), str(path))
+        return self.screen(self.decode_file(path), str(path))
 
     def screen_bytes(self, buf: bytes, name: str, deadline: float | None = None) -> Screening:
         """Screen image bytes (an upload); ``name`` only labels errors and marks DICOM by suffix.
@@ -221,7 +182,7 @@ class Screener:
             DeadlineExceeded: see :meth:`screen`.
         """
         _check(deadline)
-        return self.screen(decode_image(buf, name, **self.preprocessor.decode_options), name, deadline)
+        return self.screen(self.decode_bytes(buf, name), name, deadline)
 
     def screen(self, decoded: DecodedImage, name: str, deadline: float | None = None) -> Screening:
         """Screen a decoded image.
@@ -238,24 +199,22 @@ class Screener:
             raise ConfigError("Screener: closed")
         with self._lock:
             _check(deadline)  # the queue for the lock may have used up the time
-            mask = self.segmenter(decoded) if self.segmenter is not None else None
-            processed = self.preprocessor.process(decoded, name, mask)
+            prepared = self.prepare_image(decoded, name)
             _check(deadline)
-            heatmap, probs = self._cam.explain_image(processed.pixels, None, processed.mask)
-            features, fine = self._features(processed.pixels), self._fine
+            maps, probs = self._cam.explain(prepared.x)
+            heatmap, probs = maps[0], probs[0]
+            if self.inference.policy.autocast_dtype is not None:  # the predictor's numbers, the map in fp32
+                probs = self.probabilities(prepared.x)[0]
+            features, fine = self._features(prepared.x), self._fine
             _check(deadline)
-            predicted = decide(probs, self.class_names, self.operating_point)
-            maps: dict[str, np.ndarray] = {}
-            if self.model.multilabel:  # a map per called finding, the likeliest first
-                for index in finding_targets_to_explain(probs, self.class_names, self.operating_point):
-                    found = heatmap if index == int(np.argmax(probs)) else \
-                        self._cam.explain_image(processed.pixels, index, processed.mask)[0]
-                    maps[self.class_names[index]] = found
-                    _check(deadline)
-                heatmap = next(iter(maps.values()))
-            elif (target := self.class_names.index(predicted)) != int(np.argmax(probs)):
-                heatmap, _ = self._cam.explain_image(processed.pixels, target, processed.mask)  # the class reported
+            prediction = self.prediction(name, probs)
+            maps_by_class: dict[str, np.ndarray] = {}
+            top = int(np.argmax(probs))
+            for index in self.decision.targets_to_explain(probs):  # the reported class, or each called finding
+                found = heatmap if index == top else self._cam.explain(prepared.x, index)[0][0]
+                maps_by_class[self.class_names[index]] = found
                 _check(deadline)
+        heatmap = next(iter(maps_by_class.values()))
         scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
         reasons = []  # most specific first
         if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
@@ -270,21 +229,21 @@ class Screener:
         reason = reasons[0] if reasons else None
         score = float(scores[0]) if scores is not None else None
         original = downsize(decoded.pixels, self.overlay_side)
-        lungs = mask if self.preprocess.lung_crop else None
-        on_original = {f: cam_to_original(m, original.shape, self.preprocess, lungs) for f, m in maps.items()}
-        return Screening(name, {c: float(p) for c, p in zip(self.class_names, probs, strict=True)}, predicted,
-                         self.class_names[int(np.argmax(probs))], score, flagged, reason,
-                         cam_to_original(heatmap, original.shape, self.preprocess, lungs), original, on_original)
+        lungs = prepared.lungs if self.preprocess.lung_crop else None
+        on_original = {c: cam_to_original(m, original.shape, self.preprocess, lungs) for c, m in maps_by_class.items()}
+        return Screening(name, prediction.probabilities, prediction.predicted, prediction.most_probable, score, flagged,
+                         reason, cam_to_original(heatmap, original.shape, self.preprocess, lungs), original,
+                         on_original if self.model.multilabel else {})
 
-    def _features(self, pixels: np.ndarray) -> np.ndarray:
+    def _features(self, x: torch.Tensor) -> np.ndarray:
         """``(1, D)`` pooled last-block features, as the OOD reference was fitted on: for a sequential
-        backbone the Grad-CAM layer's output from the pass just made, else one more forward pass."""
-        if self.model.spec.sequential:
+        backbone with the map on the last block, the Grad-CAM layer's output from the pass just made,
+        else one more forward pass."""
+        if self._features_from_cam:
             return self._cam.pooled_activations()
-        spec = self.model.spec
-        x = torch.from_numpy(to_model_input(pixels, spec.mean, spec.std, spec.in_chans))[None]
         with torch.no_grad():
-            return self.model.image_features(x.to(self._cam.device)).float().mean(dim=(2, 3)).cpu().numpy()
+            image, _ = self.model.split_input(x.to(self._cam.device))
+            return self.model.image_features(image).float().mean(dim=(2, 3)).cpu().numpy()
 
     def card(self) -> dict:
         """The model's card: what it is, how it was trained and tested, what it is (not) for."""

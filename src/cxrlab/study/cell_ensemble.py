@@ -23,8 +23,8 @@ import pandas as pd
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import write_splits
 from cxrlab.data.seen import merge_records
-from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.models import EnsembleClassifier, load_model, save_model
+from cxrlab.models.predictor import Predictor
 from cxrlab.preprocess import ShardDataset, ShardReader
 from cxrlab.study.test_side import predict_test_side, preprocess_key
 from cxrlab.train import add_screening_reference
@@ -128,7 +128,7 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
         reader = ShardReader(folds)
     else:  # predictions cached by an earlier cxrlab whose folders are gone
         work = out / "shared" / "prepared-ensemble" / key
-        prepared_dataset(model, preprocess, frame[frame["image"].isin(set(predictions["image"]))], work)
+        Predictor(folder).dataset(frame[frame["image"].isin(set(predictions["image"]))], work)
         reader = ShardReader(work)
     extra["screening"] = oof_reference(model, predictions, names, reader, batch_size)
     save_model(model, folder / "model.pt", preprocess, extra)

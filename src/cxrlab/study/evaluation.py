@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.evaluate.predictions import load_for_evaluation
+from cxrlab.core.run_folder import model_file
 from cxrlab.evaluate.runner import evaluate_run, write_report
 from cxrlab.explain import (
     CamMethod,
@@ -20,16 +20,17 @@ from cxrlab.explain import (
     summarise_lesion_evidence,
     summarise_lung_evidence,
 )
-from cxrlab.models import WeightsUnavailableError, create_classifier
+from cxrlab.models import WeightsUnavailableError, create_classifier, load_model
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_and_explain(run: str | Path, out: str | Path, *, data: str | Path | None = None,
                          splits: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
-                         explanations: bool = True, method: CamMethod = "gradcam", layer: str | None = None) -> dict:
+                         explanations: bool = True, method: CamMethod = "gradcam", layer: str | None = None,
+                         segmenter: str | Path | None = None) -> dict:
     """:func:`cxrlab.evaluate.runner.evaluate_run`, then :func:`add_explanations` (unless disabled)."""
-    results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed)
+    results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter)
     return add_explanations(results, Path(run), Path(out), method, layer) if explanations else results
 
 
@@ -43,7 +44,7 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     """
     out = Path(out)
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
-    model, preprocess, payload = load_for_evaluation(run)
+    model, preprocess, payload = load_model(model_file(run))
     figures = results.setdefault("figures", {})
     if "mask" in predictions.columns and (predictions["mask"] != "").any():
         table = lung_evidence(model, preprocess, predictions, method, layer)

@@ -354,16 +354,16 @@ def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: 
     a failing check is recorded, never fatal: the study's results are already safe."""
     if not config.shortcut_checks or best is None:
         return None
-    from cxrlab.models import load_model
+    from cxrlab.models.predictor import Predictor
     from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
 
     audit: dict = {"cell": best}
-    loaded = None
+    predictor = None
     for name, check in (("source_probe", lambda model: source_probe_audit(config, out, frame, model)),
                         ("lungs", lambda model: lung_audit(out, frame, model))):
         try:
-            loaded = loaded or load_model(out / "best-model" / "model.pt")  # once, for both checks
-            audit[name] = check(loaded)
+            predictor = predictor or Predictor(out / "best-model")  # once, for both checks
+            audit[name] = check(predictor)
         except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
             log.warning("study: %s check failed: %s", name, err)
             audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}

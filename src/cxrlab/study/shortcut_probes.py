@@ -23,11 +23,11 @@ from cxrlab.evaluate.masked_inputs import (
     masked_input_predictions,
     summarise_masked_inputs,
 )
-from cxrlab.evaluate.predictions import prepared_dataset
 from cxrlab.evaluate.source_probe import source_probe
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
 from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.models.ood import pooled_features
+from cxrlab.models.predictor import Predictor
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.test_side import preprocess_key
 
@@ -37,18 +37,18 @@ WEAK_SUBSET = 0.8  # share of the commonest class among masked test images above
 ASSOCIATION_WARNING = 0.3  # Cramér's V of source × class at which classes are "unevenly spread" over sources
 
 
-def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame, loaded: tuple) -> dict:
+def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame, predictor: Predictor) -> dict:
     """The source probe on every image of the study, with the best model's features and the pretrained
     backbone's (when its weights are available offline).
 
     Returns:
         ``{"probes": {features: probe result}, "warnings": [...]}`` (see :func:`source_probe`);
-        ``loaded``: the best model as :func:`cxrlab.models.load_model` returns it.
+        ``predictor``: the best model.
     """
     if frame["source"].fillna("").astype(str).nunique() < 2:
         return {"skipped": "the data has a single source", "probes": {}, "warnings": []}
-    model, preprocess, payload = loaded
-    kept, dataset, _ = prepared_dataset(model, preprocess, frame, out / "shared" / "prepared-probe" / preprocess_key(preprocess))
+    model, payload = predictor.model, predictor.payload
+    kept, dataset, _ = predictor.dataset(frame, out / "shared" / "prepared-probe" / preprocess_key(predictor.preprocess))
     models = {"fine-tuned (best model)": model}
     try:
         models["pretrained (before fine-tuning)"] = create_classifier(payload["backbone"], len(model.class_names))
@@ -80,7 +80,7 @@ def _probe_warnings(probes: dict) -> list[str]:
     return warnings
 
 
-def lung_audit(out: Path, frame: pd.DataFrame, loaded: tuple) -> dict:
+def lung_audit(out: Path, frame: pd.DataFrame, predictor: Predictor) -> dict:
     """Grad-CAM in-lung share and lung-only / lungs-removed calls of the best model on test images
     with lung masks.
 
@@ -93,7 +93,7 @@ def lung_audit(out: Path, frame: pd.DataFrame, loaded: tuple) -> dict:
     test = test[masks != ""]
     if test.empty:
         return {"skipped": "no test image has a lung mask", "warnings": []}
-    model, preprocess, _ = loaded
+    model, preprocess = predictor.model, predictor.preprocess
     table = masked_input_predictions(model, preprocess, test)
     if table.empty:
         return {"skipped": "no masked test image could be read", "warnings": []}

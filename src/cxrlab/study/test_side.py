@@ -23,11 +23,11 @@ from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
 from cxrlab.evaluate.compare import paired_differences
 from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
-from cxrlab.evaluate.predictions import predict_frame
 from cxrlab.explain import lung_evidence
 from cxrlab.explain.faithfulness import road_scores
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
+from cxrlab.models.predictor import Predictor
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.results import ALPHA
 
@@ -44,8 +44,8 @@ def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str 
     cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
-    model, preprocess, _ = load_model(run_dir / "model.pt")
-    result = predict_frame(model, preprocess, test, work / preprocess_key(preprocess))
+    predictor = Predictor(run_dir)
+    result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
         frame[name] = result.probs[:, i]
