@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
+
 if TYPE_CHECKING:  # the heavy modules load when a function runs
     from cxrlab.study import StudyResult
     from cxrlab.study.crossval import CrossvalResult
@@ -39,7 +41,7 @@ def train_model(config: str | Path | None = None, **settings) -> TrainResult | C
     from cxrlab.train import train as train_run
 
     resolved = load_config(config, settings)
-    if resolved.folds:
+    if resolved.data.folds:
         from cxrlab.study.crossval import train_crossval
 
         return train_crossval(resolved)
@@ -47,7 +49,7 @@ def train_model(config: str | Path | None = None, **settings) -> TrainResult | C
 
 
 def evaluate_model(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
-                   n_boot: int = 1000, seed: int = 0, segmenter: str | Path | None = None,
+                   n_boot: int = DEFAULT_N_BOOT, seed: int = 0, segmenter: str | Path | None = None,
                    explanations: bool = False) -> dict:
     """Evaluate a run's (or model file's) model on its test side, or on ``data`` (images it never
     saw), and write the report, as ``cxrlab evaluate`` does (``explanations``: with its Grad-CAM

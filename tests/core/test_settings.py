@@ -36,8 +36,8 @@ def test_every_config_taking_loader_takes_the_same_overrides(tmp_path):
     train_yaml = tmp_path / "sub" / "train.yaml"
     train_yaml.write_text(yaml.safe_dump({"data": "manifest.csv", "lr": 3e-4}))
     train = load_config(train_yaml, {"epochs": 2, "seed": None}, ["lr=1e-4", "augment.enabled=true"])
-    assert (train.lr, train.epochs, train.augment.enabled) == (1e-4, 2, True)
-    assert train.data == str(tmp_path / "sub" / "manifest.csv")  # relative to the YAML's folder, as for studies
+    assert (train.optim.lr, train.schedule.epochs, train.augment.enabled) == (1e-4, 2, True)
+    assert train.data.path == str(tmp_path / "sub" / "manifest.csv")  # relative to the YAML's folder, as for studies
     study_yaml = tmp_path / "sub" / "study.yaml"
     study_yaml.write_text(yaml.safe_dump({"data": "manifest.csv", "grid": {"fine_tune": [0, 2]}}))
     study = load_study_config(study_yaml, {}, ["base.lr=1e-4", "folds=3"])

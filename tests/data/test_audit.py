@@ -89,7 +89,7 @@ def test_every_split_keeps_republished_copies_with_their_originals(phantoms, tmp
                                "dedupe": dedupe})
         trained = load_train_data(config, spec, tmp_path / f"t{dedupe}").frame
         study = study_split(StudyConfig(data=str(data), folds=3, dedupe=dedupe, grid={"size": [32]}), tmp_path / f"s{dedupe}")
-        cross = crossval_split(config.model_copy(update={"folds": 3, "out": str(tmp_path / f"c{dedupe}")}),
+        cross = crossval_split(config.replace({"folds": 3, "out": str(tmp_path / f"c{dedupe}")}),
                                tmp_path / f"c{dedupe}")
         together = [_side_of_copies(trained, pairs, "split"), _side_of_copies(study, pairs, "split"),
                     _side_of_copies(study[study["split"] != "test"], pairs, "fold"), _side_of_copies(cross, pairs, "fold")]

@@ -68,9 +68,9 @@ def test_a_streamed_dataset_trains_through_the_shard_aware_sampler(phantoms, tmp
     from cxrlab.train.data import datasets, load_train_data, loader
     from cxrlab.models import get_backbone_spec
 
-    data = load_train_data(config, get_backbone_spec(config.backbone), tmp_path / "run")
+    data = load_train_data(config, get_backbone_spec(config.model.backbone), tmp_path / "run")
     assert data.reader.lazy
-    train_ds, _ = datasets(data, config, get_backbone_spec(config.backbone))
+    train_ds, _ = datasets(data, config, get_backbone_spec(config.model.backbone))
     assert isinstance(loader(train_ds, config, True, 0).sampler, ShardAwareSampler)
     result = train(config)
     assert result.summary["status"] == "ok" and result.summary["images"]["train"] == len(train_ds)

@@ -71,9 +71,12 @@ def test_config_validation_and_roundtrip():
 
 
 def test_contrast_order_follows_config():
-    assert [type(t).__name__ for t in build_transforms(PreprocessConfig(contrast="clahe")).transforms] == ["Clahe", "Resize"]
-    fast = PreprocessConfig(contrast="equalize", contrast_at="target", lung_crop=True)
+    assert [type(t).__name__ for t in build_transforms(PreprocessConfig(size=224)).transforms] == ["Clahe", "Resize"]
+    fast = PreprocessConfig(size=224, contrast="equalize", contrast_at="target", lung_crop=True)
     assert [type(t).__name__ for t in build_transforms(fast).transforms] == ["LungCrop", "Resize", "Equalize"]
+    with pytest.raises(ConfigError, match="preprocess.size: not set"):  # the backbone's size is resolved first
+        build_transforms(PreprocessConfig())
+    assert PreprocessConfig().resolved(240).size == 240 and PreprocessConfig(size=96).resolved(240).size == 96
 
 
 def test_preprocessor_end_to_end_and_bad_mask(tmp_path):

@@ -32,7 +32,7 @@ def test_each_fold_predicts_its_own_patients_validates_on_the_next_and_trains_on
         assert set(split["split"]) == {"train", "test"}
         assert set(split.loc[split["split"] == "train", "fold"]) == {0, 1, 2} - {fold}
     with pytest.raises(ConfigError, match="made for 3 folds, not 4"):
-        crossval_split(config.model_copy(update={"folds": 4}), tmp_path)
+        crossval_split(config.replace({"folds": 4}), tmp_path)
     with pytest.raises(ConfigError, match="train_crossval"):
         train(config)
 

@@ -65,7 +65,8 @@ def test_the_training_step_s_attention_term_reaches_the_backbone_and_moves_evide
     x, target = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
     masks = torch.zeros(4, 64, 64)
     masks[:, :, :32] = 1.0  # "lungs": the left half
-    module = ClassifierModule(net, build_config({"data": "x.csv", "attention_loss": 2.0}), 0.05, 1)
+    config = build_config({"data": "x.csv", "attention_loss": 2.0})
+    module = ClassifierModule(net, config.optim, config.schedule, 0.05, 1)
     batch = (torch.cat([x, masks[:, None]], 1), target)
 
     def attention_term() -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,8 @@ def multilabel_run(nih_phantoms, tmp_path_factory):
 
 def test_masked_bce_leaves_unknown_findings_out_of_the_loss():
     model = create_classifier("efficientnet_lite0", 3, pretrained="none", multilabel=True)
-    module = ClassifierModule(model, build_config({"data": "x", "scheme": FINDINGS}), 1e-3, 1, [2.0, 1.0, 0.5])
+    config = build_config({"data": "x", "scheme": FINDINGS})
+    module = ClassifierModule(model, config.optim, config.schedule, 1e-3, 1, [2.0, 1.0, 0.5])
     logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.7]])
     y = torch.tensor([[1.0, float("nan"), 0.0], [0.0, 1.0, float("nan")]])
     known = ~torch.isnan(y)

@@ -54,7 +54,7 @@ def test_warm_up_grows_the_rate_linearly_then_hands_back_to_the_schedule(tmp_pat
 def test_label_smoothing_changes_the_training_loss_only():
     model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=1, seed=0).eval()
     config = build_config({"data": "x.csv", "label_smoothing": 0.2})
-    module = ClassifierModule(model, config, 1e-3, 1)
+    module = ClassifierModule(model, config.optim, config.schedule, 1e-3, 1)
     x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
         logits, train_loss, _ = module._step((x, y), "train")
@@ -69,7 +69,7 @@ def test_mixup_mixes_the_inputs_and_weighs_the_two_targets_losses_as_the_plain_l
 
     model = create_classifier("efficientnet_lite0", 3, pretrained="none", fine_tune=1, seed=0).eval()
     config = build_config({"data": "x.csv", "mixup": 0.4, "label_smoothing": 0.1})
-    module = ClassifierModule(model, config, 1e-3, 1, class_weights=[1.0, 2.0, 3.0])
+    module = ClassifierModule(model, config.optim, config.schedule, 1e-3, 1, class_weights=[1.0, 2.0, 3.0])
     x, y = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2])
     with torch.no_grad():
         torch.manual_seed(5)

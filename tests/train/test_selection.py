@@ -9,7 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlab.train.selection import EpochSelector
+from cxrlab.train.selection import EpochSelector as _Selector
+
+
+def EpochSelector(metric: str, smoothing: int = 1, min_epochs: int = 1, patience: int = 5) -> _Selector:  # noqa: N802
+    """The rule's unit cases, one setting at a time (a run's selector comes from its config's select section)."""
+    return _Selector(metric, smoothing, min_epochs, patience)
 
 
 def _run(selector: EpochSelector, losses, aucs) -> list[int]:

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from cxrlab.cli._common import EXIT_ERROR, err_console
+from cxrlab.cli.config_command import app as config_app
 from cxrlab.cli.data_commands import audit, manifest, split, synth
 from cxrlab.cli.demo import demo
 from cxrlab.cli.doctor import doctor
@@ -46,6 +47,7 @@ app.command("export")(export_command)
 app.command("study")(study_command)
 app.command("tune")(tune_command)
 app.add_typer(segment_app, name="segment")
+app.add_typer(config_app, name="config")
 app.command("demo")(demo)
 app.command("doctor")(doctor)
 

@@ -75,10 +75,12 @@ def manifest(data: DataOpt, out: Annotated[Path, typer.Option(help="Output .csv 
     or a public collection's folder (ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, RSNA, VinDr-CXR,
     COVIDx), with its official split in official_split."""
     from cxrlab.data import write_table
+    from cxrlab.data.manifest import write_table_info
 
     with handle_errors():
         m = load(data, scheme, label_map, keep_blank_view, uncertain, blank)
         write_table(m.table, out)
+        write_table_info(out, {"scheme": scheme, "from": str(data)})  # training on it takes this scheme
         show_skipped(m.skipped)
         console.print(f"wrote {out}: {len(m)} images, {m.table['patient_id'].nunique()} patients, "
                       f"classes {m.class_counts()}")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, exit_if_failed, handle_errors
 
 
@@ -15,7 +16,7 @@ def evaluate_command(
     out: Annotated[Path, typer.Option(help="Output folder for report.html, report.md, metrics.json, figures.")],
     data: Annotated[Optional[Path], typer.Option(help="Evaluate these images instead of the split's test side.")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="splits.csv whose test side to evaluate (default: the run's).")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% CIs.")] = 1000,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates for the 95% CIs.")] = DEFAULT_N_BOOT,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     no_gradcam: Annotated[bool, typer.Option("--no-gradcam", help="Skip the Grad-CAM sections (in-lung evidence, galleries, filters).")] = False,
     cam_method: Annotated[str, typer.Option(help="Map of the explanation sections: gradcam, gradcam++, hirescam or layercam.")] = "gradcam",
@@ -72,7 +73,7 @@ def compare_command(
     eval_a: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model A.")],
     eval_b: Annotated[Path, typer.Argument(help="Folder written by `cxrlab evaluate` for model B, on the same images.")],
     out: Annotated[Path, typer.Option(help="Output folder for comparison.md and comparison.json.")],
-    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates over patients.")] = 1000,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates over patients.")] = DEFAULT_N_BOOT,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
 ) -> None:
     """Are two models really different? Paired differences of accuracy and of each class's AUC, with

@@ -24,33 +24,55 @@ def _fine_tune(value: str | None) -> int | str | None:
         raise typer.BadParameter(f"--fine-tune takes an integer k or 'all', got {value!r}") from None
 
 
+# each option -> the setting it gives (tests check that its help and default are the setting's own)
+TRAIN_SETTINGS = {"data": "data.path", "splits": "data.splits", "ratios": "data.ratios", "folds": "data.folds",
+                  "recipe": "recipe", "backbone": "model.backbone", "fine_tune": "model.fine_tune",
+                  "epochs": "schedule.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size",
+                  "size": "preprocess.size", "seed": "runtime.seed", "out": "runtime.out", "weights": "model.weights",
+                  "device": "runtime.device", "devices": "runtime.devices", "num_nodes": "runtime.num_nodes",
+                  "strategy": "runtime.strategy", "init_from": "model.init_from"}
+
+
 def train_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML config (see configs/).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Folder tree, manifest or metadata CSV.")] = None,
-    splits: Annotated[Optional[Path], typer.Option(help="splits.csv to use (default: make a patient-grouped split).")] = None,
-    ratios: Annotated[Optional[str], typer.Option(help="train,val,test shares of the split made here (default 8:1:1).")] = None,
-    folds: Annotated[Optional[int], typer.Option(help="K >= 3: cross-validated training, K runs and out-of-fold "
-                                                      "predictions for every image (ratios unused).")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="small-data (default: full fine-tuning, AdamW, chosen on "
-                                                       "cxr-real) or papers (last 2 blocks, Adam 1e-3, as the papers).")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone name (cxrlab backbones).")] = None,
-    fine_tune: Annotated[Optional[str], typer.Option("--fine-tune", help="Trainable last blocks k, or 'all'.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (single-phase runs).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (single-phase runs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Input side (default: the backbone's native size).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file or cache folder.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes per machine (GPUs or CPU processes); "
-                                                        "--batch-size is per process.")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option(help="Machines of a data-parallel run (torchrun or SLURM start "
-                                                          "it on each).")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="ddp (distributed data-parallel) or auto (ddp when devices "
-                                                         "or nodes > 1).")] = None,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from the backbone of a trained cxrlab "
-                                                                         "run or model file (a new head for this task).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="folder tree, manifest, metadata CSV or public collection "
+                                                      "(default: none).")] = None,
+    splits: Annotated[Optional[Path], typer.Option(help="a splits.csv to use (default: make a patient-grouped split).")] = None,
+    ratios: Annotated[Optional[str], typer.Option(help="train, validation and test shares of the split made here "
+                                                       "(default: 0.8,0.1,0.1).")] = None,
+    folds: Annotated[Optional[int], typer.Option(help="K >= 3: cross-validated training (cxrlab train --folds K): K "
+                                                      "runs, out-of-fold predictions for every image; ratios are then "
+                                                      "not used (default: 0).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="named bundle of settings the config starts from (its own "
+                                                       "values win) (default: small-data).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="backbone name (cxrlab backbones) (default: "
+                                                         "efficientnet_lite0).")] = None,
+    fine_tune: Annotated[Optional[str], typer.Option("--fine-tune", help="trainable last blocks k, or all (default: "
+                                                                         "all).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="epochs (single-phase runs) (default: 10).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="learning rate (single-phase runs) (default: 0.0001).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="images per step (per process in a data-parallel run) "
+                                                           "(default: 32).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="output side in pixels; default: the backbone's native input "
+                                                     "size (the papers used 224-800).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of the split, the weights' initialisation and the batches "
+                                                     "(default: 0).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/train).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="backbone weights file or cache folder (default: none).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:N or mps "
+                                                       "(default: auto).")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="processes per machine (GPUs, or CPU processes) for "
+                                                        "data-parallel training; batch_size is per process (default: "
+                                                        "1).")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(help="machines of a data-parallel run (launched by torchrun or "
+                                                          "SLURM) (default: 1).")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="ddp: distributed data-parallel (Lightning's); auto: ddp "
+                                                         "when devices or num_nodes > 1 (default: auto).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="start from the backbone of a trained "
+                                                                          "cxrlab model (a run folder or model file; "
+                                                                          "its head is not used): transfer from your "
+                                                                          "own task, e.g. ChestX-ray14's findings, to "
+                                                                          "another (default: none).")] = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
                                                                   "by field or section: lr=1e-4 or optim.lr=1e-4, "
                                                                   "augment.enabled=true, runtime.precision=bf16.")] = None,
@@ -72,11 +94,11 @@ def train_command(
                      "weights": str(weights) if weights else None, "init_from": str(init_from) if init_from else None,
                      "device": device, "devices": devices, "num_nodes": num_nodes, "strategy": strategy}
         cfg = load_config(config, overrides, assignments or ())
-        if cfg.folds >= 2:
+        if cfg.data.folds >= 2:
             _train_crossval(cfg)
             return
         if is_rank_zero():
-            console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) → {cfg.out}")
+            console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) → {cfg.runtime.out}")
         with progress_bar("prepare") as bar:
             task = bar.add_task("prepare", total=None)
             result = train(cfg, progress=lambda n: bar.advance(task, n))
@@ -129,9 +151,9 @@ def _train_crossval(cfg) -> None:
     """``train --folds K``: the runs, then the out-of-fold figures with intervals, pooled and per source."""
     from cxrlab.study.crossval import HEADLINE, OOF_FILE, train_crossval
 
-    console.print(f"training {cfg.backbone} (fine_tune={cfg.fine_tune}) on {cfg.folds} patient-grouped folds → {cfg.out}")
+    console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) on {cfg.data.folds} patient-grouped folds → {cfg.runtime.out}")
     with progress_bar("folds") as bar:
-        task = bar.add_task("folds", total=cfg.folds + 2)  # the folds, the ensemble, the baseline
+        task = bar.add_task("folds", total=cfg.data.folds + 2)  # the folds, the ensemble, the baseline
         started: list[str] = []
 
         def advance(text: str) -> None:  # called as each fold starts: the one before it is done
@@ -139,7 +161,7 @@ def _train_crossval(cfg) -> None:
             started.append(text)
 
         result = train_crossval(cfg, progress=advance)
-        bar.update(task, completed=cfg.folds + 2)
+        bar.update(task, completed=cfg.data.folds + 2)
     figures = result.summary["out_of_fold"]
     labels = {"accuracy": "accuracy", "macro_roc_auc": "macro AUC", "covid_roc_auc": "COVID-19 AUC",
               "macro_f1": "macro-F1"}
@@ -170,8 +192,8 @@ def _train_crossval(cfg) -> None:
         f"{'' if v['beyond_noise'] else ' (within noise)'}" for k, v in versus.items() if v["low"] is not None),
         highlight=False)
     epochs = ", ".join(str(r["best_epoch"]) for r in result.summary["runs"])
-    console.print(f"epochs kept per fold ({cfg.select_on}): {epochs}; wrote {result.out / 'model.pt'} (the "
-                  f"{cfg.folds} fold models as one ensemble), {result.out / OOF_FILE} and {result.out / 'summary.json'}")
+    console.print(f"epochs kept per fold ({cfg.select.metric}): {epochs}; wrote {result.out / 'model.pt'} (the "
+                  f"{cfg.data.folds} fold models as one ensemble), {result.out / OOF_FILE} and {result.out / 'summary.json'}")
     console.print("[dim]pooled figures on public CXR sets mix sources: read the per-source rows beside them[/]")
 
 

@@ -12,3 +12,5 @@ DEFAULT_MAX_DISTANCE = 4
 # images per prepared shard: small shards keep every worker busy to the end (measured: 128-image
 # shards left one of two workers idle for a third of a 300-image run); 32 at 224 px is ~1.6 MB
 DEFAULT_SHARD_SIZE = 32
+# bootstrap replicates of every confidence interval over patients (evaluate, compare, studies, train --folds)
+DEFAULT_N_BOOT = 1000

@@ -14,10 +14,10 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cxrlab.core.errors import ConfigError
 
@@ -102,6 +102,42 @@ def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> s
     if not first["loc"]:  # a check of the whole config (its message names what it is about)
         return f"{origin}: {message}{more}"
     return f"{origin}: field {field!r}: {message}{more}"
+
+
+class Settings(BaseModel):
+    """A frozen group of settings (a config section): each field has one default, one type with its
+    bounds and one description, from which the command line's options and ``config show`` are derived;
+    an unknown name is refused. Built directly, a bad value is a :class:`ConfigError` naming
+    ``section.field``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    section: ClassVar[str] = "config"
+
+    def __init__(self, **values) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:  # "preprocess.size: Input should be ..."
+            first = err.errors()[0]
+            where = ".".join([self.section, *map(str, first["loc"])])
+            message = "unknown setting" + closest_hint(first["loc"][-1], type(self).model_fields) \
+                if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{where}: {message}") from None
+
+    def updated(self, **values):
+        """A validated copy with ``values`` changed."""
+        return type(self)(**{**self.model_dump(), **values})
+
+
+def field_help(model: type[BaseModel], name: str) -> str:
+    """The one-line help of a setting, from its field: its description and its default (what a command's
+    option shows, so the two cannot differ)."""
+    field = model.model_fields[name]
+    text = (field.description or name.replace("_", " ")).rstrip(".")
+    if "default" in text:  # the description says what the default means
+        return text + "."
+    default = field.get_default(call_default_factory=True)
+    shown = "none" if default is None else ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return f"{text} (default: {shown})."
 
 
 def validate(model: type[M], values: dict, origin: str) -> M:

@@ -224,3 +224,33 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     """Write ``manifest.table`` with :func:`write_table`."""
     return write_table(manifest.table, path)
+
+
+def table_info(path: str | Path) -> Path:
+    """The record beside a table: ``manifest.csv`` -> ``manifest.json`` (``splits.csv`` -> ``splits.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def write_table_info(path: str | Path, info: dict) -> Path:
+    """Write what a table was made with (its ``scheme``, say) beside it: :func:`table_info`."""
+    import json
+
+    target = table_info(path)
+    atomic_write_bytes(target, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return target
+
+
+def recorded_scheme(path: str | Path | None) -> str | None:
+    """The class scheme a manifest or split table was written with (``cxrlab manifest --scheme``,
+    ``cxrlab split``): from the record beside it, or ``None`` (a folder, a URL, no record, an
+    unreadable record)."""
+    import json
+
+    if not path or storage.is_url(path) or Path(path).suffix.lower() not in TABLE_SUFFIXES:
+        return None
+    try:
+        info = json.loads(table_info(path).read_text())
+    except (OSError, ValueError):
+        return None
+    scheme = info.get("scheme") if isinstance(info, dict) else None
+    return scheme if isinstance(scheme, str) and scheme else None

@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
+
 
 def _group_rows(groups: Sequence) -> list[np.ndarray]:
     _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
@@ -19,7 +21,7 @@ def _group_rows(groups: Sequence) -> list[np.ndarray]:
 
 
 def bootstrap_cis(statistics: Callable[[np.ndarray], dict[str, float | None]], groups: Sequence,
-                  n_boot: int = 1000, seed: int = 0, level: float = 0.95, null: float | None = None,
+                  n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95, null: float | None = None,
                   alternative: str = "two-sided") -> dict[str, dict]:
     """Percentile intervals of several statistics from one set of patient-level replicates.
 
@@ -75,7 +77,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     return adjusted
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], float | None], groups: Sequence, n_boot: int = 1000,
+def bootstrap_ci(statistic: Callable[[np.ndarray], float | None], groups: Sequence, n_boot: int = DEFAULT_N_BOOT,
                  seed: int = 0, level: float = 0.95) -> dict:
     """Percentile interval of ``statistic`` over patient-level bootstrap replicates.
 

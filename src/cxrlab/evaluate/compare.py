@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.evaluate.bootstrap import bootstrap_cis, holm
@@ -50,7 +51,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
 
 
 def paired_differences(y: np.ndarray, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
-                       correct_a: np.ndarray, correct_b: np.ndarray, patients: np.ndarray, n_boot: int = 1000,
+                       correct_a: np.ndarray, correct_b: np.ndarray, patients: np.ndarray, n_boot: int = DEFAULT_N_BOOT,
                        seed: int = 0, level: float = 0.95) -> dict[str, dict]:
     """A − B for accuracy (``accuracy``) and each class's one-vs-rest AUC (the class name), with
     patient-bootstrap intervals and two-sided p-values against no difference, Holm-adjusted across
@@ -72,7 +73,7 @@ def paired_differences(y: np.ndarray, scores_a: dict[str, np.ndarray], scores_b:
 
 
 def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, class_names: tuple[str, ...], level: float = 0.95,
-                        n_boot: int = 1000, seed: int = 0) -> dict:
+                        n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict:
     """Paired comparison of two prediction tables (``image``, ``label``, ``predicted``, one column per
     class; ``patient_id`` to resample patients, else each image is its own patient).
 
@@ -144,7 +145,7 @@ def render_comparison(result: dict, names: tuple[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_evaluations(folder_a: str | Path, folder_b: str | Path, out: str | Path, n_boot: int = 1000,
+def compare_evaluations(folder_a: str | Path, folder_b: str | Path, out: str | Path, n_boot: int = DEFAULT_N_BOOT,
                         seed: int = 0) -> dict:
     """Compare two ``cxrlab evaluate`` outputs; writes ``comparison.json`` and ``comparison.md`` to ``out``."""
     pred_a, classes_a, name_a = load_evaluation(folder_a)

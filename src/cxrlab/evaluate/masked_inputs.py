@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import InvalidImageError
 from cxrlab.data.images import read_image, read_mask
 from cxrlab.evaluate.bootstrap import bootstrap_cis, holm
@@ -81,7 +82,7 @@ def masked_input_predictions(model: CxrClassifier, preprocess: PreprocessConfig,
     return table
 
 
-def summarise_masked_inputs(table: pd.DataFrame, class_names: list[str] | tuple[str, ...], n_boot: int = 1000,
+def summarise_masked_inputs(table: pd.DataFrame, class_names: list[str] | tuple[str, ...], n_boot: int = DEFAULT_N_BOOT,
                             seed: int = 0) -> dict:
     """Accuracy and AUCs per variant with two one-sided tests, each from a bootstrap over patients
     (``patient_id``; each image its own patient without one): accuracy against the no-information

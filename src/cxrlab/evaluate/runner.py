@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
@@ -141,7 +142,7 @@ def _warnings(p: Predictions, per_source: dict, seen: int = 0) -> list[str]:
 
 
 def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
-                 n_boot: int = 1000, seed: int = 0, segmenter: str | Path | None = None) -> dict:
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, segmenter: str | Path | None = None) -> dict:
     """Evaluate a trained model and write ``report.html``, ``report.md``, ``metrics.json``,
     ``predictions.csv`` and figures.
 

@@ -39,7 +39,7 @@ def build_transforms(config: PreprocessConfig) -> Compose:
     if config.lung_crop:
         steps.append(LungCrop(config.crop_margin))
     contrast = {"clahe": Clahe(config.clahe_clip, config.clahe_grid), "equalize": Equalize()}.get(config.contrast)
-    resize = Resize(config.size, config.resize)
+    resize = Resize(config.side, config.resize)
     if contrast is not None and config.contrast_at == "source":
         steps += [contrast, resize]
     else:

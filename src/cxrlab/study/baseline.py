@@ -30,12 +30,12 @@ PROBE_C = (1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried (inverse); 0.01 was best
 def frozen_features(config: TrainConfig, prepared: Path, images: list[str], names: list[str]) -> np.ndarray:
     """``(N, D)`` pooled last-block features of ``images`` (prepared in ``prepared``, in that order)
     through the pretrained backbone of ``config`` (its weights as training would load them, no head)."""
-    model = create_classifier(config.backbone, len(names), pretrained=config.pretrained, weights=config.weights,
-                              allow_download=config.allow_download, seed=config.seed)
+    model = create_classifier(config.model.backbone, len(names), pretrained=config.model.pretrained, weights=config.model.weights,
+                              allow_download=config.model.allow_download, seed=config.runtime.seed)
     spec = model.spec
     dataset = ShardDataset(ShardReader(prepared), names, images=images, mean=spec.mean, std=spec.std,
                            in_chans=spec.in_chans)
-    return pooled_features(model, dataset, batch_size=config.batch_size)
+    return pooled_features(model, dataset, batch_size=config.optim.batch_size)
 
 
 def fit_probe(features: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0):

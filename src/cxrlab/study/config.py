@@ -8,8 +8,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.settings import closest_hint, load_settings
-from cxrlab.train.config import SECTIONS, TrainConfig, flat_key, flatten_settings
+from cxrlab.train.config import ALIASES, SECTIONS, flat_key, flatten_settings
 
 SELECT_METRICS = ("auc_macro", "accuracy")
 M = TypeVar("M", bound=BaseModel)
@@ -22,27 +23,50 @@ def check_setting_names(section: str, keys) -> None:
     Raises:
         ValueError: ``section.key`` is unknown (with the closest name) or set by the study itself.
     """
+    names = [*ALIASES, "augment", "recipe"]
     for key in keys:
         head, _, part = key.partition(".")
         if head in RESERVED:
             raise ValueError(f"{section}.{key}: set by the study itself (use the study's own {head!r} field "
                              "where there is one)")
-        if head not in TrainConfig.model_fields:
-            raise ValueError(f"{section}.{key}: not a training setting" + closest_hint(head, TrainConfig.model_fields))
-        parts = getattr(TrainConfig.model_fields[head].annotation, "model_fields", None)
+        if head not in names:
+            raise ValueError(f"{section}.{key}: not a training setting" + closest_hint(head, names))
+        if head == "recipe":
+            continue
+        where = ALIASES.get(head, head).split(".")
+        annotation = SECTIONS[where[0]] if len(where) == 1 else SECTIONS[where[0]].model_fields[where[1]].annotation
+        parts = next((getattr(a, "model_fields", None) for a in getattr(annotation, "__args__", (annotation,))
+                      if getattr(a, "model_fields", None)), None)
         if part and (parts is None or part not in parts):
             raise ValueError(f"{section}.{key}: not a part of {head!r}" + closest_hint(part, parts or [], head + "."))
 
 
+def _flat(key: str) -> str:
+    """``flat_key``, leaving a name no section has as it is (:func:`check_setting_names` says which and why)."""
+    try:
+        return flat_key(key)
+    except ValueError:
+        return key
+
+
 def flat_settings(values: Any) -> Any:
-    """Training settings as flat field names, whether given flat, in sections (``optim: {lr: 1e-4}``)
-    or dotted (``optim.lr``): see :data:`cxrlab.train.config.SECTIONS`."""
-    return flatten_settings(values) if isinstance(values, dict) else values
+    """Training settings as their flat names, whether given flat, in sections (``optim: {lr: 1e-4}``)
+    or dotted (``optim.lr``): see :data:`cxrlab.train.config.ALIASES`."""
+    if not isinstance(values, dict):
+        return values
+    pairs = []
+    for key, value in values.items():
+        section = key in SECTIONS and isinstance(value, dict) and key not in ("augment",)
+        pairs += [(f"{key}.{k}", v) for k, v in value.items()] if section else [(str(key), value)]
+    try:
+        return flatten_settings(dict(pairs))
+    except ValueError:  # an unknown name among them: each kept, named by check_setting_names
+        return {_flat(key): value for key, value in pairs}
 
 
 def flat_names(values: Any) -> Any:
     """A mapping of setting name -> values (a grid, a search space) with its names flat (``optim.lr`` -> ``lr``)."""
-    return {flat_key(str(key)): value for key, value in values.items()} if isinstance(values, dict) else values
+    return {_flat(str(key)): value for key, value in values.items()} if isinstance(values, dict) else values
 
 
 def merge_settings(base: dict, factors: dict) -> dict:
@@ -84,8 +108,8 @@ class DataSettings(BaseModel):
 
 # training fields a study sets itself for every run: its own data settings, its tracking, where runs
 # and shared caches go, and its own progress display
-RESERVED = (*(f for f in DataSettings.model_fields if f != "base"), *SECTIONS["tracking"].values(), "out", "prepared",
-            "prefix_store", "progress_bar")
+RESERVED = (*(f for f in DataSettings.model_fields if f != "base"), *SECTIONS["tracking"].model_fields, "out",
+            "prepared", "prefix_store", "progress_bar")
 
 
 class SecondStage(BaseModel):
@@ -141,7 +165,7 @@ class StudyConfig(DataSettings):
                                                     "its evidence and calls with the lungs removed (masks needed)")
     faithfulness: bool = Field(False, description="score each cell's test-side maps by ROAD deletion (does the map "
                                                   "point at what the model uses? ~2-4 s per image on 2 cores)")
-    n_boot: int = Field(1000, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
+    n_boot: int = Field(DEFAULT_N_BOOT, ge=0, le=100000, description="patient-bootstrap replicates of the test side's intervals")
     storage: str | None = Field(None, description="a database the runs are claimed through, so any number of "
                                                  "workers (processes, machines) share the study: sqlite:///study.db "
                                                  "or postgresql://user@host/db (cxrlab[postgres]); the workers share "

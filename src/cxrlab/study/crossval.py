@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import finished_summary
@@ -39,7 +40,8 @@ from cxrlab.study.cell_ensemble import oof_reference
 from cxrlab.study.plan import check_same_config
 from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
-from cxrlab.train.data import grouped_table
+from cxrlab.train.config import write_sources
+from cxrlab.train.data import grouped_table, with_recorded_scheme
 
 log = logging.getLogger(__name__)
 OOF_FILE = "oof_predictions.csv"
@@ -59,30 +61,30 @@ class CrossvalResult:
 def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
     """Every usable image with its ``fold`` (0..K-1), made once and kept in ``out/splits.csv``.
 
-    From ``config.splits``, its test side stays aside (``fold`` -1, never trained on or predicted);
-    from ``config.data`` every image is in a fold.
+    From ``config.data.splits``, its test side stays aside (``fold`` -1, never trained on or predicted);
+    from ``config.data.path`` every image is in a fold.
     """
     saved = out / "splits.csv"
     if saved.exists():
-        frame = load_source(saved, scheme=config.scheme).table
+        frame = load_source(saved, scheme=config.data.scheme).table
         made = {int(f) for f in pd.to_numeric(frame["fold"]) if f >= 0}
-        if made != set(range(config.folds)):
-            raise ConfigError(f"{saved}: was made for {len(made)} folds, not {config.folds}; use a new --out")
+        if made != set(range(config.data.folds)):
+            raise ConfigError(f"{saved}: was made for {len(made)} folds, not {config.data.folds}; use a new --out")
         return frame
-    if config.splits:
-        frame = load_source(config.splits, scheme=config.scheme).table.reset_index(drop=True)
-        info: dict = {"from": config.splits}
+    if config.data.splits:
+        frame = load_source(config.data.splits, scheme=config.data.scheme).table.reset_index(drop=True)
+        info: dict = {"from": config.data.splits}
     else:
-        table, _, duplicates = grouped_table(load_source(config.data, scheme=config.scheme).table, config.dedupe)
+        table, _, duplicates = grouped_table(load_source(config.data.path, scheme=config.data.scheme).table, config.data.dedupe)
         frame = table.reset_index(drop=True).assign(split="train")
-        info = {"from": config.data, "duplicates": duplicates}
+        info = {"from": config.data.path, "duplicates": duplicates}
     frame["fold"] = -1
     pool = frame[frame["split"] != "test"]
     group = "group_id" if "group_id" in frame.columns else "patient_id"
-    frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.folds, config.seed, group).to_numpy()
+    frame.loc[pool.index, "fold"] = assign_folds(pool.assign(split="train"), config.data.folds, config.runtime.seed, group).to_numpy()
     frame.loc[pool.index, "split"] = "train"  # the ensemble trained on every fold: no validation side is left
     check_no_leakage(frame)
-    write_splits(frame, {**info, "scheme": config.scheme, "folds": config.folds, "seed": config.seed}, out)
+    write_splits(frame, {**info, "scheme": config.data.scheme, "folds": config.data.folds, "seed": config.runtime.seed}, out)
     return frame
 
 
@@ -100,15 +102,15 @@ def fold_split(frame: pd.DataFrame, fold: int, folds: int, validate: bool = True
 def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> tuple[pd.DataFrame, bool]:
     """Train fold ``fold`` (or reuse it); return its out-of-fold predictions and whether it trained now."""
     run_dir = out / "folds" / f"fold{fold}"
-    split = fold_split(frame, fold, config.folds, validate=config.select_on != "last")
-    run_config = config.model_copy(update={
+    split = fold_split(frame, fold, config.data.folds, validate=config.select.metric != "last")
+    run_config = config.replace({
         "folds": 0, "tta": "none", "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
-        "prepared": config.prepared or str(out / "prepared"),
-        "mlflow_uri": config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"})
+        "prepared": config.runtime.prepared or str(out / "prepared"),
+        "mlflow_uri": config.tracking.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"}, f"fold {fold}")
     check_same_config(run_dir, run_config)
     trained = finished_summary(run_dir) is None
     if trained:
-        write_splits(split, {"crossval_fold": fold, "folds": config.folds}, run_dir)
+        write_splits(split, {"crossval_fold": fold, "folds": config.data.folds}, run_dir)
         (run_dir / "test_predictions.csv").unlink(missing_ok=True)  # predictions of an older model
         train(run_config, screening=False)
     held_out = split[split["split"] == "test"]
@@ -127,7 +129,7 @@ def _statistics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> Callable[
     return statistics
 
 
-def oof_figures(predictions: pd.DataFrame, names: list[str], n_boot: int = 1000, seed: int = 0) -> dict:
+def oof_figures(predictions: pd.DataFrame, names: list[str], n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict:
     """Pooled out-of-fold figures with 95% patient-bootstrap intervals, the full metrics table, and
     the headline figures per source.
 
@@ -147,7 +149,7 @@ def oof_figures(predictions: pd.DataFrame, names: list[str], n_boot: int = 1000,
             "metrics": compute_metrics(y, probs, names), "per_source": per_source}
 
 
-def versus(predictions: pd.DataFrame, reference: pd.DataFrame, names: list[str], n_boot: int = 1000,
+def versus(predictions: pd.DataFrame, reference: pd.DataFrame, names: list[str], n_boot: int = DEFAULT_N_BOOT,
            seed: int = 0) -> dict:
     """Paired patient-bootstrap 95% intervals of ``predictions`` minus ``reference`` (the same images)
     for each :data:`HEADLINE` figure; ``beyond_noise`` when the interval excludes 0."""
@@ -171,9 +173,9 @@ def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     cached = out / BASELINE_FILE
     if cached.exists():
         return pd.read_csv(cached)
-    prepared = Path(config.prepared) if config.prepared else out / "prepared"
+    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared"
     features = frozen_features(config, prepared, predictions["image"].tolist(), names)
-    table = probe_oof(features, predictions, names, config.seed)
+    table = probe_oof(features, predictions, names, config.runtime.seed)
     atomic_write_text(cached, table.to_csv(index=False))
     return table
 
@@ -182,20 +184,20 @@ def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     """Write ``out/model.pt``: the fold models as one ensemble, with a screening reference set on data
     its parts did not choose on (:func:`cxrlab.study.cell_ensemble.oof_reference`)."""
     members, preprocess = [], None
-    for fold in range(config.folds):
+    for fold in range(config.data.folds):
         model, preprocess, _ = load_model(out / "folds" / f"fold{fold}" / "model.pt")
         members.append(model)
-    ensemble = EnsembleClassifier(members, config.tta).eval()
-    reader = ShardReader(Path(config.prepared) if config.prepared else out / "prepared")
-    reference = oof_reference(ensemble, predictions, names, reader, config.batch_size)
-    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.folds, "screening": reference,
+    ensemble = EnsembleClassifier(members, config.model.tta).eval()
+    reader = ShardReader(Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared")
+    reference = oof_reference(ensemble, predictions, names, reader, config.optim.batch_size)
+    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.data.folds, "screening": reference,
                                                         "seen": seen_record(predictions)})  # every member's images
     return reference
 
 
 def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None = None,
-                   n_boot: int = 1000) -> CrossvalResult:
-    """Train ``config.folds`` runs and write ``OUT``: ``splits.csv`` (the folds), ``folds/fold<k>/`` (each
+                   n_boot: int = DEFAULT_N_BOOT) -> CrossvalResult:
+    """Train ``config.data.folds`` runs and write ``OUT``: ``splits.csv`` (the folds), ``folds/fold<k>/`` (each
     run, as ``train`` writes it), ``oof_predictions.csv`` (every image's out-of-fold probabilities,
     fold, patient and source), ``model.pt`` (the fold models as one ensemble: the mean of their
     probabilities), ``baseline_oof_predictions.csv`` (the linear probe's, same folds) and
@@ -205,40 +207,42 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
     Raises:
         ConfigError: fewer than 2 folds, or a fold's run cannot start (named).
     """
-    if config.folds < 3:
-        raise ConfigError(f"folds: cross-validated training needs at least 3 folds, got {config.folds}")
-    out = Path(config.out)
+    if config.data.folds < 3:
+        raise ConfigError(f"folds: cross-validated training needs at least 3 folds, got {config.data.folds}")
+    config = with_recorded_scheme(config)
+    out = Path(config.runtime.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config.to_yaml())
+    write_sources(config, out)
     frame = crossval_split(config, out)
-    names = list(class_names(config.scheme))
+    names = list(class_names(config.data.scheme))
     parts, trained = [], False
-    for fold in range(config.folds):
+    for fold in range(config.data.folds):
         if progress:
-            progress(f"fold {fold + 1}/{config.folds}")
+            progress(f"fold {fold + 1}/{config.data.folds}")
         part, now = _run_fold(config, frame, fold, out)
         parts.append(part)
         trained |= now
     predictions = pd.concat(parts, ignore_index=True)[["image", "patient_id", "source", "label", "fold", *names]]
     atomic_write_text(out / OOF_FILE, predictions.to_csv(index=False))
     runs = []
-    for fold in range(config.folds):
+    for fold in range(config.data.folds):
         summary = json.loads((out / "folds" / f"fold{fold}" / "summary.json").read_text())
         runs.append({"fold": fold, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
                      "selection": summary.get("selection"), "val": {k: summary["val"].get(k) for k in
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
     if progress:
         progress("fold ensemble")
-    if trained or not (out / "model.pt").exists() or read_payload(out / "model.pt", FORMAT, "model").get("tta") != config.tta:
+    if trained or not (out / "model.pt").exists() or read_payload(out / "model.pt", FORMAT, "model").get("tta") != config.model.tta:
         _ensemble(config, predictions, names, out)  # else: the ensemble of these very folds is there
     if progress:
         progress("linear-probe baseline")
     baseline = _baseline(config, predictions, names, out)
-    summary = {"folds": config.folds, "class_names": names, "backbone": config.backbone,
-               "fine_tune": config.fine_tune, "select_on": config.select_on,
-               "out_of_fold": oof_figures(predictions, names, n_boot, config.seed),
+    summary = {"folds": config.data.folds, "class_names": names, "backbone": config.model.backbone,
+               "fine_tune": config.model.fine_tune, "select_on": config.select.metric,
+               "out_of_fold": oof_figures(predictions, names, n_boot, config.runtime.seed),
                "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
-                            "out_of_fold": oof_figures(baseline, names, n_boot, config.seed)},
-               "versus_baseline": versus(predictions, baseline, names, n_boot, config.seed), "runs": runs}
+                            "out_of_fold": oof_figures(baseline, names, n_boot, config.runtime.seed)},
+               "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return CrossvalResult(out, summary, predictions)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.run_folder import model_file
 from cxrlab.evaluate.runner import evaluate_run, write_report
 from cxrlab.explain import (
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_and_explain(run: str | Path, out: str | Path, *, data: str | Path | None = None,
-                         splits: str | Path | None = None, n_boot: int = 1000, seed: int = 0,
+                         splits: str | Path | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                          explanations: bool = True, method: CamMethod = "gradcam", layer: str | None = None,
                          segmenter: str | Path | None = None) -> dict:
     """:func:`cxrlab.evaluate.runner.evaluate_run`, then :func:`add_explanations` (unless disabled)."""

@@ -16,8 +16,9 @@ from cxrlab.data import SplitConfig, class_names, load_source, make_splits, writ
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.study.config import StudyConfig, merge_settings
+from cxrlab.preprocess import PreprocessConfig
 from cxrlab.train.config import RECIPES, TrainConfig, build_config, flatten_settings
-from cxrlab.train.data import grouped_table, uses_masks
+from cxrlab.train.data import grouped_table, preprocess_for
 
 
 @dataclass(frozen=True)
@@ -135,13 +136,22 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
     if config.share_prefix:
         values["prefix_store"] = str(shared / "prefix-store")
     probe = build_config(values, origin=f"cell {cell.id}")
-    # one prepared folder per preprocessing: every run of the same size/contrast/resize shares it
-    size = probe.size or get_backbone_spec(probe.backbone).input_size
-    extra = {k: v for k, v in (("artifacts", probe.artifacts), ("lung_crop", probe.lung_crop),
-                               ("keep_mask", uses_masks(probe))) if v not in ("keep", False)}
-    settings = [size, probe.contrast, probe.resize] + ([extra] if extra else [])
-    key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]  # unchanged for older studies' folders
-    return build_config({**values, "prepared": str(shared / "prepared" / key)}, origin=f"cell {cell.id}")
+    return probe.replace({"prepared": str(shared / "prepared" / prepared_key(probe))}, origin=f"cell {cell.id}")
+
+
+def prepared_key(config: TrainConfig) -> str:
+    """The name of the prepared folder a run's images go to: every run with the same preprocessing
+    shares one (older studies' folders keep their names: the settings they varied are hashed as then,
+    and a setting at its default adds nothing)."""
+    preprocess = preprocess_for(config, get_backbone_spec(config.model.backbone))
+    extra = {k: v for k, v in (("artifacts", preprocess.artifacts), ("lung_crop", preprocess.lung_crop),
+                               ("keep_mask", preprocess.keep_mask)) if v not in ("keep", False)}
+    defaults = PreprocessConfig()
+    extra.update({k: v for k, v in preprocess.to_dict().items()  # settings a study could not vary before
+                  if k not in ("size", "contrast", "resize", "artifacts", "lung_crop", "keep_mask")
+                  and v != getattr(defaults, k)})
+    settings = [preprocess.size, preprocess.contrast, preprocess.resize] + ([extra] if extra else [])
+    return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:12]
 
 
 def check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -155,12 +165,14 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
         return
     import yaml
 
-    old = flatten_settings(yaml.safe_load(recorded.read_text()) or {})  # written flat before sections
-    new = config.model_dump(mode="json")
+    old = flatten_settings(yaml.safe_load(recorded.read_text()) or {})  # flat, or in this or an earlier version's sections
+    new = config.flat()
     # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values; out,
     # splits: the run's own folder (another worker's, for a run taken from a share)
     ignore = {"mlflow_tags", "mlflow_uri", "prefix_store", "prepared", "progress_bar", "tta", "recipe", "out", "splits"}
-    defaults = TrainConfig.model_construct().model_dump(mode="json")  # settings added since keep their defaults
+    # settings added since a run was recorded count at their defaults (the preprocessing settings an earlier
+    # version fixed, clahe_clip and the like, had the values that are now their defaults)
+    defaults = flatten_settings(TrainConfig.model_construct().to_sections())
     diff = sorted(k for k in new if k not in ignore and old.get(k, defaults.get(k)) != new[k])
     if diff:
         hint = ""

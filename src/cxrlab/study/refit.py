@@ -47,10 +47,10 @@ def refit_settings(config: StudyConfig, cell: Cell, runs: pd.DataFrame, out: Pat
     last = max([p for p, n in per_phase.items() if n > 0], default=0)
     probe = run_config(config, cell, out / "runs" / cell.id / "refit", out / "shared", {})
     settings: dict = {"select_on": "last", "select_smoothing": 1, "min_epochs": 1}
-    if not probe.phases:
+    if not probe.schedule.phases:
         return {**settings, "epochs": max(1, int(per_phase.get(0, 1)))}
     return {**settings, "phases": [{**phase.model_dump(mode="json"), "epochs": max(1, int(per_phase.get(i, 0)))}
-                                   for i, phase in enumerate(probe.phases) if i <= last]}
+                                   for i, phase in enumerate(probe.schedule.phases) if i <= last]}
 
 
 def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, table: pd.DataFrame,

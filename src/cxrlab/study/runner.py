@@ -35,6 +35,7 @@ from filelock import FileLock
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.core.logging import configure_logging, quiet_lightning
+from cxrlab.core.run_folder import CONFIG
 from cxrlab.core.runtime import default_workers, exit_with_parent
 from cxrlab.data import write_splits
 from cxrlab.study.cell_ensemble import cell_model, export_ready
@@ -57,7 +58,7 @@ from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.study_baseline import compare_to_probe, study_probe
 from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
 from cxrlab.study.tracking import finish_parent_run, folder_state
-from cxrlab.train import train
+from cxrlab.train import load_config, train
 
 log = logging.getLogger(__name__)
 SPLIT_FIELDS = ("data", "splits", "scheme", "ratios", "folds", "seed")
@@ -462,7 +463,7 @@ def _export_best(config: StudyConfig, out: Path, frame: pd.DataFrame, table: pd.
     (its model card quotes them)."""
     ok = table[(table["cell"] == best) & (table["status"] == "ok")]
     try:
-        export_ready(folder, out, best, ok, frame, config.base.get("batch_size", 32))
+        export_ready(folder, out, best, ok, frame, load_config(folder / CONFIG).optim.batch_size)  # its runs' own
     except Exception as err:  # noqa: BLE001 -- exported without the screening reference, which says why
         log.warning("study: no screening reference for %s's ensemble: %s: %s", best, type(err).__name__, err)
     row = summary[summary["cell"] == best].iloc[0]

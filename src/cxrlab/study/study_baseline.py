@@ -44,9 +44,9 @@ def study_probe(config: StudyConfig, out: Path, frame: pd.DataFrame) -> pd.DataF
     train_config = run_config(config, first, out / "runs" / "_probe", out / "shared", {})
     names = list(class_names(config.scheme))
     everything = frame.reset_index(drop=True).assign(view=frame.get("view", ""))
-    prepared = Path(train_config.prepared)  # the runs' own shards (they prepare every image of the study)
+    prepared = Path(train_config.runtime.prepared)  # the runs' own shards (they prepare every image of the study)
     prepare(Manifest(everything, tuple(names)), prepared,
-            preprocess_for(train_config, get_backbone_spec(train_config.backbone)))
+            preprocess_for(train_config, get_backbone_spec(train_config.model.backbone)))
     pool = everything[everything["split"] != "test"].reset_index(drop=True)
     pool = pool.assign(fold=pd.to_numeric(pool["fold"]).astype(int))
     features = frozen_features(train_config, prepared, pool["image"].tolist(), names)
@@ -56,8 +56,8 @@ def study_probe(config: StudyConfig, out: Path, frame: pd.DataFrame) -> pd.DataF
     for fold, part in oof.groupby("fold"):
         rows.append({"fold": int(fold), **accuracy_and_macro_auc(y[part.index], part[names].to_numpy())})
     table = pd.DataFrame(rows)
-    table["backbone"], table["size"] = train_config.backbone, train_config.size or get_backbone_spec(
-        train_config.backbone).input_size
+    table["backbone"], table["size"] = train_config.model.backbone, train_config.preprocess.size or get_backbone_spec(
+        train_config.model.backbone).input_size
     atomic_write_text(cached, table.to_csv(index=False))
     return table
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.classes import POSITIVE_CLASS
@@ -66,7 +67,7 @@ def prediction_metrics(predictions: pd.DataFrame) -> tuple[dict, list[str]]:
     return compute_metrics(y, probs, names), names
 
 
-def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: int = 1000, seed: int = 0) -> float | None:
+def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> float | None:
     """Two-sided p of the difference between the COVID-19 (or first class's) AUCs of two prediction
     tables on the same images, from a paired bootstrap over patients (``patients``: patient id per
     image path); None when the images hold fewer than two of either side."""

@@ -38,10 +38,10 @@ class BestModelKeeper(L.Callback):
     patients seen) that every command reads, not a Lightning ``.ckpt`` of the training state.
     """
 
-    def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector | None = None,
+    def __init__(self, path: Path, preprocess: PreprocessConfig, selector: EpochSelector,
                  extra: dict | None = None) -> None:
         self.path, self.preprocess, self.extra = path, preprocess, extra or {}
-        self.selector = selector or EpochSelector()
+        self.selector = selector
         self.best_state, self.best_phase = None, -1
         self.phase, self.epoch_offset = 0, 0
         self._resumed = False

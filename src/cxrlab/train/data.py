@@ -18,7 +18,7 @@ from cxrlab.core.runtime import default_workers
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.findings import finding_targets
-from cxrlab.data.manifest import Manifest
+from cxrlab.data.manifest import Manifest, recorded_scheme
 from cxrlab.data.mask_provenance import check_uniform_masks
 from cxrlab.models.registry import BackboneSpec
 from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset, ShardReader, prepare
@@ -43,15 +43,10 @@ class TrainData:
 
 
 def preprocess_for(config: TrainConfig, spec: BackboneSpec) -> PreprocessConfig:
-    """Preprocessing of a run: the backbone's native size unless ``size`` is set; lung masks kept beside
-    the pixels when lung attention or the attention loss needs them."""
-    return PreprocessConfig(size=config.size or spec.input_size, contrast=config.contrast, resize=config.resize,
-                            artifacts=config.artifacts, lung_crop=config.lung_crop, keep_mask=uses_masks(config))
-
-
-def uses_masks(config: TrainConfig) -> bool:
-    """True when training needs each image's lung mask."""
-    return config.lung_attention or config.attention_loss > 0
+    """Preprocessing of a run: its ``preprocess`` section at the backbone's native size unless ``size`` is
+    set; lung masks kept beside the pixels when lung attention or the attention loss needs them."""
+    preprocess = config.preprocess.resolved(spec.input_size)
+    return preprocess.updated(keep_mask=True) if config.uses_masks and not preprocess.keep_mask else preprocess
 
 
 def grouped_table(table: pd.DataFrame, dedupe: bool) -> tuple[pd.DataFrame, str, dict | None]:
@@ -64,11 +59,25 @@ def grouped_table(table: pd.DataFrame, dedupe: bool) -> tuple[pd.DataFrame, str,
     return table, "group_id", merged
 
 
+def with_recorded_scheme(config: TrainConfig) -> TrainConfig:
+    """``config`` with the scheme its data was written with (a manifest from ``cxrlab manifest --scheme
+    chestxray14``, a split from ``cxrlab split``) when the config does not name one itself."""
+    data = config.data
+    if "scheme" in data.model_fields_set:
+        return config
+    recorded = recorded_scheme(data.splits or data.path)
+    if recorded is None or recorded == data.scheme:
+        return config
+    log.info("%s was written with scheme %s: training that scheme", data.splits or data.path, recorded)
+    return config.replace({"scheme": recorded}, "the data's recorded scheme")
+
+
 def mask_settings(config: TrainConfig) -> str:
     """The settings of ``config`` that use lung masks, as text ("" when none does)."""
-    used = [name for name, on in (("lung_crop", config.lung_crop), ("artifacts: inpaint", config.artifacts == "inpaint"),
-                                  ("lung_attention", config.lung_attention), ("attention_loss", config.attention_loss > 0))
-            if on]
+    used = [name for name, on in (("lung_crop", config.preprocess.lung_crop),
+                                  ("artifacts: inpaint", config.preprocess.artifacts == "inpaint"),
+                                  ("lung_attention", config.model.lung_attention),
+                                  ("attention_loss", config.optim.attention_loss > 0)) if on]
     return " and ".join(used)
 
 
@@ -95,33 +104,34 @@ def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequ
 
 
 def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress=None) -> TrainData:
-    """Read or make the split, prepare shards (into ``config.prepared`` or ``out/prepared``), check
+    """Read or make the split, prepare shards (into ``runtime.prepared`` or ``out/prepared``), check
     every class is present.
 
     Raises:
         ConfigError: a class has no image on the train or validation side (before training).
         LeakageError: the given split file puts a patient on two sides.
     """
-    names = class_names(config.scheme)
-    if config.splits:
-        manifest = load_source(config.splits, scheme=config.scheme, policy=config.finding_policy)  # the leakage guard
+    data = config.data
+    names = class_names(data.scheme)
+    if data.splits:
+        manifest = load_source(data.splits, scheme=data.scheme, policy=config.finding_policy)  # the leakage guard
         frame = manifest.table
-        if Path(config.splits).resolve() != (out / "splits.csv").resolve() and is_rank_zero():  # the run keeps its split
-            write_splits(frame, {"from": str(config.splits), "scheme": config.scheme}, out)
+        if Path(data.splits).resolve() != (out / "splits.csv").resolve() and is_rank_zero():  # the run keeps its split
+            write_splits(frame, {"from": str(data.splits), "scheme": data.scheme}, out)
     else:
-        manifest = load_source(config.data, scheme=config.scheme, policy=config.finding_policy)
-        table, group, duplicates = grouped_table(manifest.table, config.dedupe)
-        frame, info = make_splits(table, names, SplitConfig(ratios=config.ratios, folds=0, seed=config.seed,
+        manifest = load_source(data.path, scheme=data.scheme, policy=config.finding_policy)
+        table, group, duplicates = grouped_table(manifest.table, data.dedupe)
+        frame, info = make_splits(table, names, SplitConfig(ratios=data.ratios, folds=0, seed=config.runtime.seed,
                                                             group_column=group))
         if is_rank_zero():  # a data-parallel run's other processes make the same split and write nothing
-            write_splits(frame, {**info, "scheme": config.scheme, "duplicates": duplicates}, out)
+            write_splits(frame, {**info, "scheme": data.scheme, "duplicates": duplicates}, out)
     if settings := mask_settings(config):
-        check_uniform_masks(frame, settings, str(config.splits or config.data))
+        check_uniform_masks(frame, settings, str(data.splits or data.path))
     skipped = [(s.image, s.reason) for s in manifest.skipped]
     if "view" not in frame.columns:
         frame = frame.assign(view="")
     preprocess = preprocess_for(config, spec)
-    prepared = Path(config.prepared) if config.prepared else out / "prepared"
+    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared"
     prepared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(prepared.with_name(prepared.name + ".lock"))):  # runs in parallel may share the folder
         summary = prepare(Manifest(frame.reset_index(drop=True), names), prepared, preprocess, progress=progress)
@@ -133,7 +143,7 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     present = set(reader.table["image"])
     frame = frame[frame["image"].isin(present)]
     # a refit (select_on: last) may train on everything: a validation side is then optional
-    optional_val = config.select_on == "last" and not (frame["split"] == "val").any()
+    optional_val = config.select.metric == "last" and not (frame["split"] == "val").any()
     check_classes_present(frame, names, ("train",) if optional_val else ("train", "val"), config.multilabel)
     return TrainData(frame, names, preprocess, reader, frame.loc[frame["split"] == "train", "image"].tolist(),
                      frame.loc[frame["split"] == "val", "image"].tolist(), skipped)
@@ -156,7 +166,7 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
              augment: bool = True) -> tuple[ShardDataset, ShardDataset]:
     """Train dataset (augmented when enabled and ``augment``) and validation dataset (never augmented);
     lung masks as a last input channel when the run uses them."""
-    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": uses_masks(config),
+    common = {"mean": spec.mean, "std": spec.std, "in_chans": spec.in_chans, "with_masks": config.uses_masks,
               "multilabel": config.multilabel}
     augment = Augmenter(config.augment) if config.augment.enabled and augment else None  # draws: torch's seeded generator
     train = ShardDataset(data.reader, data.class_names, images=data.train_images, transform=augment, **common)
@@ -170,19 +180,19 @@ def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
     shards (a prepared set too large for memory) train through :class:`ShardAwareSampler`: a few
     shards at a time, shuffled together."""
     generator = torch.Generator().manual_seed(seed)
-    drop_last = train and len(dataset) % config.batch_size == 1 and len(dataset) > 1
-    balanced = train and config.class_balance == "sampler"
+    batch_size, workers = config.optim.batch_size, config.runtime.num_workers
+    drop_last = train and len(dataset) % batch_size == 1 and len(dataset) > 1
+    balanced = train and config.data.class_balance == "sampler"
     weights = None
     if balanced:
         targets = np.asarray(dataset.targets)
         weights = 1.0 / np.bincount(targets)[targets]
     if train and getattr(dataset, "streaming", False):
         sampler = ShardAwareSampler(dataset.shard_of, seed, weights=weights)
-        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                          drop_last=drop_last, persistent_workers=config.num_workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          drop_last=drop_last, persistent_workers=workers > 0)
     if balanced:
         sampler = WeightedRandomSampler(weights.tolist(), len(targets), replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                          drop_last=drop_last)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=train, generator=generator,
-                      num_workers=config.num_workers, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, num_workers=workers,
+                      drop_last=drop_last)

@@ -35,7 +35,7 @@ def is_rank_zero() -> bool:
 
 
 def is_distributed(config: TrainConfig) -> bool:
-    return config.strategy == "ddp"
+    return config.runtime.strategy == "ddp"
 
 
 class _RankShare(torch.utils.data.Sampler[int]):
@@ -58,12 +58,12 @@ def distributed_loader(dataset, config: TrainConfig, train: bool, seed: int, ran
     """Rank ``rank`` of ``world``'s loader: a seeded, epoch-dependent shuffle of its share for training
     (class-balanced draws when ``class_balance: sampler``; shard-aware for streamed shards), and an
     unrepeated share of the validation images."""
-    common = {"batch_size": config.batch_size, "num_workers": config.num_workers}
+    common = {"batch_size": config.optim.batch_size, "num_workers": config.runtime.num_workers}
     if not train:
         return DataLoader(dataset, sampler=UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank,
                                                                         shuffle=False), **common)
     weights = None
-    if config.class_balance == "sampler":
+    if config.data.class_balance == "sampler":
         targets = np.asarray(dataset.targets)
         weights = 1.0 / np.bincount(targets)[targets]
     if getattr(dataset, "streaming", False):
@@ -75,7 +75,7 @@ def distributed_loader(dataset, config: TrainConfig, train: bool, seed: int, ran
     else:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     share = len(sampler)
-    drop_last = share % config.batch_size == 1 and share > 1  # BatchNorm cannot train on one image
+    drop_last = share % config.optim.batch_size == 1 and share > 1  # BatchNorm cannot train on one image
     return DataLoader(dataset, sampler=sampler, drop_last=drop_last, **common)
 
 

@@ -14,7 +14,7 @@ from cxrlab.core.errors import CxrlabError
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss
-from cxrlab.train.config import TrainConfig
+from cxrlab.train.config import OptimSection, ScheduleSection
 from cxrlab.train.distributed import gather
 from cxrlab.train.metrics import classification_summary
 
@@ -28,27 +28,31 @@ class ClassifierModule(L.LightningModule):
 
     Args:
         model: The classifier.
-        config: Optimiser and schedule settings.
+        optim: The config's ``optim`` section (optimiser, loss, regularisers).
+        schedule: Its ``schedule`` section (learning-rate schedule, warm-up).
         lr: Learning rate of this phase.
         epochs: Epochs of this phase (for the cosine schedule).
         class_weights: Cross-entropy weights per class (a multi-label model: each finding's positive
             weight), or ``None``.
         start_block: 0 for images; ``k`` when batches are activations entering block ``k``
             (``(activations, y)`` or, with lung masks, ``(activations, y, mask)``).
+        validated: False for a refit without a validation side.
+        channels_last: Convert image batches to channels-last memory (the runtime section's choice).
 
-    With ``config.attention_loss`` α > 0 the training loss is cross-entropy + α · the attention term
-    of ``config.attention_form`` on the true class's differentiable Grad-CAM (last block's features,
+    With ``optim.attention_loss`` α > 0 the training loss is cross-entropy + α · the attention term
+    of ``optim.attention_form`` on the true class's differentiable Grad-CAM (last block's features,
     before any lung attention; :mod:`cxrlab.train.attention`): the share outside the lung mask, or
     GAIN's attention mining + map-vs-mask error (logged as ``train_attention``; ``val_attention`` is
     the outside share for both forms). The validation loss that early stopping and the best-model
     choice watch stays the plain cross-entropy.
     """
 
-    def __init__(self, model: CxrClassifier, config: TrainConfig, lr: float, epochs: int,
-                 class_weights: Sequence[float] | None = None, start_block: int = 0, validated: bool = True) -> None:
+    def __init__(self, model: CxrClassifier, optim: OptimSection, schedule: ScheduleSection, lr: float, epochs: int,
+                 class_weights: Sequence[float] | None = None, start_block: int = 0, validated: bool = True,
+                 channels_last: bool = True) -> None:
         super().__init__()
-        self.model, self.config, self.lr, self.epochs, self.start_block = model, config, lr, epochs, start_block
-        self.validated = validated  # False: a refit without a validation side
+        self.model, self.optim, self.schedule, self.lr, self.epochs = model, optim, schedule, lr, epochs
+        self.start_block, self.validated, self.channels_last = start_block, validated, channels_last
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.last_summary: dict = {}
@@ -61,7 +65,7 @@ class ClassifierModule(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         # channels-last convolutions run about 2x faster on oneDNN CPUs (bench/bench_train.py)
         x, *rest = batch
-        if self.config.channels_last and x.ndim == 4:
+        if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return (x, *rest)
 
@@ -78,22 +82,22 @@ class ClassifierModule(L.LightningModule):
     def _step(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(logits, loss, targets)``; the attention term joins the loss in training only."""
         features, mask, y, image = self._features(batch)
-        guided = bool(self.config.attention_loss) and mask is not None
+        guided = bool(self.optim.attention_loss) and mask is not None
         if guided and not features.requires_grad:
             features = features.detach().requires_grad_()  # frozen backbone: the map still needs the head's gradient
         # validation runs under no_grad (the trainer's inference mode is off for guided runs): the map needs a graph
         with torch.enable_grad() if guided else nullcontext():
             logits = self.model.head(self.model.attend(features, mask)).float()
-            smoothing = self.config.label_smoothing if stage == "train" else 0.0  # validation: plain cross-entropy
+            smoothing = self.optim.label_smoothing if stage == "train" else 0.0  # validation: plain cross-entropy
             loss = self.loss(logits, y, smoothing)
             if guided:
-                if self.config.attention_form == "gain" and stage == "train":  # needs the images (no prefix cache)
+                if self.optim.attention_form == "gain" and stage == "train":  # needs the images (no prefix cache)
                     attention = gain_loss(self.model, image, features, logits, y, mask)
                 else:  # validation logs the outside share for either form: a figure comparable between them
                     attention = attention_loss(differentiable_gradcam(features, logits, y), mask)
                 self.log(f"{stage}_attention", attention, on_step=False, on_epoch=True, batch_size=len(y))
                 if stage == "train":
-                    loss = loss + self.config.attention_loss * attention
+                    loss = loss + self.optim.attention_loss * attention
         return logits, loss, y
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -108,7 +112,7 @@ class ClassifierModule(L.LightningModule):
         return (each * known).sum() / known.sum().clamp_min(1)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._mixup_loss(batch) if self.config.mixup else self._step(batch, "train")[1]
+        loss = self._mixup_loss(batch) if self.optim.mixup else self._step(batch, "train")[1]
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}, batch "
                                      f"{batch_idx}; stopped (lower the learning rate?); the last good model is kept")
@@ -122,10 +126,10 @@ class ClassifierModule(L.LightningModule):
         cross-entropy PyTorch averages over the batch, not over the weights). Drawn from torch's seeded
         generator: a seed gives the same run."""
         x, y, *rest = batch
-        lam = float(torch.distributions.Beta(self.config.mixup, self.config.mixup).sample())
+        lam = float(torch.distributions.Beta(self.optim.mixup, self.optim.mixup).sample())
         order = torch.randperm(len(y), device=y.device)
         logits, loss, _ = self._step((lam * x + (1 - lam) * x[order], y, *rest), "train")
-        other = self.loss(logits, y[order], self.config.label_smoothing)
+        other = self.loss(logits, y[order], self.optim.label_smoothing)
         return lam * loss + (1 - lam) * other
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -156,7 +160,7 @@ class ClassifierModule(L.LightningModule):
         """Linear warm-up over the first ``warmup_epochs``: a step runs at a growing fraction of the rate
         the schedule gives, which is put back right after it, so every scheduler (chainable ones
         included) goes on from its own values."""
-        steps = self.config.warmup_epochs * self.trainer.num_training_batches
+        steps = self.schedule.warmup_epochs * self.trainer.num_training_batches
         if not steps or self.global_step >= steps:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
             return
@@ -170,8 +174,8 @@ class ClassifierModule(L.LightningModule):
                 group["lr"] = lr
 
     def configure_optimizers(self):
-        params = self.model.param_groups(self.lr, self.config.lr_decay)
-        cfg = self.config
+        params = self.model.param_groups(self.lr, self.optim.lr_decay)
+        cfg, schedule = self.optim, self.schedule
         if cfg.optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "adamw":  # decoupled weight decay (Loshchilov & Hutter)
@@ -180,16 +184,16 @@ class ClassifierModule(L.LightningModule):
             optimizer = torch.optim.RMSprop(params, lr=self.lr, alpha=0.9, eps=1e-7, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.SGD(params, lr=self.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        if cfg.schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.plateau_factor,
-                                                                   patience=cfg.plateau_patience)
+        if schedule.kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=schedule.plateau_factor,
+                                                                   patience=schedule.plateau_patience)
             # without a validation side (a refit) the plateau is the training loss's
             monitor = "val_loss" if self.validated else "train_loss"
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
-        if cfg.schedule == "step":
+        if schedule.kind == "step":
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(
-                optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)}
-        if cfg.schedule == "cosine":
+                optimizer, step_size=schedule.step_size, gamma=schedule.step_gamma)}
+        if schedule.kind == "cosine":
             return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimizer, T_max=self.epochs)}
         return optimizer

@@ -13,7 +13,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.optional import available
-from cxrlab.core.run_folder import CONFIG, RunFolder
+from cxrlab.core.run_folder import CONFIG, MODEL, RunFolder
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
@@ -40,7 +40,7 @@ from cxrlab.core.device import resolve_policy
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
-from cxrlab.train.config import TrainConfig, load_config
+from cxrlab.train.config import TrainConfig, load_config, write_sources
 from cxrlab.train.distributed import RunData, is_distributed, is_rank_zero
 from cxrlab.train.data import (
     TrainData,
@@ -48,6 +48,7 @@ from cxrlab.train.data import (
     datasets,
     load_train_data,
     loader,
+    with_recorded_scheme,
 )
 from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
@@ -78,15 +79,17 @@ def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger | bool:
     if not available("mlflow"):
         log.info("MLflow is not installed (pip install 'cxrlab[track]'): %s is not tracked", out)
         return False
-    uri = config.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
-    logger = MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri, run_name=out.name,
-                          tags=dict(config.mlflow_tags) or None)
-    logger.log_hyperparams({k: str(v) for k, v in config.model_dump(mode="json").items()})
+    tracking = config.tracking
+    uri = tracking.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
+    logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=uri, run_name=out.name,
+                          tags=dict(tracking.mlflow_tags) or None)
+    logger.log_hyperparams({k: str(v) for k, v in config.flat().items()})
     return logger
 
 
 def _head(config: TrainConfig) -> str | HeadSpec:
-    return config.head if isinstance(config.head, str) else HeadSpec(**config.head.model_dump())
+    head = config.model.head
+    return head if isinstance(head, str) else HeadSpec(**head.model_dump())
 
 
 @torch.no_grad()
@@ -114,34 +117,37 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         NonFiniteLossError: the loss became NaN/inf; ``model.pt`` holds the last good model and
             ``summary.json`` says what happened.
     """
-    if config.folds >= 2:
-        raise ConfigError(f"folds: {config.folds} folds train through cxrlab.study.train_crossval (cxrlab train "
+    if config.data.folds >= 2:
+        raise ConfigError(f"folds: {config.data.folds} folds train through cxrlab.study.train_crossval (cxrlab train "
                           "--folds); train() runs one split")
-    spec = get_backbone_spec(config.backbone)
+    config = with_recorded_scheme(config)
+    net, runtime = config.model, config.runtime
+    spec = get_backbone_spec(net.backbone)
     with torch.device("meta"):  # block count without allocating weights: check k before any data work
         blocks = len(spec.partition(create_backbone(spec)))
     for phase in config.resolved_phases():
         check_fine_tune(phase.fine_tune, blocks, spec.name)
-    if (config.pretrained == "imagenet" or config.weights) and not config.init_from:
-        check_weights_available(spec, config.weights, config.allow_download)
+    if (net.pretrained == "imagenet" or net.weights) and not net.init_from:
+        check_weights_available(spec, net.weights, net.allow_download)
     tune_allocator()
     writer = is_rank_zero()  # a data-parallel run's other processes write nothing
     if writer:
-        _drop_stale_checkpoint(Path(config.out), config)
-    folder = RunFolder(config.out, config.to_sections(), write=writer)
+        _drop_stale_checkpoint(Path(runtime.out), config)
+    folder = RunFolder(runtime.out, config.to_sections(), write=writer)
     out = folder.out
+    if writer:
+        write_sources(config, out)
     with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
+        torch.manual_seed(runtime.seed)
         data = load_train_data(config, spec, out, progress)
-        start = {"pretrained": "none", "weights": None} if config.init_from else {"pretrained": config.pretrained,
-                                                                                 "weights": config.weights}
-        model = create_classifier(config.backbone, len(data.class_names), head=_head(config), **start,
-                                  allow_download=config.allow_download,
-                                  class_names=data.class_names, seed=config.seed, lung_attention=config.lung_attention,
-                                  multilabel=config.multilabel)
-        if config.init_from:
-            model.weights_origin = init_backbone_from(model, config.init_from)
-        model.set_freeze_batchnorm(config.batchnorm == "frozen")
+        start = {"pretrained": "none", "weights": None} if net.init_from else {"pretrained": net.pretrained,
+                                                                              "weights": net.weights}
+        model = create_classifier(net.backbone, len(data.class_names), head=_head(config), **start,
+                                  allow_download=net.allow_download, class_names=data.class_names, seed=runtime.seed,
+                                  lung_attention=net.lung_attention, multilabel=config.multilabel)
+        if net.init_from:
+            model.weights_origin = init_backbone_from(model, net.init_from)
+        model.set_freeze_batchnorm(net.batchnorm == "frozen")
         summary = _fit(model, data, config, out, callbacks, screening)
     if not writer:
         return TrainResult(out, summary, model)
@@ -155,7 +161,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
 
 def _distributed_settings(config: TrainConfig) -> dict:
     """Lightning's data-parallel settings; the loaders come from :class:`RunData`, rank by rank."""
-    return {"strategy": "ddp", "devices": config.devices, "num_nodes": config.num_nodes,
+    return {"strategy": "ddp", "devices": config.runtime.devices, "num_nodes": config.runtime.num_nodes,
             "use_distributed_sampler": False}
 
 
@@ -169,23 +175,24 @@ def _drop_stale_checkpoint(out: Path, config: TrainConfig) -> None:
 
 def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
          callbacks: Sequence[L.Callback] = (), screening: bool = True) -> dict:
-    spec = model.spec
-    if config.channels_last:
+    spec, runtime, optim = model.spec, config.runtime, config.optim
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     train_ds, val_ds = datasets(data, config, spec)
-    weights = class_weights(data, config.multilabel) if config.class_balance == "weights" else None
-    # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
-    if config.select_on == "auc_covid" and POSITIVE_CLASS not in data.class_names:
-        raise ConfigError(f"select_on: auc_covid needs a {POSITIVE_CLASS} class; the classes are "
+    weights = class_weights(data, config.multilabel) if config.data.class_balance == "weights" else None
+    if config.select.metric == "auc_covid" and POSITIVE_CLASS not in data.class_names:
+        raise ConfigError(f"select.metric: auc_covid needs a {POSITIVE_CLASS} class; the classes are "
                           f"{', '.join(data.class_names)}")
-    validated = bool(data.val_images)  # False only for a refit on everything (select_on: last)
-    selector = EpochSelector(config.select_on, config.select_smoothing, config.min_epochs, config.patience)
+    validated = bool(data.val_images)  # False only for a refit on everything (select.metric: last)
+    selector = EpochSelector.from_config(config.select)
     seen = {"seen": seen_record(data.frame[data.frame["split"].isin(["train", "val"])])}  # evaluate refuses these
-    keeper = BestModelKeeper(out / "model.pt", replace(data.preprocess, keep_mask=config.lung_attention), selector, seen)
+    # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
+    kept = data.preprocess.updated(keep_mask=config.model.lung_attention)
+    keeper = BestModelKeeper(out / MODEL, kept, selector, seen)
     csv = MetricsCsv(out / "metrics.csv")
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
-    policy = resolve_policy(config.device, config.precision, workload="train", backbone=spec.name)
+    policy = resolve_policy(runtime.device, runtime.precision, workload="train", backbone=spec.name)
     log.info("training on %s with %s (%s)", policy.device, policy.precision, policy.reason)
     last = out / CHECKPOINTS / "last.ckpt"
     resume = read_resume_point(last)
@@ -203,20 +210,21 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         start_block, fit_sets = 0, [train_ds, val_ds] if validated else [train_ds]
         precision = policy.precision
         # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
-        gain = config.attention_loss > 0 and config.attention_form == "gain"  # mines on the images themselves
+        gain = optim.attention_loss > 0 and optim.attention_form == "gain"  # mines on the images themselves
         spill = out / "cache" / (f"rank{os.environ.get('LOCAL_RANK', '0')}" if is_distributed(config) else "")
-        if config.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
+        if runtime.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
             start_block, bf16 = model.frozen_blocks, precision == "bf16-mixed"
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
-                if config.prefix_store:
-                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, config.prefix_store, bf16=bf16)
+                if runtime.prefix_store:
+                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, runtime.prefix_store, bf16=bf16)
                 else:
-                    fit_sets = [compute_prefix(model, ds, max_bytes=config.cache_max_gb * 1e9, spill_dir=spill,
+                    fit_sets = [compute_prefix(model, ds, max_bytes=runtime.cache_max_gb * 1e9, spill_dir=spill,
                                                bf16=bf16) for ds in fit_sets]
             cached_any = True
-        module = ClassifierModule(model, config, phase.lr, phase.epochs, weights, start_block, validated)
+        module = ClassifierModule(model, optim, config.schedule, phase.lr, phase.epochs, weights, start_block, validated,
+                                  channels_last=runtime.channels_last)
         distributed = is_distributed(config)
-        train_loader = None if distributed else loader(fit_sets[0], config, True, config.seed + index)
+        train_loader = None if distributed else loader(fit_sets[0], config, True, runtime.seed + index)
         checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="last", save_top_k=1, every_n_epochs=1,
                                      save_on_train_epoch_end=True, enable_version_counter=False)  # every epoch's end
         resumed_here = resume is not None and index == resume["phase"]
@@ -224,11 +232,12 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             max_epochs=phase.epochs, accelerator=policy.accelerator, precision=precision,
             **(_distributed_settings(config) if distributed else
                {"devices": [int(policy.device.split(":")[1])] if ":" in policy.device else 1}),
-            logger=logger, callbacks=[*([EmaWeights(config.ema_decay)] if config.ema_decay else []), keeper, csv,
+            logger=logger, callbacks=[*([EmaWeights(optim.ema_decay)] if optim.ema_decay else []), keeper, csv,
                                       ResumeState(train_loader.generator if train_loader else None, index, epochs_run),
                                       checkpoint, *callbacks],
-            enable_checkpointing=True, enable_model_summary=False, enable_progress_bar=config.progress_bar,
-            num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True, inference_mode=not config.attention_loss,
+            enable_checkpointing=True, enable_model_summary=False, enable_progress_bar=runtime.progress_bar,
+            num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True,
+            inference_mode=not optim.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
         try:
@@ -239,9 +248,9 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                 resume_from = str(last) if resumed_here else None
                 if distributed:  # each rank's loaders are made once the process group is up
                     trainer.fit(module, datamodule=RunData(fit_sets[0], fit_sets[1] if validated else [], config,
-                                                           config.seed + index), ckpt_path=resume_from)
+                                                           runtime.seed + index), ckpt_path=resume_from)
                 else:
-                    trainer.fit(module, train_loader, loader(fit_sets[1], config, False, config.seed) if validated else None,
+                    trainer.fit(module, train_loader, loader(fit_sets[1], config, False, runtime.seed) if validated else None,
                                 ckpt_path=resume_from)
         except NonFiniteLossError as err:
             status = str(err)
@@ -259,11 +268,11 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         return {"status": status}
     val = {}
     if keeper.best_state is not None and validated:
-        targets, probs = _predict(model, val_ds, config.batch_size)
+        targets, probs = _predict(model, val_ds, optim.batch_size)
         val = classification_summary(targets, probs, model.class_names)
         if status == "ok" and screening:  # the model file gains what screening needs
             plain_train = datasets(data, config, spec, augment=False)[0]
-            reference = screening_reference(model, plain_train, val_ds, targets, probs, config.batch_size)
+            reference = screening_reference(model, plain_train, val_ds, targets, probs, optim.batch_size)
             save_model(model, keeper.path, keeper.preprocess,
                        {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
                         "screening": reference})
@@ -316,18 +325,18 @@ def add_screening_reference(run: str | Path) -> bool:
         ConfigError / ManifestError: the run's config, split or prepared images cannot be read.
     """
     run = Path(run)
-    model, preprocess, payload = load_model(run / "model.pt")
+    model, preprocess, payload = load_model(run / MODEL)
     extra = payload.get("extra") or {}
     if extra.get("screening"):
         return False
-    config = load_config(run / "config.yaml", {"splits": str(run / "splits.csv"), "out": str(run)})
+    config = load_config(run / CONFIG, {"splits": str(run / "splits.csv"), "out": str(run)})
     spec = model.spec
-    if config.select_on == "last" and not (read_table(run / "splits.csv")["split"] == "val").any():
+    if config.select.metric == "last" and not (read_table(run / "splits.csv")["split"] == "val").any():
         raise ConfigError(f"{run}: the run has no validation side (a refit on everything) to fit the screening "
                           "reference on")
     data = load_train_data(config, spec, run)
     train_ds, val_ds = datasets(data, config, spec, augment=False)
-    targets, probs = _predict(model, val_ds, config.batch_size)
-    reference = screening_reference(model, train_ds, val_ds, targets, probs, config.batch_size)
-    save_model(model, run / "model.pt", preprocess, {**extra, "screening": reference})
+    targets, probs = _predict(model, val_ds, config.optim.batch_size)
+    reference = screening_reference(model, train_ds, val_ds, targets, probs, config.optim.batch_size)
+    save_model(model, run / MODEL, preprocess, {**extra, "screening": reference})
     return True

@@ -28,6 +28,8 @@ _TIE = 1e-12
 class EpochSelector:
     """Scores epochs (higher is better: ``-loss`` or the metric), keeps the best, says when to stop.
 
+    The settings (and their one default each) are the config's ``select`` section: see :meth:`from_config`.
+
     Args:
         metric: A key of :data:`SELECT_METRICS`.
         smoothing: Epochs in the trailing mean compared (1: the epoch's own value).
@@ -35,16 +37,21 @@ class EpochSelector:
         patience: Epochs without a better score, within a phase, before the run stops.
     """
 
-    metric: str = "loss"
-    smoothing: int = 1
-    min_epochs: int = 1
-    patience: int = 5
+    metric: str
+    smoothing: int
+    min_epochs: int
+    patience: int
     best_epoch: int = -1
     best_score: float = -math.inf
     best_loss: float = math.inf
     fallback: bool = False  # the kept epoch was chosen on loss: the metric was never defined
     _raw: list[float] = field(default_factory=list)
     _phase_start: int = 0
+
+    @classmethod
+    def from_config(cls, select) -> EpochSelector:
+        """The selector of a config's ``select`` section (:class:`cxrlab.train.config.SelectSection`)."""
+        return cls(select.metric, select.smoothing, select.min_epochs, select.patience)
 
     def start_phase(self, epoch: int) -> None:
         """A new phase starts at ``epoch``: patience counts from here (as each phase's own early stopping)
