@@ -8,7 +8,8 @@ import pandas as pd
 
 from cxrlab.models import create_classifier, load_model, save_model
 from cxrlab.preprocess import PreprocessConfig
-from cxrlab.study.cell_ensemble import RUNS_FILE, cell_model
+from cxrlab.core.run_folder import ENSEMBLE_RUNS
+from cxrlab.study.cell_ensemble import cell_model
 
 NAMES = ("COVID-19", "Pneumonia", "Normal")
 
@@ -36,5 +37,5 @@ def test_the_ensemble_is_rebuilt_when_a_run_is_trained_again_and_not_otherwise(t
     fresh, _, _ = load_model(cell / "fold1" / "model.pt")
     member = load_model(again / "model.pt")[0].members[1]
     assert all((a == b).all() for a, b in zip(member.state_dict().values(), fresh.state_dict().values(), strict=True))
-    assert set(json.loads((again / RUNS_FILE).read_text())) == {"fold0", "fold1"}
+    assert set(json.loads((again / ENSEMBLE_RUNS).read_text())) == {"fold0", "fold1"}
     assert cell_model(tmp_path, "c", ok.iloc[:1]) == cell / "fold0"  # one run: that run

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cxrlab.core.run_folder import SPLITS
 from cxrlab.cli._common import console, handle_errors, progress_bar, quiet_lightning
 from cxrlab.cli.study_command import print_study_summary, print_warnings
 from cxrlab.core.io import atomic_write_text
@@ -45,7 +46,7 @@ def demo(out: Annotated[Path, typer.Option(help="Study folder.")] = Path("runs/d
             report = audit_splits(frame, progress=lambda n: bar.advance(task, n))
         atomic_write_text(out / "audit.md", report.to_markdown())
         console.print(f"leakage guard: {report.leakage or 'OK'}; near-duplicate pairs across sides: "
-                      f"{len(report.cross_side)}; wrote {out / 'splits.csv'}, {out / 'audit.md'}")
+                      f"{len(report.cross_side)}; wrote {out / SPLITS}, {out / 'audit.md'}")
         console.rule(f"3/4 study: k ∈ {{0, 2, all}} × {folds} folds, {epochs} epochs; shortcut audit")
         quiet_lightning()
         with progress_bar("study runs") as bar:

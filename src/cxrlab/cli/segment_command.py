@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cxrlab.core.run_folder import METRICS, SEGMENTER, SUMMARY
 from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
 # the U-Net's training options, shared by train and crossfit (defaults as SegmentConfig's)
@@ -53,7 +54,7 @@ def segment_train(
                 console.print(f"{side:4s} {s['n']:4d} images: Dice {s['dice_clean_mean']:.3f} (median "
                               f"{s['dice_clean_median']:.3f}, 5th percentile {s['dice_clean_p05']:.3f}), IoU "
                               f"{s['iou_clean_mean']:.3f}; before clean-up Dice {s['dice_mean']:.3f}")
-        console.print(f"wrote {out / 'segmenter.pt'}, {out / 'summary.json'}, {out / 'metrics.csv'}")
+        console.print(f"wrote {out / SEGMENTER}, {out / SUMMARY}, {out / METRICS}")
 
 
 @app.command("predict")
@@ -112,5 +113,5 @@ def segment_crossfit(
                                                             f"{dice:.3f}" if dice is not None else ""))
         for image, reason in summary["skipped"][:20]:
             console.print(f"  skipped {image}: {reason}", highlight=False)
-        console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'summary.json'}")
+        console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / SUMMARY}")
     exit_if_failed(len(summary["skipped"]), "image(s) could not be read and")

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from cxrlab.core.run_folder import MODEL, OOF_PREDICTIONS, SUMMARY
 from cxrlab.cli._common import console, handle_errors, parse_ratios, progress_bar, quiet_lightning
 
 
@@ -108,10 +109,10 @@ def train_command(
         val = summary["val"]
         if not val and summary["status"] == "ok" and not summary["images"]["val"]:
             console.print(f"no validation side: kept the last of {summary['epochs_run']} epoch(s); wrote "
-                          f"{result.out / 'model.pt'} and {result.out / 'summary.json'}")
+                          f"{result.out / MODEL} and {result.out / SUMMARY}")
             return
         if not val:
-            console.print(f"[yellow]no epoch was kept[/] ({summary['status']}); wrote {result.out / 'summary.json'}")
+            console.print(f"[yellow]no epoch was kept[/] ({summary['status']}); wrote {result.out / SUMMARY}")
             return
         table = Table(title=f"validation ({summary['images']['val']} images), best epoch {summary['best_epoch']}")
         for column in ("class", "sensitivity", "specificity", "AUC", "support"):
@@ -121,8 +122,8 @@ def train_command(
                           str(m["support"]))
         console.print(table)
         console.print(f"accuracy {val['accuracy']:.3f}, macro AUC {val['auc_macro']:.3f}; "
-                      f"{summary['timing']['seconds_total']:.1f} s; wrote {result.out / 'model.pt'} and "
-                      f"{result.out / 'summary.json'}")
+                      f"{summary['timing']['seconds_total']:.1f} s; wrote {result.out / MODEL} and "
+                      f"{result.out / SUMMARY}")
         console.print("[dim]validation figures only: see per-source and cross-source results before trusting them[/]")
         if summary.get("validation_side", {}).get("note"):
             console.print(f"[yellow]note:[/] {summary['validation_side']['note']}; cross-validated training "
@@ -149,7 +150,7 @@ def _backbone_rows() -> list[dict]:
 
 def _train_crossval(cfg) -> None:
     """``train --folds K``: the runs, then the out-of-fold figures with intervals, pooled and per source."""
-    from cxrlab.study.crossval import HEADLINE, OOF_FILE, train_crossval
+    from cxrlab.study.crossval import HEADLINE, train_crossval
 
     console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) on {cfg.data.folds} patient-grouped folds → {cfg.runtime.out}")
     with progress_bar("folds") as bar:
@@ -192,8 +193,8 @@ def _train_crossval(cfg) -> None:
         f"{'' if v['beyond_noise'] else ' (within noise)'}" for k, v in versus.items() if v["low"] is not None),
         highlight=False)
     epochs = ", ".join(str(r["best_epoch"]) for r in result.summary["runs"])
-    console.print(f"epochs kept per fold ({cfg.select.metric}): {epochs}; wrote {result.out / 'model.pt'} (the "
-                  f"{cfg.data.folds} fold models as one ensemble), {result.out / OOF_FILE} and {result.out / 'summary.json'}")
+    console.print(f"epochs kept per fold ({cfg.select.metric}): {epochs}; wrote {result.out / MODEL} (the "
+                  f"{cfg.data.folds} fold models as one ensemble), {result.out / OOF_PREDICTIONS} and {result.out / SUMMARY}")
     console.print("[dim]pooled figures on public CXR sets mix sources: read the per-source rows beside them[/]")
 
 

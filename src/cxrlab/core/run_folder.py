@@ -14,8 +14,36 @@ import yaml
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 
-CONFIG, SUMMARY = "config.yaml", "summary.json"
+# The one place a run folder's file names are written: train, train --folds, study cells and their
+# ensembles, tune trials, refits, the segmenter, and every reader of them use these.
+CONFIG = "config.yaml"  # every setting, resolved, in its section; written first
+SOURCES = "config_sources.json"  # where each setting came from (default, recipe, file, command line)
+SUMMARY = "summary.json"  # written last: its presence with status ok marks a finished run
+FAILED = "failed.json"  # a study run that failed, with its error
 MODEL = "model.pt"  # the self-contained model file every command reads
+SEGMENTER = "segmenter.pt"  # a lung segmenter's file
+SPLITS = "splits.csv"  # the run's split (the leakage guard reads it back)
+SPLITS_INFO = "splits.json"  # how that split was made
+METRICS = "metrics.csv"  # one row per epoch
+CURVES = "curves.png"  # the training curves
+CHECKPOINTS = "checkpoints"  # last.ckpt: where a stopped run resumes (removed when the run ends)
+LAST_CHECKPOINT = "last.ckpt"
+PREPARED = "prepared"  # the run's prepared shards, unless a shared folder is named
+TRACKING_DB = "mlflow.db"  # the default MLflow store, beside the run folder
+TEST_PREDICTIONS = "test_predictions.csv"  # a run's probabilities on a test side (cached)
+VAL_PREDICTIONS = "val_predictions.csv"  # a study run's probabilities on its validation fold (cached)
+OOF_PREDICTIONS = "oof_predictions.csv"  # train --folds: every image's out-of-fold probabilities
+BASELINE_OOF_PREDICTIONS = "baseline_oof_predictions.csv"  # the linear probe's, on the same folds
+TEST_LUNG_EVIDENCE = "test_lung_evidence.csv"  # a run's Grad-CAM in-lung shares on the test side (cached)
+TEST_ROAD = "test_road.csv"  # a run's ROAD scores on the test side (cached)
+ORIGIN = "origin.json"  # an exported model's origin (study, cell, runs, test figures)
+ENSEMBLE_RUNS = "runs.json"  # which runs an ensemble folder holds; written last
+FOLDS = "folds"  # train --folds: folds/fold<k>/, one run per fold
+
+
+def fold_folder(out: str | Path, fold: int) -> Path:
+    """``OUT/folds/fold<k>``: fold ``k``'s run of cross-validated training."""
+    return Path(out) / FOLDS / f"fold{fold}"
 
 
 def model_file(run: str | Path) -> Path:

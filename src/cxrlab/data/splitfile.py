@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.run_folder import SPLITS, SPLITS_INFO
 from cxrlab.core.errors import ManifestError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.manifest import read_table, require_columns, resolve_paths, write_table
 from cxrlab.data.splits import SIDES, check_no_leakage
 
 SPLIT_COLUMNS = ("image", "patient_id", "label", "source", "split", "fold")
-SPLITS_FILE = "splits.csv"
-INFO_FILE = "splits.json"
 
 
 def write_splits(frame: pd.DataFrame, info: dict, out_dir: str | Path) -> Path:
@@ -30,8 +29,8 @@ def write_splits(frame: pd.DataFrame, info: dict, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     first = [c for c in SPLIT_COLUMNS if c in frame.columns]
     ordered = frame[first + [c for c in frame.columns if c not in first]]
-    path = write_table(ordered, out_dir / SPLITS_FILE)
-    atomic_write_text(out_dir / INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    path = write_table(ordered, out_dir / SPLITS)
+    atomic_write_text(out_dir / SPLITS_INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -51,7 +50,7 @@ def read_splits(path: str | Path, group_column: str = "patient_id") -> pd.DataFr
     """
     path = Path(path)
     if path.is_dir():
-        path = path / SPLITS_FILE
+        path = path / SPLITS
     return resolve_paths(validate_split_table(read_table(path), path, group_column), path.parent)
 
 

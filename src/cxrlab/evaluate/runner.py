@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.run_folder import METRICS, SPLITS
 from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
@@ -33,7 +34,7 @@ CI_KEYS = ("sensitivity", "specificity", "roc_auc", "pr_auc")
 def _frames(run: Path, data: Path | None, splits: Path | None,
             scheme: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str, list[SkippedItem]]:
     """``(test rows, validation rows or None, which side, inputs left out while reading them)``."""
-    split_file = splits or (run / "splits.csv" if run.is_dir() and (run / "splits.csv").exists() else None)
+    split_file = splits or (run / SPLITS if run.is_dir() and (run / SPLITS).exists() else None)
     if data is not None:
         source = load_source(data, scheme=scheme)
         val = load_source(split_file, scheme=scheme).table if split_file else None
@@ -57,7 +58,7 @@ def _seen(run: Path, payload: dict) -> dict | None:
     """What the model trained or validated on: its file's record, and for a run directory also the
     train and validation rows of the run's own ``splits.csv`` (runs saved before files kept a record)."""
     record = (payload.get("extra") or {}).get("seen")
-    own = run / "splits.csv" if run.is_dir() else None
+    own = run / SPLITS if run.is_dir() else None
     if own is not None and own.exists():
         table = resolve_paths(read_table(own), own.parent)
         if {"split", "patient_id", "image"} <= set(table.columns):
@@ -207,7 +208,7 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
 def _finish(run: Path, out: Path, test: Predictions, results: dict, figures: dict) -> dict:
     """The training curves, ``predictions.csv`` (probabilities, ``predicted``: the class ``predict``
     reports, masks for the explanation layer) and the report files."""
-    if run.is_dir() and (curves := plot_curves(run / "metrics.csv", out / "training_curves.png")):
+    if run.is_dir() and (curves := plot_curves(run / METRICS, out / "training_curves.png")):
         figures["training curves"] = curves
     predictions = test.frame[["image", "patient_id", "source", "label"]].copy()
     for i, name in enumerate(test.class_names):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxrlab.core.run_folder import ORIGIN, SPLITS, SUMMARY
 from cxrlab.core.errors import CxrlabError
 from cxrlab.data.manifest import read_table
 
@@ -27,7 +28,7 @@ def _json(path: Path) -> dict:
 def _training_data(folder: Path) -> dict | None:
     """Images per side and class (and per source) from the run's ``splits.csv``."""
     try:
-        frame = read_table(folder / "splits.csv")
+        frame = read_table(folder / SPLITS)
     except (CxrlabError, OSError):
         return None
     if not {"split", "label"} <= set(frame.columns):
@@ -49,7 +50,7 @@ def model_card(payload: dict, model_path: str | Path, parameters: int | None = N
     ``best-model`` folder; a model without them says so rather than quoting validation figures as test ones.
     """
     folder = Path(model_path).parent
-    summary, origin = _json(folder / "summary.json"), _json(folder / "origin.json")
+    summary, origin = _json(folder / SUMMARY), _json(folder / ORIGIN)
     screening = payload.get("extra", {}).get("screening") or {}
     ood, fine, polarity = screening.get("ood"), screening.get("ood_fine"), screening.get("polarity")
     preprocess = payload.get("preprocess", {})

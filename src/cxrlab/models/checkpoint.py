@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import cxrlab
+from cxrlab.core.run_folder import MODEL, fold_folder, model_file
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes
 from cxrlab.models.classifier import CxrClassifier
@@ -115,8 +116,7 @@ def load_model(path: str | Path) -> tuple[CxrClassifier | EnsembleClassifier, Pr
     Raises:
         ConfigError: not a cxrlab model file.
     """
-    path = Path(path)
-    payload = read_payload(path / "model.pt" if path.is_dir() else path, FORMAT, "model")
+    payload = read_payload(model_file(path), FORMAT, "model")
     head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
     members = []
     for state in payload.get("members") or [payload["state_dict"]]:
@@ -143,12 +143,11 @@ def init_backbone_from(model: CxrClassifier, path: str | Path) -> str:
         ConfigError: not a cxrlab model file, a fold ensemble (several backbones: name one member,
             ``RUN/folds/fold0/model.pt``), or another backbone than ``model``'s.
     """
-    path = Path(path)
-    file = path / "model.pt" if path.is_dir() else path
+    file = model_file(path)
     payload = read_payload(file, FORMAT, "model")
     if "members" in payload:
         raise ConfigError(f"{file}: a fold ensemble holds {len(payload['members'])} backbones; start from one of "
-                          f"them ({file.parent / 'folds' / 'fold0' / 'model.pt'})")
+                          f"them ({fold_folder(file.parent, 0) / MODEL})")
     if payload["backbone"] != model.spec.name:
         raise ConfigError(f"{file}: trained with backbone {payload['backbone']}, not {model.spec.name}; set "
                           f"backbone: {payload['backbone']}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import cxrlab
+from cxrlab.core.run_folder import SEGMENTER
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.checkpoint import read_payload, write_payload
 from cxrlab.models.factory import create_backbone
@@ -87,7 +88,7 @@ def load_segmenter(path: str | Path) -> tuple[smp.Unet, PreprocessConfig, dict]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "segmenter.pt"
+        path = path / SEGMENTER
     payload = read_payload(path, FORMAT, "segmenter")
     net = create_segmenter(payload["backbone"], pretrained="none", decoder_channels=tuple(payload["decoder_channels"]))
     net.load_state_dict(payload["state_dict"])

@@ -54,7 +54,7 @@ def probe_oof(features: np.ndarray, frame: pd.DataFrame, names: list[str], seed:
     (``frame``: ``image``, ``label``, ``patient_id``, ``source``, ``fold`` aligned with ``features``).
 
     Returns:
-        The columns of :data:`cxrlab.study.crossval.OOF_FILE`: ``image, patient_id, source, label, fold``
+        The columns of :data:`cxrlab.core.run_folder.OOF_PREDICTIONS`: ``image, patient_id, source, label, fold``
         and a probability per class.
     """
     y = np.array([names.index(v) for v in frame["label"]])

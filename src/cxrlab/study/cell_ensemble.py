@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.run_folder import CONFIG, ENSEMBLE_RUNS, MODEL, SOURCES, SPLITS, SPLITS_INFO, VAL_PREDICTIONS
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import write_splits
 from cxrlab.data.seen import merge_records
@@ -31,7 +32,6 @@ from cxrlab.train import add_screening_reference
 from cxrlab.train.screening_reference import operating_point, screening_reference
 
 ENSEMBLE = "ensemble"  # runs/<cell>/ensemble/: never a run's name (runs are fold<k>[...], refit)
-RUNS_FILE = "runs.json"  # which runs (and model files) the ensemble holds; written last: a half-built one is rebuilt
 
 
 def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
@@ -43,20 +43,22 @@ def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
     if len(runs) == 1:
         return cell_dir / runs[0]
     folder = cell_dir / ENSEMBLE
-    record = folder / RUNS_FILE
-    files = {run: _fingerprint(cell_dir / run / "model.pt") for run in runs}  # a run trained again is new
+    record = folder / ENSEMBLE_RUNS  # written last: a half-built ensemble is rebuilt
+    files = {run: _fingerprint(cell_dir / run / MODEL) for run in runs}  # a run trained again is new
     if record.is_file() and json.loads(record.read_text()) == files:
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # older runs' ensemble and everything cached from it
     folder.mkdir(parents=True)
     members, seen, preprocess = [], [], None
     for run in runs:
-        model, preprocess, payload = load_model(cell_dir / run / "model.pt")
+        model, preprocess, payload = load_model(cell_dir / run / MODEL)
         members.append(model)
         seen.append((payload.get("extra") or {}).get("seen"))
-    save_model(EnsembleClassifier(members).eval(), folder / "model.pt", preprocess,
+    save_model(EnsembleClassifier(members).eval(), folder / MODEL, preprocess,
                {"seen": merge_records(*seen), "runs": runs})
-    shutil.copy2(cell_dir / runs[0] / "config.yaml", folder / "config.yaml")
+    for name in (CONFIG, SOURCES):  # the runs' settings (they differ in their folds and seeds only)
+        if (cell_dir / runs[0] / name).exists():
+            shutil.copy2(cell_dir / runs[0] / name, folder / name)
     atomic_write_text(record, json.dumps(files, indent=1) + "\n")
     return folder
 
@@ -96,7 +98,7 @@ def cell_oof_predictions(out: Path, cell: str, ok: pd.DataFrame, frame: pd.DataF
         fold = int(row["fold"])
         val = frame[(frame["split"] != "test") & (pd.to_numeric(frame["fold"]) == fold)]
         part = predict_test_side(out / "runs" / cell / str(row["run"]), val,
-                                 out / "shared" / "prepared-val" / f"fold{fold}", cache="val_predictions.csv")
+                                 out / "shared" / "prepared-val" / f"fold{fold}", cache=VAL_PREDICTIONS)
         parts.append(part.assign(fold=fold))
     both = pd.concat(parts, ignore_index=True)
     return both.groupby(["image", "label", "fold"], as_index=False, sort=False).mean(numeric_only=True)
@@ -109,12 +111,12 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
     a reference fitted on it. A no-op for a one-run cell or an ensemble that has them."""
     if folder.name != ENSEMBLE:
         return
-    model, preprocess, payload = load_model(folder / "model.pt")
+    model, preprocess, payload = load_model(folder / MODEL)
     extra = payload.get("extra") or {}
     if extra.get("screening"):
         return
     if pd.to_numeric(frame["fold"]).max() < 1:  # one split, several seeds: every member trained on its train
-        for name in ("splits.csv", "splits.json"):  # side and none on its validation side, which fit the reference
+        for name in (SPLITS, SPLITS_INFO):  # side and none on its validation side, which fit the reference
             shutil.copy2(out / "runs" / cell / str(ok["run"].iloc[0]) / name, folder / name)
         add_screening_reference(folder)
         return
@@ -131,4 +133,4 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
         Predictor(folder).dataset(frame[frame["image"].isin(set(predictions["image"]))], work)
         reader = ShardReader(work)
     extra["screening"] = oof_reference(model, predictions, names, reader, batch_size)
-    save_model(model, folder / "model.pt", preprocess, extra)
+    save_model(model, folder / MODEL, preprocess, extra)

@@ -25,7 +25,10 @@ import pandas as pd
 from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
-from cxrlab.core.run_folder import finished_summary
+from cxrlab.core.run_folder import (
+    BASELINE_OOF_PREDICTIONS, MODEL, OOF_PREDICTIONS, SPLITS, SUMMARY, TEST_PREDICTIONS, TRACKING_DB,
+    PREPARED, RunFolder, finished_summary, fold_folder,
+)
 from cxrlab.data import class_names, load_source, write_splits
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.seen import seen_record
@@ -44,8 +47,6 @@ from cxrlab.train.config import write_sources
 from cxrlab.train.data import grouped_table, with_recorded_scheme
 
 log = logging.getLogger(__name__)
-OOF_FILE = "oof_predictions.csv"
-BASELINE_FILE = "baseline_oof_predictions.csv"
 HEADLINE = ("accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1")  # each with a patient-bootstrap interval
 
 
@@ -64,7 +65,7 @@ def crossval_split(config: TrainConfig, out: Path) -> pd.DataFrame:
     From ``config.data.splits``, its test side stays aside (``fold`` -1, never trained on or predicted);
     from ``config.data.path`` every image is in a fold.
     """
-    saved = out / "splits.csv"
+    saved = out / SPLITS
     if saved.exists():
         frame = load_source(saved, scheme=config.data.scheme).table
         made = {int(f) for f in pd.to_numeric(frame["fold"]) if f >= 0}
@@ -101,17 +102,17 @@ def fold_split(frame: pd.DataFrame, fold: int, folds: int, validate: bool = True
 
 def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) -> tuple[pd.DataFrame, bool]:
     """Train fold ``fold`` (or reuse it); return its out-of-fold predictions and whether it trained now."""
-    run_dir = out / "folds" / f"fold{fold}"
+    run_dir = fold_folder(out, fold)
     split = fold_split(frame, fold, config.data.folds, validate=config.select.metric != "last")
     run_config = config.replace({
-        "folds": 0, "tta": "none", "splits": str(run_dir / "splits.csv"), "out": str(run_dir), "progress_bar": False,
-        "prepared": config.runtime.prepared or str(out / "prepared"),
-        "mlflow_uri": config.tracking.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"}, f"fold {fold}")
+        "folds": 0, "tta": "none", "splits": str(run_dir / SPLITS), "out": str(run_dir), "progress_bar": False,
+        "prepared": config.runtime.prepared or str(out / PREPARED),
+        "mlflow_uri": config.tracking.mlflow_uri or f"sqlite:///{(out / TRACKING_DB).resolve()}"}, f"fold {fold}")
     check_same_config(run_dir, run_config)
     trained = finished_summary(run_dir) is None
     if trained:
         write_splits(split, {"crossval_fold": fold, "folds": config.data.folds}, run_dir)
-        (run_dir / "test_predictions.csv").unlink(missing_ok=True)  # predictions of an older model
+        (run_dir / TEST_PREDICTIONS).unlink(missing_ok=True)  # predictions of an older model
         train(run_config, screening=False)
     held_out = split[split["split"] == "test"]
     predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}")
@@ -170,10 +171,10 @@ def versus(predictions: pd.DataFrame, reference: pd.DataFrame, names: list[str],
 
 def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> pd.DataFrame:
     """The linear probe's out-of-fold predictions on the same images and folds (cached)."""
-    cached = out / BASELINE_FILE
+    cached = out / BASELINE_OOF_PREDICTIONS
     if cached.exists():
         return pd.read_csv(cached)
-    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared"
+    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED
     features = frozen_features(config, prepared, predictions["image"].tolist(), names)
     table = probe_oof(features, predictions, names, config.runtime.seed)
     atomic_write_text(cached, table.to_csv(index=False))
@@ -185,12 +186,12 @@ def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     its parts did not choose on (:func:`cxrlab.study.cell_ensemble.oof_reference`)."""
     members, preprocess = [], None
     for fold in range(config.data.folds):
-        model, preprocess, _ = load_model(out / "folds" / f"fold{fold}" / "model.pt")
+        model, preprocess, _ = load_model(fold_folder(out, fold) / MODEL)
         members.append(model)
     ensemble = EnsembleClassifier(members, config.model.tta).eval()
-    reader = ShardReader(Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared")
+    reader = ShardReader(Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED)
     reference = oof_reference(ensemble, predictions, names, reader, config.optim.batch_size)
-    save_model(ensemble, out / "model.pt", preprocess, {"folds": config.data.folds, "screening": reference,
+    save_model(ensemble, out / MODEL, preprocess, {"folds": config.data.folds, "screening": reference,
                                                         "seen": seen_record(predictions)})  # every member's images
     return reference
 
@@ -212,7 +213,7 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
     config = with_recorded_scheme(config)
     out = Path(config.runtime.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config.to_yaml())
+    folder = RunFolder(out, config.to_sections())  # config.yaml first, summary.json last
     write_sources(config, out)
     frame = crossval_split(config, out)
     names = list(class_names(config.data.scheme))
@@ -224,25 +225,25 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
         parts.append(part)
         trained |= now
     predictions = pd.concat(parts, ignore_index=True)[["image", "patient_id", "source", "label", "fold", *names]]
-    atomic_write_text(out / OOF_FILE, predictions.to_csv(index=False))
+    atomic_write_text(out / OOF_PREDICTIONS, predictions.to_csv(index=False))
     runs = []
     for fold in range(config.data.folds):
-        summary = json.loads((out / "folds" / f"fold{fold}" / "summary.json").read_text())
+        summary = json.loads((fold_folder(out, fold) / SUMMARY).read_text())
         runs.append({"fold": fold, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
                      "selection": summary.get("selection"), "val": {k: summary["val"].get(k) for k in
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
     if progress:
         progress("fold ensemble")
-    if trained or not (out / "model.pt").exists() or read_payload(out / "model.pt", FORMAT, "model").get("tta") != config.model.tta:
+    if trained or not (out / MODEL).exists() or read_payload(out / MODEL, FORMAT, "model").get("tta") != config.model.tta:
         _ensemble(config, predictions, names, out)  # else: the ensemble of these very folds is there
     if progress:
         progress("linear-probe baseline")
     baseline = _baseline(config, predictions, names, out)
-    summary = {"folds": config.data.folds, "class_names": names, "backbone": config.model.backbone,
+    summary = {"status": "ok", "folds": config.data.folds, "class_names": names, "backbone": config.model.backbone,
                "fine_tune": config.model.fine_tune, "select_on": config.select.metric,
                "out_of_fold": oof_figures(predictions, names, n_boot, config.runtime.seed),
                "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
                             "out_of_fold": oof_figures(baseline, names, n_boot, config.runtime.seed)},
                "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary = folder.finish(summary)
     return CrossvalResult(out, summary, predictions)

@@ -7,13 +7,14 @@ import logging
 import shutil
 from pathlib import Path
 
+from cxrlab.core.run_folder import CONFIG, CURVES, METRICS, MODEL, ORIGIN, SOURCES, SPLITS, SPLITS_INFO, SUMMARY
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.manifest import read_table, resolve_paths, write_table
 from cxrlab.train import add_screening_reference
 
 log = logging.getLogger(__name__)
 
-FILES = ("model.pt", "config.yaml", "summary.json", "metrics.csv", "splits.json", "curves.png")
+FILES = (MODEL, CONFIG, SOURCES, SUMMARY, METRICS, SPLITS_INFO, CURVES)
 
 
 def export_run(source: Path, target: Path, origin: dict) -> Path:
@@ -34,8 +35,8 @@ def export_run(source: Path, target: Path, origin: dict) -> Path:
         if (source / name).exists():
             shutil.copy2(source / name, tmp / name)
     # image paths in splits.csv are relative to its folder: rewrite them for the new one
-    write_table(resolve_paths(read_table(source / "splits.csv"), source), tmp / "splits.csv")
-    atomic_write_text(tmp / "origin.json", json.dumps({**origin, "run": str(source)}) + "\n")
+    write_table(resolve_paths(read_table(source / SPLITS), source), tmp / SPLITS)
+    atomic_write_text(tmp / ORIGIN, json.dumps({**origin, "run": str(source)}) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.run_folder import SUMMARY
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source, write_table
@@ -82,7 +83,7 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
         failed = run / "masks" / "skipped.json"
         skipped += [tuple(item) for item in json.loads(failed.read_text())] if failed.exists() else []
         parts.append(part[part["mask_source"] == PREDICTED])  # an image it could not read keeps no mask: left out
-        summary = json.loads((run / "summary.json").read_text())
+        summary = json.loads((run / SUMMARY).read_text())
         runs.append({"fold": k, "images": int((fold == k).sum()), "segmenter_images": summary["images"],
                      "held_out_dice": summary["test"].get("dice_clean_mean"), "best_epoch": summary["best_epoch"]})
     order = {image: i for i, image in enumerate(frame["image"])}
@@ -92,5 +93,5 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
     result = {"folds": folds, "images": len(frame), "masks": int((table["mask"] != "").sum()),
               "held_out_dice": float(np.average([d for d, _ in scored], weights=[n for _, n in scored])) if scored else None,
               "skipped": [list(item) for item in skipped], "runs": runs}
-    atomic_write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY, json.dumps(result, indent=2) + "\n")
     return table, result

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.run_folder import CONFIG, SPLITS
 from cxrlab.core.errors import ConfigError
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.splits import assign_folds, check_no_leakage
@@ -85,7 +86,7 @@ def study_split(config: StudyConfig, out: Path) -> pd.DataFrame:
 
     A rerun reads the saved split, so a resumed study trains on exactly the same folds.
     """
-    saved = out / "splits.csv"
+    saved = out / SPLITS
     if saved.exists():
         return load_source(saved, scheme=config.scheme).table
     names = class_names(config.scheme)
@@ -130,7 +131,7 @@ def run_config(config: StudyConfig, cell: Cell, run_dir: Path, shared: Path, tag
         ConfigError: the cell's settings are invalid (names the field).
     """
     settings = merge_settings(merge_settings(config.base, cell.settings), overrides or {})
-    values = {**settings, "splits": str(run_dir / "splits.csv"), "out": str(run_dir),
+    values = {**settings, "splits": str(run_dir / SPLITS), "out": str(run_dir),
               "scheme": config.scheme, "seed": config.seed + repeat, "mlflow_uri": config.mlflow_uri,
               "experiment": config.experiment, "mlflow_tags": tags, "progress_bar": False}
     if config.share_prefix:
@@ -160,7 +161,7 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
     Raises:
         ConfigError: the study folder holds this run with other settings.
     """
-    recorded = run_dir / "config.yaml"
+    recorded = run_dir / CONFIG
     if not recorded.exists():
         return
     import yaml

@@ -21,7 +21,7 @@ import pandas as pd
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
-from cxrlab.core.run_folder import finished_summary
+from cxrlab.core.run_folder import METRICS, finished_summary
 from cxrlab.study.cell_ensemble import cell_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
@@ -40,7 +40,7 @@ def refit_settings(config: StudyConfig, cell: Cell, runs: pd.DataFrame, out: Pat
     training loss), so it is the folds' recipe replayed, not their exact path."""
     counts = []
     for _, row in runs.iterrows():
-        metrics = pd.read_csv(out / "runs" / cell.id / row["run"] / "metrics.csv")
+        metrics = pd.read_csv(out / "runs" / cell.id / row["run"] / METRICS)
         upto = metrics[metrics["epoch"] <= int(row["best_epoch"])]
         counts.append(upto.groupby("phase").size())
     per_phase = pd.DataFrame(counts).fillna(0).median().round().astype(int)  # phase -> epochs

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cxrlab.core.run_folder import SPLITS
 from cxrlab.core.io import atomic_write_text  # noqa: E402
 from cxrlab.data.classes import POSITIVE_CLASS  # noqa: E402
 from cxrlab.data.manifest import read_table  # noqa: E402
@@ -314,7 +315,7 @@ def write_study_report(config: StudyConfig, out: Path, table: pd.DataFrame, summ
     if loso and loso.get("sources"):
         tables.append(_loso_table(loso))
     tables += _audit_tables(audit)
-    if (out / "splits.csv").exists() and (masks := _mask_table(read_table(out / "splits.csv"))):
+    if (out / SPLITS).exists() and (masks := _mask_table(read_table(out / SPLITS))):
         tables.append(masks)
     atomic_write_text(out / "report.md", markdown_page("Study report", lines, tables, figures))
     atomic_write_text(out / "report.html", html_page("Study report", lines, tables, figures))

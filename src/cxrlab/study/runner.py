@@ -35,7 +35,7 @@ from filelock import FileLock
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.core.logging import configure_logging, quiet_lightning
-from cxrlab.core.run_folder import CONFIG
+from cxrlab.core.run_folder import CHECKPOINTS, CONFIG, FAILED, LAST_CHECKPOINT, SUMMARY, TEST_PREDICTIONS, TRACKING_DB
 from cxrlab.core.runtime import default_workers, exit_with_parent
 from cxrlab.data import write_splits
 from cxrlab.study.cell_ensemble import cell_model, export_ready
@@ -89,7 +89,7 @@ def _state(config: StudyConfig, out: Path, uri: str) -> dict:
 
 
 def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
-    summary, failed = run_dir / "summary.json", run_dir / "failed.json"
+    summary, failed = run_dir / SUMMARY, run_dir / FAILED
     if summary.exists():
         data = json.loads(summary.read_text())
         return ("done" if data.get("status") == "ok" else "failed"), data, data.get("status")
@@ -100,7 +100,7 @@ def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
 
 def _record_failure(run_dir: Path, error: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "failed.json", json.dumps({"error": error}) + "\n")
+    atomic_write_text(run_dir / FAILED, json.dumps({"error": error}) + "\n")
 
 
 def _write_table(table: pd.DataFrame, out: Path, name: str) -> None:
@@ -126,7 +126,7 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    uri = config.mlflow_uri or f"sqlite:///{(out / TRACKING_DB).resolve()}"
     with FileLock(str(out / "study.lock")):  # workers sharing the folder: one makes the state, the split, the store
         state = _state(config, out, uri)
         frame = study_split(config, out)
@@ -294,7 +294,7 @@ def _in_distribution(out: Path, row: pd.Series, frame: pd.DataFrame) -> dict:
     """What a held-out source's figures are compared with: the best cell's accuracy and per-class
     recall on the test side (same sources, never chosen on); without a test side its mean
     validation accuracy, marked optimistic (early stopping chose on those images)."""
-    predictions = out / "runs" / str(row.name) / str(row.get("test_run", "")) / "test_predictions.csv"
+    predictions = out / "runs" / str(row.name) / str(row.get("test_run", "")) / TEST_PREDICTIONS
     if pd.notna(row.get("test_accuracy")) and predictions.is_file():
         metrics, names = prediction_metrics(pd.read_csv(predictions))
         return {"side": "test", "accuracy": float(row["test_accuracy"]),
@@ -420,7 +420,7 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
     """Train one run on ``split`` (``part``: ``fold0``…, ``fold0-repeat1``, ``without-<source>`` or
     ``refit``) with seed ``config.seed + repeat`` and ``overrides`` over the cell's settings; record a
     failure."""
-    if run_dir.exists() and not (run_dir / "checkpoints" / "last.ckpt").exists():
+    if run_dir.exists() and not (run_dir / CHECKPOINTS / LAST_CHECKPOINT).exists():
         shutil.rmtree(run_dir)  # a run interrupted before its first epoch ended: start it again
     run_dir.mkdir(parents=True, exist_ok=True)  # one with a checkpoint resumes from it (cxrlab.train)
     tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.part": part}
@@ -434,7 +434,7 @@ def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split:
         message = f"{type(err).__name__}: {err}"
         log.warning("study: %s %s failed: %s", cell.label(), part, message)
         log.debug("study: traceback of the failure", exc_info=True)
-        if not (run_dir / "summary.json").exists():
+        if not (run_dir / SUMMARY).exists():
             _record_failure(run_dir, message)
         return None, message
 

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.run_folder import CHECKPOINTS, FAILED, SUMMARY, TRACKING_DB
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.storage import filesystem, is_url, local
 
 log = logging.getLogger(__name__)
-MARKERS = ("summary.json", "failed.json")  # a run folder's last file: it is whole once one is there
+MARKERS = (SUMMARY, FAILED)  # a run folder's last file: it is whole once one is there
 RECORD = "share-copied.json"  # what this worker copied to the share: path -> [size, mtime_ns]
-SKIP_TOP = {"shared", "mlflow.db", "mlruns", "share.json", RECORD}  # every worker makes these itself
-SKIP_ANY = {"checkpoints"}
+SKIP_TOP = {"shared", TRACKING_DB, "mlruns", "share.json", RECORD}  # every worker makes these itself
+SKIP_ANY = {CHECKPOINTS}
 
 
 def _skipped(relative: Path) -> bool:
@@ -116,8 +117,8 @@ class Share:
                 self._put_file(self.out / relative, target)
                 copied[key] = now
                 count += 1
-            if relative.name == "summary.json" and (stale := posixpath.join(posixpath.dirname(target), "failed.json")) in held \
-                    and not (self.out / relative.parent / "failed.json").exists():
+            if relative.name == SUMMARY and (stale := posixpath.join(posixpath.dirname(target), FAILED)) in held \
+                    and not (self.out / relative.parent / FAILED).exists():
                 self.fs.rm_file(stale)
         if count:
             self._record(copied)

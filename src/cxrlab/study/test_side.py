@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.run_folder import MODEL, TEST_LUNG_EVIDENCE, TEST_PREDICTIONS, TEST_ROAD
 from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
@@ -40,7 +41,7 @@ def preprocess_key(preprocess) -> str:
     return hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = "test_predictions.csv") -> pd.DataFrame:
+def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = TEST_PREDICTIONS) -> pd.DataFrame:
     """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``)."""
     cached = run_dir / cache
     if cached.exists():
@@ -119,10 +120,10 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
         predictions.assign(predicted=predictions[names].idxmax(axis=1))[["image", "predicted"]], on="image")
     if rows.empty:
         return None
-    cached = run_dir / "test_lung_evidence.csv"
+    cached = run_dir / TEST_LUNG_EVIDENCE
     table = pd.read_csv(cached) if cached.exists() else None
     if table is None or "even_share" not in table.columns:  # tables from before the own-region baseline: redo
-        model, preprocess, _ = load_model(run_dir / "model.pt")
+        model, preprocess, _ = load_model(run_dir / MODEL)
         table = lung_evidence(model, preprocess, rows)
         atomic_write_text(cached, table.to_csv(index=False))
     table = table.dropna(subset=["in_lung_share"]).merge(rows[["image", "patient_id"]], on="image")
@@ -135,11 +136,11 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
 def faithfulness(run_dir: Path, test: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Mean ROAD score of the run's maps on the test side with its patient-bootstrap interval
     (:func:`cxrlab.explain.faithfulness.road_scores`; cached in ``test_road.csv``)."""
-    cached = run_dir / "test_road.csv"
+    cached = run_dir / TEST_ROAD
     if cached.exists():
         table = pd.read_csv(cached)
     else:
-        model, preprocess, _ = load_model(run_dir / "model.pt")
+        model, preprocess, _ = load_model(run_dir / MODEL)
         table = road_scores(model, preprocess, test, seed=seed)
         atomic_write_text(cached, table.to_csv(index=False))
     table = table.merge(test[["image", "patient_id"]], on="image")

@@ -32,6 +32,7 @@ import optuna
 from filelock import FileLock
 import pandas as pd
 
+from cxrlab.core.run_folder import SUMMARY, TRACKING_DB
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
 from cxrlab.data import class_names, write_splits
@@ -154,7 +155,7 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    uri = config.mlflow_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    uri = config.mlflow_uri or f"sqlite:///{(out / TRACKING_DB).resolve()}"
     as_study = _as_study(config).model_copy(update={"mlflow_uri": uri})
     with FileLock(str(out / "tune.lock")):  # workers sharing the folder: one makes the state (one MLflow parent)
         state = _state(config, out, uri)
@@ -262,7 +263,7 @@ def _finish(config: TuneConfig, out: Path, study: optuna.Study, trials: pd.DataF
     test = None
     if best is not None:
         run_dir = out / best.user_attrs["run"]
-        if share is not None and not (run_dir / "summary.json").exists():
+        if share is not None and not (run_dir / SUMMARY).exists():
             share.get_quietly(run_dir)  # another worker's trial
         export_run(run_dir, out / "best-model", {"trial": best.number, "settings": _settings(best)})
         test_side = frame[frame["split"] == "test"]

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from cxrlab.core.run_folder import CONFIG, SOURCES
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.settings import closest_hint, load_settings, read_yaml_mapping, validate
 from cxrlab.data.classes import class_names
@@ -546,22 +547,19 @@ def setting_sources(config: TrainConfig) -> dict[str, str]:
     return out
 
 
-SOURCES_FILE = "config_sources.json"  # beside a run's config.yaml: where each of its settings came from
-
-
 def write_sources(config: TrainConfig, out: str | Path) -> None:
     """Record where each setting of a run came from (:func:`setting_sources`) beside its config.yaml."""
     import json
 
     from cxrlab.core.io import atomic_write_text
 
-    atomic_write_text(Path(out) / SOURCES_FILE, json.dumps(setting_sources(config), indent=1) + "\n")
+    atomic_write_text(Path(out) / SOURCES, json.dumps(setting_sources(config), indent=1) + "\n")
 
 
 def describe_sources(run: str | Path | None, path: str | Path | None = None,
                      assignments: Sequence[str] = ()) -> tuple[list[dict], str]:
     """Every setting of a run folder (its ``config.yaml``, and the sources its training recorded in
-    :data:`SOURCES_FILE`), or of a config file with ``--set`` assignments (what ``train`` would use), as
+    :data:`SOURCES`), or of a config file with ``--set`` assignments (what ``train`` would use), as
     ``({"setting", "value", "source"} rows, recipe)``.
 
     Raises:
@@ -570,11 +568,11 @@ def describe_sources(run: str | Path | None, path: str | Path | None = None,
     import json
 
     if run is not None:
-        recorded = Path(run) / "config.yaml"
+        recorded = Path(run) / CONFIG
         if not recorded.is_file():
             raise ConfigError(f"{run}: not a run folder (no config.yaml)")
         config = load_config(recorded)
-        sources_file = Path(run) / SOURCES_FILE
+        sources_file = Path(run) / SOURCES
         earlier = json.loads(sources_file.read_text()) if sources_file.is_file() else {}
         sources = {key: earlier.get(key) or _by_default(config, key) for key in setting_sources(config)}
     else:

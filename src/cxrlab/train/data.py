@@ -13,6 +13,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from cxrlab.core.run_folder import PREPARED, SPLITS
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.runtime import default_workers
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
@@ -116,7 +117,7 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if data.splits:
         manifest = load_source(data.splits, scheme=data.scheme, policy=config.finding_policy)  # the leakage guard
         frame = manifest.table
-        if Path(data.splits).resolve() != (out / "splits.csv").resolve() and is_rank_zero():  # the run keeps its split
+        if Path(data.splits).resolve() != (out / SPLITS).resolve() and is_rank_zero():  # the run keeps its split
             write_splits(frame, {"from": str(data.splits), "scheme": data.scheme}, out)
     else:
         manifest = load_source(data.path, scheme=data.scheme, policy=config.finding_policy)
@@ -131,7 +132,7 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if "view" not in frame.columns:
         frame = frame.assign(view="")
     preprocess = preprocess_for(config, spec)
-    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / "prepared"
+    prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED
     prepared.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(prepared.with_name(prepared.name + ".lock"))):  # runs in parallel may share the folder
         summary = prepare(Manifest(frame.reset_index(drop=True), names), prepared, preprocess, progress=progress)

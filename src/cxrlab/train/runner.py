@@ -26,7 +26,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.optional import available
-from cxrlab.core.run_folder import CONFIG, MODEL, RunFolder
+from cxrlab.core.run_folder import (
+    CHECKPOINTS, CONFIG, CURVES, LAST_CHECKPOINT, METRICS, MODEL, RunFolder, SPLITS, TRACKING_DB,
+)
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
@@ -58,7 +60,6 @@ from cxrlab.train.screening_reference import screening_reference
 from cxrlab.train.selection import EpochSelector
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = "checkpoints"  # last.ckpt: where a stopped run resumes (removed when the run ends)
 
 
 class TrainingInterrupted(CxrlabError, RuntimeError):
@@ -80,7 +81,7 @@ def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger | bool:
         log.info("MLflow is not installed (pip install 'cxrlab[track]'): %s is not tracked", out)
         return False
     tracking = config.tracking
-    uri = tracking.mlflow_uri or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
+    uri = tracking.mlflow_uri or f"sqlite:///{(out.parent / TRACKING_DB).resolve()}"
     logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=uri, run_name=out.name,
                           tags=dict(tracking.mlflow_tags) or None)
     logger.log_hyperparams({k: str(v) for k, v in config.flat().items()})
@@ -153,7 +154,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         return TrainResult(out, summary, model)
     folder.finish(summary)
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: nothing to resume
-    plot_curves(out / "metrics.csv", out / "curves.png")
+    plot_curves(out / METRICS, out / CURVES)
     if summary["status"] != "ok":
         raise NonFiniteLossError(summary["status"])
     return TrainResult(out, summary, model)
@@ -189,12 +190,12 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
     kept = data.preprocess.updated(keep_mask=config.model.lung_attention)
     keeper = BestModelKeeper(out / MODEL, kept, selector, seen)
-    csv = MetricsCsv(out / "metrics.csv")
+    csv = MetricsCsv(out / METRICS)
     logger = _mlflow_logger(config, out)
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
     policy = resolve_policy(runtime.device, runtime.precision, workload="train", backbone=spec.name)
     log.info("training on %s with %s (%s)", policy.device, policy.precision, policy.reason)
-    last = out / CHECKPOINTS / "last.ckpt"
+    last = out / CHECKPOINTS / LAST_CHECKPOINT
     resume = read_resume_point(last)
     if resume is not None:  # a run stopped before its end: go on from its last finished epoch
         log.warning("resuming %s from its checkpoint: phase %d, epoch %d done", out, resume["phase"] + 1,
@@ -329,9 +330,9 @@ def add_screening_reference(run: str | Path) -> bool:
     extra = payload.get("extra") or {}
     if extra.get("screening"):
         return False
-    config = load_config(run / CONFIG, {"splits": str(run / "splits.csv"), "out": str(run)})
+    config = load_config(run / CONFIG, {"splits": str(run / SPLITS), "out": str(run)})
     spec = model.spec
-    if config.select.metric == "last" and not (read_table(run / "splits.csv")["split"] == "val").any():
+    if config.select.metric == "last" and not (read_table(run / SPLITS)["split"] == "val").any():
         raise ConfigError(f"{run}: the run has no validation side (a refit on everything) to fit the screening "
                           "reference on")
     data = load_train_data(config, spec, run)

@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
-from cxrlab.core.run_folder import RunFolder
+from cxrlab.core.run_folder import METRICS, RunFolder, SEGMENTER
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.core.settings import validate
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
@@ -215,7 +215,7 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
     fit_seconds = time.perf_counter() - fit_start
     net.load_state_dict(module.best_state)
     net.eval()
-    save_segmenter(net, out / "segmenter.pt", config.backbone, preprocess,
+    save_segmenter(net, out / SEGMENTER, config.backbone, preprocess,
                    {"best_epoch": module.best_epoch, "val_dice": module.best_dice, "weights": net.weights_origin,
                     "seen": seen_record(frame[sides["train"]])})  # masks it predicts for these are in-sample
     summary = {"status": "ok", "backbone": config.backbone, "size": config.size, "weights": net.weights_origin,
@@ -263,4 +263,4 @@ def _metrics_csv(out: Path) -> None:
     logs = sorted((out / "logs").glob("version_*/metrics.csv"))
     if logs:
         frame = pd.read_csv(logs[-1]).groupby("epoch").first().reset_index()
-        atomic_write_text(out / "metrics.csv", frame.to_csv(index=False))
+        atomic_write_text(out / METRICS, frame.to_csv(index=False))
