@@ -26,7 +26,7 @@ from cxrlab.core.defaults import DEFAULT_N_BOOT
 
 if TYPE_CHECKING:  # the heavy modules load when a function runs
     from cxrlab.study import StudyResult
-    from cxrlab.study.crossval import CrossvalResult
+    from cxrlab.workflows.crossval import CrossvalResult
     from cxrlab.train import TrainResult
 
 
@@ -42,7 +42,7 @@ def train_model(config: str | Path | None = None, **settings) -> TrainResult | C
 
     resolved = load_config(config, settings)
     if resolved.data.folds:
-        from cxrlab.study.crossval import train_crossval
+        from cxrlab.workflows.crossval import train_crossval
 
         return train_crossval(resolved)
     return train_run(resolved)
@@ -54,7 +54,7 @@ def evaluate_model(run: str | Path, out: str | Path, data: str | Path | None = N
     """Evaluate a run's (or model file's) model on its test side, or on ``data`` (images it never
     saw), and write the report, as ``cxrlab evaluate`` does (``explanations``: with its Grad-CAM
     sections, as the command by default). Returns the figures (``metrics.json``)."""
-    from cxrlab.study.evaluation import evaluate_and_explain
+    from cxrlab.workflows.evaluation import evaluate_and_explain
 
     return evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter,
                                 explanations=explanations)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import cxrlab
 
-LAYERS = {"core": 0, "data": 1, "preprocess": 2, "models": 3, "train": 4, "evaluate": 5, "explain": 5, "study": 6,
-          "cli": 7, "serve": 7}
-SIBLINGS = {("evaluate", "explain"), ("explain", "evaluate"), ("cli", "serve")}  # `cxrlab serve` starts the app
+# evaluation sits left of training: a run validates, picks its epoch and sets its operating point with the
+# evaluation layer's metrics; the workflows (train --folds, evaluate with explanations, crossfit masks) compose
+# training, evaluation and explanation below the studies that use them
+LAYERS = {"core": 0, "data": 1, "preprocess": 2, "models": 3, "evaluate": 4, "explain": 4, "train": 5, "workflows": 6,
+          "study": 7, "cli": 8, "serve": 8}
+SIBLINGS = {("cli", "serve")}  # `cxrlab serve` starts the app; evaluate and explain never import each other
 ROOT = Path(cxrlab.__file__).parent
 
 

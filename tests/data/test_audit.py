@@ -77,7 +77,7 @@ def _side_of_copies(frame, pairs, column: str) -> list[bool]:
 def test_every_split_keeps_republished_copies_with_their_originals(phantoms, tmp_path):
     from cxrlab.models import get_backbone_spec
     from cxrlab.study import StudyConfig
-    from cxrlab.study.crossval import crossval_split
+    from cxrlab.workflows.crossval import crossval_split
     from cxrlab.study.plan import study_split
     from cxrlab.train import build_config
     from cxrlab.train.data import load_train_data

@@ -85,7 +85,7 @@ def test_polarity_check_reads_the_standardised_logistic_probe_of_older_model_fil
 def test_inverted_images_are_the_negatives_in_the_models_input_space(run_dir):
     from cxrlab.preprocess.dataset import ShardDataset
     from cxrlab.preprocess.transforms import to_model_input
-    from cxrlab.train.screening_reference import InvertedImages
+    from cxrlab.evaluate.screening_reference import InvertedImages
 
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     plain = ShardDataset(run_dir / "prepared", CLASSES, mean=mean, std=std)

@@ -90,7 +90,7 @@ def _through_every_door(model: Path, rows: pd.DataFrame, tmp_path: Path, segment
     from fastapi.testclient import TestClient
 
     from cxrlab.serve import ServeSettings, create_app
-    from cxrlab.study.test_side import predict_test_side
+    from cxrlab.workflows.predictions import predict_test_side
 
     names = list(load_model(model)[0].class_names)
     images = rows["image"].tolist()

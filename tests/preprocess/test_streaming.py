@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrlab.data import load_source
-from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset, ShardReader, prepare
+from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardReader, prepare
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from cxrlab.models import load_model
 from cxrlab.models.predictor import Predictor
 from cxrlab.study import StudyConfig, corrected_resampled_ttest, load_study_config, run_study
 from cxrlab.study.plan import cells
-from cxrlab.study.test_side import predict_test_side
+from cxrlab.workflows.predictions import predict_test_side
 
 TIMING = ("seconds_per_epoch",)
 
@@ -308,7 +308,8 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
 
 
 def test_a_run_recorded_before_a_setting_existed_is_reused(tmp_path):
-    from cxrlab.study.plan import check_same_config, run_config
+    from cxrlab.study.plan import run_config
+    from cxrlab.train.reuse import check_same_config
 
     config = StudyConfig(data="x.csv", grid={"fine_tune": [2]})
     cell = cells(config)[0]
@@ -324,7 +325,8 @@ def test_a_run_recorded_before_a_setting_existed_is_reused(tmp_path):
 
 
 def test_a_run_of_the_earlier_default_recipe_is_named_when_refused(tmp_path):
-    from cxrlab.study.plan import check_same_config, run_config
+    from cxrlab.study.plan import run_config
+    from cxrlab.train.reuse import check_same_config
 
     papers = StudyConfig(data="x.csv", grid={"size": [64]}, base={"recipe": "papers"})
     recorded = run_config(papers, cells(papers)[0], tmp_path, tmp_path / "shared", {}).flat()

@@ -11,7 +11,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 
 from cxrlab.models import load_model
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 from cxrlab.models import create_classifier, load_model
 from cxrlab.train import build_config
-from cxrlab.train.metrics import compute_multilabel_metrics
+from cxrlab.evaluate.metrics import compute_multilabel_metrics
 from cxrlab.train.module import ClassifierModule
 
 FINDINGS = "findings:Consolidation,Infiltration,Pneumonia"

@@ -118,7 +118,7 @@ def test_the_auc_interval_matches_the_spread_of_auc_over_resampled_validation_si
     from scipy import stats
     from sklearn.metrics import roc_auc_score
 
-    from cxrlab.train.metrics import auc_interval
+    from cxrlab.evaluate.metrics import auc_interval
 
     rng = np.random.default_rng(0)
     shift = stats.norm.ppf(0.80) * math.sqrt(2)  # binormal, equal variances: AUC = Phi(shift / sqrt 2)
@@ -130,7 +130,7 @@ def test_the_auc_interval_matches_the_spread_of_auc_over_resampled_validation_si
 
 
 def test_a_small_validation_side_is_named_in_the_summary():
-    from cxrlab.train.metrics import classification_summary
+    from cxrlab.evaluate.metrics import classification_summary
     from cxrlab.train.runner import _validation_side
 
     y = np.array([0] * 8 + [1] * 8 + [2] * 8)
@@ -148,7 +148,7 @@ def test_the_training_summary_and_the_evaluation_table_are_one_definition():
     neither present nor predicted leaves macro-F1 out of its average in both (it once counted as 0
     while training and was left out in the report)."""
     from cxrlab.evaluate.metrics import compute_metrics
-    from cxrlab.train.metrics import classification_summary
+    from cxrlab.evaluate.metrics import classification_summary
 
     names = ["COVID-19", "Pneumonia", "Normal"]
     y = np.array([0, 0, 2, 2, 0, 2])  # no pneumonia, never called pneumonia

@@ -29,7 +29,7 @@ def evaluate_command(
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
     Exit code 3 when some images could not be read (each is named on screen and in the report; rows
     left out by choice, such as labels outside the scheme, are listed but do not count)."""
-    from cxrlab.study.evaluation import evaluate_and_explain
+    from cxrlab.workflows.evaluation import evaluate_and_explain
 
     with handle_errors(), device_policy(device, precision):
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,

@@ -100,7 +100,7 @@ def segment_crossfit(
     """Predict every image's lung mask with a segmenter that never trained on its patient (one origin
     for all masks, none in-sample): what lung crop, lung attention and the attention loss need when
     hand-drawn masks cover some classes more than others. Resumable."""
-    from cxrlab.study.mask_crossfit import crossfit_lung_masks
+    from cxrlab.workflows.mask_crossfit import crossfit_lung_masks
 
     with handle_errors():
         quiet_lightning()

@@ -150,7 +150,7 @@ def _backbone_rows() -> list[dict]:
 
 def _train_crossval(cfg) -> None:
     """``train --folds K``: the runs, then the out-of-fold figures with intervals, pooled and per source."""
-    from cxrlab.study.crossval import HEADLINE, train_crossval
+    from cxrlab.workflows.crossval import HEADLINE, train_crossval
 
     console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) on {cfg.data.folds} patient-grouped folds → {cfg.runtime.out}")
     with progress_bar("folds") as bar:

@@ -11,7 +11,7 @@ from cxrlab.evaluate.calibration import (
 )
 from cxrlab.evaluate.delong import delong_covariance, delong_test
 from cxrlab.evaluate.metrics import binary_view, compute_metrics
-from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
+from cxrlab.evaluate.operating_point import OperatingPoint, choose_operating_point
 
 __all__ = [
     "OperatingPoint", "apply_temperature", "binary_view", "bootstrap_ci", "bootstrap_cis", "choose_operating_point",

@@ -15,8 +15,8 @@ from cxrlab.evaluate.metrics import _average_precision, binary_auc
 from cxrlab.evaluate.plots import plot_roc_pr
 from cxrlab.models.predictor import Predictions
 from cxrlab.evaluate.report import _fmt, html_page, markdown_page
-from cxrlab.train.metrics import compute_multilabel_metrics
-from cxrlab.train.screening_reference import finding_operating_points
+from cxrlab.evaluate.metrics import compute_multilabel_metrics
+from cxrlab.evaluate.screening_reference import finding_operating_points
 
 CI_KEYS = ("roc_auc", "pr_auc", "sensitivity", "specificity")
 

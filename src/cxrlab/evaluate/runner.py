@@ -24,8 +24,8 @@ from cxrlab.evaluate.multilabel import multilabel_figures, multilabel_results, r
 from cxrlab.evaluate.plots import plot_confusion, plot_reliability, plot_roc_pr
 from cxrlab.evaluate.report import render_html, render_markdown
 from cxrlab.models.predictor import Predictions, Predictor
-from cxrlab.train.operating_point import OperatingPoint, choose_operating_point
-from cxrlab.train.plots import plot_curves
+from cxrlab.evaluate.operating_point import OperatingPoint, choose_operating_point
+from cxrlab.evaluate.plots import plot_curves
 
 log = logging.getLogger(__name__)
 CI_KEYS = ("sensitivity", "specificity", "roc_auc", "pr_auc")

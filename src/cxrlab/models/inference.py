@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from cxrlab.core.device import cpu_supports_bf16, current_policy, resolve_policy
+from cxrlab.core.device import current_policy, resolve_policy
 from cxrlab.models.classifier import CxrClassifier
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from cxrlab.data import write_splits
 from cxrlab.data.seen import merge_records
 from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.models.predictor import Predictor
-from cxrlab.preprocess import ShardDataset, ShardReader
-from cxrlab.study.test_side import predict_test_side, preprocess_key
+from cxrlab.preprocess import ShardReader
+from cxrlab.workflows.ensemble_reference import oof_reference
+from cxrlab.workflows.predictions import predict_test_side, preprocess_key
 from cxrlab.train import add_screening_reference
-from cxrlab.train.screening_reference import operating_point, screening_reference
 
 ENSEMBLE = "ensemble"  # runs/<cell>/ensemble/: never a run's name (runs are fold<k>[...], refit)
 
@@ -66,28 +66,6 @@ def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
 def _fingerprint(path: Path) -> str:
     stat = path.stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
-
-
-def oof_reference(ensemble: EnsembleClassifier, predictions: pd.DataFrame, names: list[str], reader: ShardReader,
-                  batch_size: int = 32) -> dict:
-    """The ensemble's screening reference from out-of-fold ``predictions`` (``image``, ``label``, ``fold``
-    and a probability column per class, images in ``reader``): out-of-distribution and inverted-image
-    references fitted on every fold but the last and thresholded on the last (every member but one
-    trained on those images, so new images may be flagged somewhat more often than the nominal 1%);
-    the operating point on all the out-of-fold predictions."""
-    spec = ensemble.spec
-    last = (predictions["fold"] == predictions["fold"].max()).to_numpy()
-
-    def dataset(rows: pd.DataFrame) -> ShardDataset:
-        return ShardDataset(reader, names, images=rows["image"].tolist(), mean=spec.mean, std=spec.std,
-                            in_chans=spec.in_chans, with_masks=ensemble.lung_attention)
-
-    y = np.array([names.index(v) for v in predictions["label"]])
-    probs = predictions[names].to_numpy(dtype=float)
-    reference = screening_reference(ensemble, dataset(predictions[~last]), dataset(predictions[last]), y[last],
-                                    probs[last], batch_size)
-    reference["operating_point"] = operating_point(y, probs, names, "out-of-fold predictions")
-    return reference
 
 
 def cell_oof_predictions(out: Path, cell: str, ok: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

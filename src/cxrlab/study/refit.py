@@ -25,8 +25,10 @@ from cxrlab.core.run_folder import METRICS, finished_summary
 from cxrlab.study.cell_ensemble import cell_model
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.export import export_run
-from cxrlab.study.plan import Cell, check_same_config, run_config
-from cxrlab.study.test_side import paired_auc_p, predict_test_side, score_test_side
+from cxrlab.study.plan import Cell, run_config
+from cxrlab.study.test_side import paired_auc_p, score_test_side
+from cxrlab.train.reuse import check_same_config
+from cxrlab.workflows.predictions import predict_test_side
 
 log = logging.getLogger(__name__)
 TrainOne = Callable[[str, Path, pd.DataFrame, dict], tuple[dict | None, str | None]]

@@ -20,10 +20,7 @@ ones only with ``retry_failed``.
 
 from __future__ import annotations
 
-import concurrent.futures
-import json
 import logging
-import multiprocessing
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +29,13 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-from cxrlab.core.errors import ConfigError, CxrlabError
+from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_bytes, atomic_write_text
-from cxrlab.core.logging import configure_logging, quiet_lightning
-from cxrlab.core.run_folder import CHECKPOINTS, CONFIG, FAILED, LAST_CHECKPOINT, SUMMARY, TEST_PREDICTIONS, TRACKING_DB
-from cxrlab.core.runtime import default_workers, exit_with_parent
-from cxrlab.data import write_splits
-from cxrlab.study.cell_ensemble import cell_model, export_ready
+from cxrlab.core.run_folder import TRACKING_DB
 from cxrlab.study.config import StudyConfig
-from cxrlab.study.export import export_run
 from cxrlab.study.plan import (
     Cell,
     cells,
-    check_same_config,
     fold_frame,
     run_config,
     run_name,
@@ -53,12 +44,20 @@ from cxrlab.study.plan import (
 )
 from cxrlab.study.results import aggregate, compare_to_best, run_row
 from cxrlab.study.queue import SharedRuns, claim_once, queue_name, shared_parent
+from cxrlab.study.jobs import execution_order, run_jobs, run_status, train_run
 from cxrlab.study.share import Share, split_digest
-from cxrlab.study.shortcuts import held_out_results, source_runs
+from cxrlab.study.stages import (
+    cell_models,
+    complete_runs,
+    export_best,
+    leave_one_source_out_stage,
+    refit_stage,
+    shortcut_checks,
+)
 from cxrlab.study.study_baseline import compare_to_probe, study_probe
-from cxrlab.study.test_side import TEST_COLUMNS, evaluate_cells, prediction_metrics
+from cxrlab.study.test_side import evaluate_cells
 from cxrlab.study.tracking import finish_parent_run, folder_state
-from cxrlab.train import load_config, train
+from cxrlab.train.reuse import check_same_config
 
 log = logging.getLogger(__name__)
 SPLIT_FIELDS = ("data", "splits", "scheme", "ratios", "folds", "seed")
@@ -86,21 +85,6 @@ def _state(config: StudyConfig, out: Path, uri: str) -> dict:
                         config.experiment, config.name,
                         {"grid": config.grid, "variants": config.variants, "folds": config.num_folds},
                         {"cxrlab.study": config.name}, shared)
-
-
-def _run_status(run_dir: Path) -> tuple[str, dict | None, str | None]:
-    summary, failed = run_dir / SUMMARY, run_dir / FAILED
-    if summary.exists():
-        data = json.loads(summary.read_text())
-        return ("done" if data.get("status") == "ok" else "failed"), data, data.get("status")
-    if failed.exists():
-        return "failed", None, json.loads(failed.read_text()).get("error")
-    return "todo", None, None
-
-
-def _record_failure(run_dir: Path, error: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / FAILED, json.dumps({"error": error}) + "\n")
 
 
 def _write_table(table: pd.DataFrame, out: Path, name: str) -> None:
@@ -139,13 +123,13 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
         """Train every run of ``stage``'s cells not finished before; ``(trained, reused)``."""
         jobs: list[tuple[Cell, int, int, Path]] = []
         reused = 0
-        for cell in _execution_order(stage):
+        for cell in execution_order(stage):
             for fold in range(config.num_folds):
                 for repeat in range(config.repeats):
                     run_dir = out / "runs" / cell.id / run_name(fold, repeat)
-                    status, summary, error = _run_status(run_dir)
+                    status, summary, error = run_status(run_dir)
                     if status == "todo" and share is not None and share.get_quietly(run_dir):  # trained elsewhere
-                        status, summary, error = _run_status(run_dir)
+                        status, summary, error = run_status(run_dir)
                     elif status != "todo" and share is not None:  # finished here when the share was unreachable
                         share.put_quietly(run_dir, only_missing=True)
                     if status == "failed" and retry_failed:
@@ -178,13 +162,13 @@ def run_study(config: StudyConfig, out: str | Path, progress: Callable[[str], No
             mine = _run_shared(config, stage, work, finished, share, retry_failed)
             for cell, fold, repeat, run_dir in jobs:  # what the other workers trained
                 if (cell.id, fold, repeat) not in rows:
-                    if share is not None and _run_status(run_dir)[0] == "todo":
+                    if share is not None and run_status(run_dir)[0] == "todo":
                         share.get_quietly(run_dir)
-                    status, summary, error = _run_status(run_dir)
+                    status, summary, error = run_status(run_dir)
                     rows[(cell.id, fold, repeat)] = run_row(cell.id, cell.factors, fold, summary, error, repeat,
                                                             run_dir.name)
             return mine, reused + len(jobs) - mine
-        _run_jobs(work, config.workers, finished)
+        run_jobs(work, config.workers, finished)
         return len(jobs), reused
 
     plan = cells(config)
@@ -239,16 +223,16 @@ def _report(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell
         log.warning("study: the linear-probe baseline failed: %s: %s", type(err).__name__, err)
         probe = None
     summary_table = compare_to_probe(table, summary_table, probe, config.select_metric)
-    models = _cell_models(out, _complete_runs(table, summary_table))
+    models = cell_models(out, complete_runs(table, summary_table))
     summary_table = evaluate_cells(config, out, frame, summary_table, models, best)
     _write_table(summary_table, out, "summary")
     if best is not None:
-        _export_best(config, out, frame, table, best, summary_table, models[best])
-    refit = _refit(config, out, frame, plan, table, summary_table, best, uri, state["mlflow_parent"], progress)
-    loso = _leave_one_source_out(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
+        export_best(config, out, frame, table, best, summary_table, models[best])
+    refit = refit_stage(config, out, frame, plan, table, summary_table, best, uri, state["mlflow_parent"], progress)
+    loso = leave_one_source_out_stage(config, out, frame, plan, summary_table, best, uri, state["mlflow_parent"], progress)
     from cxrlab.study.report import write_study_report
 
-    audit = _shortcut_checks(config, out, frame, best)
+    audit = shortcut_checks(config, out, frame, best)
     write_study_report(config, out, table, summary_table, best, loso, audit, refit, probe)
     metric = config.select_metric
     best_row = summary_table.set_index("cell").loc[best] if best is not None else None
@@ -267,20 +251,20 @@ def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, sh
                        config.heartbeat)
     queue.enqueue(sorted(by_id))
 
-    def train_run(run_id: str) -> str | None:
+    def claimed_run(run_id: str) -> str | None:
         job, arguments = by_id[run_id]
         run_dir = job[3]
         if share is not None and share.get_quietly(run_dir):  # a retried run another worker finished after all
-            status, summary, error = _run_status(run_dir)
+            status, summary, error = run_status(run_dir)
             if status == "done" or (status == "failed" and not retry_failed):
                 finished(job, (summary, error))
                 return error
             shutil.rmtree(run_dir)  # a failure recorded there, to be tried again
-        outcome = _train_one(*arguments)
+        outcome = train_run(*arguments)
         finished(job, outcome)
         return outcome[1]
 
-    return queue.work(train_run) if by_id else 0
+    return queue.work(claimed_run) if by_id else 0
 
 
 def _read_result(out: Path, config: StudyConfig, trained: int, reused: int) -> StudyResult:
@@ -290,190 +274,3 @@ def _read_result(out: Path, config: StudyConfig, trained: int, reused: int) -> S
     return StudyResult(out, table, summary, best, trained, reused, int((table["status"] == "failed").sum()), [])
 
 
-def _in_distribution(out: Path, row: pd.Series, frame: pd.DataFrame) -> dict:
-    """What a held-out source's figures are compared with: the best cell's accuracy and per-class
-    recall on the test side (same sources, never chosen on); without a test side its mean
-    validation accuracy, marked optimistic (early stopping chose on those images)."""
-    predictions = out / "runs" / str(row.name) / str(row.get("test_run", "")) / TEST_PREDICTIONS
-    if pd.notna(row.get("test_accuracy")) and predictions.is_file():
-        metrics, names = prediction_metrics(pd.read_csv(predictions))
-        return {"side": "test", "accuracy": float(row["test_accuracy"]),
-                "recall": {n: metrics["per_class"][n]["sensitivity"] for n in names if metrics["per_class"][n]["support"]}}
-    return {"side": "validation (optimistic: early stopping chose on it)", "accuracy": float(row["accuracy_mean"]),
-            "recall": {}}
-
-
-def _leave_one_source_out(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell],
-                          summary: pd.DataFrame, best: str | None, uri: str, parent: str,
-                          progress: Callable[[str], None] | None) -> dict | None:
-    if not config.leave_one_source_out or best is None:
-        return None
-    cell = next(c for c in plan if c.id == best)
-    in_distribution = _in_distribution(out, summary.set_index("cell").loc[best], frame)
-    try:
-        splits = source_runs(config, frame)
-    except ConfigError as err:
-        log.warning("study: leave-one-source-out skipped: %s", err)
-        result: dict = {"cell": best, "skipped": str(err), "sources": {}, "warnings": []}
-    else:
-        def train_one(part: str, run_dir: Path, split: pd.DataFrame):
-            outcome = _train_one(config, cell, part, run_dir, split, out, uri, parent)
-            if progress:
-                progress(f"{cell.label()} {part}: {'failed' if outcome[1] else 'ok'}")
-            return outcome
-
-        result = held_out_results(out, cell, splits, in_distribution, train_one)
-    atomic_write_text(out / "leave_one_source_out.json", json.dumps(result, indent=2, default=str) + "\n")
-    return result
-
-
-def _refit(config: StudyConfig, out: Path, frame: pd.DataFrame, plan: list[Cell], table: pd.DataFrame,
-           summary: pd.DataFrame, best: str | None, uri: str, parent: str,
-           progress: Callable[[str], None] | None) -> dict | None:
-    if not config.refit or best is None:
-        return None
-    from cxrlab.study.refit import refit_best
-
-    cell = next(c for c in plan if c.id == best)
-
-    def train_one(part: str, run_dir: Path, split: pd.DataFrame, settings: dict):
-        outcome = _train_one(config, cell, part, run_dir, split, out, uri, parent, 0, settings)
-        if progress:
-            progress(f"{cell.label()} {part}: {'failed' if outcome[1] else 'ok'}")
-        return outcome
-
-    try:
-        return refit_best(config, out, frame, cell, table, summary, train_one)
-    except Exception as err:  # noqa: BLE001 -- a failed refit must not cost the finished study's report
-        log.warning("study: the refit of %s failed: %s: %s", cell.label(), type(err).__name__, err)
-        return {"cell": best, "settings": {}, "train_images": 0, "status": "failed",
-                "error": f"{type(err).__name__}: {err}"}
-
-
-def _shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: str | None) -> dict | None:
-    """The source probe and the lung checks of the best model (written to ``shortcut_audit.json``);
-    a failing check is recorded, never fatal: the study's results are already safe."""
-    if not config.shortcut_checks or best is None:
-        return None
-    from cxrlab.models.predictor import Predictor
-    from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
-
-    audit: dict = {"cell": best}
-    predictor = None
-    for name, check in (("source_probe", lambda model: source_probe_audit(config, out, frame, model)),
-                        ("lungs", lambda model: lung_audit(out, frame, model))):
-        try:
-            predictor = predictor or Predictor(out / "best-model")  # once, for both checks
-            audit[name] = check(predictor)
-        except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
-            log.warning("study: %s check failed: %s", name, err)
-            audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}
-    atomic_write_text(out / "shortcut_audit.json", json.dumps(audit, indent=2, default=str) + "\n")
-    return audit
-
-
-def _run_jobs(work: list[tuple[tuple, tuple]], workers: int,
-              finished: Callable[[tuple, tuple[dict | None, str | None]], None]) -> None:
-    """Train each job (``(job, _train_one's arguments)``), here or in ``workers`` processes, and call
-    ``finished(job, outcome)`` in this process as each one ends."""
-    if workers <= 1 or len(work) <= 1:
-        for job, arguments in work:
-            finished(job, _train_one(*arguments))
-        return
-    threads = max(1, default_workers() // workers)
-    context = multiprocessing.get_context("spawn")  # fork after torch and MLflow threads is unsafe
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                                initargs=(threads, logging.getLogger("cxrlab").level)) as pool:
-        futures = {pool.submit(_train_one, *arguments): job for job, arguments in work}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                outcome = future.result()
-            except Exception as err:  # noqa: BLE001 -- a worker that died (memory): record, go on
-                outcome = (None, f"{type(err).__name__}: {err}")
-            finished(futures[future], outcome)
-
-
-def _worker_init(threads: int, level: int) -> None:
-    """A worker process: its share of the CPU threads; warnings only (the parent reports progress)."""
-    import torch
-
-    exit_with_parent()
-    torch.set_num_threads(threads)
-    configure_logging()
-    logging.getLogger("cxrlab").setLevel(max(level, logging.WARNING))
-    quiet_lightning()
-
-
-def _execution_order(plan: list[Cell]) -> list[Cell]:
-    """Cells with more trainable blocks (fewer frozen ones) first: the prefix store then builds each
-    deeper entry from the previous one, so a k-sweep runs each frozen block about once per image."""
-    def trainable(cell: Cell) -> float:
-        k = cell.settings.get("fine_tune")
-        return float("inf") if k == "all" else (k if isinstance(k, int) else -1)
-
-    return sorted(plan, key=trainable, reverse=True)
-
-
-def _train_one(config: StudyConfig, cell: Cell, part: str, run_dir: Path, split: pd.DataFrame, out: Path,
-               uri: str, parent: str, repeat: int = 0,
-               overrides: dict | None = None) -> tuple[dict | None, str | None]:
-    """Train one run on ``split`` (``part``: ``fold0``…, ``fold0-repeat1``, ``without-<source>`` or
-    ``refit``) with seed ``config.seed + repeat`` and ``overrides`` over the cell's settings; record a
-    failure."""
-    if run_dir.exists() and not (run_dir / CHECKPOINTS / LAST_CHECKPOINT).exists():
-        shutil.rmtree(run_dir)  # a run interrupted before its first epoch ended: start it again
-    run_dir.mkdir(parents=True, exist_ok=True)  # one with a checkpoint resumes from it (cxrlab.train)
-    tags = {"mlflow.parentRunId": parent, "cxrlab.study": config.name, "cxrlab.cell": cell.id, "cxrlab.part": part}
-    try:
-        train_config = run_config(config.model_copy(update={"mlflow_uri": uri}), cell, run_dir, out / "shared", tags,
-                                  repeat, overrides)
-        write_splits(split, {"study": config.name, "cell": cell.id, "part": part}, run_dir)
-        result = train(train_config, screening=False)  # the exported run gets its reference then
-        return result.summary, None
-    except Exception as err:  # noqa: BLE001 -- one bad cell (setting, NaN, bug, memory) must not stop the study
-        message = f"{type(err).__name__}: {err}"
-        log.warning("study: %s %s failed: %s", cell.label(), part, message)
-        log.debug("study: traceback of the failure", exc_info=True)
-        if not (run_dir / SUMMARY).exists():
-            _record_failure(run_dir, message)
-        return None, message
-
-
-def _complete_runs(table: pd.DataFrame, summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Each complete cell's finished runs."""
-    complete = summary.loc[summary["complete"], "cell"]
-    return {cell: ok for cell in complete if not (ok := table[(table["cell"] == cell) & (table["status"] == "ok")]).empty}
-
-
-def _cell_models(out: Path, complete: dict[str, pd.DataFrame]) -> dict[str, Path]:
-    """Each complete cell's model folder (the ensemble of its runs); a cell whose runs cannot be read
-    together is left out of the test side with a warning, the others go on."""
-    models = {}
-    for cell, ok in complete.items():
-        try:
-            models[cell] = cell_model(out, cell, ok)
-        except (CxrlabError, OSError) as err:
-            log.warning("study: %s's runs could not be put together as one model: %s", cell, err)
-    return models
-
-
-def _export_best(config: StudyConfig, out: Path, frame: pd.DataFrame, table: pd.DataFrame, best: str,
-                 summary: pd.DataFrame, folder: Path) -> None:
-    """Export the best cell's model (``folder``: the ensemble of its runs), with its test-side figures
-    (its model card quotes them)."""
-    ok = table[(table["cell"] == best) & (table["status"] == "ok")]
-    try:
-        export_ready(folder, out, best, ok, frame, load_config(folder / CONFIG).optim.batch_size)  # its runs' own
-    except Exception as err:  # noqa: BLE001 -- exported without the screening reference, which says why
-        log.warning("study: no screening reference for %s's ensemble: %s: %s", best, type(err).__name__, err)
-    row = summary[summary["cell"] == best].iloc[0]
-    test = {k.removeprefix("test_"): _plain(row[k]) for k in TEST_COLUMNS if k in row and k != "test_run"}
-    origin = {"cell": best, "runs": sorted(ok["run"]), "part": folder.name, "study": str(out)}
-    if row.get("test_run") == folder.name:
-        origin["test"] = {k: v for k, v in test.items() if v is not None}
-    export_run(folder, out / "best-model", origin)
-
-
-def _plain(value) -> float | int | None:
-    """A table cell as a JSON number, ``None`` for missing."""
-    return None if value is None or pd.isna(value) else value.item() if hasattr(value, "item") else value

@@ -29,7 +29,7 @@ from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.models.ood import pooled_features
 from cxrlab.models.predictor import Predictor
 from cxrlab.study.config import StudyConfig
-from cxrlab.study.test_side import preprocess_key
+from cxrlab.workflows.predictions import preprocess_key
 
 log = logging.getLogger(__name__)
 PROBE_WARNING = 0.8  # balanced accuracy at which features "recognise" sources

@@ -19,7 +19,8 @@ from cxrlab.core.run_folder import finished_summary
 from cxrlab.data import class_names, leave_one_source_out
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import Cell
-from cxrlab.study.test_side import predict_test_side, prediction_metrics
+from cxrlab.study.test_side import prediction_metrics
+from cxrlab.workflows.predictions import predict_test_side
 
 log = logging.getLogger(__name__)
 DROP_WARNING = 0.15  # accuracy lost on an unseen source that the report calls out

@@ -22,7 +22,7 @@ from cxrlab.evaluate.bootstrap import holm
 from cxrlab.evaluate.metrics import accuracy_and_macro_auc
 from cxrlab.models import get_backbone_spec
 from cxrlab.preprocess import prepare
-from cxrlab.study.baseline import frozen_features, probe_oof
+from cxrlab.workflows.baseline import frozen_features, probe_oof
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import cells, run_config
 from cxrlab.study.results import ALPHA, corrected_resampled_ttest

@@ -8,8 +8,6 @@ up and whether the cells' test AUCs differ beyond noise.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.core.run_folder import MODEL, TEST_LUNG_EVIDENCE, TEST_PREDICTIONS, TEST_ROAD
+from cxrlab.core.run_folder import MODEL, TEST_LUNG_EVIDENCE, TEST_ROAD
 from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
@@ -29,30 +27,11 @@ from cxrlab.explain import lung_evidence
 from cxrlab.explain.faithfulness import road_scores
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
-from cxrlab.models.predictor import Predictor
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.results import ALPHA
+from cxrlab.workflows.predictions import predict_test_side
 
 log = logging.getLogger(__name__)
-
-
-def preprocess_key(preprocess) -> str:
-    """A short name for a preprocessing: images prepared one way live under it, apart from others."""
-    return hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = TEST_PREDICTIONS) -> pd.DataFrame:
-    """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``)."""
-    cached = run_dir / cache
-    if cached.exists():
-        return pd.read_csv(cached)
-    predictor = Predictor(run_dir)
-    result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
-    frame = result.frame[["image", "label"]].copy()
-    for i, name in enumerate(result.class_names):
-        frame[name] = result.probs[:, i]
-    atomic_write_text(cached, frame.to_csv(index=False))
-    return frame
 
 
 def _targets_and_probs(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -41,7 +41,8 @@ from cxrlab.study.export import export_run
 from cxrlab.study.plan import Cell, run_config, study_split
 from cxrlab.study.queue import shared_parent
 from cxrlab.study.share import Share, split_digest
-from cxrlab.study.test_side import predict_test_side, prediction_metrics
+from cxrlab.study.test_side import prediction_metrics
+from cxrlab.workflows.predictions import predict_test_side
 from cxrlab.study.tracking import finish_parent_run, folder_state
 from cxrlab.study.tune_config import MONITORED, Range, TuneConfig
 from cxrlab.train import train

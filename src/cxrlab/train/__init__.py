@@ -10,13 +10,12 @@ from cxrlab.train.config import (
     build_config,
     load_config,
 )
-from cxrlab.train.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.train.prefix_cache import ActivationDataset, can_cache, compute_prefix
 from cxrlab.train.runner import TrainResult, add_screening_reference, train
 
 __all__ = [
     "ActivationDataset", "AugmentConfig", "ClassifierModule", "HeadConfig", "NonFiniteLossError", "PhaseConfig",
-    "TrainConfig", "TrainResult", "add_screening_reference", "build_config", "can_cache", "classification_summary",
+    "TrainConfig", "TrainResult", "add_screening_reference", "build_config", "can_cache",
     "compute_prefix", "load_config", "train",
 ]

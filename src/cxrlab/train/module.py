@@ -16,7 +16,7 @@ from cxrlab.models.classifier import CxrClassifier
 from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_loss
 from cxrlab.train.config import OptimSection, ScheduleSection
 from cxrlab.train.distributed import gather
-from cxrlab.train.metrics import classification_summary
+from cxrlab.evaluate.metrics import classification_summary
 
 
 class NonFiniteLossError(CxrlabError, FloatingPointError):

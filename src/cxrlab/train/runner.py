@@ -52,11 +52,11 @@ from cxrlab.train.data import (
     loader,
     with_recorded_scheme,
 )
-from cxrlab.train.metrics import classification_summary
+from cxrlab.evaluate.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
-from cxrlab.train.plots import plot_curves
+from cxrlab.evaluate.plots import plot_curves
 from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
-from cxrlab.train.screening_reference import screening_reference
+from cxrlab.evaluate.screening_reference import screening_reference
 from cxrlab.train.selection import EpochSelector
 
 log = logging.getLogger(__name__)

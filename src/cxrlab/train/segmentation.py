@@ -42,7 +42,7 @@ from cxrlab.models.segmenter import (
 from cxrlab.preprocess import PreprocessConfig
 from cxrlab.preprocess.masks import clean_lung_mask, dice_iou, image_mask_pairs
 from cxrlab.preprocess.transforms import to_model_input
-from cxrlab.train.plots import plot_mask_overlays
+from cxrlab.evaluate.plots import plot_mask_overlays
 
 log = logging.getLogger(__name__)
 

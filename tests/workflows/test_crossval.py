@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cxrlab.cli import app
 from cxrlab.core import ConfigError
 from cxrlab.models import EnsembleClassifier, load_model
-from cxrlab.study.crossval import crossval_split, fold_split, oof_figures
+from cxrlab.workflows.crossval import crossval_split, fold_split, oof_figures
 from cxrlab.train import build_config, train
 
 
@@ -38,7 +38,7 @@ def test_each_fold_predicts_its_own_patients_validates_on_the_next_and_trains_on
 
 
 def test_the_linear_probe_learns_separable_features_out_of_fold():
-    from cxrlab.study.baseline import probe_oof
+    from cxrlab.workflows.baseline import probe_oof
 
     rng = np.random.default_rng(0)
     names = ["COVID-19", "Normal", "Pneumonia"]
@@ -110,7 +110,7 @@ def test_a_fixed_schedule_trains_each_fold_on_every_other_fold(phantoms, tmp_pat
     config = build_config({"data": str(phantoms), "out": str(tmp_path / "cv"), "folds": 3, "size": 64, "epochs": 1,
                            "fine_tune": 1, "select_on": "last", "progress_bar": False,
                            "mlflow_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    from cxrlab.study.crossval import train_crossval
+    from cxrlab.workflows.crossval import train_crossval
 
     result = train_crossval(config, n_boot=20)
     for fold in range(3):

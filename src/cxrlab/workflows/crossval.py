@@ -38,13 +38,13 @@ from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
 from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.preprocess import ShardReader
-from cxrlab.study.baseline import frozen_features, probe_oof
-from cxrlab.study.cell_ensemble import oof_reference
-from cxrlab.study.plan import check_same_config
-from cxrlab.study.test_side import predict_test_side
 from cxrlab.train import TrainConfig, train
 from cxrlab.train.config import write_sources
 from cxrlab.train.data import grouped_table, with_recorded_scheme
+from cxrlab.train.reuse import check_same_config
+from cxrlab.workflows.baseline import frozen_features, probe_oof
+from cxrlab.workflows.ensemble_reference import oof_reference
+from cxrlab.workflows.predictions import predict_test_side
 
 log = logging.getLogger(__name__)
 HEADLINE = ("accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1")  # each with a patient-bootstrap interval
@@ -183,7 +183,7 @@ def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
 
 def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> dict:
     """Write ``out/model.pt``: the fold models as one ensemble, with a screening reference set on data
-    its parts did not choose on (:func:`cxrlab.study.cell_ensemble.oof_reference`)."""
+    its parts did not choose on (:func:`cxrlab.workflows.ensemble_reference.oof_reference`)."""
     members, preprocess = [], None
     for fold in range(config.data.folds):
         model, preprocess, _ = load_model(fold_folder(out, fold) / MODEL)

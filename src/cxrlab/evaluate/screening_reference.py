@@ -14,7 +14,7 @@ from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.models.ood import FeatureDistance, pooled_features_at
 from cxrlab.models.polarity import PolarityCheck
-from cxrlab.train.operating_point import choose_operating_point
+from cxrlab.evaluate.operating_point import choose_operating_point
 
 log = logging.getLogger(__name__)
 # The last block's features catch non-radiographs; the mid-level ones of the finer grid catch
