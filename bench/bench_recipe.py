@@ -88,11 +88,11 @@ def run(name: str, out: Path, train: bool = True) -> dict:
     cohen = oof[oof["source"] == "cohen"]
     pooled, versus = summary["out_of_fold"]["pooled"], summary["versus_baseline"]
     return {"recipe": name, "settings": settings(name), "seconds": round(seconds, 1),
-            "covid_auc": pooled["covid_roc_auc"], "macro_f1": pooled["macro_f1"], "accuracy": pooled["accuracy"],
-            "covid_auc_vs_probe": versus["covid_roc_auc"], "macro_f1_vs_probe": versus["macro_f1"],
+            "covid_auc": pooled["auc_covid"], "macro_f1": pooled["f1_macro"], "accuracy": pooled["accuracy"],
+            "covid_auc_vs_probe": versus["auc_covid"], "macro_f1_vs_probe": versus["f1_macro"],
             "cohen_covid_auc": float(roc_auc_score(cohen["label"] == "COVID-19", cohen["COVID-19"])),
             "epochs_kept": [r["best_epoch"] for r in summary["runs"]],
-            "probe": {k: summary["baseline"]["out_of_fold"]["pooled"][k]["value"] for k in ("covid_roc_auc", "macro_f1")}}
+            "probe": {k: summary["baseline"]["out_of_fold"]["pooled"][k]["value"] for k in ("auc_covid", "f1_macro")}}
 
 
 def reweighted_f1(name: str, out: Path) -> dict:
@@ -153,7 +153,7 @@ def main() -> None:
                   (r["covid_auc_vs_probe"], r["macro_f1_vs_probe"])]
         print(f"| {r['recipe']} | {_interval(r['covid_auc'])} | {_interval(r['macro_f1'])} | {versus[0]} | {versus[1]} | "
               f"{r['cohen_covid_auc']:.3f} | {','.join(map(str, r['epochs_kept']))} | {r['seconds'] / 60:.0f} min |")
-    print(f"\n{cpu}; probe (frozen features): COVID-19 AUC {np.mean([r['probe']['covid_roc_auc'] for r in rows]):.3f}")
+    print(f"\n{cpu}; probe (frozen features): COVID-19 AUC {np.mean([r['probe']['auc_covid'] for r in rows]):.3f}")
 
 
 if __name__ == "__main__":

@@ -220,9 +220,9 @@ def test_binary_study(phantoms, tmp_path):
     assert row["test_accuracy"] == pytest.approx((predicted[names].idxmax(axis=1) == predicted["label"]).mean())
     positive = predicted["label"] == "COVID-19"
     if positive.nunique() == 2:  # NaN when the tiny test side holds one class
-        assert row["test_auc_positive"] == pytest.approx(roc_auc_score(positive, predicted["COVID-19"]))
+        assert row["test_auc_covid"] == pytest.approx(roc_auc_score(positive, predicted["COVID-19"]))
     else:
-        assert math.isnan(row["test_auc_positive"])
+        assert math.isnan(row["test_auc_covid"])
     model, _, _ = load_model(tmp_path / "best-model" / "model.pt")
     assert model.class_names == ("COVID-19", "non-COVID")
 

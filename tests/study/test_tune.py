@@ -55,10 +55,10 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_pruning_callback_reports_and_stops_a_hopeless_trial():
     trial = optuna.create_study(pruner=_AlwaysPrune()).ask()
-    callback = PruneOnPlateau(trial, "val_auc")
-    callback.on_validation_end(SimpleNamespace(callback_metrics={"val_auc": float("nan")}), None)  # undefined: skipped
-    with pytest.raises(optuna.TrialPruned, match="val_auc 0.6000 after 1 epoch"):
-        callback.on_validation_end(SimpleNamespace(callback_metrics={"val_auc": 0.6}), None)
+    callback = PruneOnPlateau(trial, "val_auc_macro")
+    callback.on_validation_end(SimpleNamespace(callback_metrics={"val_auc_macro": float("nan")}), None)  # undefined: skipped
+    with pytest.raises(optuna.TrialPruned, match="val_auc_macro 0.6000 after 1 epoch"):
+        callback.on_validation_end(SimpleNamespace(callback_metrics={"val_auc_macro": 0.6}), None)
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {0: 0.6}
 
 

@@ -42,7 +42,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_write_each_file_
     assert worst < 1e-4, worst  # stated tolerance: float sums split over two processes (measured ~1e-6)
     runs = [pd.read_csv(tmp_path / name / "run" / "metrics.csv") for name in ("one", "two")]
     assert len(runs[1]) == 2  # one row per epoch: one writer
-    for column in ("val_loss", "val_acc", "val_auc"):  # on every validation image, gathered from both ranks
+    for column in ("val_loss", "val_accuracy", "val_auc_macro"):  # on every validation image, gathered from both ranks
         assert (runs[0][column] - runs[1][column]).abs().max() < 0.02, column
     summaries = [json.loads((tmp_path / name / "run" / "summary.json").read_text()) for name in ("one", "two")]
     assert summaries[0]["images"] == summaries[1]["images"]

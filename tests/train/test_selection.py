@@ -21,7 +21,7 @@ def _run(selector: EpochSelector, losses, aucs) -> list[int]:
     """Feed epochs in order; return the epochs at which the run would stop."""
     stops = []
     for epoch, (loss, auc) in enumerate(zip(losses, aucs, strict=True)):
-        selector.update(epoch, {"val_loss": loss, "val_auc": auc})
+        selector.update(epoch, {"val_loss": loss, "val_auc_macro": auc})
         if selector.should_stop(epoch):
             stops.append(epoch)
     return stops
@@ -51,7 +51,7 @@ def test_smoothing_min_epochs_ties_and_undefined_values():
     undefined = EpochSelector("auc_macro", patience=2)  # e.g. a validation side holding one class
     assert _run(undefined, [1.0, 0.9, 1.2], [math.nan] * 3) == [] and undefined.best_epoch == 1
     assert undefined.fallback and "validation loss" in undefined.to_dict()["fallback"]  # loss kept it, and says so
-    assert undefined.update(3, {"val_loss": 2.0, "val_auc": 0.6}) and not undefined.fallback  # defined: it wins
+    assert undefined.update(3, {"val_loss": 2.0, "val_auc_macro": 0.6}) and not undefined.fallback  # defined: it wins
     phases = EpochSelector("loss", patience=2)
     _run(phases, [0.5, 0.9], [0.5, 0.5])
     phases.start_phase(2)  # a new phase: patience counts from its start, the kept epoch stays
@@ -67,8 +67,8 @@ def test_a_run_selects_on_auc_after_a_minimum_and_records_the_choice(phantoms, t
     selection = json.loads((result.out / "summary.json").read_text())["selection"]
     assert selection["metric"] == "auc_macro" and selection["min_epochs"] == 2 and selection["epoch"] >= 1
     metrics = pd.read_csv(result.out / "metrics.csv")
-    assert {"val_auc_covid", "val_f1"} <= set(metrics.columns)
-    assert selection["score"] == pytest.approx(max(metrics["val_auc"].iloc[1:]))  # the best from epoch 1 on
+    assert {"val_auc_covid", "val_f1_macro", "val_accuracy"} <= set(metrics.columns)  # one spelling: val_<metric>
+    assert selection["score"] == pytest.approx(max(metrics["val_auc_macro"].iloc[1:]))  # the best from epoch 1 on
     assert result.summary["best_val_loss"] == pytest.approx(metrics.loc[selection["epoch"], "val_loss"])
 
 

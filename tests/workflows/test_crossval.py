@@ -62,7 +62,7 @@ def test_oof_figures_pool_with_intervals_and_split_by_source():
         table[name] = [probs[label][k] for label in table["label"]]  # every image right
     figures = oof_figures(table, ["COVID-19", "Normal", "Pneumonia"], n_boot=50)
     assert figures["n"] == 12 and figures["patients"] == 6
-    assert figures["pooled"]["covid_roc_auc"]["value"] == 1.0 and figures["pooled"]["macro_f1"]["value"] == 1.0
+    assert figures["pooled"]["auc_covid"]["value"] == 1.0 and figures["pooled"]["f1_macro"]["value"] == 1.0
     assert figures["per_source"]["a"]["n"] == 6 and figures["per_source"]["b"]["accuracy"] == 1.0
 
 
@@ -80,19 +80,32 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     probe = pd.read_csv(tmp_path / "cv" / "baseline_oof_predictions.csv")  # the baseline on the same images
     assert sorted(probe["image"]) == sorted(oof["image"]) and summary["baseline"]["out_of_fold"]["n"] == len(oof)
     assert "linear probe" in result.output and "versus the linear probe" in result.output
-    assert set(summary["versus_baseline"]) == {"accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1"}
-    pooled = summary["out_of_fold"]["pooled"]["macro_f1"]
+    assert set(summary["versus_baseline"]) == {"accuracy", "auc_macro", "auc_covid", "f1_macro"}
+    pooled = summary["out_of_fold"]["pooled"]["f1_macro"]
     assert pooled["low"] <= pooled["value"] <= pooled["high"]
     model, _, payload = load_model(tmp_path / "cv")  # the fold ensemble, with its screening reference
     assert isinstance(model, EnsembleClassifier) and len(model.members) == 3 and payload["extra"]["folds"] == 3
     screening = payload["extra"]["screening"]
     assert screening["operating_point"]["chosen_on"] == "out-of-fold predictions"
-    assert screening["ood"]["mean"].shape == (3 * 1280,)  # the members' features side by side
+    # one check per member, each thresholded on the fold it never trained on; the summary says so
+    assert [m["mean"].shape for m in screening["ood"]["members"]] == [(1280,)] * 3 and screening["ood"]["dims"] == [1280] * 3
+    assert len(screening["polarity"]["members"]) == 3 and summary["screening_reference"] == screening["fitted_on"]
+    from cxrlab.models.ood import MemberDistances, pooled_features
+    from cxrlab.preprocess import ShardDataset
+
+    reference = MemberDistances.from_dict(screening["ood"])
+    for k, member in enumerate(model.members):  # member k's threshold: its own out-of-fold images' 99th percentile
+        held_out = oof.loc[oof["fold"] == k, "image"].tolist()
+        spec = member.spec
+        features = pooled_features(member, ShardDataset(tmp_path / "cv" / "prepared", list(model.class_names),
+                                                        images=held_out, mean=spec.mean, std=spec.std))
+        distances = reference.members[k].score(features)
+        assert reference.members[k].threshold == pytest.approx(np.quantile(distances, 0.99), rel=1e-4)
     from cxrlab.explain.model_card import model_card
 
     card = model_card(payload, tmp_path / "cv" / "model.pt")
     assert card["ensemble"]["members"] == 3 and card["out_of_fold"]["images"] == len(oof)
-    assert "covid_roc_auc" in card["out_of_fold"]["pooled"] and card["out_of_fold"]["linear_probe"]
+    assert "auc_covid" in card["out_of_fold"]["pooled"] and card["out_of_fold"]["linear_probe"]
     assert set(pd.read_csv(tmp_path / "cv" / "splits.csv")["split"]) == {"train"}  # no side it did not train on
     images = [str(phantoms.parent / p) for p in manifest["image"].head(3)]
     predicted = CliRunner().invoke(app, ["predict", str(tmp_path / "cv"), *images, "--out", str(tmp_path / "p")])

@@ -43,7 +43,7 @@ def evaluate_command(
                           f"{m['accuracy']:.3f} ({ci['accuracy']['low']:.3f}–{ci['accuracy']['high']:.3f}), macro ROC "
                           f"AUC {m['macro']['roc_auc'] or float('nan'):.3f}")
         for source, v in results["per_source"].items() if results.get("task") != "multilabel" else ():
-            covid, f1 = ("—" if v[k] is None else f"{v[k]:.3f}" for k in ("covid_roc_auc", "macro_f1"))
+            covid, f1 = ("—" if v[k] is None else f"{v[k]:.3f}" for k in ("auc_covid", "f1_macro"))
             console.print(f"  {source:10s} {v['n']:4d} images, accuracy {v['accuracy']:.3f}, COVID-19 AUC {covid}, "
                           f"macro-F1 {f1}")
         if "lung_evidence" in results and results["lung_evidence"].get("n"):

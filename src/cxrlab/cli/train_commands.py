@@ -150,7 +150,8 @@ def _backbone_rows() -> list[dict]:
 
 def _train_crossval(cfg) -> None:
     """``train --folds K``: the runs, then the out-of-fold figures with intervals, pooled and per source."""
-    from cxrlab.workflows.crossval import HEADLINE, train_crossval
+    from cxrlab.evaluate.registry import HEADLINE, get_metric
+    from cxrlab.workflows.crossval import train_crossval
 
     console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) on {cfg.data.folds} patient-grouped folds → {cfg.runtime.out}")
     with progress_bar("folds") as bar:
@@ -164,8 +165,7 @@ def _train_crossval(cfg) -> None:
         result = train_crossval(cfg, progress=advance)
         bar.update(task, completed=cfg.data.folds + 2)
     figures = result.summary["out_of_fold"]
-    labels = {"accuracy": "accuracy", "macro_roc_auc": "macro AUC", "covid_roc_auc": "COVID-19 AUC",
-              "macro_f1": "macro-F1"}
+    labels = {key: get_metric(key).display for key in HEADLINE}
     table = Table(title=f"out of fold: {figures['n']} images of {figures['patients']} patients (95% patient-bootstrap "
                         "intervals)")
     table.add_column("source")

@@ -41,6 +41,11 @@ ENSEMBLE_RUNS = "runs.json"  # which runs an ensemble folder holds; written last
 FOLDS = "folds"  # train --folds: folds/fold<k>/, one run per fold
 
 
+def test_predictions_file(views: str = "none") -> str:
+    """A run's cached test-side predictions with test-time ``views`` (``none``: :data:`TEST_PREDICTIONS`)."""
+    return TEST_PREDICTIONS if views == "none" else TEST_PREDICTIONS.replace(".csv", f"-{views}.csv")
+
+
 def fold_folder(out: str | Path, fold: int) -> Path:
     """``OUT/folds/fold<k>``: fold ``k``'s run of cross-validated training."""
     return Path(out) / FOLDS / f"fold{fold}"

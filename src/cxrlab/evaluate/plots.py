@@ -14,6 +14,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
 
+from cxrlab.evaluate.registry import current_log_keys, get_metric, log_key  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -82,7 +84,7 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     """Loss (train, validation) and validation accuracy/AUC per epoch; ``None`` without data."""
     if not Path(metrics_csv).exists():
         return None
-    frame = pd.read_csv(metrics_csv)
+    frame = current_log_keys(pd.read_csv(metrics_csv))  # an earlier version's val_acc and the like too
     if frame.empty:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -90,8 +92,8 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path | None:
     left.plot(frame["epoch"], frame["val_loss"], marker="o", label="validation loss")
     left.set_xlabel("epoch")
     left.legend()
-    right.plot(frame["epoch"], frame["val_acc"], marker="o", label="validation accuracy")
-    right.plot(frame["epoch"], frame["val_auc"], marker="o", label="validation AUC (macro)")
+    for name in ("accuracy", "auc_macro"):
+        right.plot(frame["epoch"], frame[log_key(name)], marker="o", label=f"validation {get_metric(name).display}")
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.02)
     right.legend()

@@ -35,12 +35,12 @@ def _tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     for avg in ("macro", "weighted"):
         a = m[avg]
         rows.append([f"*{avg} average*", _fmt(a["sensitivity"]), _fmt(a["specificity"]), _fmt(a["precision"]),
-                     _fmt(a["npv"]), _fmt(a["f1"]), _fmt(a["roc_auc"], ci.get("macro_roc_auc") if avg == "macro" else None),
+                     _fmt(a["npv"]), _fmt(a["f1"]), _fmt(a["roc_auc"], ci.get("auc_macro") if avg == "macro" else None),
                      _fmt(a["pr_auc"]), str(m["n"])])
     tables.append(("Per class (95% CI by bootstrap over patients)",
                    ["class", "sensitivity", "specificity", "precision (PPV)", "NPV", "F1", "ROC AUC", "PR AUC", "support"], rows))
-    src_rows = [[s, str(v["n"]), _fmt(v["accuracy"]), _fmt(v["macro_roc_auc"]), _fmt(v.get("covid_roc_auc")),
-                 _fmt(v.get("macro_f1")), ", ".join(f"{k} {n}" for k, n in v["classes"].items())]
+    src_rows = [[s, str(v["n"]), _fmt(v["accuracy"]), _fmt(v["auc_macro"]), _fmt(v.get("auc_covid")),
+                 _fmt(v.get("f1_macro")), ", ".join(f"{k} {n}" for k, n in v["classes"].items())]
                 for s, v in results["per_source"].items()]
     tables.append(("Per source (the pooled figures mix sources: a source holding one class scores by telling "
                    "sources apart)", ["source", "images", "accuracy", "macro ROC AUC", "COVID-19 ROC AUC", "macro F1",
@@ -64,7 +64,7 @@ def _summary_lines(results: dict) -> list[str]:
     m, ci = results["metrics"], results["ci"]
     lines = [f"Model: `{results['model']['backbone']}` (fine-tuned blocks: {results['model']['fine_tune']}); "
              f"evaluated on {m['n']} images of {results['patients']} patients ({results['side']}).",
-             f"Accuracy {_fmt(m['accuracy'], ci.get('accuracy'))}; macro ROC AUC {_fmt(m['macro']['roc_auc'], ci.get('macro_roc_auc'))}."]
+             f"Accuracy {_fmt(m['accuracy'], ci.get('accuracy'))}; macro ROC AUC {_fmt(m['macro']['roc_auc'], ci.get('auc_macro'))}."]
     lines += [f"**Warning:** {w}" for w in results["warnings"]]
     return lines
 

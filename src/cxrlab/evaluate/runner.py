@@ -105,15 +105,15 @@ def _confidence_intervals(p: Predictions, n_boot: int, seed: int, positive: str)
     """All CIs of the report from one set of patient-level bootstrap replicates."""
     def statistics(rows: np.ndarray) -> dict[str, float | None]:
         m = interval_metrics(p.y_true[rows], p.probs[rows], p.class_names)
-        values = {"accuracy": m["accuracy"], "macro_roc_auc": m["macro_roc_auc"]}
+        values = {"accuracy": m["accuracy"], "auc_macro": m["auc_macro"]}
         for name in p.class_names:
             values.update({f"{name}|{k}": m["per_class"][name][k] for k in CI_KEYS})
         return values
 
     cis = bootstrap_cis(statistics, p.frame["patient_id"].to_numpy(), n_boot, seed)
     per_class = {name: {k: cis[f"{name}|{k}"] for k in CI_KEYS} for name in p.class_names}
-    return {"accuracy": cis["accuracy"], "macro_roc_auc": cis["macro_roc_auc"], "per_class": per_class,
-            "binary_roc_auc": per_class[positive]["roc_auc"]}
+    return {"accuracy": cis["accuracy"], "auc_macro": cis["auc_macro"], "per_class": per_class,
+            "auc_covid": per_class[positive]["roc_auc"]}
 
 
 def _per_source(p: Predictions) -> dict:
@@ -122,8 +122,8 @@ def _per_source(p: Predictions) -> dict:
         idx = np.asarray(list(rows))
         m = compute_metrics(p.y_true[idx], p.probs[idx], p.class_names)
         covid = m["per_class"].get(POSITIVE_CLASS, {})
-        out[str(source)] = {"n": m["n"], "accuracy": m["accuracy"], "macro_roc_auc": m["macro"]["roc_auc"],
-                            "covid_roc_auc": covid.get("roc_auc"), "macro_f1": m["macro"]["f1"],
+        out[str(source)] = {"n": m["n"], "accuracy": m["accuracy"], "auc_macro": m["macro"]["roc_auc"],
+                            "auc_covid": covid.get("roc_auc"), "f1_macro": m["macro"]["f1"],
                             "classes": p.frame.loc[idx, "label"].value_counts().sort_index().to_dict()}
     return out
 
@@ -181,7 +181,7 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     ci = _confidence_intervals(test, n_boot, seed, positive)
     points, chosen_on = _operating_points(val, test, payload, positive)
     binary = {"positive": positive, "roc_auc": metrics["per_class"][positive]["roc_auc"],
-              "roc_auc_ci": ci["binary_roc_auc"],  # one-vs-rest AUC of COVID-19 = the binary view's AUC
+              "roc_auc_ci": ci["auc_covid"],  # one-vs-rest AUC of COVID-19 = the binary view's AUC
               "chosen_on": chosen_on, "operating_points": points}
     calibration = {"ece": expected_calibration_error(test.y_true, test.probs), "bins": reliability_bins(test.y_true, test.probs)}
     if val is not None:

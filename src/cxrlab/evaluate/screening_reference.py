@@ -12,8 +12,8 @@ import torch
 from cxrlab.core.errors import ConfigError
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.models.classifier import CxrClassifier
-from cxrlab.models.ood import FeatureDistance, pooled_features_at
-from cxrlab.models.polarity import PolarityCheck
+from cxrlab.models.ood import FeatureDistance, MemberDistances, pooled_features_at
+from cxrlab.models.polarity import MemberPolarity, PolarityCheck
 from cxrlab.evaluate.operating_point import choose_operating_point
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,38 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
             log.warning("no out-of-distribution reference (%s features) in the model file: %s", level, err)
     reference["polarity"] = _polarity_check(model, train_set, val_set, train["last"], val["last"], batch_size)
     reference["operating_point"] = operating_point(val_targets, val_probs, model.class_names, "validation")
+    return reference
+
+
+def member_screening_reference(members, train_sets, oof_sets, batch_size: int = 32) -> dict:
+    """A fold ensemble's out-of-distribution (``ood``, ``ood_fine``) and inverted-image (``polarity``)
+    checks, one per member: member k's fitted on ``train_sets[k]`` (the images it trained on) and
+    thresholded (checked) on ``oof_sets[k]`` (its out-of-fold images), so no threshold is set on images a
+    member learned (:class:`cxrlab.models.ood.MemberDistances`). A level whose reference cannot be set
+    for some member is left out, with a warning."""
+    fitted: dict[str, list] = {level: [] for level in OOD_LEVELS}
+    dims: dict[str, list[int]] = {level: [] for level in OOD_LEVELS}
+    polarity = []
+    for k, (member, train_set, oof_set) in enumerate(zip(members, train_sets, oof_sets, strict=True)):
+        train = pooled_features_at(member, train_set, OOD_LEVELS, batch_size)
+        oof = pooled_features_at(member, oof_set, OOD_LEVELS, batch_size)
+        for level in OOD_LEVELS:
+            dims[level].append(train[level].shape[1])
+            try:
+                fitted[level].append(FeatureDistance.fit(train[level], oof[level]))
+            except ConfigError as err:
+                log.warning("no out-of-distribution reference (%s features) for member %d: %s", level, k, err)
+                fitted[level].append(None)
+        polarity.append(_polarity_check(member, train_set, oof_set, train["last"], oof["last"], batch_size))
+    reference: dict = {"ood": None, "ood_fine": None, "polarity": None}
+    for level in OOD_LEVELS:
+        if all(f is not None for f in fitted[level]):
+            reference["ood" if level == "last" else f"ood_{level}"] = MemberDistances(
+                tuple(fitted[level]), tuple(dims[level])).to_dict()
+    if reference["ood"] is not None and any(polarity):
+        normal = MemberDistances(tuple(fitted["last"]), tuple(dims["last"]))
+        reference["polarity"] = MemberPolarity(tuple(PolarityCheck.from_dict(c) if c else None for c in polarity),
+                                               normal).to_dict()
     return reference
 
 

@@ -25,8 +25,8 @@ from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
 from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, overlay
 from cxrlab.models.ensemble import cam_layers
-from cxrlab.models.ood import FeatureDistance
-from cxrlab.models.polarity import PolarityCheck
+from cxrlab.models.ood import load_distance
+from cxrlab.models.polarity import load_polarity
 from cxrlab.models.predictor import Predictor
 
 
@@ -45,8 +45,9 @@ class Screening:
         predicted: The class the model file's decision rule reports
             (:class:`cxrlab.models.decision.DecisionRule`).
         most_probable: The class with the highest probability.
-        ood_score: Mahalanobis distance of the image's features to the training images'
-            (``None`` when the model file has no reference).
+        ood_score: Mahalanobis distance of the image's features to the training images' (a fold ensemble
+            with one reference per member: the median over members of distance / threshold, 1.0 at the
+            threshold); ``None`` when the model file has no reference.
         ood: ``ood_score`` above the threshold set on validation images: the image does not look like
             the training data (not a frontal chest X-ray, or from an unseen kind of source); or the
             model file's polarity check says the image is a negative; or a blank image (flagged even
@@ -123,9 +124,9 @@ class Screener(Predictor):
         self.require_segmenter()
         self.overlay_side = overlay_side
         reference = self.reference
-        self.ood = FeatureDistance.from_dict(reference["ood"]) if reference.get("ood") else None
-        self.ood_fine = FeatureDistance.from_dict(reference["ood_fine"]) if reference.get("ood_fine") else None
-        self.polarity = PolarityCheck.from_dict(reference["polarity"]) if reference.get("polarity") else None
+        self.ood = load_distance(reference["ood"]) if reference.get("ood") else None
+        self.ood_fine = load_distance(reference["ood_fine"]) if reference.get("ood_fine") else None
+        self.polarity = load_polarity(reference["polarity"], self.ood) if reference.get("polarity") else None
         self._fine_parts: dict[int, np.ndarray] = {}
         self._fine_hooks = []
         if self.ood_fine is not None and not compile:  # a compiled prefix runs past module hooks

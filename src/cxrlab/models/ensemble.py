@@ -35,7 +35,8 @@ class EnsembleClassifier(nn.Module):
     """The mean of the members' class probabilities.
 
     Args:
-        members: Two or more classifiers with the same backbone, classes and lung attention.
+        members: Two or more classifiers with the same backbone, classes and lung attention (one, with
+            ``tta``: a single model averaged over its views, as a fold's out-of-fold side is predicted).
         tta: Test-time views each member's probabilities are averaged over (``none`` or ``crops``).
 
     Raises:
@@ -48,8 +49,8 @@ class EnsembleClassifier(nn.Module):
         if tta not in TTA_MODES:
             raise ConfigError(f"ensemble: tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
         self.tta = tta
-        if len(members) < 2:
-            raise ConfigError(f"ensemble: needs at least 2 members, got {len(members)}")
+        if len(members) < (1 if tta != "none" else 2):  # one member with views: a model averaged over its views
+            raise ConfigError(f"ensemble: needs at least 2 members (or 1 with test-time views), got {len(members)}")
         first = members[0]
         for i, m in enumerate(members[1:], start=1):
             if (m.spec.name, m.class_names, m.lung_attention, m.multilabel) != (

@@ -111,6 +111,77 @@ class FeatureDistance:
                    float(data["quantile"]))
 
 
+@dataclass(frozen=True)
+class MemberDistances:
+    """A fold ensemble's feature-distance check, one reference per member: member k's fitted on the images
+    it trained on and thresholded on its own out-of-fold images, which no member's reference saw as
+    training data. An image is flagged when most members find it far; its score is the median over
+    members of distance / threshold (1.0: at the threshold). Each member's check flags about
+    ``1 - quantile`` of images like its out-of-fold ones, and the median of several such checks no more.
+
+    Attributes:
+        members: One :class:`FeatureDistance` per member.
+        dims: Each member's feature width, in the order the ensemble concatenates them.
+        fitted_on: What the references were fitted and thresholded on, in words.
+    """
+
+    members: tuple[FeatureDistance, ...]
+    dims: tuple[int, ...]
+    fitted_on: str = "each member's training images; thresholds on its out-of-fold images"
+
+    @property
+    def threshold(self) -> float:
+        return 1.0
+
+    @property
+    def quantile(self) -> float:
+        return self.members[0].quantile
+
+    def parts(self, features: np.ndarray) -> list[np.ndarray]:
+        """``features`` (the members' side by side) split per member.
+
+        Raises:
+            ConfigError: the width is not the members' total.
+        """
+        features = np.asarray(features)
+        if features.shape[1] != sum(self.dims):
+            raise ConfigError(f"ood reference: {features.shape[1]} features, the members have {sum(self.dims)}")
+        return np.split(features, np.cumsum(self.dims)[:-1], axis=1)
+
+    def member_scores(self, features: np.ndarray) -> np.ndarray:
+        """``(K, N)`` each member's distance divided by its threshold."""
+        return np.stack([m.score(part) / m.threshold for m, part in zip(self.members, self.parts(features), strict=True)])
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)`` the median over members of distance / threshold."""
+        return np.median(self.member_scores(features), axis=0)
+
+    def flags(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, flagged by most members)``."""
+        each = self.member_scores(features)
+        return np.median(each, axis=0), (each > 1.0).sum(axis=0) * 2 > len(self.members)
+
+    def to_dict(self) -> dict:
+        """Form stored in a model file."""
+        return {"method": "mahalanobis per member", "members": [m.to_dict() for m in self.members],
+                "dims": list(self.dims), "fitted_on": self.fitted_on, "threshold": 1.0, "quantile": self.quantile}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemberDistances:
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(FeatureDistance.from_dict(m) for m in data["members"]), tuple(int(d) for d in data["dims"]),
+                   str(data.get("fitted_on", "")))
+
+
+def load_distance(data: dict) -> FeatureDistance | MemberDistances:
+    """A distance check from a model file: one reference, or one per member of a fold ensemble.
+
+    Raises:
+        ConfigError: not a reference this version of cxrlab wrote.
+    """
+    return MemberDistances.from_dict(data) if "members" in data else FeatureDistance.from_dict(data)
+
+
 @torch.inference_mode()
 def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batch_size: int = 32) -> dict[str, np.ndarray]:
     """``{level: (N, D)}`` globally pooled features of a dataset's images (before any lung attention):

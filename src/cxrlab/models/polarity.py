@@ -29,7 +29,7 @@ import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from cxrlab.core.errors import ConfigError
-from cxrlab.models.ood import FeatureDistance
+from cxrlab.models.ood import FeatureDistance, MemberDistances
 
 MIN_ACCURACY = 0.95  # on validation images and their inverted copies; a weaker probe is not stored
 SHRINKAGE = 0.5  # covariance shrinkage of the discriminant (see the module docstring)
@@ -127,3 +127,47 @@ class PolarityCheck:
             intercept -= float(np.asarray(data["mean"], np.float64) @ coef)
         return cls(coef.astype(np.float32), intercept, FeatureDistance.from_dict(data["negatives"]),
                    float(data["val_accuracy"]), float(data.get("val_margin", float("nan"))))
+
+
+@dataclass(frozen=True)
+class MemberPolarity:
+    """A fold ensemble's inverted-image check, one per member (each fitted on the images that member
+    trained on and checked on its out-of-fold images): an image counts as inverted when most members'
+    checks say so, each against its own member's training-image reference."""
+
+    members: tuple[PolarityCheck | None, ...]
+    normal: MemberDistances
+
+    def flags(self, features: np.ndarray, normal_scores: np.ndarray | None = None) -> np.ndarray:
+        """``(N,)`` True where most members' checks (those that could be fitted) call the image inverted;
+        ``normal_scores`` is not used: each member compares with its own training images' distances."""
+        parts = self.normal.parts(features)
+        votes = [check.flags(part, reference.score(part)) for check, reference, part
+                 in zip(self.members, self.normal.members, parts, strict=True) if check is not None]
+        if not votes:
+            return np.zeros(len(features), bool)
+        return np.sum(votes, axis=0) * 2 > len(votes)
+
+    def to_dict(self) -> dict:
+        fitted = [m for m in self.members if m is not None]
+        return {"method": "shrinkage-lda per member", "members": [m.to_dict() if m else None for m in self.members],
+                "val_accuracy": min(m.val_accuracy for m in fitted) if fitted else float("nan"),
+                "val_margin": min(m.val_margin for m in fitted) if fitted else float("nan")}
+
+    @classmethod
+    def from_dict(cls, data: dict, normal: MemberDistances) -> MemberPolarity:
+        return cls(tuple(PolarityCheck.from_dict(m) if m else None for m in data["members"]), normal)
+
+
+def load_polarity(data: dict, normal) -> PolarityCheck | MemberPolarity:
+    """An inverted-image check from a model file (``normal``: the file's training-image distance check).
+
+    Raises:
+        ConfigError: not a check this version of cxrlab wrote, or one per member without a per-member
+            distance check.
+    """
+    if "members" not in data:
+        return PolarityCheck.from_dict(data)
+    if not isinstance(normal, MemberDistances):
+        raise ConfigError("polarity check: one per member, but the distance check is not")
+    return MemberPolarity.from_dict(data, normal)

@@ -37,8 +37,10 @@ from cxrlab.data.images import DecodedImage, decode_image, read_image, read_mask
 from cxrlab.data.manifest import Manifest
 from cxrlab.models.checkpoint import load_model
 from cxrlab.models.decision import DecisionRule
+from cxrlab.models.ensemble import EnsembleClassifier
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.segmenter import LungSegmenter
+from cxrlab.models.tta import TtaMode
 from cxrlab.preprocess import Preprocessor, ShardDataset, ShardReader, prepare
 from cxrlab.preprocess.pipeline import ProcessedImage
 from cxrlab.preprocess.transforms import to_model_input
@@ -121,14 +123,19 @@ class Predictor:
         model: A model file, or a run folder with one.
         segmenter: A lung segmenter file: every image's mask comes from it (required by the
             one-image doors for a model whose preprocessing uses masks).
+        views: Test-time views to average over instead of the model file's own (``train --folds``
+            predicts each fold's out-of-fold side with the views its ensemble will use).
 
     Raises:
         ConfigError: not a model file, a segmenter that cannot be read, or an invalid decision rule.
     """
 
-    def __init__(self, model: str | Path, *, segmenter: str | Path | None = None) -> None:
+    def __init__(self, model: str | Path, *, segmenter: str | Path | None = None, views: TtaMode | None = None) -> None:
         self.model_path = model_file(model)
         self.model, self.preprocess, self.payload = load_model(self.model_path)
+        if views is not None and views != getattr(self.model, "tta", "none"):  # another set of test-time views
+            members = list(self.model.members) if isinstance(self.model, EnsembleClassifier) else [self.model]
+            self.model = EnsembleClassifier(members, views).eval()
         self.class_names = list(self.model.class_names)
         self.preprocessor = Preprocessor(self.preprocess)
         self.reference = (self.payload.get("extra") or {}).get("screening") or {}

@@ -5,10 +5,11 @@ the run that drew the easiest validation fold; quoting its test figures, or expo
 that luck. A cell is scored on the test side, and exported, as the ensemble of all its runs
 (folds × repeats), as ``cxrlab train --folds`` does. A cell of one run is that run.
 
-The ensemble's screening reference is fitted on data its members did not choose on, as for
-``train --folds``: the operating point on the out-of-fold predictions (each validation fold
-predicted by the runs that validated on it), the out-of-distribution and inverted-image references
-fitted on every fold but the last and thresholded on the last.
+The ensemble's screening reference is fitted on data its members did not learn, as for ``train
+--folds`` (:mod:`cxrlab.workflows.ensemble_reference`): the operating point on the out-of-fold
+predictions (each validation fold predicted by the runs that validated on it), the
+out-of-distribution and inverted-image checks one per run, fitted on the folds it trained on and
+thresholded on the one it validated on.
 """
 
 from __future__ import annotations
@@ -110,5 +111,7 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
         work = out / "shared" / "prepared-ensemble" / key
         Predictor(folder).dataset(frame[frame["image"].isin(set(predictions["image"]))], work)
         reader = ShardReader(work)
-    extra["screening"] = oof_reference(model, predictions, names, reader, batch_size)
+    fold_of = {str(run): int(fold) for run, fold in zip(ok["run"], ok["fold"], strict=True)}
+    member_folds = [fold_of[run] for run in sorted(fold_of)]  # cell_model's member order: its runs, sorted
+    extra["screening"] = oof_reference(model, predictions, names, reader, batch_size, member_folds)
     save_model(model, folder / MODEL, preprocess, extra)

@@ -87,7 +87,7 @@ def refit_best(config: StudyConfig, out: Path, frame: pd.DataFrame, cell: Cell, 
             fold_predictions = predict_test_side(fold_model, test, out / "shared" / "prepared-test")
             row = summary.set_index("cell").loc[cell.id]
             result["fold_model_test"] = {"run": fold_model.name, **{
-                k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_positive") if f"test_{k}" in row}}
+                k: float(row[f"test_{k}"]) for k in ("accuracy", "auc_macro", "auc_covid") if f"test_{k}" in row}}
             result["p_vs_fold_model"] = paired_auc_p(predictions, fold_predictions, test.set_index("image")["patient_id"],
                                                      config.n_boot, config.seed)
             export_run(run_dir, out / "refit-model", {"cell": cell.id, "part": "refit", "study": str(out),

@@ -134,7 +134,7 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             f"{int(r['params']):,}" if pd.notna(r.get("params")) else "—",
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best_holm", r.get("p_vs_best"))) + noise,
-            _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_positive")),
+            _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_covid")),
             _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_even_share', r.get('test_lung_area')), 2)})"]
                                               if shares else []) + ([_with_ci(r, "test_road", 3)] if road else []))
     runs = f"{config.num_folds} validation fold(s)" + (
@@ -230,9 +230,9 @@ def _refit_table(refit: dict) -> tuple[str, list[str], list[list[str]]]:
         return title, ["model", "result"], [["refit", "failed: " + str(refit.get("error", ""))[:200]]]
     test, fold = refit["test"], refit.get("fold_model_test", {})
     rows = [["refit on train+validation (refit-model/)", _with_ci(pd.Series(test), "test_accuracy"),
-             _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_positive")), _num(refit.get("p_vs_fold_model", refit.get("delong_p")))],
+             _with_ci(pd.Series(test), "test_auc_macro"), _num(test.get("test_auc_covid")), _num(refit.get("p_vs_fold_model", refit.get("delong_p")))],
             [f"fold ensemble ({fold.get('run', '—')}; best-model/)", _num(fold.get("accuracy")),
-             _num(fold.get("auc_macro")), _num(fold.get("auc_positive")), ""]]
+             _num(fold.get("auc_macro")), _num(fold.get("auc_covid")), ""]]
     return title, ["model", "test accuracy [95% CI]", "test AUC [95% CI]", f"test {POSITIVE_CLASS} AUC",
                    "p (refit vs fold model)"], rows
 

@@ -67,7 +67,7 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
 
 
 TEST_COLUMNS = ("test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
-                "test_auc_macro_low", "test_auc_macro_high", "test_auc_positive", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
+                "test_auc_macro_low", "test_auc_macro_high", "test_auc_covid", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images",
                 "test_road", "test_road_low", "test_road_high")
 
@@ -133,11 +133,11 @@ def score_test_side(config: StudyConfig, test: pd.DataFrame, run_dir: Path, pred
     AUC, and the Grad-CAM in-lung share (images with masks)."""
     metrics, names = prediction_metrics(predictions)
     positive = POSITIVE_CLASS if POSITIVE_CLASS in names else names[0]
-    auc_positive = metrics["per_class"][positive]["roc_auc"]
+    auc_covid = metrics["per_class"][positive]["roc_auc"]
     patients = predictions.merge(test[["image", "patient_id"]], on="image")["patient_id"]
     cis = metric_cis(predictions, patients, config.n_boot, config.seed)
     row = {"test_accuracy": metrics["accuracy"], "test_auc_macro": metrics["macro"]["roc_auc"],
-           "test_auc_positive": auc_positive}
+           "test_auc_covid": auc_covid}
     for key in ("accuracy", "auc_macro"):
         row[f"test_{key}_low"], row[f"test_{key}_high"] = cis[key]["low"], cis[key]["high"]
     try:

@@ -44,7 +44,7 @@ from cxrlab.study.share import Share, split_digest
 from cxrlab.study.test_side import prediction_metrics
 from cxrlab.workflows.predictions import predict_test_side
 from cxrlab.study.tracking import finish_parent_run, folder_state
-from cxrlab.study.tune_config import MONITORED, Range, TuneConfig
+from cxrlab.study.tune_config import Range, TuneConfig
 from cxrlab.train import train
 from cxrlab.train.data import check_classes_present
 
@@ -188,7 +188,7 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
         try:
             train_config = run_config(as_study, Cell(f"trial-{trial.number}", params, params), run_dir, out / "shared", tags)
             write_splits(frame, {"tune": config.name, "trial": trial.number}, run_dir)
-            summary = train(train_config, callbacks=[PruneOnPlateau(trial, MONITORED[config.metric])],
+            summary = train(train_config, callbacks=[PruneOnPlateau(trial, config.monitored)],
                             screening=False).summary  # the exported trial gets its reference then
         except optuna.TrialPruned:
             raise
@@ -197,7 +197,7 @@ def run_tune(config: TuneConfig, out: str | Path, progress: Callable[[str], None
             raise
         if share is not None:
             share.put_quietly(run_dir)
-        value = summary["best_val_loss"] if config.metric == "val_loss" else summary["val"].get(config.metric)
+        value = summary["best_val_loss"] if config.metric == "loss" else summary["val"].get(config.metric)
         if value is None or not math.isfinite(value):
             raise ConfigError(f"trial {trial.number}: validation {config.metric} is undefined (one class on the "
                               "validation side?)")

@@ -22,10 +22,11 @@ from pydantic import (
     model_validator,
 )
 
+from cxrlab.evaluate.registry import get_metric, list_metrics
 from cxrlab.study.config import DataSettings, check_setting_names, flat_names, load_yaml_config
 
-METRICS = {"auc_macro": "maximize", "accuracy": "maximize", "val_loss": "minimize"}
-MONITORED = {"auc_macro": "val_auc", "accuracy": "val_acc", "val_loss": "val_loss"}  # per-epoch values for pruning
+# a search's objective: a metric of the registry, on the validation side (earlier configs' val_loss is loss)
+SearchMetric = Literal[tuple(list_metrics())]  # type: ignore[valid-type]
 
 
 class Range(BaseModel):
@@ -63,7 +64,8 @@ class TuneConfig(DataSettings):
     space: dict[str, list[Any] | Range] = Field(default_factory=lambda: {"lr": Range(low=1e-4, high=1e-2, log=True)})
     trials: int = Field(20, ge=1, description="trials in total (a resumed search runs the missing ones)")
     timeout: float | None = Field(None, gt=0, description="stop starting new trials after this many seconds")
-    metric: Literal["auc_macro", "accuracy", "val_loss"] = "auc_macro"
+    metric: SearchMetric = Field("auc_macro", description="validation metric the search optimises (its "  # type: ignore[valid-type]
+                                                          "direction is the metric's own)")
     pruning: bool = Field(True, description="median pruning on the per-epoch validation metric")
     startup_trials: int = Field(5, ge=1, description="random trials before TPE models the space; the pruner "
                                                      "waits for as many finished trials")
@@ -108,10 +110,20 @@ class TuneConfig(DataSettings):
                 raise ValueError(f"space.{key}: searched both as a whole and by its parts")
         return self
 
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _earlier_name(cls, value: Any) -> Any:
+        return "loss" if value == "val_loss" else value
+
     @property
     def direction(self) -> str:
         """``maximize`` or ``minimize``."""
-        return METRICS[self.metric]
+        return get_metric(self.metric).direction
+
+    @property
+    def monitored(self) -> str:
+        """The per-epoch value pruning watches (``val_<metric>``)."""
+        return get_metric(self.metric).log_key
 
 
 def load_tune_config(path: str | Path, overrides: dict | None = None, assignments: Sequence[str] = ()) -> TuneConfig:

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from cxrlab.evaluate.registry import list_metrics, log_key
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.checkpoint import FORMAT, read_payload, save_model
 from cxrlab.preprocess.config import PreprocessConfig
@@ -133,7 +134,7 @@ class MetricsCsv(L.Callback):
         row = {"epoch": self.epoch_offset + trainer.current_epoch, "phase": self.phase,
                "fine_tune": pl_module.model.fine_tune,
                "lr": trainer.optimizers[0].param_groups[0]["lr"], "seconds": time.perf_counter() - self._start}
-        for key in ("train_loss", "val_loss", "val_acc", "val_auc", "val_auc_covid", "val_f1"):
+        for key in ("train_loss", *(log_key(name) for name in list_metrics())):  # val_loss, val_accuracy, ...
             row[key] = float(metrics[key]) if key in metrics else math.nan
         for key in ("train_attention", "val_attention"):  # runs with the attention loss
             if key in metrics:

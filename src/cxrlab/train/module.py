@@ -17,6 +17,7 @@ from cxrlab.train.attention import attention_loss, differentiable_gradcam, gain_
 from cxrlab.train.config import OptimSection, ScheduleSection
 from cxrlab.train.distributed import gather
 from cxrlab.evaluate.metrics import classification_summary
+from cxrlab.evaluate.registry import list_metrics, log_key
 
 
 class NonFiniteLossError(CxrlabError, FloatingPointError):
@@ -148,13 +149,11 @@ class ClassifierModule(L.LightningModule):
         self._val_logits.clear()
         self._val_targets.clear()
         self.last_summary = classification_summary(targets, probs, self.model.class_names)
-        self.log("val_acc", float(self.last_summary["accuracy"]))
-        auc = self.last_summary["auc_macro"]
-        self.log("val_auc", float(auc) if auc is not None else float(np.nan))
-        self.log("val_f1", float(self.last_summary["f1_macro"]))
-        covid = self.last_summary["per_class"].get(POSITIVE_CLASS)  # the papers' headline: COVID-19 vs the rest
-        if covid is not None:
-            self.log("val_auc_covid", float(covid["auc"]) if covid["auc"] is not None else float(np.nan))
+        for name in list_metrics(computable=True):  # the registry's spelling: val_accuracy, val_auc_macro, ...
+            if name == "auc_covid" and POSITIVE_CLASS not in self.model.class_names:
+                continue  # the papers' headline, COVID-19 vs the rest, where there is such a class
+            value = self.last_summary[name]
+            self.log(log_key(name), float(value) if value is not None else float(np.nan))
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Linear warm-up over the first ``warmup_epochs``: a step runs at a growing fraction of the rate

@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# select_on -> the per-epoch value the Lightning module logs
-SELECT_METRICS = {"loss": "val_loss", "auc_macro": "val_auc", "auc_covid": "val_auc_covid", "f1_macro": "val_f1",
-                  "last": ""}
+from cxrlab.evaluate.registry import list_metrics, log_key
+
+# select.metric -> the per-epoch value the Lightning module logs (the registry's val_<name>); last: none
+SELECT_METRICS = {**{name: log_key(name) for name in list_metrics()}, "last": ""}
 _TIE = 1e-12
 
 

@@ -26,15 +26,15 @@ from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import (
-    BASELINE_OOF_PREDICTIONS, MODEL, OOF_PREDICTIONS, SPLITS, SUMMARY, TEST_PREDICTIONS, TRACKING_DB,
-    PREPARED, RunFolder, finished_summary, fold_folder,
+    BASELINE_OOF_PREDICTIONS, MODEL, OOF_PREDICTIONS, SPLITS, SUMMARY, TRACKING_DB,
+    PREPARED, RunFolder, finished_summary, fold_folder, test_predictions_file,
 )
 from cxrlab.data import class_names, load_source, write_splits
-from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.seen import seen_record
 from cxrlab.data.splits import assign_folds, check_no_leakage
 from cxrlab.evaluate.bootstrap import bootstrap_cis
-from cxrlab.evaluate.metrics import compute_metrics, interval_metrics
+from cxrlab.evaluate.metrics import compute_metrics
+from cxrlab.evaluate.registry import HEADLINE, headline
 from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.preprocess import ShardReader
@@ -47,7 +47,6 @@ from cxrlab.workflows.ensemble_reference import oof_reference
 from cxrlab.workflows.predictions import predict_test_side
 
 log = logging.getLogger(__name__)
-HEADLINE = ("accuracy", "macro_roc_auc", "covid_roc_auc", "macro_f1")  # each with a patient-bootstrap interval
 
 
 @dataclass
@@ -112,20 +111,19 @@ def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) ->
     trained = finished_summary(run_dir) is None
     if trained:
         write_splits(split, {"crossval_fold": fold, "folds": config.data.folds}, run_dir)
-        (run_dir / TEST_PREDICTIONS).unlink(missing_ok=True)  # predictions of an older model
+        for views in ("none", config.model.tta):  # predictions of an older model
+            (run_dir / test_predictions_file(views)).unlink(missing_ok=True)
         train(run_config, screening=False)
     held_out = split[split["split"] == "test"]
-    predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}")
+    # the out-of-fold side with the views the fold ensemble will use: the outputs its operating point judges
+    predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}",
+                                    test_predictions_file(config.model.tta), views=config.model.tta)
     return predictions.merge(held_out[["image", "patient_id", "source"]], on="image").assign(fold=fold), trained
 
 
 def _statistics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> Callable[[np.ndarray], dict]:
-    covid = names.index(POSITIVE_CLASS) if POSITIVE_CLASS in names else None
-
     def statistics(rows: np.ndarray) -> dict[str, float | None]:
-        m = interval_metrics(y[rows], probs[rows], names)
-        return {"accuracy": m["accuracy"], "macro_roc_auc": m["macro_roc_auc"], "macro_f1": m["macro_f1"],
-                "covid_roc_auc": m["per_class"][names[covid]]["roc_auc"] if covid is not None else None}
+        return headline(y[rows], probs[rows], names, HEADLINE)
 
     return statistics
 
@@ -244,6 +242,8 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
                "out_of_fold": oof_figures(predictions, names, n_boot, config.runtime.seed),
                "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
                             "out_of_fold": oof_figures(baseline, names, n_boot, config.runtime.seed)},
-               "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs}
+               "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs,
+               "screening_reference": (read_payload(out / MODEL, FORMAT, "model")["extra"].get("screening") or {})
+               .get("fitted_on")}
     summary = folder.finish(summary)
     return CrossvalResult(out, summary, predictions)

@@ -13,6 +13,7 @@ import pandas as pd
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import TEST_PREDICTIONS
 from cxrlab.models.predictor import Predictor
+from cxrlab.models.tta import TtaMode
 
 
 def preprocess_key(preprocess) -> str:
@@ -20,12 +21,14 @@ def preprocess_key(preprocess) -> str:
     return hashlib.sha1(json.dumps(preprocess.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = TEST_PREDICTIONS) -> pd.DataFrame:
-    """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``)."""
+def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = TEST_PREDICTIONS,
+                      views: TtaMode | None = None) -> pd.DataFrame:
+    """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``;
+    ``views``: test-time views to average over, the model file's own by default)."""
     cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
-    predictor = Predictor(run_dir)
+    predictor = Predictor(run_dir, views=views)
     result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
