@@ -41,6 +41,22 @@ def test_each_option_is_a_setting_with_its_help_and_no_default_of_its_own(comman
     assert {"config", "assignments"} <= set(options)  # --config and --set, as train takes them
 
 
+def test_the_segmenter_options_are_its_settings():
+    from cxrlab.cli.segment_command import SEGMENT_SETTINGS
+    from cxrlab.train.segmentation import SegmentConfig
+
+    command = typer.main.get_command(app).commands["segment"].commands
+    for sub in ("train", "crossfit"):
+        options = {param.name: param for param in command[sub].params}
+        for option, path in SEGMENT_SETTINGS.items():
+            if option not in options or (sub == "crossfit" and option == "out"):  # crossfit's out: its own folder
+                continue
+            assert options[option].default is None, f"segment {sub} --{option} has a default of its own"
+            if "." not in path:
+                assert options[option].help == field_help(SegmentConfig, path), f"segment {sub} --{option}"
+    assert SegmentConfig().size == 256 and SegmentConfig().preprocess.contrast == "clahe"  # the one default
+
+
 def test_prepare_help_shows_config_and_set():
     result = CliRunner().invoke(app, ["prepare", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "--config" in result.output and "--set" in result.output

@@ -41,3 +41,13 @@ def test_bad_files_fail_clearly(tmp_path):
         OnnxClassifier(tmp_path / "junk.onnx")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "missing"), "--onnx", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "no model found" in result.output
+
+
+def test_the_parity_check_runs_on_real_images_prepared_as_predict_prepares_them(phantoms, tmp_path):
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", class_names=("COVID-19", "Pneumonia", "Normal"))
+    save_model(model, tmp_path / "model.pt", PreprocessConfig(size=64))
+    images = [str(p) for p in sorted((phantoms.parent / "images").glob("*.png"))[:2]]
+    args = ["export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx"), *(a for i in images for a in ("--image", i))]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "on 2 image(s)" in result.output

@@ -67,8 +67,11 @@ def test_segmenter_encoder_holds_the_offline_imagenet_weights(tmp_path):
 
 
 def test_settings_and_data_errors_are_one_line(phantoms):
-    with pytest.raises(ConfigError, match="field 'size'"):
+    with pytest.raises(ConfigError, match="preprocess.size: the U-Net needs 64 to 1024 px"):
+        build_segment_config({"size": 40})
+    with pytest.raises(ConfigError, match="preprocess.size"):
         build_segment_config({"size": 10})
+    assert build_segment_config({"size": 128, "contrast": "none"}).preprocess == PreprocessConfig(size=128, contrast="none")
     with pytest.raises(ConfigError, match="without lung crop"):
         image_mask_pairs(load_source(phantoms).table, PreprocessConfig(size=64, lung_crop=True))
     frame = load_source(phantoms).table.assign(mask="")

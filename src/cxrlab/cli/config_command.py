@@ -26,7 +26,7 @@ def show(
 ) -> None:
     """Print the effective settings, section by section, each with where its value came from: default,
     recipe, file, command line (a run folder: as its training recorded them)."""
-    from cxrlab.train.config import describe_sources
+    from cxrlab.train.config_sources import describe_sources
 
     with handle_errors():
         if output not in ("yaml", "json"):

@@ -85,19 +85,31 @@ def serve_command(
 def export_command(
     model: Annotated[Path, typer.Argument(help="Run directory (with model.pt) or a model file.")],
     onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write (probabilities out, any batch size).")],
-    check: Annotated[bool, typer.Option(help="Compare onnxruntime's probabilities with PyTorch's on random inputs.")] = True,
+    check: Annotated[bool, typer.Option(help="Compare onnxruntime's probabilities with PyTorch's on random inputs "
+                                             "(or on --image files).")] = True,
+    images: Annotated[Optional[list[Path]], typer.Option("--image", help="Image file to compare on, prepared as "
+                                                                         "predict prepares it (repeatable).")] = None,
+    segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for --image with a model that uses "
+                                                           "lung masks.")] = None,
 ) -> None:
     """Export a model to ONNX, for onnxruntime or any ONNX runtime; checks that the probabilities match."""
+    import torch
+
     from cxrlab.core.optional import require
-    from cxrlab.core.run_folder import model_file
-    from cxrlab.models import load_model
     from cxrlab.models.onnx_export import export_onnx, onnx_difference
+    from cxrlab.models.predictor import Predictor
 
     with handle_errors():
         for module in ("onnx", "onnxscript", "onnxruntime"):
             require(module, "cxrlab export --onnx")
-        net, preprocess, _ = load_model(model_file(model))
-        export_onnx(net, onnx, preprocess)
+        predictor = Predictor(model, segmenter=segmenter)  # the path every door takes: its inputs, for the check
+        export_onnx(predictor.model, onnx, predictor.preprocess)
         console.print(f"wrote {onnx}")
         if check:
-            console.print(f"largest probability difference onnxruntime vs PyTorch: {onnx_difference(net, onnx):.2e}")
+            inputs = None
+            if images:
+                predictor.require_segmenter()
+                inputs = torch.cat([predictor.prepare_image(predictor.decode_file(f), f).x for f in images])
+            difference = onnx_difference(predictor.model, onnx, inputs=inputs)
+            on = f"{len(images)} image(s)" if images else "random inputs"
+            console.print(f"largest probability difference onnxruntime vs PyTorch on {on}: {difference:.2e}")

@@ -10,13 +10,22 @@ import typer
 from cxrlab.core.run_folder import METRICS, SEGMENTER, SUMMARY
 from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
 
-# the U-Net's training options, shared by train and crossfit (defaults as SegmentConfig's)
-Backbone = Annotated[str, typer.Option(help="Encoder backbone (offline weights for efficientnet_lite0/1/2).")]
-Size = Annotated[int, typer.Option(help="Image side the U-Net sees.")]
-Epochs = Annotated[int, typer.Option(help="Maximum epochs per segmenter (early stopping on validation Dice).")]
-BatchSize = Annotated[int, typer.Option(help="Batch size.")]
-Lr = Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")]
-Seed = Annotated[int, typer.Option(help="Seed (of the folds too, for crossfit).")]
+# the U-Net's training options, shared by train and crossfit: each a SegmentConfig setting with its help and
+# default (a test compares them); None: not given, the setting's default
+Backbone = Annotated[Optional[str], typer.Option(help="encoder backbone (offline weights for efficientnet_lite0/1/2) "
+                                                      "(default: efficientnet_lite0).")]
+Size = Annotated[Optional[int], typer.Option(help="output side in pixels; default: the segmenter's 256.")]
+Epochs = Annotated[Optional[int], typer.Option(help="maximum epochs (early stopping on validation Dice) (default: 30).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="images per step (default: 8).")]
+Lr = Annotated[Optional[float], typer.Option(help="Adam learning rate (cosine decay) (default: 0.001).")]
+Seed = Annotated[Optional[int], typer.Option(help="seed (of the folds too, for crossfit) (default: 0).")]
+SEGMENT_SETTINGS = {"backbone": "backbone", "size": "preprocess.size", "epochs": "epochs", "batch_size": "batch_size",
+                    "lr": "lr", "seed": "seed", "out": "out"}
+
+
+def _given(**options) -> dict:
+    """The options given (the others keep their settings' defaults)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 app = typer.Typer(no_args_is_help=True, help="Lung segmentation: train a U-Net on lung masks, predict masks.")
 
@@ -26,14 +35,14 @@ def segment_train(
     data: Annotated[Optional[list[Path]], typer.Option(help="Source with lung masks (repeatable): manifest, "
                                                             "metadata CSV or folder tree.")] = None,
     splits: Annotated[Optional[Path], typer.Option(help="A splits.csv to use instead of a new patient split.")] = None,
-    out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/segment"),
-    backbone: Backbone = "efficientnet_lite0",
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default: runs/segment).")] = None,
+    backbone: Backbone = None,
     weights: Annotated[Optional[Path], typer.Option(help="Encoder weights file or folder.")] = None,
-    size: Size = 256,
-    epochs: Epochs = 30,
-    batch_size: BatchSize = 8,
-    lr: Lr = 1e-3,
-    seed: Seed = 0,
+    size: Size = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
     assignments: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE over any setting (repeatable), "
                                                                   "e.g. patience=12.")] = None,
 ) -> None:
@@ -43,9 +52,10 @@ def segment_train(
 
     with handle_errors():
         config = build_segment_config(apply_assignments(
-            {"data": tuple(str(d) for d in data or ()), "splits": str(splits) if splits else None, "out": str(out),
-             "backbone": backbone, "weights": str(weights) if weights else None, "size": size, "epochs": epochs,
-             "batch_size": batch_size, "lr": lr, "seed": seed}, assignments or ()))
+            {"data": tuple(str(d) for d in data or ()), "splits": str(splits) if splits else None,
+             "weights": str(weights) if weights else None,
+             **_given(out=str(out) if out else None, backbone=backbone, size=size, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed)}, assignments or ()))
         quiet_lightning()
         summary = train_segmenter(config)
         for side in ("val", "test"):
@@ -54,7 +64,8 @@ def segment_train(
                 console.print(f"{side:4s} {s['n']:4d} images: Dice {s['dice_clean_mean']:.3f} (median "
                               f"{s['dice_clean_median']:.3f}, 5th percentile {s['dice_clean_p05']:.3f}), IoU "
                               f"{s['iou_clean_mean']:.3f}; before clean-up Dice {s['dice_mean']:.3f}")
-        console.print(f"wrote {out / SEGMENTER}, {out / SUMMARY}, {out / METRICS}")
+        folder = Path(config.out)
+        console.print(f"wrote {folder / SEGMENTER}, {folder / SUMMARY}, {folder / METRICS}")
 
 
 @app.command("predict")
@@ -90,12 +101,12 @@ def segment_crossfit(
     data: Annotated[Path, typer.Option(help="Images with some hand-drawn lung masks: manifest, metadata CSV or folder tree.")],
     out: Annotated[Path, typer.Option(help="Output folder: manifest.csv, fold<k>/ (segmenter and masks), summary.json.")] = Path("runs/masks-crossfit"),
     folds: Annotated[int, typer.Option(help="Patient folds: each fold's masks come from a segmenter trained on the others.")] = 3,
-    backbone: Backbone = "efficientnet_lite0",
-    size: Size = 256,
-    epochs: Epochs = 30,
-    batch_size: BatchSize = 8,
-    lr: Lr = 1e-3,
-    seed: Seed = 0,
+    backbone: Backbone = None,
+    size: Size = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    seed: Seed = None,
 ) -> None:
     """Predict every image's lung mask with a segmenter that never trained on its patient (one origin
     for all masks, none in-sample): what lung crop, lung attention and the attention loss need when
@@ -104,8 +115,8 @@ def segment_crossfit(
 
     with handle_errors():
         quiet_lightning()
-        _, summary = crossfit_lung_masks(data, out, folds, {"backbone": backbone, "size": size, "epochs": epochs,
-                                                            "batch_size": batch_size, "lr": lr, "seed": seed},
+        _, summary = crossfit_lung_masks(data, out, folds, _given(backbone=backbone, size=size, epochs=epochs,
+                                                                  batch_size=batch_size, lr=lr, seed=seed),
                                          progress=lambda step: console.print(step))
         dice = summary["held_out_dice"]
         console.print(f"{summary['masks']} of {summary['images']} images masked by {summary['folds']} segmenters, each "

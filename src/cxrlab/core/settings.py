@@ -99,7 +99,7 @@ def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> s
             model = inner[0] if inner else model
         message = "unknown field" + closest_hint(first["loc"][-1], model.model_fields)
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    if not first["loc"]:  # a check of the whole config (its message names what it is about)
+    if not first["loc"] or message.startswith((f"{field}.", f"{field}:")):  # the message names what it is about
         return f"{origin}: {message}{more}"
     return f"{origin}: field {field!r}: {message}{more}"
 

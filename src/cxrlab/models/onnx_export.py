@@ -102,17 +102,22 @@ class OnnxClassifier:
         return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
 
 
-def onnx_difference(model: CxrClassifier, path: str | Path, images: int = 4, seed: int = 0) -> float:
-    """Largest absolute difference between PyTorch's and onnxruntime's probabilities on random inputs.
+def onnx_difference(model: CxrClassifier, path: str | Path, images: int = 4, seed: int = 0,
+                    inputs: torch.Tensor | None = None) -> float:
+    """Largest absolute difference between PyTorch's and onnxruntime's probabilities on ``inputs`` (real
+    images as :class:`cxrlab.models.predictor.Predictor` prepares them), else on ``images`` random inputs.
 
     Raises:
         ConfigError: above 1e-4 (the export is not faithful).
     """
     runner = OnnxClassifier(path)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(images, input_channels(model), runner.preprocess.size, runner.preprocess.size, generator=generator)
-    if model.lung_attention:
-        x[:, -1] = (x[:, -1] > 0).float()  # a mask channel holds 0/1
+    if inputs is None:
+        generator = torch.Generator().manual_seed(seed)
+        size = runner.preprocess.size
+        inputs = torch.randn(images, input_channels(model), size, size, generator=generator)
+        if model.lung_attention:
+            inputs[:, -1] = (inputs[:, -1] > 0).float()  # a mask channel holds 0/1
+    x = inputs.float()
     with torch.no_grad():
         expected = model.probabilities(model.eval()(x)).numpy()
     difference = float(np.abs(runner.probabilities(x.numpy()) - expected).max())

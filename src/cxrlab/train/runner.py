@@ -42,7 +42,8 @@ from cxrlab.core.device import resolve_policy
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
-from cxrlab.train.config import TrainConfig, load_config, write_sources
+from cxrlab.train.config import TrainConfig, load_config
+from cxrlab.train.config_sources import write_sources
 from cxrlab.train.distributed import RunData, is_distributed, is_rank_zero
 from cxrlab.train.data import (
     TrainData,

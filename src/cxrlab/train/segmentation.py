@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -48,26 +48,55 @@ log = logging.getLogger(__name__)
 
 
 class SegmentConfig(BaseModel):
-    """Settings of one segmenter training run."""
+    """Settings of one segmenter training run; its ``preprocess`` section is a
+    :class:`cxrlab.preprocess.PreprocessConfig` (the segmenter's file records it; ``size`` and
+    ``contrast`` may be given flat)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: tuple[str, ...] = Field((), description="sources with lung masks (manifests, metadata CSVs, trees)")
     splits: str | None = Field(None, description="a splits.csv to use instead of making one")
-    out: str = "runs/segment"
-    backbone: str = "efficientnet_lite0"
-    pretrained: Literal["imagenet", "none"] = "imagenet"
-    weights: str | None = None
-    size: int = Field(256, ge=64, le=1024)
-    contrast: Literal["none", "clahe", "equalize"] = "clahe"
-    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    epochs: int = Field(30, ge=1)
+    out: str = Field("runs/segment", description="run folder")
+    backbone: str = Field("efficientnet_lite0", description="encoder backbone (offline weights for "
+                                                            "efficientnet_lite0/1/2)")
+    pretrained: Literal["imagenet", "none"] = Field("imagenet", description="starting weights of the encoder")
+    weights: str | None = Field(None, description="encoder weights file or folder")
+    preprocess: PreprocessConfig = Field(default_factory=lambda: PreprocessConfig(size=256),
+                                         description="the images the U-Net sees (256 px, CLAHE)")
+    ratios: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train, validation and test shares")
+    epochs: int = Field(30, ge=1, description="maximum epochs (early stopping on validation Dice)")
     patience: int = Field(8, ge=1, description="epochs without a better validation Dice before stopping")
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    augment: bool = True
-    seed: int = 0
-    progress_bar: bool = True
+    batch_size: int = Field(8, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate (cosine decay)")
+    augment: bool = Field(True, description="random affine and contrast jitter on training images")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed (of the folds too, for crossfit)")
+    progress_bar: bool = Field(True, description="Lightning's per-epoch progress bar")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_preprocess(cls, values):
+        """``size: 128`` is ``preprocess: {size: 128}`` (the segmenter's own 256 px otherwise)."""
+        if not isinstance(values, dict):
+            return values
+        flat = {k: values[k] for k in PreprocessConfig.model_fields if k in values}
+        if not flat:
+            return values
+        base = values.get("preprocess") or {"size": 256}
+        base = base.model_dump() if isinstance(base, PreprocessConfig) else dict(base)
+        rest = {k: v for k, v in values.items() if k not in flat}
+        return {**rest, "preprocess": {**base, **flat}}
+
+    @model_validator(mode="after")
+    def _unet_size(self) -> SegmentConfig:
+        if self.preprocess.size is not None and not 64 <= self.preprocess.size <= 1024:
+            raise ValueError(f"preprocess.size: the U-Net needs 64 to 1024 px (it halves the side five times), got "
+                             f"{self.preprocess.size}")
+        return self
+
+    @property
+    def size(self) -> int:
+        """The side the U-Net sees."""
+        return self.preprocess.side
 
 
 def build_segment_config(values: dict) -> SegmentConfig:
@@ -190,7 +219,7 @@ def train_segmenter(config: SegmentConfig, progress: Callable[[int], None] | Non
     folder = RunFolder(config.out, config.model_dump(mode="json"))
     out = folder.out
     spec = get_backbone_spec(config.backbone)
-    preprocess = PreprocessConfig(size=config.size, contrast=config.contrast)
+    preprocess = config.preprocess.resolved(256)
     frame = _masked_rows(config, class_names("3class"))
     write_splits(frame, {"segmentation": True}, out)
     images, masks, frame, skipped = image_mask_pairs(frame, preprocess, progress)

@@ -39,7 +39,7 @@ from cxrlab.models import EnsembleClassifier, load_model, save_model
 from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.preprocess import ShardReader
 from cxrlab.train import TrainConfig, train
-from cxrlab.train.config import write_sources
+from cxrlab.train.config_sources import write_sources
 from cxrlab.train.data import grouped_table, with_recorded_scheme
 from cxrlab.train.reuse import check_same_config
 from cxrlab.workflows.baseline import frozen_features, probe_oof
