@@ -316,6 +316,7 @@ def test_a_run_recorded_before_a_setting_existed_is_reused(tmp_path):
     train = run_config(config, cell, tmp_path, tmp_path / "shared", {})
     recorded = train.flat()  # written flat, as an older cxrlab did
     recorded.pop("attention_loss")  # and without this field
+    recorded["a_setting_since_removed"] = 1  # nor does a name no version knows any more stop the reuse
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
     check_same_config(tmp_path, train)
     recorded["fine_tune"] = 3

@@ -115,7 +115,7 @@ def prepare_command(
     from cxrlab.preprocess import prepare
     from cxrlab.train import load_config
     from cxrlab.train.config import flat_key
-    from cxrlab.train.data import preprocess_for
+    from cxrlab.train.data import preprocess_for, with_recorded_scheme
 
     with handle_errors():
         given = {"size": size, "resize": resize, "contrast": contrast, "clahe_clip": clahe_clip,
@@ -128,6 +128,7 @@ def prepare_command(
         overrides = {flat_key(PREPARE_SETTINGS[k]): v for k, v in given.items() if v is not None}
         settings = load_config(config, {**overrides, "data": data if "://" in data else str(Path(data)),
                                         **({"scheme": scheme} if scheme else {})}, assignments or ())
+        settings = with_recorded_scheme(settings)  # a manifest written with --scheme S is read with S
         preprocess = preprocess_for(settings, get_backbone_spec(settings.model.backbone))
         conf = dict(_key_value(item) for item in spark_conf or ())
         manifest = load(data if "://" in data else Path(data), settings.data.scheme, label_map, keep_blank_view,
