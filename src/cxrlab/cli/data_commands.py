@@ -98,12 +98,15 @@ def _counts_table(info: dict) -> Table:
 
 
 def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder for splits.csv.")],
-          ratios: Annotated[str, typer.Option(help="train,val,test shares: 0.8,0.1,0.1 | 8:1:1 | 80:20.")] = "0.8,0.1,0.1",
-          folds: Annotated[int, typer.Option(help="Patient-grouped CV folds over train (0: none).")] = 5,
-          seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+          ratios: Annotated[Optional[str], typer.Option(help="train,val,test shares: 0.8,0.1,0.1 | 8:1:1 | 80:20 "
+                                                             "(default: 0.8,0.1,0.1).")] = None,
+          folds: Annotated[Optional[int], typer.Option(help="Patient-grouped CV folds over train (0: none) "
+                                                            "(default: 5).")] = None,
+          seed: Annotated[Optional[int], typer.Option(help="Seed (default: 0).")] = None,
           scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
-          balance: Annotated[str, typer.Option(help="none | undersample | weights.")] = "none",
-          balance_scope: Annotated[str, typer.Option(help="Undersample the train side only, or all.")] = "train",
+          balance: Annotated[Optional[str], typer.Option(help="none | undersample | weights (default: none).")] = None,
+          balance_scope: Annotated[Optional[str], typer.Option(help="Undersample the train side only, or all "
+                                                                    "(default: train).")] = None,
           dedupe: Annotated[str, typer.Option(help="regroup: patients with near-duplicate images form one group, "
                                                    "kept on one side | none.")] = "regroup",
           loso: Annotated[bool, typer.Option(help="Also write leave-one-source-out splits.")] = False,
@@ -123,8 +126,10 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
             table, group_column = _regroup(table), "group_id"
         elif dedupe != "none":
             raise typer.BadParameter("--dedupe must be none or regroup")
-        config = SplitConfig(parse_ratios(ratios), folds, seed, balance, balance_scope, group_column,  # type: ignore[arg-type]
-                             official)
+        given = {"ratios": parse_ratios(ratios) if ratios else None, "folds": folds, "seed": seed, "balance": balance,
+                 "balance_scope": balance_scope}  # the others: SplitConfig's defaults, defined once there
+        config = SplitConfig(**{k: v for k, v in given.items() if v is not None}, group_column=group_column,
+                             official=official)
         frame, info = make_splits(table, m.class_names, config)
         info["scheme"] = scheme
         path = write_splits(frame, info, out)
@@ -133,7 +138,7 @@ def split(data: DataOpt, out: Annotated[Path, typer.Option(help="Output folder f
             console.print(f"class weights (train): {info['class_weights']}")
         console.print(f"wrote {path}")
         if loso:
-            for source, loso_frame in leave_one_source_out(table, m.class_names, config.ratios[1], seed,
+            for source, loso_frame in leave_one_source_out(table, m.class_names, config.ratios[1], config.seed,
                                                            group_column).items():
                 console.print(f"wrote {write_splits(loso_frame, {'held_out_source': source}, out / 'loso' / source)}")
 

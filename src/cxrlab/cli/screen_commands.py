@@ -51,13 +51,17 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file, for models that use lung masks.")] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Larger uploads get 413.")] = 20.0,
-    timeout: Annotated[float, typer.Option(help="Seconds per screening (queue included) before a 504.")] = 30.0,
+    max_upload_mb: Annotated[Optional[float], typer.Option(help="Larger uploads get 413 (default: 20).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per screening (queue included) before a 504 "
+                                                          "(default: 30).")] = None,
     store_uploads: Annotated[Optional[Path], typer.Option(help="Keep accepted uploads in this folder (default: none kept).")] = None,
     compile: Annotated[bool, typer.Option(help="Compile the model at start-up (slower start, faster requests).")] = False,
-    overlay_side: Annotated[int, typer.Option(help="Longest side of the returned overlay in pixels.")] = 512,
-    max_queue: Annotated[int, typer.Option(help="Requests screened or waiting at once; more get 503.")] = 16,
-    body_timeout: Annotated[float, typer.Option(help="Seconds a request body may take to arrive before a 408.")] = 30.0,
+    overlay_side: Annotated[Optional[int], typer.Option(help="Longest side of the returned overlay in pixels "
+                                                             "(default: 512).")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(help="Requests screened or waiting at once; more get 503 "
+                                                          "(default: 16).")] = None,
+    body_timeout: Annotated[Optional[float], typer.Option(help="Seconds a request body may take to arrive before a "
+                                                               "408 (default: 30).")] = None,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
@@ -74,9 +78,10 @@ def serve_command(
         from cxrlab.serve import ServeSettings, create_app
 
         tune_allocator()
-        settings = ServeSettings(max_upload_mb=max_upload_mb, timeout_s=timeout, store_uploads=store_uploads,
-                                 segmenter=segmenter, compile=compile, overlay_side=overlay_side,
-                                 max_queue=max_queue, body_timeout_s=body_timeout)
+        given = {"max_upload_mb": max_upload_mb, "timeout_s": timeout, "overlay_side": overlay_side,
+                 "max_queue": max_queue, "body_timeout_s": body_timeout}  # the others: ServeSettings' defaults
+        settings = ServeSettings(store_uploads=store_uploads, segmenter=segmenter, compile=compile,
+                                 **{k: v for k, v in given.items() if v is not None})
         app = create_app(model_file(model), settings)
         console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
