@@ -202,15 +202,15 @@ class Screener(Predictor):
             _check(deadline)  # the queue for the lock may have used up the time
             prepared = self.prepare_image(decoded, name)
             _check(deadline)
-            maps, probs = self._cam.explain(prepared.x)
-            heatmap, probs = maps[0], probs[0]
+            maps, cam_probs = self._cam.explain(prepared.x)
+            heatmap, probs = maps[0], cam_probs[0]
+            top = int(np.argmax(cam_probs[0]))  # the class the first map explains
             if self.inference.policy.autocast_dtype is not None:  # the predictor's numbers, the map in fp32
                 probs = self.probabilities(prepared.x)[0]
             features, fine = self._features(prepared.x), self._fine
             _check(deadline)
             prediction = self.prediction(name, probs)
             maps_by_class: dict[str, np.ndarray] = {}
-            top = int(np.argmax(probs))
             for index in self.decision.targets_to_explain(probs):  # the reported class, or each called finding
                 found = heatmap if index == top else self._cam.explain(prepared.x, index)[0][0]
                 maps_by_class[self.class_names[index]] = found
