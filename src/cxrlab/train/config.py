@@ -331,13 +331,19 @@ def _sources(config: TrainConfig, path: str | Path | None, overrides: dict, assi
 
 def setting_sources(config: TrainConfig) -> dict[str, str]:
     """``section.name`` -> where its value came from, for every setting: ``default``, ``recipe NAME``,
-    ``file PATH``, ``command line`` or ``command line (--set)`` (a config built from a dict in code:
-    ``given`` for what the dict set)."""
+    ``file PATH``, ``command line``, ``command line (--set)`` or ``derived`` (set from others: a strategy
+    of ddp from several devices, a minimum epoch count shrunk to a short run); a config built from a
+    dict in code: ``given`` for what the dict set."""
     recorded = getattr(config, "_sources", None) or {}
     out = {}
     for section, model in SECTIONS.items():
-        given = getattr(config, section).model_fields_set
-        for name in model.model_fields:
+        part = getattr(config, section)
+        for name, field in model.model_fields.items():
             key = f"{section}.{name}"
-            out[key] = recorded.get(key) or ("given" if name in given and not recorded else "default")
+            if key in recorded:
+                out[key] = recorded[key]
+            elif not recorded and name in part.model_fields_set:
+                out[key] = "given"
+            else:
+                out[key] = "default" if getattr(part, name) == field.get_default(call_default_factory=True) else "derived"
     return out
