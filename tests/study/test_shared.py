@@ -134,3 +134,21 @@ def test_two_workers_share_a_study_and_a_killed_one_leaves_its_run_to_the_other(
     every = [e.experiment_id for e in client.search_experiments()]
     children = client.search_runs(every, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert len(children) >= 6
+
+
+def test_a_worker_that_found_some_runs_done_offers_the_database_the_same_list(tmp_path):
+    """A worker that starts late may find runs already done (on the share): it enqueues only the rest, but
+    offers the database the stage's whole list of runs, or the database refuses its trials ("dynamic value
+    space") and the worker crashes before training anything."""
+    from cxrlab.study.queue import SharedRuns
+
+    storage = f"sqlite:///{tmp_path / 'queue.db'}"
+    every = ["cell/fold0", "cell/fold1", "cell/fold2"]
+    first = SharedRuns(storage, "stage", heartbeat=2)
+    first.enqueue(every[:1], choices=every)
+    assert first.work(lambda run: None) == 1  # fold0, done before the late worker looks
+    late = SharedRuns(storage, "stage", heartbeat=2)
+    late.enqueue(every[1:], choices=every)
+    trained: list[str] = []
+    assert late.work(lambda run: trained.append(run)) == 2 and trained == every[1:]
+    assert first.finished() == set(every)

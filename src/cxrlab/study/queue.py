@@ -69,16 +69,18 @@ class SharedRuns:
     def _trials(self, states=None):
         return self.study.get_trials(deepcopy=False, states=states)
 
-    def enqueue(self, runs: Sequence[str]) -> None:
+    def enqueue(self, runs: Sequence[str], choices: Sequence[str] | None = None) -> None:
         """Put every run not yet in the database in the queue (once, whichever worker comes first), and
-        again a run whose every trial failed (its worker crashed on it; a rerun tries it again)."""
-        self.runs = list(runs)
+        again a run whose every trial failed (its worker crashed on it; a rerun tries it again).
+        ``choices``: every run of the queue, the same list on every worker (the database refuses a trial
+        whose list of choices differs from an earlier one's); default: ``runs``."""
+        self.runs = list(choices) if choices is not None else list(runs)
         failed = self.optuna.trial.TrialState.FAIL
         states: dict[str, set] = {}
         for trial in self._trials():  # a waiting trial has its run in its fixed parameters only
             run = trial.params.get(PARAM, trial.system_attrs.get("fixed_params", {}).get(PARAM))
             states.setdefault(run, set()).add(trial.state)
-        for run in self.runs:  # skip_if_exists: a run already enqueued (or tried) by a worker is not added again
+        for run in runs:  # skip_if_exists: a run already enqueued (or tried) by a worker is not added again
             self.study.enqueue_trial({PARAM: run}, skip_if_exists=states.get(run, set()) != {failed})
 
     def _taken_by_another(self, trial) -> bool:

@@ -249,9 +249,15 @@ def _run_shared(config: StudyConfig, stage: list[Cell], work: list, finished, sh
     by_id = {f"{job[0].id}/{job[3].name}": (job, arguments) for job, arguments in work}
     queue = SharedRuns(config.storage, queue_name(config, "stage-" + "-".join(sorted(c.id for c in stage))[:80]),
                        config.heartbeat)
-    queue.enqueue(sorted(by_id))
+    # every worker names the stage's runs alike, whichever of them it found finished already (a worker that
+    # started later, with some runs on the share, must not offer the database another list of choices)
+    every = sorted(f"{cell.id}/{run_name(fold, repeat)}" for cell in stage for fold in range(config.num_folds)
+                   for repeat in range(config.repeats))
+    queue.enqueue(sorted(by_id), choices=every)
 
     def claimed_run(run_id: str) -> str | None:
+        if run_id not in by_id:  # finished before this worker started (it found it done): nothing to train
+            return None
         job, arguments = by_id[run_id]
         run_dir = job[3]
         if share is not None and share.get_quietly(run_dir):  # a retried run another worker finished after all
