@@ -3,7 +3,6 @@ that points to them, and their overlap with the masks a data set already has."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from cxrlab.data.images import read_mask
 from cxrlab.data.manifest import write_table
 from cxrlab.data.mask_provenance import IN_SAMPLE, PREDICTED
 from cxrlab.data.seen import split_seen
+from cxrlab.models.predictor import mask_file_name
 from cxrlab.models.registry import get_backbone_spec
 from cxrlab.models.segmenter import load_segmenter
 from cxrlab.preprocess import Preprocessor
@@ -25,11 +25,6 @@ from cxrlab.models.segmenter import lung_mask_from_probability, predict_probabil
 
 log = logging.getLogger(__name__)
 BATCH = 16
-
-
-def _mask_name(image: str) -> str:
-    # the stem keeps it readable; the hash keeps two images with one stem apart
-    return f"{Path(image).stem}-{hashlib.sha1(image.encode()).hexdigest()[:8]}.png"
 
 
 def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Path, *, replace: bool = False,
@@ -81,7 +76,7 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
                     log.warning("segment: given mask unusable: %s", err)
                 if not replace:
                     continue
-            path = out / "masks" / _mask_name(frame.at[i, "image"])
+            path = out / "masks" / mask_file_name(frame.at[i, "image"])
             cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
             frame.at[i, "mask"], frame.at[i, "mask_source"] = str(path.resolve()), PREDICTED
             frame.at[i, IN_SAMPLE] = i in trained_on

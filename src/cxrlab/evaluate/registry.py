@@ -28,7 +28,7 @@ import numpy as np
 
 from cxrlab.core.errors import ConfigError
 from cxrlab.data.classes import POSITIVE_CLASS
-from cxrlab.evaluate.metrics import binary_auc
+from cxrlab.evaluate.metrics import binary_auc, macro_auc, macro_f1
 
 Statistic = Callable[[np.ndarray, np.ndarray, Sequence[str]], "float | None"]
 LOG_PREFIX = "val_"
@@ -105,9 +105,7 @@ def _accuracy(y: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> float |
 
 @register_metric("auc_macro", "macro AUC")
 def _auc_macro(y: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> float | None:
-    y = np.asarray(y, dtype=int)
-    aucs = [a for i in range(probs.shape[1]) if (a := binary_auc(y == i, probs[:, i])) is not None]
-    return float(np.mean(aucs)) if aucs else None
+    return macro_auc(y, probs)
 
 
 @register_metric("auc_covid", "COVID-19 AUC", needs="class probabilities with a COVID-19 class")
@@ -120,13 +118,7 @@ def _auc_covid(y: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> float 
 
 @register_metric("f1_macro", "macro-F1")
 def _f1_macro(y: np.ndarray, probs: np.ndarray, names: Sequence[str]) -> float | None:
-    """As :func:`cxrlab.evaluate.metrics.compute_metrics`: over the classes present or predicted."""
-    y, k = np.asarray(y, dtype=int), probs.shape[1]
-    cm = np.bincount(y * k + np.asarray(probs).argmax(axis=1), minlength=k * k).reshape(k, k)
-    tp = np.diag(cm)
-    wrong = cm.sum(axis=0) + cm.sum(axis=1) - 2 * tp  # false positives + false negatives
-    defined = 2 * tp + wrong > 0
-    return float(np.mean(2 * tp[defined] / (2 * tp[defined] + wrong[defined]))) if defined.any() else None
+    return macro_f1(y, probs)
 
 
 HEADLINE = ("accuracy", "auc_macro", "auc_covid", "f1_macro")

@@ -51,17 +51,9 @@ def _flat(key: str) -> str:
 
 def flat_settings(values: Any) -> Any:
     """Training settings as their flat names, whether given flat, in sections (``optim: {lr: 1e-4}``)
-    or dotted (``optim.lr``): see :data:`cxrlab.train.config.ALIASES`."""
-    if not isinstance(values, dict):
-        return values
-    pairs = []
-    for key, value in values.items():
-        section = key in SECTIONS and isinstance(value, dict) and key not in ("augment",)
-        pairs += [(f"{key}.{k}", v) for k, v in value.items()] if section else [(str(key), value)]
-    try:
-        return flatten_settings(dict(pairs))
-    except ValueError:  # an unknown name among them: each kept, named by check_setting_names
-        return {_flat(key): value for key, value in pairs}
+    or dotted (``optim.lr``): see :data:`cxrlab.train.config.ALIASES`; an unknown name is kept as given
+    (:func:`check_setting_names` says which and why)."""
+    return flatten_settings(values, unknown="keep") if isinstance(values, dict) else values
 
 
 def flat_names(values: Any) -> Any:

@@ -147,15 +147,32 @@ def nest_settings(values: dict) -> dict:
     return out
 
 
-def flatten_settings(values: dict) -> dict:
+def flatten_settings(values: dict, unknown: Literal["raise", "keep", "drop"] = "raise") -> dict:
     """Settings in any form as their flat aliases (``{lr: 1e-4, augment: {...}}``): how studies and
-    searches name them.
+    searches name them. ``unknown``: what a name no section has does: ``raise``; ``keep`` it as given
+    (a study's check names it); ``drop`` it (a setting since removed, in a recorded config).
 
     Raises:
-        ValueError: see :func:`nest_settings`.
+        ValueError: see :func:`nest_settings` (``unknown="raise"``, or one setting given twice).
     """
-    out: dict[str, Any] = {}
-    for section, body in nest_settings(values).items():
+    try:
+        nested = nest_settings(values)
+    except ValueError:
+        if unknown == "raise":
+            raise
+        pairs = [(f"{k}.{n}", v) for k, body in values.items() if k in SECTIONS and k != "augment"
+                 and isinstance(body, dict) for n, v in body.items()]
+        pairs += [(k, v) for k, v in values.items() if not (k in SECTIONS and k != "augment" and isinstance(v, dict))]
+        out: dict[str, Any] = {}
+        for key, value in pairs:  # one name at a time: an unknown one does not spoil the others
+            try:
+                out.update(flatten_settings({key: value}))
+            except ValueError:
+                if unknown == "keep":
+                    out[key] = value
+        return out
+    out = {}
+    for section, body in nested.items():
         if section in ("recipe", "augment") or not isinstance(body, dict):
             out[section] = body
         else:

@@ -20,7 +20,8 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
         return
     import yaml
 
-    old = _recorded_settings(yaml.safe_load(recorded.read_text()) or {})
+    # flat, or in this or an earlier version's sections; a setting since removed is left out
+    old = flatten_settings(yaml.safe_load(recorded.read_text()) or {}, unknown="drop")
     new = config.flat()
     # tta: the ensemble's, not a run's; recipe: only a source of the other (compared) values; out,
     # splits: the run's own folder (another worker's, for a run taken from a share)
@@ -35,20 +36,3 @@ def check_same_config(run_dir: Path, config: TrainConfig) -> None:
             hint = " (it matches the papers' recipe, cxrlab's earlier default: add recipe: papers to keep it)"
         raise ConfigError(f"{run_dir}: was trained with other settings ({', '.join(diff)}){hint}; "
                           "use a new study folder (--out) or delete that run")
-
-
-def _recorded_settings(values: dict) -> dict:
-    """A recorded config's settings by their flat names (flat, or in this or an earlier version's sections);
-    a name no version of today's knows (a setting since removed) is left out of the comparison."""
-    try:
-        return flatten_settings(values)
-    except ValueError:
-        pairs = [(f"{k}.{n}", v) for k, body in values.items() if isinstance(body, dict) and k != "augment"
-                 for n, v in body.items()] + [(k, v) for k, v in values.items() if not isinstance(v, dict) or k == "augment"]
-        out = {}
-        for key, value in pairs:
-            try:
-                out.update(flatten_settings({key: value}))
-            except ValueError:
-                continue
-        return out

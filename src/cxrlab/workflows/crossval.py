@@ -232,8 +232,11 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
                                                                    ("accuracy", "auc_macro", "f1_macro")}})
     if progress:
         progress("fold ensemble")
-    if trained or not (out / MODEL).exists() or read_payload(out / MODEL, FORMAT, "model").get("tta") != config.model.tta:
-        _ensemble(config, predictions, names, out)  # else: the ensemble of these very folds is there
+    kept = read_payload(out / MODEL, FORMAT, "model") if not trained and (out / MODEL).exists() else None
+    if kept is None or kept.get("tta") != config.model.tta:
+        reference = _ensemble(config, predictions, names, out)
+    else:  # the ensemble of these very folds is there
+        reference = kept["extra"].get("screening") or {}
     if progress:
         progress("linear-probe baseline")
     baseline = _baseline(config, predictions, names, out)
@@ -243,7 +246,6 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
                "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
                             "out_of_fold": oof_figures(baseline, names, n_boot, config.runtime.seed)},
                "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs,
-               "screening_reference": (read_payload(out / MODEL, FORMAT, "model")["extra"].get("screening") or {})
-               .get("fitted_on")}
+               "screening_reference": reference.get("fitted_on")}
     summary = folder.finish(summary)
     return CrossvalResult(out, summary, predictions)
