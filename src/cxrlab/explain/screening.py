@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from cxrlab.core.device import current_policy
 from cxrlab.core.errors import ConfigError, DeadlineExceeded
 from cxrlab.data.images import DecodedImage
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
@@ -137,6 +138,9 @@ class Screener(Predictor):
         self.method = method
         # the OOD reference was fitted on the last block's pooled features: the default map layer's activations
         self._features_from_cam = layer in (None, "last") and self.model.spec.sequential
+        # an autocast policy (bf16) gives the probabilities through the predictor's forward; in fp32 the
+        # Grad-CAM pass's own forward is that forward (no second pass, and the model keeps its memory layout)
+        self._autocast = current_policy().autocast_dtype is not None
         self._cam = GradCamExplainer(self.model, method, layer, compile=compile).__enter__()
         self._lock = threading.Lock()
 
@@ -205,7 +209,7 @@ class Screener(Predictor):
             maps, cam_probs = self._cam.explain(prepared.x)
             heatmap, probs = maps[0], cam_probs[0]
             top = int(np.argmax(cam_probs[0]))  # the class the first map explains
-            if self.inference.policy.autocast_dtype is not None:  # the predictor's numbers, the map in fp32
+            if self._autocast:  # the predictor's numbers (its autocast forward), the map in fp32
                 probs = self.probabilities(prepared.x)[0]
             features, fine = self._features(prepared.x), self._fine
             _check(deadline)
