@@ -19,11 +19,29 @@ def test_folder_tree_labels_patients_and_unknown_classes(bad_tree):
     assert by_name["person1_virus_1.jpeg"]["patient_id"] == "tree:person1"  # Kermany pattern
     assert by_name["IM-0001-0001.jpeg"]["patient_id"] == "tree:IM-0001"
     assert by_name["good.dcm"]["patient_id"] == "tree:D7" and by_name["good.dcm"]["view"] == "PA"
-    assert by_name["covid-0.png"]["patient_id"] == "image:covid-0"  # no patient info: own patient
+    assert by_name["covid-0.png"]["patient_id"].startswith("image:")  # no patient info: own patient
     assert [s.reason for s in m.skipped if s.image.endswith("opacity-1.png")] == [
         "unknown label 'Lung_Opacity' for scheme 3class"]
     binary = read_folder_tree(root, LabelMapper("binary"))
     assert set(binary.table["label"]) == {"COVID-19", "non-COVID"}
+
+
+def test_images_without_patient_ids_are_never_merged_by_file_name(tmp_path):
+    """Same file names in two class folders, or CheXpert-style view1_frontal.png in every study
+    folder of a table without patient ids: each image stays its own patient, named by its path."""
+    for cls in ("COVID", "Normal"):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "tree" / cls / "001.png"), gradient())
+    tree = read_folder_tree(tmp_path / "tree").table
+    assert sorted(tree["patient_id"]) == ["image:COVID/001.png", "image:Normal/001.png"]
+    rows = []
+    for study in range(4):
+        (tmp_path / "table" / f"study{study}").mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "table" / f"study{study}" / "view1_frontal.png"), gradient())
+        rows.append({"image": f"study{study}/view1_frontal.png", "label": "Normal", "patient_id": ""})
+    pd.DataFrame(rows).to_csv(tmp_path / "table" / "manifest.csv", index=False)
+    ids = read_manifest(tmp_path / "table" / "manifest.csv").table["patient_id"].tolist()
+    assert ids == [f"image:study{s}/view1_frontal.png" for s in range(4)]
 
 
 def test_kaggle_layout_with_masks(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,19 @@ def read_manifest(path: str | Path, mapper: LabelMapper | None = None,
     return finalise_manifest(frame, mapper, check_files=check_files)
 
 
+def image_ids(images: list[str]) -> list[str]:
+    """A patient id for each image that has none: ``image:`` and its path below the images' common
+    folder, so ``COVID/001.png`` and ``Normal/001.png`` stay two patients (never merged by file name)."""
+    if not images:
+        return []
+    folders = [posixpath.dirname(p.replace(os.sep, "/")) for p in images]
+    try:
+        root = posixpath.commonpath(folders)
+    except ValueError:  # mixed absolute and relative, or URLs of different hosts: keep whole paths
+        root = ""
+    return [f"image:{posixpath.relpath(p.replace(os.sep, '/'), root) if root else p}" for p in images]
+
+
 def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[SkippedItem] | None = None,
                       check_files: bool = True) -> Manifest:
     """Map labels onto the scheme, drop unmappable rows and missing files, fill patient ids.
@@ -186,9 +200,10 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
     frame = frame.loc[~duplicated].reset_index(drop=True)
     blank = frame["patient_id"].astype(str).str.strip() == ""
     if blank.any():
-        log.warning("%d image(s) have no patient id; each is treated as its own patient, so "
-                    "leakage between images of one patient cannot be ruled out", int(blank.sum()))
-        frame.loc[blank, "patient_id"] = [f"image:{Path(p).stem}" for p in frame.loc[blank, "image"]]
+        log.warning("%d image(s) have no patient id; each is its own patient (id 'image:' and its path), so two "
+                    "images of one person can still land on both sides of a split; give patient ids where the "
+                    "collection has them", int(blank.sum()))
+        frame.loc[blank, "patient_id"] = image_ids(frame.loc[blank, "image"].astype(str).tolist())
     for column in ("patient_id", "source", "view"):
         frame[column] = frame[column].fillna("").astype(str)
     ordered = list(REQUIRED_COLUMNS) + [c for c in frame.columns if c not in REQUIRED_COLUMNS]
