@@ -109,3 +109,29 @@ def test_without_duplicates_the_grouped_split_is_the_patient_split(phantoms):
     by_group, _ = make_splits(table, ("COVID-19", "Pneumonia", "Normal"), SplitConfig(group_column="group_id"))
     by_patient, _ = make_splits(table, ("COVID-19", "Pneumonia", "Normal"), SplitConfig())
     assert by_group["split"].tolist() == by_patient["split"].tolist()
+
+
+def test_a_given_split_with_copies_on_two_sides_is_refused(phantoms, tmp_path):
+    import pytest
+
+    from cxrlab.core.errors import LeakageError
+    from cxrlab.data.audit import check_no_copies
+
+    frame, _, copy = _split_with_planted_copy(phantoms, tmp_path)
+    with pytest.raises(LeakageError, match=r"1 pair\(s\) of copies .*copy.jpg \(test\).*--fix regroup"):
+        check_no_copies(frame, "my/splits.csv")
+    check_no_copies(frame[frame["image"] != copy], "my/splits.csv")  # without it: accepted
+
+
+def test_leave_one_source_out_keeps_copies_of_the_held_out_source_out_of_training(phantoms, tmp_path):
+    from cxrlab.data import leave_one_source_out
+    from cxrlab.data.duplicates import regroup_duplicates
+
+    frame, original, copy = _split_with_planted_copy(phantoms, tmp_path)  # the copy is in source "other"
+    grouped, _ = regroup_duplicates(frame.drop(columns=["split", "fold"]))
+    names = ("COVID-19", "Pneumonia", "Normal")
+    held_other = leave_one_source_out(grouped, names, val_ratio=0.2, group_column="group_id")["other"]
+    assert held_other.set_index("image").loc[copy, "split"] == "test"
+    assert original not in set(held_other["image"])  # its copy is the test side: left out of training
+    by_patient = leave_one_source_out(grouped, names, val_ratio=0.2)["other"]
+    assert original in set(by_patient["image"])  # patient ids alone would have trained on it

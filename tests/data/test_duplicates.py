@@ -34,3 +34,21 @@ def test_the_index_finds_every_pair_within_the_distance_and_no_other(max_distanc
 def test_no_pairs_from_fewer_than_two_usable_hashes():
     assert find_near_duplicates(np.array([0, 0, 5], dtype=np.uint64)) == []
     assert find_near_duplicates(np.array([], dtype=np.uint64)) == []
+
+
+def test_a_hash_candidate_counts_only_when_the_thumbnails_agree():
+    """Unrelated images whose hashes happen to be close (common on radiographs) are not joined."""
+    from cxrlab.data.duplicates import Signatures, copies_of, near_duplicate_pairs
+
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 255, (4, 256)).astype(np.uint8)
+    thumbs[1] = np.clip(thumbs[0].astype(int) + 10, 0, 255)  # 1: a brightened copy of 0
+    hashes = np.array([0b1111, 0b1110, 0b1101, 2**40], dtype=np.uint64)  # 2: close hash, unrelated thumbnail
+    signatures = Signatures(np.array(["a", "b", "c", "d"], dtype=object), hashes, thumbs)
+    assert near_duplicate_pairs(signatures, max_distance=2) == [(0, 1, 1)]
+    assert [p[:2] for p in find_near_duplicates(hashes, 2)] == [(0, 1), (0, 2), (1, 2)]  # the hash alone
+    query = Signatures(np.array(["d", "x", "y"], dtype=object), hashes[[3, 1, 2]], thumbs[[3, 1, 2]])
+    reference = signatures.take([0, 3])
+    assert copies_of(query, reference, max_distance=2).tolist() == ["copy", "near copy", ""]
+    again = Signatures.from_record(signatures.to_record())
+    assert (again.phashes == hashes).all() and (again.thumbs == thumbs).all() and list(again.digests) == list("abcd")

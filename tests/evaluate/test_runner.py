@@ -48,14 +48,50 @@ def test_evaluate_other_data_leaves_out_what_the_model_trained_or_validated_on(r
     seen_only = split[split["split"] != "test"].assign(image=lambda f: [str((run_dir / p).resolve()) for p in f["image"]])
     seen_only.drop(columns=["mask", "lesion"]).to_csv(tmp_path / "seen.csv", index=False)
     for model in (run_dir, run_dir / "model.pt"):  # the model file alone carries the record
-        with pytest.raises(ConfigError, match="trained or validated on every patient"):
+        with pytest.raises(ConfigError, match="trained or validated on every image"):
             evaluate_run(model, tmp_path / "seen", data=tmp_path / "seen.csv", n_boot=20)
     renamed = seen_only.assign(patient_id=lambda f: "other:" + f["patient_id"])  # the same images under new ids
     renamed.drop(columns=["mask", "lesion"]).to_csv(tmp_path / "renamed.csv", index=False)
-    with pytest.raises(ConfigError, match="trained or validated on every patient"):
+    with pytest.raises(ConfigError, match="trained or validated on every image"):
         evaluate_run(run_dir / "model.pt", tmp_path / "renamed", data=tmp_path / "renamed.csv", n_boot=20)
     with pytest.raises(ConfigError, match="no model found"):
         evaluate_run(tmp_path / "nothing", tmp_path / "x")
+
+
+def test_copies_of_the_training_images_under_new_names_and_patient_ids_are_not_test_data(run_dir, tmp_path):
+    """Byte-identical copies and re-encoded near-copies (JPEG, brightened) of every training and
+    validation image, under new file names and patient ids: refused alone, left out (and counted)
+    beside genuine test images; the model file alone carries what is needed."""
+    import cv2
+    import numpy as np
+
+    split = pd.read_csv(run_dir / "splits.csv").fillna("")
+    seen = split[split["split"] != "test"].reset_index(drop=True)
+    (tmp_path / "copies").mkdir()
+    rows = []
+    for k, (image, label) in enumerate(zip(seen["image"], seen["label"], strict=True)):
+        source = run_dir / image
+        if k % 3 == 0:  # exact copy
+            target = tmp_path / "copies" / f"new-{k}.png"
+            target.write_bytes(source.read_bytes())
+        else:  # near copy: re-encoded as JPEG, every other one also brightened
+            pixels = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE).astype(np.int16) + (12 if k % 3 == 2 else 0)
+            target = tmp_path / "copies" / f"new-{k}.jpg"
+            cv2.imwrite(str(target), np.clip(pixels, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        rows.append({"image": str(target), "label": label, "patient_id": f"someone-else-{k}", "source": "elsewhere"})
+    copies = pd.DataFrame(rows)
+    copies.to_csv(tmp_path / "copies.csv", index=False)
+    with pytest.raises(ConfigError, match=f"every image.*{len(copies)} of them as copies"):
+        evaluate_run(run_dir / "model.pt", tmp_path / "e1", data=tmp_path / "copies.csv", n_boot=20)
+    genuine = _test_side(run_dir)
+    pd.concat([copies, genuine.drop(columns=["mask", "lesion"])]).to_csv(tmp_path / "mixed.csv", index=False)
+    results = evaluate_run(run_dir / "model.pt", tmp_path / "e2", data=tmp_path / "mixed.csv", n_boot=20)
+    assert results["metrics"]["n"] == len(genuine)
+    assert results["seen_left_out"] == results["seen_copies"] == len(copies)
+    reasons = [reason for _, reason in results["skipped"]]
+    assert sum("a copy of an image" in r for r in reasons) == (len(copies) + 2) // 3
+    assert sum("near-copy" in r for r in reasons) == len(copies) - (len(copies) + 2) // 3
+    assert any("copies or near-copies" in w for w in results["warnings"])
 
 
 def test_without_a_validation_side_the_operating_point_comes_from_the_model_file(run_dir, tmp_path):

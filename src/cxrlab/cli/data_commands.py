@@ -150,15 +150,17 @@ def _regroup(table):
     with progress_bar("hashing") as bar:
         task = bar.add_task("hashing", total=len(table))
         table, merged = regroup_duplicates(table, progress=lambda n: bar.advance(task, n))
-    console.print(f"near-duplicates (pHash distance <= {merged['max_distance']}): {merged['pairs']} pair(s), "
-                  f"{merged['patients_joined']} patient(s) joined into {len(merged['groups'])} group(s)"
+    console.print(f"near-duplicates (pHash distance <= {merged['max_distance']}, thumbnail correlation >= "
+                  f"{merged['min_correlation']}): {merged['pairs']} pair(s), "
+                  f"{merged['patients_joined']} patient(s) joined into {len(merged['groups'])} group(s), the largest "
+                  f"{merged['largest_group']} image(s)"
                   + (f", e.g. {' + '.join(merged['groups'][0])}" if merged["groups"] else ""), highlight=False)
     return table
 
 
 def audit(splits: Annotated[Path, typer.Argument(help="splits.csv (or its folder).")],
           out: Annotated[Optional[Path], typer.Option(help="Folder for audit.md/audit.json (default: next to splits).")] = None,
-          max_distance: Annotated[int, typer.Option(help="pHash Hamming distance counted as a copy.")] = DEFAULT_MAX_DISTANCE,
+          max_distance: Annotated[int, typer.Option(help="pHash Hamming distance up to which two images are candidate copies (a thumbnail correlation >= 0.98 confirms them).")] = DEFAULT_MAX_DISTANCE,
           fix: Annotated[Optional[str], typer.Option(help="drop | regroup: also write a corrected splits.csv in OUT/fixed.")] = None,
           workers: Annotated[int, typer.Option(help="Processes for hashing.")] = 1) -> None:
     """Split-integrity report: patients, class and source mix per side, near-duplicates across sides and sources."""

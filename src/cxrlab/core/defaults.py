@@ -6,9 +6,16 @@ from __future__ import annotations
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000; CXRs are at most ~4300 x 4300 (decompression-bomb guard)
 DEFAULT_MIN_SIDE = 32  # shorter image side below which an image is refused (1x1 placeholders)
 MAX_FILE_BYTES = 1 << 30  # 1 GiB: a 4300 x 4300 16-bit DICOM is 37 MB; larger is not one radiograph
-# of 64 pHash bits; re-encoded or contrast-changed copies stay below (on the curated cxr-real set,
-# whose README says its copies were removed, no pair is <= 5 apart)
-DEFAULT_MAX_DISTANCE = 4
+# near-duplicates: a pHash candidate (Hamming distance of 64 bits) confirmed by the correlation of
+# 16 x 16 thumbnails. On the 527 cxr-real radiographs (bench/bench_duplicates.py): re-encoded, halved,
+# brightened or gamma-changed copies stay within 6 bits and correlate >= 0.985, while of 138 k pairs of
+# different patients 6 are within 6 bits and none of those correlates above 0.93 (the most similar
+# pair of different patients anywhere: 0.957).
+DEFAULT_MAX_DISTANCE = 6
+DEFAULT_MIN_CORRELATION = 0.98
+# a duplicate group larger than this is reported as suspect (copies come in twos and threes; a giant
+# group means the criterion chained unrelated images)
+DEFAULT_MAX_GROUP = 20
 # images per prepared shard: small shards keep every worker busy to the end (measured: 128-image
 # shards left one of two workers idle for a third of a 300-image run); 32 at 224 px is ~1.6 MB
 DEFAULT_SHARD_SIZE = 32

@@ -304,7 +304,9 @@ def leave_one_source_out(table: pd.DataFrame, class_names: tuple[str, ...], val_
         seed: Seed.
 
     Returns:
-        ``{held_out_source: frame with split/fold}``.
+        ``{held_out_source: frame with split/fold}``. With ``group_column`` ``group_id`` (patients
+        joined by near-duplicate images), images of the other sources in a group that reaches the
+        held-out source (the same radiograph re-published there) are left out of its training side.
 
     Raises:
         ConfigError: fewer than two sources. LeakageError: a patient appears in two sources.
@@ -315,6 +317,11 @@ def leave_one_source_out(table: pd.DataFrame, class_names: tuple[str, ...], val_
     out = {}
     for held_out in sources:
         rest = table[table["source"] != held_out].copy()
+        copies = rest[group_column].isin(set(table.loc[table["source"] == held_out, group_column]))
+        if copies.any():
+            log.info("leave out %s: %d image(s) of other sources are copies of its images (or their patients'); "
+                     "left out of its training side", held_out, int(copies.sum()))
+            rest = rest[~copies]
         rest["split"] = split_by_patient(rest, (1 - val_ratio, val_ratio, 0.0), seed, group_column) \
             if val_ratio > 0 else "train"
         test = table[table["source"] == held_out].copy()

@@ -16,7 +16,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
-from cxrlab.data.seen import SEEN_REASON, merge_records, seen_record, split_seen
+from cxrlab.data.seen import REASONS, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
 from cxrlab.evaluate.metrics import binary_view, compute_metrics, interval_metrics
@@ -62,21 +62,26 @@ def _seen(run: Path, payload: dict) -> dict | None:
     if own is not None and own.exists():
         table = resolve_paths(read_table(own), own.parent)
         if {"split", "patient_id", "image"} <= set(table.columns):
-            record = merge_records(record, seen_record(table[table["split"].isin(["train", "val"])]))
+            rows = table[table["split"].isin(["train", "val"])]
+            record = merge_records(record, seen_record(rows, content=not (record or {}).get("content")))
     return record
 
 
-def _unseen(frame: pd.DataFrame, record: dict | None, run: Path, side: str) -> tuple[pd.DataFrame, list[str]]:
-    """``frame`` without the rows the model has seen, and those rows' images.
+def _unseen(frame: pd.DataFrame, record: dict | None, run: Path,
+            side: str) -> tuple[pd.DataFrame, list[tuple[str, str]], int]:
+    """``frame`` without the rows the model has seen, ``(image, reason)`` of those rows, and how many
+    of them are copies or near-copies (by content) of its training and validation images.
 
     Raises:
         ConfigError: the model has seen every row (an in-sample "test").
     """
     unseen, seen = split_seen(frame, record)
+    copies = int(seen["seen_as"].isin(["copy", "near copy"]).sum()) if len(seen) else 0
     if unseen.empty:
-        raise ConfigError(f"{run}: the model trained or validated on every patient of the {side} "
-                          f"({len(frame)} images): evaluate it on patients it has not seen")
-    return unseen, seen["image"].tolist()
+        how = f", {copies} of them as copies under other names" if copies else ""
+        raise ConfigError(f"{run}: the model trained or validated on every image of the {side} ({len(frame)} images"
+                          f"{how}): evaluate it on patients it has not seen")
+    return unseen, [(i, REASONS[why]) for i, why in zip(seen["image"], seen["seen_as"], strict=True)], copies
 
 
 def _operating_points(val, test, payload: dict, positive: str) -> tuple[list[dict], str]:
@@ -128,11 +133,13 @@ def _per_source(p: Predictions) -> dict:
     return out
 
 
-def _warnings(p: Predictions, per_source: dict, seen: int = 0) -> list[str]:
+def _warnings(p: Predictions, per_source: dict, seen: int = 0, copies: int = 0) -> list[str]:
     notes = []
     if seen:
+        how = (f" ({copies} of them copies or near-copies of its training or validation images under other names "
+               "and patient ids)") if copies else ""
         notes.append(f"{seen} image(s) left out: the model trained or validated on their patients (or on the "
-                     "images themselves), so they are not test data; the figures are on the other images only")
+                     f"images themselves){how}, so they are not test data; the figures are on the other images only")
     single = [s for s, v in per_source.items() if len(v["classes"]) == 1]
     if len(per_source) > 1 and single:
         notes.append(f"source(s) {', '.join(single)} hold a single class in this test set: a model can score by "
@@ -170,11 +177,11 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     scheme = model_scheme(model)
     test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
                                                   scheme)
-    test_frame, seen = _unseen(test_frame, _seen(run, payload), run, side)
+    test_frame, seen, copies = _unseen(test_frame, _seen(run, payload), run, side)
     test = predictor.predict_frame(test_frame, out / "prepared-test")
     val = predictor.predict_frame(val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     if model.multilabel:
-        return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, n_boot, seed)
+        return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, copies, n_boot, seed)
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
     per_source = _per_source(test)
     positive = POSITIVE_CLASS
@@ -194,10 +201,10 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "metrics": metrics,
         "ci": ci, "n_boot": n_boot, "per_source": per_source,
         "binary": binary, "calibration": calibration,
-        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *((i, SEEN_REASON) for i in seen)],
-        "seen_left_out": len(seen),
+        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *seen],
+        "seen_left_out": len(seen), "seen_copies": copies,
         "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
-        "warnings": _warnings(test, per_source, len(seen)),
+        "warnings": _warnings(test, per_source, len(seen), copies),
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
@@ -230,7 +237,8 @@ def model_scheme(model) -> str:
     return "binary" if len(model.class_names) == 2 else "3class"
 
 
-def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: str, unread, seen: list[str],
+def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: str, unread,
+                         seen: list[tuple[str, str]], copies: int,
                          n_boot: int, seed: int) -> dict:
     """:func:`evaluate_run` for a multi-label model (:mod:`cxrlab.evaluate.multilabel`)."""
     results = {
@@ -238,9 +246,10 @@ def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: s
                   "class_names": list(test.class_names), "multilabel": True},
         "side": side, "patients": int(test.frame["patient_id"].nunique()), "n_boot": n_boot,
         **multilabel_results(test, val, payload, n_boot, seed),
-        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *((i, SEEN_REASON) for i in seen)],
-        "seen_left_out": len(seen), "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
-        "warnings": _warnings(test, {}, len(seen)),  # a source's class mix: see its per-finding figures
+        "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *seen],
+        "seen_left_out": len(seen), "seen_copies": copies,
+        "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
+        "warnings": _warnings(test, {}, len(seen), copies),  # a source's class mix: see its per-finding figures
     }
     return _finish(run, out, test, results, multilabel_figures(test, out))
 

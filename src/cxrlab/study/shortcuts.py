@@ -28,9 +28,10 @@ DROP_WARNING = 0.15  # accuracy lost on an unseen source that the report calls o
 
 def source_runs(config: StudyConfig, split: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One split per source: that source's images are the test side; patient-grouped train and
-    validation sides come from the other sources."""
+    validation sides come from the other sources, without copies of the held-out source's images."""
+    group = "group_id" if "group_id" in split.columns else "patient_id"  # near-duplicates joined (dedupe)
     return leave_one_source_out(split.drop(columns=["split", "fold"]), class_names(config.scheme), val_ratio=0.2,
-                                seed=config.seed)
+                                seed=config.seed, group_column=group)
 
 
 def held_out_results(out: Path, cell: Cell, splits: dict[str, pd.DataFrame], in_distribution: dict,

@@ -17,6 +17,7 @@ from cxrlab.core.run_folder import PREPARED, SPLITS
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.runtime import default_workers
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
+from cxrlab.data.audit import check_no_copies
 from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.findings import finding_targets
 from cxrlab.data.manifest import Manifest, recorded_scheme
@@ -117,6 +118,8 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
     if data.splits:
         manifest = load_source(data.splits, scheme=data.scheme, policy=config.finding_policy)  # the leakage guard
         frame = manifest.table
+        if data.dedupe:  # patients are checked above; copies under other ids here
+            check_no_copies(frame, str(data.splits), workers=default_workers() if len(frame) > 2000 else 1)
         if Path(data.splits).resolve() != (out / SPLITS).resolve() and is_rank_zero():  # the run keeps its split
             write_splits(frame, {"from": str(data.splits), "scheme": data.scheme}, out)
     else:

@@ -53,7 +53,8 @@ class DataSection(_Section):
     ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train, validation and test shares of "
                                                                             "the split made here")
     dedupe: bool = Field(True, description="when making a split: patients whose images are near-duplicates (pHash "
-                                           "distance <= 4) form one group, kept on one side")
+                                           "within 6 bits, thumbnails correlating >= 0.98) form one group, kept on "
+                                           "one side; a split file given (splits) with copies on two sides is refused")
     folds: int = Field(0, ge=0, description="K >= 3: cross-validated training (cxrlab train --folds K): K runs, "
                                             "out-of-fold predictions for every image; ratios are then not used")
     class_balance: Literal["none", "weights", "sampler"] = Field(

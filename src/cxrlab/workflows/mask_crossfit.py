@@ -22,6 +22,7 @@ from cxrlab.core.run_folder import SUMMARY
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source, write_table
+from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.data.mask_provenance import PREDICTED
 from cxrlab.data.splits import assign_folds
@@ -32,10 +33,12 @@ VALIDATION_FOLDS = 5  # a segmenter's validation side: one fifth of the patients
 
 
 def _folds(frame: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    """Patient folds stratified by class and by whether the image has a given mask."""
+    """Patient folds stratified by class and by whether the image has a given mask; patients joined by
+    near-duplicate images share a fold (a segmenter never masks a copy of an image it trained on)."""
     has_mask = frame.get("mask", pd.Series("", index=frame.index)).fillna("").astype(str) != ""
-    strata = frame.assign(split="train", label=frame["label"].astype(str) + "|" + has_mask.astype(str))
-    return assign_folds(strata, folds, seed).to_numpy()
+    grouped, _ = regroup_duplicates(frame.reset_index(drop=True))
+    strata = grouped.assign(split="train", label=grouped["label"].astype(str) + "|" + has_mask.to_numpy().astype(str))
+    return assign_folds(strata, folds, seed, group_column="group_id").to_numpy()
 
 
 def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, settings: dict | None = None,
