@@ -50,14 +50,15 @@ def train_model(config: str | Path | None = None, **settings) -> TrainResult | C
 
 def evaluate_model(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
                    n_boot: int = DEFAULT_N_BOOT, seed: int = 0, segmenter: str | Path | None = None,
-                   explanations: bool = False) -> dict:
+                   explanations: bool = False, allow_mixed_masks: bool = False) -> dict:
     """Evaluate a run's (or model file's) model on its test side, or on ``data`` (images it never
     saw), and write the report, as ``cxrlab evaluate`` does (``explanations``: with its Grad-CAM
-    sections, as the command by default). Returns the figures (``metrics.json``)."""
+    sections, as the command by default; ``allow_mixed_masks``: as ``--allow-mixed-masks``).
+    Returns the figures (``metrics.json``)."""
     from cxrlab.workflows.evaluation import evaluate_and_explain
 
     return evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter,
-                                explanations=explanations)
+                                explanations=explanations, allow_mixed_masks=allow_mixed_masks)
 
 
 def predict(model: str | Path, images: Iterable[str | Path], out: str | Path, overlays: bool = True,

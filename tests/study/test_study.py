@@ -294,6 +294,9 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     report = (tmp_path / "report.md").read_text()
     assert "test in-lung share" in report and "test_side.png" in report and "guided attention" in report
     assert "test ROAD" in report and "Lung masks per side, class and origin" in report  # every phantom: "given"
+    # the guided variant's in-lung share is what its loss trained: marked, never read as a check
+    assert summary.loc["variant-guided_attention", "test_lung_circular"] and not summary.loc["variant-plain", "test_lung_circular"]
+    assert report.count("trained on it: circular") == 1
     # the shortcut checks run on a lung-attention model too (its masks ride along as an input channel)
     loaded = Predictor(guided)
     assert loaded.model.lung_attention
@@ -303,6 +306,9 @@ def test_variants_compare_guided_attention_with_intervals_and_lung_share(phantom
     (tmp_path / "audit").mkdir()
     lungs = lung_audit(tmp_path / "audit", split, loaded)
     assert set(lungs["masked_inputs"]["variants"]) == {"full image", "lungs only", "lungs removed"}
+    linked = split.assign(mask=split["mask"].where(split["label"] == "COVID-19", ""))  # masks on one class only
+    refused = lung_audit(tmp_path / "audit", linked, loaded)
+    assert "needs a lung mask on every image or on none" in refused["skipped"] and refused["warnings"]
     probe = source_probe_audit(config, tmp_path / "audit", split, loaded)
     assert "fine-tuned (best model)" in probe["probes"]
 

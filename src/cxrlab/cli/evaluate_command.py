@@ -24,6 +24,9 @@ def evaluate_command(
     segmenter: Annotated[Optional[Path], typer.Option(help="Lung segmenter file: for a model that uses lung masks, every "
                                                           "image's mask comes from it (as in predict) instead of the "
                                                           "table's mask column.")] = None,
+    allow_mixed_masks: Annotated[bool, typer.Option("--allow-mixed-masks", help="Go on when the lung masks fail the "
+                                                    "provenance rule training applies (some images unmasked, masks of "
+                                                    "several origins): warned and recorded in the report.")] = False,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "32",
 ) -> None:
     """Metrics with patient-bootstrap CIs, per-source results, operating points, calibration and figures.
@@ -34,7 +37,7 @@ def evaluate_command(
     with handle_errors(), device_policy(device, precision):
         results = evaluate_and_explain(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed,
                                        explanations=not no_gradcam, method=cam_method, layer=cam_layer,  # type: ignore[arg-type]
-                                       segmenter=segmenter)
+                                       segmenter=segmenter, allow_mixed_masks=allow_mixed_masks)
         m, ci = results["metrics"], results["ci"]
         if results.get("task") == "multilabel":
             _print_multilabel(results)

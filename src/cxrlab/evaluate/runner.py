@@ -16,6 +16,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
+from cxrlab.data.mask_provenance import IN_SAMPLE, guard_masks
 from cxrlab.data.seen import REASONS, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
@@ -133,8 +134,8 @@ def _per_source(p: Predictions) -> dict:
     return out
 
 
-def _warnings(p: Predictions, per_source: dict, seen: int = 0, copies: int = 0) -> list[str]:
-    notes = []
+def _warnings(p: Predictions, per_source: dict, seen: int = 0, copies: int = 0, masks: str | None = None) -> list[str]:
+    notes = [f"MASKS FAIL THE PROVENANCE RULE (evaluated anyway, --allow-mixed-masks): {masks}"] if masks else []
     if seen:
         how = (f" ({copies} of them copies or near-copies of its training or validation images under other names "
                "and patient ids)") if copies else ""
@@ -149,8 +150,30 @@ def _warnings(p: Predictions, per_source: dict, seen: int = 0, copies: int = 0) 
     return notes
 
 
+def model_mask_settings(predictor: Predictor) -> str:
+    """What in a model's preprocessing or architecture uses lung masks, as text ("" when nothing does)."""
+    pre, model = predictor.preprocess, predictor.model
+    used = [name for name, on in (("lung_crop", pre.lung_crop), ("artifacts: inpaint", pre.artifacts == "inpaint"),
+                                  ("lung_attention", model.lung_attention)) if on]
+    return " and ".join(used)
+
+
+def _guard_model_masks(predictor: Predictor, frames: list[pd.DataFrame | None], origin: str, allow: bool) -> str | None:
+    """The training rule for masks, applied to the images a mask-using model is evaluated on when their
+    masks come from the table (with a segmenter every mask has one origin): refused, or with ``allow``
+    returned for the report."""
+    settings = model_mask_settings(predictor)
+    if not settings or predictor.segmenter is not None:
+        return None
+    rows = pd.concat([f for f in frames if f is not None and len(f)])
+    return guard_masks(rows, f"this model's {settings}", origin, allow,
+                       "pass --segmenter SEGMENTER so every image's mask comes from one segmenter (as in predict), "
+                       "or give masks of one origin for every image")
+
+
 def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = None, splits: str | Path | None = None,
-                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, segmenter: str | Path | None = None) -> dict:
+                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, segmenter: str | Path | None = None,
+                 allow_mixed_masks: bool = False) -> dict:
     """Evaluate a trained model and write ``report.html``, ``report.md``, ``metrics.json``,
     ``predictions.csv`` and figures.
 
@@ -166,9 +189,14 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         seed: Seed of the bootstrap.
         segmenter: A lung segmenter file: every image's mask (for a model whose preprocessing uses
             one) comes from it, as in ``predict``, instead of the table's ``mask`` column.
+        allow_mixed_masks: Go on when the table's masks fail the provenance rule training applies
+            (:func:`cxrlab.data.mask_provenance.mask_problem`): a warning, and ``mask_problem`` in the results.
 
     Returns:
         The results dict also written to ``metrics.json``.
+
+    Raises:
+        ConfigError: a mask-using model on masks that fail the rule (without ``allow_mixed_masks``).
     """
     run, out = Path(run), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,10 +206,11 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
     test_frame, val_frame, side, unread = _frames(run, Path(data) if data else None, Path(splits) if splits else None,
                                                   scheme)
     test_frame, seen, copies = _unseen(test_frame, _seen(run, payload), run, side)
+    masks = _guard_model_masks(predictor, [test_frame, val_frame], str(data or splits or run), allow_mixed_masks)
     test = predictor.predict_frame(test_frame, out / "prepared-test")
     val = predictor.predict_frame(val_frame, out / "prepared-val") if val_frame is not None and len(val_frame) else None
     if model.multilabel:
-        return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, copies, n_boot, seed)
+        return _evaluate_multilabel(run, out, payload, test, val, side, unread, seen, copies, n_boot, seed, masks)
     metrics = compute_metrics(test.y_true, test.probs, test.class_names)
     per_source = _per_source(test)
     positive = POSITIVE_CLASS
@@ -204,7 +233,7 @@ def evaluate_run(run: str | Path, out: str | Path, data: str | Path | None = Non
         "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *seen],
         "seen_left_out": len(seen), "seen_copies": copies,
         "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
-        "warnings": _warnings(test, per_source, len(seen), copies),
+        "warnings": _warnings(test, per_source, len(seen), copies, masks), "mask_problem": masks,
     }
     figures = {"confusion matrices": plot_confusion(metrics["confusion_matrix"], test.class_names, out / "confusion.png"),
                "ROC and PR curves": plot_roc_pr(test.y_true, test.probs, test.class_names, out / "roc_pr.png"),
@@ -222,7 +251,7 @@ def _finish(run: Path, out: Path, test: Predictions, results: dict, figures: dic
         predictions[name] = test.probs[:, i]
     predictions["predicted"] = test.predicted
     predictions["most_probable"] = [test.class_names[i] for i in test.probs.argmax(1)]
-    for column in ("mask", "lesion"):  # lung and finding masks, for the explanation layer
+    for column in ("mask", "mask_source", IN_SAMPLE, "lesion"):  # lung and finding masks, for the explanation layer
         predictions[column] = test.frame[column].fillna("") if column in test.frame.columns else ""
     predictions.to_csv(out / "predictions.csv", index=False)
     results["figures"] = {name: str(path) for name, path in figures.items()}
@@ -239,7 +268,7 @@ def model_scheme(model) -> str:
 
 def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: str, unread,
                          seen: list[tuple[str, str]], copies: int,
-                         n_boot: int, seed: int) -> dict:
+                         n_boot: int, seed: int, masks: str | None = None) -> dict:
     """:func:`evaluate_run` for a multi-label model (:mod:`cxrlab.evaluate.multilabel`)."""
     results = {
         "model": {"file": str(run), "backbone": payload["backbone"], "fine_tune": payload["fine_tune"],
@@ -249,7 +278,7 @@ def _evaluate_multilabel(run: Path, out: Path, payload: dict, test, val, side: s
         "skipped": [*((item.image, item.reason) for item in unread), *test.skipped, *seen],
         "seen_left_out": len(seen), "seen_copies": copies,
         "unreadable": sum(item.unreadable for item in unread) + len(test.skipped),
-        "warnings": _warnings(test, {}, len(seen), copies),  # a source's class mix: see its per-finding figures
+        "warnings": _warnings(test, {}, len(seen), copies, masks), "mask_problem": masks,  # a source's class mix: see its per-finding figures
     }
     return _finish(run, out, test, results, multilabel_figures(test, out))
 

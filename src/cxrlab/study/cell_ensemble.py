@@ -50,13 +50,14 @@ def cell_model(out: Path, cell: str, ok: pd.DataFrame) -> Path:
         return folder
     shutil.rmtree(folder, ignore_errors=True)  # older runs' ensemble and everything cached from it
     folder.mkdir(parents=True)
-    members, seen, preprocess = [], [], None
+    members, seen, preprocess, guidance = [], [], None, {}
     for run in runs:
         model, preprocess, payload = load_model(cell_dir / run / MODEL)
         members.append(model)
         seen.append((payload.get("extra") or {}).get("seen"))
+        guidance = (payload.get("extra") or {}).get("guidance") or guidance  # one cell: the same settings
     save_model(EnsembleClassifier(members).eval(), folder / MODEL, preprocess,
-               {"seen": merge_records(*seen), "runs": runs})
+               {"seen": merge_records(*seen), "runs": runs, "guidance": guidance})
     for name in (CONFIG, SOURCES):  # the runs' settings (they differ in their folds and seeds only)
         if (cell_dir / runs[0] / name).exists():
             shutil.copy2(cell_dir / runs[0] / name, folder / name)

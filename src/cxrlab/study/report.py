@@ -113,6 +113,12 @@ def plot_metrics(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
     return path
 
 
+def _circular(row: pd.Series) -> bool:
+    """Whether a configuration was trained to put its evidence inside the lung masks (guided attention)."""
+    value = row.get("test_lung_circular")
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
 def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, best: str | None) -> list[tuple[str, list[str], list[list[str]]]]:
     factors = [c for c in summary.columns if c.startswith("factor.")]
     header = [f.removeprefix("factor.") for f in factors] + [
@@ -135,7 +141,8 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
             f"{int(r['trainable_params']):,}" if pd.notna(r.get("trainable_params")) else "—",
             _num(r.get("seconds_per_epoch"), 1), _num(r.get("p_vs_best_holm", r.get("p_vs_best"))) + noise,
             _with_ci(r, "test_accuracy"), _with_ci(r, "test_auc_macro"), _num(r.get("test_auc_covid")),
-            _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_even_share', r.get('test_lung_area')), 2)})"]
+            _num(r.get("test_p_holm", r.get("test_p_vs_best")))] + ([f"{_with_ci(r, 'test_in_lung_share', 2)} ({_num(r.get('test_even_share', r.get('test_lung_area')), 2)})"
+                                               + (" — trained on it: circular, not comparable" if _circular(r) else "")]
                                               if shares else []) + ([_with_ci(r, "test_road", 3)] if road else []))
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")

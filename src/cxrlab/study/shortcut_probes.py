@@ -24,6 +24,7 @@ from cxrlab.evaluate.masked_inputs import (
     summarise_masked_inputs,
 )
 from cxrlab.evaluate.source_probe import source_probe
+from cxrlab.data.mask_provenance import mask_problem
 from cxrlab.explain import lung_evidence, summarise_lung_evidence
 from cxrlab.models import WeightsUnavailableError, create_classifier
 from cxrlab.models.ood import pooled_features
@@ -86,9 +87,14 @@ def lung_audit(out: Path, frame: pd.DataFrame, predictor: Predictor) -> dict:
 
     Returns:
         ``{"masked_inputs": summary, "lung_evidence": summary, "warnings": [...]}``, or
-        ``{"skipped": reason}`` without masked test images.
+        ``{"skipped": reason}`` without masked test images or when the test side's masks fail the
+        provenance rule training applies (:func:`cxrlab.data.mask_provenance.mask_problem`).
     """
     test = frame[frame["split"] == "test"]
+    if problem := mask_problem(test, "the lung audit", "the study's test side",
+                               "give the study a manifest whose masks all come from cxrlab segment crossfit"):
+        # masks on some classes only, or from two annotation projects: their outline alone could pass for evidence
+        return {"skipped": problem, "warnings": [f"lung audit not run: {problem}"]}
     masks = test.get("mask", pd.Series("", index=test.index)).fillna("").astype(str)
     test = test[masks != ""]
     if test.empty:

@@ -20,6 +20,7 @@ from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data.classes import POSITIVE_CLASS
+from cxrlab.data.mask_provenance import mask_problem
 from cxrlab.evaluate.bootstrap import bootstrap_ci, bootstrap_cis, holm
 from cxrlab.evaluate.compare import paired_differences
 from cxrlab.evaluate.metrics import accuracy_and_macro_auc, compute_metrics
@@ -69,7 +70,7 @@ def paired_auc_p(a: pd.DataFrame, b: pd.DataFrame, patients: pd.Series, n_boot: 
 TEST_COLUMNS = ("test_run", "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_auc_macro",
                 "test_auc_macro_low", "test_auc_macro_high", "test_auc_covid", "test_p_vs_best", "test_p_holm", "test_in_lung_share",
                 "test_in_lung_share_low", "test_in_lung_share_high", "test_lung_area", "test_even_share", "test_lung_images",
-                "test_road", "test_road_low", "test_road_high")
+                "test_lung_circular", "test_road", "test_road_low", "test_road_high")
 
 
 def metric_cis(predictions: pd.DataFrame, patients: pd.Series, n_boot: int, seed: int) -> dict:
@@ -92,8 +93,14 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
     image, and the model's own baseline (``even_share``: what evidence spread evenly over the region
     it sees would score). Maps are cached in ``test_lung_evidence.csv``.
 
-    Returns ``None`` when no test image has a mask.
+    Returns ``None`` when no test image has a mask, or the masks fail the provenance rule (some test
+    images unmasked, several origins: :func:`cxrlab.data.mask_provenance.mask_problem`; logged).
+    ``test_lung_circular``: the model was trained to put its evidence in the masks (guided attention).
     """
+    if problem := mask_problem(test, "the in-lung share", "the study's test side",
+                               "give the study a manifest whose masks all come from cxrlab segment crossfit"):
+        log.warning("in-lung share not computed: %s", problem)
+        return None
     names = [c for c in predictions.columns if c not in ("image", "label")]
     rows = rows_with(test, "mask").merge(
         predictions.assign(predicted=predictions[names].idxmax(axis=1))[["image", "predicted"]], on="image")
@@ -101,15 +108,16 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
         return None
     cached = run_dir / TEST_LUNG_EVIDENCE
     table = pd.read_csv(cached) if cached.exists() else None
+    model, preprocess, payload = load_model(run_dir / MODEL)
     if table is None or "even_share" not in table.columns:  # tables from before the own-region baseline: redo
-        model, preprocess, _ = load_model(run_dir / MODEL)
         table = lung_evidence(model, preprocess, rows)
         atomic_write_text(cached, table.to_csv(index=False))
+    circular = bool((payload.get("extra") or {}).get("guidance"))  # trained to put its evidence in these masks
     table = table.dropna(subset=["in_lung_share"]).merge(rows[["image", "patient_id"]], on="image")
     if table.empty:
         return None
     return {**_mean_interval(table, "in_lung_share", n_boot, seed), "test_lung_area": float(table["lung_area"].mean()), "test_even_share": float(table["even_share"].mean()),
-            "test_lung_images": int(len(table))}
+            "test_lung_images": int(len(table)), "test_lung_circular": circular}
 
 
 def faithfulness(run_dir: Path, test: pd.DataFrame, n_boot: int, seed: int) -> dict:

@@ -83,6 +83,15 @@ def mask_settings(config: TrainConfig) -> str:
     return " and ".join(used)
 
 
+def guidance_record(config: TrainConfig) -> dict:
+    """How training steers the model towards the lung masks, for its file (empty when it does not)."""
+    model, optim = config.model, config.optim
+    steered = {"lung_attention": True} if model.lung_attention else {}
+    if optim.attention_loss > 0:
+        steered.update(attention_loss=optim.attention_loss, attention_form=optim.attention_form)
+    return steered
+
+
 def check_classes_present(frame: pd.DataFrame, names: Sequence[str], sides: Sequence[str] = ("train", "val"),
                           multilabel: bool = False) -> None:
     """Every class has images on each of ``sides`` (multi-label: every finding is positive on some

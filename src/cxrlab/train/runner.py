@@ -49,6 +49,7 @@ from cxrlab.train.data import (
     TrainData,
     class_weights,
     datasets,
+    guidance_record,
     load_train_data,
     loader,
     with_recorded_scheme,
@@ -187,7 +188,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                           f"{', '.join(data.class_names)}")
     validated = bool(data.val_images)  # False only for a refit on everything (select.metric: last)
     selector = EpochSelector.from_config(config.select)
-    seen = {"seen": seen_record(data.frame[data.frame["split"].isin(["train", "val"])])}  # evaluate refuses these
+    seen = {"seen": seen_record(data.frame[data.frame["split"].isin(["train", "val"])]),  # evaluate refuses these
+            "guidance": guidance_record(config)}  # what makes its in-lung share circular
     # the model file keeps masks only when the model itself needs them (the attention loss needs them in training)
     kept = data.preprocess.updated(keep_mask=config.model.lung_attention)
     keeper = BestModelKeeper(out / MODEL, kept, selector, seen)

@@ -40,7 +40,7 @@ from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.preprocess import ShardReader
 from cxrlab.train import TrainConfig, train
 from cxrlab.train.config_sources import write_sources
-from cxrlab.train.data import grouped_table, with_recorded_scheme
+from cxrlab.train.data import grouped_table, guidance_record, with_recorded_scheme
 from cxrlab.train.reuse import check_same_config
 from cxrlab.workflows.baseline import frozen_features, probe_oof
 from cxrlab.workflows.ensemble_reference import oof_reference
@@ -190,7 +190,8 @@ def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     reader = ShardReader(Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED)
     reference = oof_reference(ensemble, predictions, names, reader, config.optim.batch_size)
     save_model(ensemble, out / MODEL, preprocess, {"folds": config.data.folds, "screening": reference,
-                                                        "seen": seen_record(predictions)})  # every member's images
+                                                        "seen": seen_record(predictions),  # every member's images
+                                                        "guidance": guidance_record(config)})
     return reference
 
 

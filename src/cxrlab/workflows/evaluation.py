@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.run_folder import model_file
+from cxrlab.data.mask_provenance import mask_problem
 from cxrlab.evaluate.runner import evaluate_run, write_report
 from cxrlab.explain import (
     CamMethod,
@@ -29,15 +30,28 @@ log = logging.getLogger(__name__)
 def evaluate_and_explain(run: str | Path, out: str | Path, *, data: str | Path | None = None,
                          splits: str | Path | None = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
                          explanations: bool = True, method: CamMethod = "gradcam", layer: str | None = None,
-                         segmenter: str | Path | None = None) -> dict:
+                         segmenter: str | Path | None = None, allow_mixed_masks: bool = False) -> dict:
     """:func:`cxrlab.evaluate.runner.evaluate_run`, then :func:`add_explanations` (unless disabled)."""
-    results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter)
-    return add_explanations(results, Path(run), Path(out), method, layer) if explanations else results
+    results = evaluate_run(run, out, data=data, splits=splits, n_boot=n_boot, seed=seed, segmenter=segmenter,
+                           allow_mixed_masks=allow_mixed_masks)
+    return add_explanations(results, Path(run), Path(out), method, layer, allow_mixed_masks) if explanations else results
 
 
-def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "gradcam", layer: str | None = None) -> dict:
+def guidance(payload: dict) -> dict | None:
+    """How a model was steered towards the lungs (``lung_attention``, ``attention_loss``), from its file;
+    ``None`` for an unguided model. Its in-lung share then measures what it was trained on (circular)."""
+    steered = (payload.get("extra") or {}).get("guidance") or {}
+    return steered if steered.get("lung_attention") or steered.get("attention_loss") else None
+
+
+def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "gradcam", layer: str | None = None,
+                     allow_mixed_masks: bool = False) -> dict:
     """Add the Grad-CAM sections to an evaluation: in-lung evidence, the pointing game on lesion
     masks, galleries, first-layer filters.
+
+    The in-lung share needs masks that pass the provenance rule (every image masked, one origin:
+    :func:`cxrlab.data.mask_provenance.mask_problem`); otherwise it is left out with the reason,
+    or with ``allow_mixed_masks`` computed and marked. A guided model's share is marked circular.
 
     Returns:
         ``results`` with ``lung_evidence``, ``lesion_evidence`` (images with lesion masks),
@@ -47,10 +61,28 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     model, preprocess, payload = load_model(model_file(run))
     figures = results.setdefault("figures", {})
+    problem = None
     if "mask" in predictions.columns and (predictions["mask"] != "").any():
+        problem = mask_problem(predictions, "the in-lung share", "the evaluated images",
+                               "give every image a mask of one origin (cxrlab evaluate --segmenter, or a manifest "
+                               "from cxrlab segment crossfit)")
+        if problem and not allow_mixed_masks:
+            results["lung_evidence"] = {"n": 0, "left_out": problem}
+            results.setdefault("warnings", []).append(f"in-lung share not computed: {problem}")
+    if "mask" in predictions.columns and (predictions["mask"] != "").any() and not (problem and not allow_mixed_masks):
         table = lung_evidence(model, preprocess, predictions, method, layer)
         table.to_csv(out / "lung_evidence.csv", index=False)
         summary = summarise_lung_evidence(table)
+        if problem:
+            summary["mask_problem"] = problem
+            results.setdefault("warnings", []).append(f"in-lung share on masks that fail the provenance rule "
+                                                      f"(--allow-mixed-masks): {problem}")
+        if steered := guidance(payload):
+            summary["circular"] = steered
+            results.setdefault("warnings", []).append(
+                "this model was trained to put its evidence inside the lung masks (" + ", ".join(
+                    f"{k} {v}" for k, v in steered.items()) + "): its in-lung share measures what it was trained "
+                "on (circular), not a check; compare faithfulness (ROAD) instead")
         results["lung_evidence"] = summary
         if summary["n"]:
             results["extra_tables"] = _lung_tables(summary)
@@ -82,7 +114,9 @@ def _lung_tables(summary: dict) -> list[dict]:
         {"title": f"Grad-CAM evidence inside the lungs ({summary['n']} test images with lung masks; median share "
                   f"{summary['median']:.2f}; evidence spread evenly over what the model sees would score a median "
                   f"{summary['median_even_share']:.2f}: the lungs' share of the image, or of a lung-cropping model's "
-                  "crop box)",
+                  "crop box)" + (". CIRCULAR: this model was trained to put its evidence inside these masks, so the "
+                                 "share is what it was trained on, not a check" if summary.get("circular") else "")
+                  + (f". MASKS FAIL THE PROVENANCE RULE: {summary['mask_problem']}" if summary.get("mask_problem") else ""),
          "header": ["true class / prediction", "images", "median in-lung share", "mostly outside (< 0.5)"], "rows": rows},
         {"title": "Images whose evidence lies mostly outside the lungs (text, markers, devices, borders?)",
          "header": ["image", "true", "predicted", "in-lung share"],
