@@ -154,7 +154,12 @@ def test_cross_fitted_masks_are_all_predicted_out_of_sample(segment_run, tmp_pat
                                       str(tmp_path / "cf"), "--folds", "3", "--size", "64", "--epochs", "1"])
     assert result.exit_code == 3, result.output  # everything else written; the bad file named with its reason
     assert f"skipped {tmp_path / 'cut.png'}:" in result.output
-    assert json.loads((tmp_path / "cf" / "summary.json").read_text())["skipped"][0][0] == str(tmp_path / "cut.png")
+    summary = json.loads((tmp_path / "cf" / "summary.json").read_text())
+    assert summary["skipped"][0][0] == str(tmp_path / "cut.png")
+    dice = summary["dice_vs_given"]  # on every hand-drawn mask, by segmenters that never saw the patient
+    assert dice["n"] == (table["mask"].fillna("") != "").sum() and set(dice["per_class"]) == {"COVID-19", "Pneumonia"}
+    assert dice["unmeasured"]["label"] == ["Normal"] and sum(v["n"] for v in dice["per_source"].values()) == dice["n"]
+    assert "Dice per class: COVID-19" in result.output and "quality unmeasured): label Normal" in result.output
     loaded = load_source(tmp_path / "cf" / "manifest.csv")  # every image and mask found from the merged manifest
     assert not loaded.skipped and len(loaded.table) == len(table)
     assert sorted(loaded.table["image"]) == sorted(str(phantoms.parent / p) for p in table["image"])

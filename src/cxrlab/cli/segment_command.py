@@ -92,8 +92,21 @@ def segment_predict(
         dice = summary["dice_vs_given"]
         if dice["n"]:
             console.print(f"overlap with the {dice['n']} given masks: mean Dice {dice['mean']:.3f} (median "
-                          f"{dice['median']:.3f}; optimistic for images the segmenter was trained on)")
+                          f"{dice['median']:.3f}; {dice['in_sample']} of them the segmenter's own training patients: "
+                          "optimistic there)")
+            _print_dice(dice)
         console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / 'masks'}")
+
+
+def _print_dice(dice: dict) -> None:
+    """Dice per source and per class, and where there was no hand-drawn mask to measure it."""
+    for key in ("source", "class"):
+        console.print(f"  Dice per {key}: " + ", ".join(f"{k} {v['mean']:.3f} ({v['n']} images)"
+                                                       for k, v in dice.get(f"per_{key}", {}).items()), highlight=False)
+    unmeasured = {k: v for k, v in dice.get("unmeasured", {}).items() if v}
+    if unmeasured:
+        console.print("  no hand-drawn mask to score against (mask quality unmeasured): " + "; ".join(
+            f"{k} {', '.join(v)}" for k, v in unmeasured.items()), highlight=False)
 
 
 @app.command("crossfit")
@@ -122,6 +135,8 @@ def segment_crossfit(
         console.print(f"{summary['masks']} of {summary['images']} images masked by {summary['folds']} segmenters, each "
                       f"on patients it never trained on" + (f"; Dice against the hand-drawn masks of those patients "
                                                             f"{dice:.3f}" if dice is not None else ""))
+        if summary["dice_vs_given"]["n"]:
+            _print_dice(summary["dice_vs_given"])
         for image, reason in summary["skipped"][:20]:
             console.print(f"  skipped {image}: {reason}", highlight=False)
         console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / SUMMARY}")

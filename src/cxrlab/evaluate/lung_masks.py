@@ -27,6 +27,30 @@ log = logging.getLogger(__name__)
 BATCH = 16
 
 
+DICE_TABLE = "dice_vs_given.csv"  # per image with a given mask: its Dice against the predicted one
+
+
+def _dice_stats(values: pd.Series) -> dict:
+    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(values.median()),
+            "p05": float(values.quantile(0.05))}
+
+
+def dice_summary(scored: pd.DataFrame, frame: pd.DataFrame | None = None) -> dict:
+    """Dice of predicted against given masks over ``scored`` (``dice``, ``source``, ``label``), pooled, per
+    source and per class; with ``frame`` (all rows), the sources and classes with no given mask to
+    score against are named (``unmeasured``): there the masks' quality is unknown."""
+    if scored.empty:
+        out: dict = {"n": 0}
+    else:
+        out = {**_dice_stats(scored["dice"]),
+               "per_source": {str(k): _dice_stats(v) for k, v in scored.groupby("source")["dice"]},
+               "per_class": {str(k): _dice_stats(v) for k, v in scored.groupby("label")["dice"]}}
+    if frame is not None:
+        out["unmeasured"] = {key: sorted(set(map(str, frame[key])) - set(map(str, scored[key])))
+                             for key in ("source", "label") if key in frame.columns}
+    return out
+
+
 def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Path, *, replace: bool = False,
                        progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """Segment the lungs of every row of ``frame`` that lacks a mask (every row with ``replace``).
@@ -39,7 +63,10 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
     ``replace``.
 
     Returns:
-        ``(the new table, {"predicted", "kept_given", "skipped": [(image, reason)], "dice_vs_given"})``.
+        ``(the new table, {"predicted", "kept_given", "skipped": [(image, reason)], "dice_vs_given"})``;
+        ``dice_vs_given`` (:func:`dice_summary`) is per source and per class, with ``in_sample`` the
+        scored images whose patients the segmenter trained on (optimistic); ``out/dice_vs_given.csv``
+        lists every scored image.
     """
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -71,7 +98,7 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
             mask = lung_mask_from_probability(p, height, width)
             if given[i]:
                 try:
-                    overlaps.append(dice_iou(mask, read_mask(frame.at[i, "mask"], (height, width)))[0])
+                    overlaps.append((i, dice_iou(mask, read_mask(frame.at[i, "mask"], (height, width)))[0]))
                 except InvalidImageError as err:
                     log.warning("segment: given mask unusable: %s", err)
                 if not replace:
@@ -84,6 +111,9 @@ def predict_lung_masks(segmenter: str | Path, frame: pd.DataFrame, out: str | Pa
         if progress:
             progress(min(BATCH, len(frame) - start))
     write_table(frame, out / "manifest.csv")
-    dice = {"n": len(overlaps), "mean": float(np.mean(overlaps)), "median": float(np.median(overlaps))} if overlaps else {"n": 0}
+    scored = frame.reindex(columns=["image", "source", "label"]).loc[[i for i, _ in overlaps]].assign(
+        dice=[d for _, d in overlaps], in_sample=[i in trained_on for i, _ in overlaps])
+    scored.to_csv(out / DICE_TABLE, index=False)
+    dice = {**dice_summary(scored, frame), "in_sample": int(scored["in_sample"].sum())}  # optimistic ones
     return frame, {"predicted": predicted, "kept_given": int(given.sum()) if not replace else 0, "skipped": skipped,
                    "dice_vs_given": dice}

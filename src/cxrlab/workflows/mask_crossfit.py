@@ -26,7 +26,7 @@ from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.manifest import read_table, resolve_paths
 from cxrlab.data.mask_provenance import PREDICTED
 from cxrlab.data.splits import assign_folds
-from cxrlab.evaluate.lung_masks import predict_lung_masks
+from cxrlab.evaluate.lung_masks import DICE_TABLE, dice_summary, predict_lung_masks
 from cxrlab.train.segmentation import SegmentConfig, train_segmenter
 
 VALIDATION_FOLDS = 5  # a segmenter's validation side: one fifth of the patients it may see
@@ -93,8 +93,11 @@ def crossfit_lung_masks(data: str | Path, out: str | Path, folds: int = 3, setti
     table = pd.concat(parts, ignore_index=True).sort_values("image", key=lambda c: c.map(order)).reset_index(drop=True)
     write_table(table, out / "manifest.csv")
     scored = [(r["held_out_dice"], r["segmenter_images"]["test"]) for r in runs if r["held_out_dice"] is not None]
+    tables = [out / f"fold{k}" / "masks" / DICE_TABLE for k in range(folds)]
+    # every predicted mask against the hand-drawn one of the same image, by a segmenter that never saw the patient
+    dice = pd.concat([pd.read_csv(t) for t in tables if t.exists()] or [pd.DataFrame(columns=["source", "label", "dice"])])
     result = {"folds": folds, "images": len(frame), "masks": int((table["mask"] != "").sum()),
               "held_out_dice": float(np.average([d for d, _ in scored], weights=[n for _, n in scored])) if scored else None,
-              "skipped": [list(item) for item in skipped], "runs": runs}
+              "dice_vs_given": dice_summary(dice, frame), "skipped": [list(item) for item in skipped], "runs": runs}
     atomic_write_text(out / SUMMARY, json.dumps(result, indent=2) + "\n")
     return table, result
