@@ -1,10 +1,13 @@
 """Two models on the same test images: is each class's AUC, and the accuracy, really different?
 
 The differences are paired (both models on the same images), far more sensitive than comparing
-two confidence intervals. Their intervals and p-values come from a bootstrap over **patients**
-(several images of one patient are not independent evidence), and Holm's correction across the
-comparisons (accuracy and every class) says which differences survive. DeLong's and McNemar's
-image-level p-values are kept beside them for reference; they treat images as independent.
+two confidence intervals. Several images of one patient are not independent evidence, so every
+test counts patients: the AUCs by Obuchowski's clustered DeLong test, the accuracies by
+Obuchowski's clustered test for correlated proportions, Holm's correction across the comparisons
+(accuracy and every class) saying which differences survive, and intervals from a paired bootstrap
+over patients. DeLong's and McNemar's image-level p-values are kept beside them, labelled as
+references: they treat images as independent (in a null simulation with 40 patients x 5 images
+they reject about a third of the time at alpha 0.05; the clustered tests about 5%; tests).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from cxrlab.core.defaults import DEFAULT_N_BOOT
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.evaluate.bootstrap import bootstrap_cis, holm
-from cxrlab.evaluate.delong import delong_test
+from cxrlab.evaluate.delong import clustered_delong_test, delong_test
 from cxrlab.evaluate.metrics import binary_auc
 
 ALPHA = 0.05
@@ -48,6 +51,30 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     n = a_only + b_only
     p = 1.0 if n == 0 else float(stats.binomtest(a_only, n, 0.5).pvalue)
     return {"a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def clustered_mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, clusters: np.ndarray) -> dict:
+    """Paired accuracy test when images come in clusters (patients): Obuchowski's test for two
+    correlated proportions with clustered data (Statistics in Medicine 17(13), 1998), a ratio
+    estimator whose variance counts patients; with one image per patient it is McNemar's z test.
+    Hand-written: no Python library implements it.
+
+    Returns:
+        ``{"difference" (accuracy A − B), "se", "z", "p_value", "clusters"}``.
+    """
+    codes = np.unique(np.asarray(clusters).astype(str), return_inverse=True)[1]
+    n_clusters = int(codes.max()) + 1 if len(codes) else 0
+    sizes = np.bincount(codes, minlength=n_clusters).astype(float)
+    gain = np.bincount(codes, weights=correct_a.astype(float) - correct_b.astype(float), minlength=n_clusters)
+    total = sizes.sum()
+    diff = float(gain.sum() / total) if total else 0.0
+    if n_clusters < 2:
+        return {"difference": diff, "se": None, "z": None, "p_value": None, "clusters": n_clusters}
+    var = n_clusters / (n_clusters - 1) * float(np.sum((gain - sizes * diff) ** 2)) / total**2
+    se = float(np.sqrt(var))
+    z = 0.0 if se == 0 and diff == 0 else (np.inf if se == 0 else diff / se)
+    return {"difference": diff, "se": se, "z": float(z), "p_value": float(2 * stats.norm.sf(abs(z))),
+            "clusters": n_clusters}
 
 
 def paired_differences(y: np.ndarray, scores_a: dict[str, np.ndarray], scores_b: dict[str, np.ndarray],
@@ -98,23 +125,35 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, class_names: tuple[str
             tested.append(name)
     correct_a = (joined["predicted_a"] == y).to_numpy()
     correct_b = (joined["predicted_b"] == y).to_numpy()
-    clustered = paired_differences(y, {n: joined[f"{n}_a"].to_numpy(float) for n in tested},
+    intervals = paired_differences(y, {n: joined[f"{n}_a"].to_numpy(float) for n in tested},
                                    {n: joined[f"{n}_b"].to_numpy(float) for n in tested}, correct_a, correct_b,
                                    patients, n_boot, seed, level)
-    per_class = {}
+    per_class, p_values = {}, []
     for name in tested:
-        test = delong_test((y == name).astype(int), joined[f"{name}_a"].to_numpy(float), joined[f"{name}_b"].to_numpy(float), level)
-        c = clustered[name]
-        per_class[name] = {"auc_a": test["auc_a"], "auc_b": test["auc_b"], "difference": test["difference"],
-                           "low": c["low"], "high": c["high"], "p_value": c["p_value"], "p_holm": c["p_holm"],
-                           "significant": c["survives"], "delong_p_images": test["p_value"]}
-    c = clustered["accuracy"]
-    accuracy = {"a": float(correct_a.mean()), "b": float(correct_b.mean()), "low": c["low"], "high": c["high"],
-                "p_value": c["p_value"], "p_holm": c["p_holm"], "significant": c["survives"]}
+        positive = (y == name).astype(int)
+        scores = joined[f"{name}_a"].to_numpy(float), joined[f"{name}_b"].to_numpy(float)
+        try:
+            clustered = clustered_delong_test(positive, *scores, patients, level)
+        except ConfigError as err:  # too few patients of one kind: no test, said so
+            not_tested[name] = str(err)
+            continue
+        c = intervals[name]
+        per_class[name] = {"auc_a": clustered["auc_a"], "auc_b": clustered["auc_b"],
+                           "difference": clustered["difference"], "low": c["low"], "high": c["high"],
+                           "p_value": clustered["p_value"], "p_bootstrap": c["p_value"],
+                           "delong_p_images": delong_test(positive, *scores, level)["p_value"]}
+        p_values.append(clustered["p_value"])
+    c, paired = intervals["accuracy"], clustered_mcnemar(correct_a, correct_b, patients)
     exact = mcnemar(correct_a, correct_b)
-    accuracy.update(a_only=exact["a_only"], b_only=exact["b_only"], mcnemar_p_images=exact["p_value"])
+    accuracy = {"a": float(correct_a.mean()), "b": float(correct_b.mean()), "low": c["low"], "high": c["high"],
+                "p_value": paired["p_value"], "p_bootstrap": c["p_value"], "a_only": exact["a_only"],
+                "b_only": exact["b_only"], "mcnemar_p_images": exact["p_value"]}
+    adjusted = holm([accuracy["p_value"], *p_values])
+    for row, p_holm in zip([accuracy, *per_class.values()], adjusted, strict=True):
+        row.update(p_holm=p_holm, significant=p_holm is not None and p_holm < ALPHA)
     return {"n": int(len(joined)), "patients": int(len(set(patients))), "level": level, "alpha": ALPHA,
-            "n_boot": n_boot, "method": "paired bootstrap over patients, Holm-corrected across the comparisons",
+            "n_boot": n_boot, "method": "clustered by patient (Obuchowski's DeLong and paired-proportion tests), "
+                                        "Holm-corrected across the comparisons; intervals: paired bootstrap over patients",
             "accuracy": accuracy, "per_class": per_class, "not_tested": not_tested}
 
 
@@ -125,10 +164,12 @@ def render_comparison(result: dict, names: tuple[str, str]) -> str:
     verdict = lambda sig: "**yes**" if sig else "no, within noise"  # noqa: E731
     fmt = lambda v, f: "—" if v is None else format(v, f)  # noqa: E731
     lines = ["# Model comparison", "", f"- A: {a}", f"- B: {b}", "",
-             f"{result['n']} paired test images of {result['patients']} patients. Intervals ({result['level']:.0%}) "
-             f"and p-values from {result['n_boot']} bootstrap replicates over patients; a difference counts when "
-             f"Holm's adjusted p is below α = {result['alpha']} (adjusted across accuracy and every class). The "
-             "image-level DeLong/McNemar p treats images as independent (reference only).", "",
+             f"{result['n']} paired test images of {result['patients']} patients. p: tests clustered by patient "
+             "(Obuchowski's clustered DeLong for AUCs, his paired-proportion test for accuracy); intervals "
+             f"({result['level']:.0%}) from {result['n_boot']} bootstrap replicates over patients; a difference counts "
+             f"when Holm's adjusted p is below α = {result['alpha']} (adjusted across accuracy and every class). The "
+             "image-level DeLong/McNemar p treats images as independent: a reference only, too small when patients "
+             "have several images.", "",
              "## Accuracy", "", "| A | B | A − B | CI | only A right | only B right | p | Holm p | McNemar p (images) "
              "| difference? |", "|---|---|---|---|---|---|---|---|---|---|",
              f"| {acc['a']:.3f} | {acc['b']:.3f} | {acc['a'] - acc['b']:+.3f} | {fmt(acc['low'], '+.3f')} to "
