@@ -34,6 +34,8 @@ def test_source_probe_finds_a_planted_source_signal_and_not_an_absent_one():
     assert all(p["balanced_accuracy"] > 0.9 for p in found["within_class"].values())
     absent = source_probe(noise, frame, folds=3)
     assert absent["all"]["balanced_accuracy"] < 0.6  # chance 0.33; no signal to find
+    assert found["all"]["above_chance"] and found["all"]["low"] > 1 / 3
+    assert not absent["all"]["above_chance"] and absent["all"]["low"] <= 1 / 3 <= absent["all"]["high"]
     assert found["association"] == pytest.approx(0.0)  # every source holds both classes equally
     confounded = frame.assign(label=frame["source"].map({"a": "COVID-19", "b": "Normal", "c": "Normal"}))
     assert source_probe(planted, confounded, folds=3)["association"] == pytest.approx(1.0)

@@ -2,7 +2,9 @@
 image came from.
 
 A linear probe (logistic regression on the pooled last-block features, patient-grouped
-cross-validation) is scored by balanced accuracy against chance (1 / number of sources). When
+cross-validation) is scored by balanced accuracy, with a 95% patient-bootstrap interval, against
+chance (1 / number of sources): the features recognise sources when the interval lies above
+chance (``above_chance``), whatever the number of sources. When
 features recognise sources easily and the classes are spread unevenly over the sources (Cramér's
 V between source and class), a classifier can score well by recognising sources: the class
 signal may be a source signal. The probe *within* one class (same disease, different sources)
@@ -23,10 +25,13 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cxrlab.evaluate.bootstrap import bootstrap_ci
+
 
 log = logging.getLogger(__name__)
 MIN_IMAGES = 5  # per source, for a source to take part in a probe
 PROBE_C = 0.01  # inverse regularisation strength of the probe
+N_BOOT = 500  # patient-bootstrap replicates of the probe's interval (cheap: predictions are resampled, not refitted)
 
 
 def _probe(features: np.ndarray, sources: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> dict:
@@ -46,8 +51,13 @@ def _probe(features: np.ndarray, sources: np.ndarray, groups: np.ndarray, folds:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*least populated class.*")  # small sources: fewer groups than folds
         predicted = cross_val_predict(model, features, sources, groups=groups, cv=cv)
+    interval = bootstrap_ci(lambda rows: float(balanced_accuracy_score(sources[rows], predicted[rows])), groups,
+                            n_boot=N_BOOT, seed=seed)
+    chance = 1.0 / len(names)
     return {"n": int(len(sources)), "sources": {s: int((sources == s).sum()) for s in names}, "folds": splits,
-            "balanced_accuracy": float(balanced_accuracy_score(sources, predicted)), "chance": 1.0 / len(names)}
+            "balanced_accuracy": float(balanced_accuracy_score(sources, predicted)), "chance": chance,
+            "low": interval["low"], "high": interval["high"],
+            "above_chance": interval["low"] is not None and interval["low"] > chance}
 
 
 def source_probe(features: np.ndarray, frame: pd.DataFrame, folds: int = 5, seed: int = 0) -> dict:
@@ -61,7 +71,8 @@ def source_probe(features: np.ndarray, frame: pd.DataFrame, folds: int = 5, seed
 
     Returns:
         ``{"all": probe, "within_class": {class: probe}, "association": Cramér's V of source × class}``;
-        a probe is ``{"n", "sources", "folds", "balanced_accuracy", "chance"}`` or ``{"skipped": reason}``.
+        a probe is ``{"n", "sources", "folds", "balanced_accuracy", "low", "high", "chance",
+        "above_chance"}`` or ``{"skipped": reason}``.
     """
     sources = frame["source"].fillna("").astype(str).to_numpy()
     labels = frame["label"].astype(str).to_numpy()

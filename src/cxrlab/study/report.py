@@ -182,15 +182,20 @@ def _probe_table(audit: dict) -> tuple[str, list[str], list[list[str]]]:
     for features, probe in audit["probes"].items():
         for scope, p in [("all images", probe["all"])] + [(f"{label} only", q) for label, q in probe["within_class"].items()]:
             if "skipped" in p:
-                rows.append([features, scope, "—", "—", "—", p["skipped"]])
+                rows.append([features, scope, "—", "—", "—", "—", p["skipped"]])
             else:
                 mix = ", ".join(f"{k} {v}" for k, v in p["sources"].items())
-                rows.append([features, scope, str(p["n"]), _num(p["balanced_accuracy"], 2), _num(p["chance"], 2), mix])
+                interval = f" [{_num(p.get('low'), 2)}, {_num(p.get('high'), 2)}]" if p.get("low") is not None else ""
+                verdict = "**yes**" if p.get("above_chance") else "no"
+                rows.append([features, scope, str(p["n"]), _num(p["balanced_accuracy"], 2) + interval,
+                             _num(p["chance"], 2), verdict, mix])
     v = next(iter(audit["probes"].values())).get("association") if audit["probes"] else None
     return ("Source probe: a logistic regression on the pooled last-block features predicts each image's source "
-            f"(patient-grouped cross-validation). Source × class association: Cramér's V {_num(v, 2)} (0 = classes "
-            "spread evenly over sources, 1 = each source holds one class)",
-            ["features", "images probed", "n", "balanced accuracy", "chance", "images per source"], rows)
+            f"(patient-grouped cross-validation), balanced accuracy with its 95% patient-bootstrap interval; above chance "
+            f"when the interval lies above 1 / number of sources. Source × class association: Cramér's V {_num(v, 2)} "
+            "(0 = classes spread evenly over sources, 1 = each source holds one class)",
+            ["features", "images probed", "n", "balanced accuracy [95% CI]", "chance", "above chance?",
+             "images per source"], rows)
 
 
 def _lung_tables(audit: dict) -> list[tuple[str, list[str], list[list[str]]]]:

@@ -33,7 +33,6 @@ from cxrlab.study.config import StudyConfig
 from cxrlab.workflows.predictions import preprocess_key
 
 log = logging.getLogger(__name__)
-PROBE_WARNING = 0.8  # balanced accuracy at which features "recognise" sources
 WEAK_SUBSET = 0.8  # share of the commonest class among masked test images above which the lung checks say they are weak
 ASSOCIATION_WARNING = 0.3  # Cramér's V of source × class at which classes are "unevenly spread" over sources
 
@@ -61,15 +60,18 @@ def source_probe_audit(config: StudyConfig, out: Path, frame: pd.DataFrame, pred
 
 
 def _probe_warnings(probes: dict) -> list[str]:
+    """A warning per feature set that tells sources apart above chance (the interval's lower end above
+    1 / number of sources), louder when classes are spread unevenly over the sources."""
     warnings = []
     for name, probe in probes.items():
         overall, v = probe["all"], probe.get("association")
-        if "skipped" in overall or overall["balanced_accuracy"] < PROBE_WARNING:
+        if "skipped" in overall or not overall.get("above_chance"):
             continue
-        within = [f"{label} {p['balanced_accuracy']:.2f}" for label, p in probe["within_class"].items()
-                  if "skipped" not in p and p["balanced_accuracy"] >= PROBE_WARNING]
-        text = (f"the {name} features tell an image's source with balanced accuracy {overall['balanced_accuracy']:.2f} "
-                f"(chance {overall['chance']:.2f})")
+        within = [f"{label} {p['balanced_accuracy']:.2f} (chance {p['chance']:.2f})"
+                  for label, p in probe["within_class"].items() if "skipped" not in p and p.get("above_chance")]
+        text = (f"the {name} features tell an image's source above chance: balanced accuracy "
+                f"{overall['balanced_accuracy']:.2f} [{overall['low']:.2f}, {overall['high']:.2f}] against chance "
+                f"{overall['chance']:.2f} for {len(overall['sources'])} sources")
         if within:
             text += f", even among images of one class ({', '.join(within)})"
         if v is not None and v >= ASSOCIATION_WARNING:
