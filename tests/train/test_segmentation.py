@@ -77,7 +77,8 @@ def test_settings_and_data_errors_are_one_line(phantoms):
     frame = load_source(phantoms).table.assign(mask="")
     frame.to_csv(phantoms.parent / "no_masks.csv", index=False)
     with pytest.raises(ConfigError):
-        train_segmenter(SegmentConfig(data=(str(phantoms.parent / "no_masks.csv"),), size=64, epochs=1))
+        train_segmenter(SegmentConfig(data=(str(phantoms.parent / "no_masks.csv"),), size=64, epochs=1,
+                                      out=str(phantoms.parent / "no-masks-run")))  # not the default runs/ of the cwd
 
 
 @pytest.fixture(scope="module")

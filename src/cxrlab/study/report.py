@@ -66,7 +66,11 @@ def plot_test_side(summary: pd.DataFrame, best: str | None, path: Path) -> Path:
         low = (values - pd.to_numeric(summary.get(f"{key}_low"), errors="coerce")).fillna(0).clip(lower=0)
         high = (pd.to_numeric(summary.get(f"{key}_high"), errors="coerce") - values).fillna(0).clip(lower=0)
         colours = ["tab:red" if c == best else "tab:blue" for c in summary["cell"]]
-        axis.barh(labels, values.fillna(0), xerr=[low, high], color=colours, alpha=0.75, capsize=3)
+        bars = axis.barh(labels, values.fillna(0), xerr=[low, high], color=colours, alpha=0.75, capsize=3)
+        if key == "test_in_lung_share":  # a guided configuration's share is what it was trained on: hatched
+            circular = [bar for bar, (_, row) in zip(bars, summary.iterrows(), strict=True) if _circular(row)]
+            for i, bar in enumerate(circular):
+                bar.set(hatch="//", alpha=0.35, label="trained on it (circular)" if i == 0 else None)
         if key == "test_road":
             axis.axvline(0, color="grey", linewidth=0.8)
         if key == "test_in_lung_share":
@@ -147,7 +151,9 @@ def _tables(config: StudyConfig, table: pd.DataFrame, summary: pd.DataFrame, bes
     runs = f"{config.num_folds} validation fold(s)" + (
         f" × {config.repeats} seeds (and the sd over seeds of the mean over folds)" if config.repeats > 1 else "")
     out = [(f"Configurations: mean ± sd over {runs}; sensitivity/specificity of "
-            f"{POSITIVE_CLASS}; test columns: each configuration's runs as one ensemble (mean probability) on the held-out test side (intervals: "
+            f"{POSITIVE_CLASS}; the best is the configuration with the highest mean validation score, so its lead over "
+            "the others on validation is optimistic (the test-side p is on patients the choice did not see); test "
+            "columns: each configuration's runs as one ensemble (mean probability) on the held-out test side (intervals: "
             "patient bootstrap; in-lung share: mean share of the Grad-CAM evidence for the predicted class inside the "
             "lung mask, beside what evidence spread evenly over the region the model sees would score; ROAD: confidence "
             "lost removing the map's least minus its most relevant pixels, halved: higher = the map points at what "
