@@ -39,6 +39,14 @@ def test_a_lung_crop_model_on_class_linked_masks_is_refused_as_training_would(ph
     assert "needs a lung mask on every image" in results["mask_problem"]
     assert results["warnings"][0].startswith("MASKS FAIL THE PROVENANCE RULE")
     assert "MASKS FAIL THE PROVENANCE RULE" in (tmp_path / "insisted" / "report.md").read_text()
+    table = pd.read_csv(phantoms)
+    table["image"] = [str(phantoms.parent / v) for v in table["image"]]
+    table["mask"] = [str(phantoms.parent / v) for v in table["mask"]]
+    # every image masked by one segmenter, but one that trained on these patients: the masks are in-sample
+    table.drop(columns=["lesion"]).assign(mask_source="predicted", mask_in_sample=True).to_csv(tmp_path / "in.csv",
+                                                                                              index=False)
+    with pytest.raises(ConfigError, match="predicted by a segmenter that trained on their patients"):
+        evaluate_run(path, tmp_path / "in-sample", data=tmp_path / "in.csv", n_boot=10)
     uniform = pd.read_csv(data).assign(mask="")  # no masks anywhere: uniform (nothing to crop by)
     uniform.to_csv(tmp_path / "none.csv", index=False)
     assert evaluate_run(path, tmp_path / "none", data=tmp_path / "none.csv", n_boot=10)["mask_problem"] is None

@@ -165,7 +165,10 @@ def _guard_model_masks(predictor: Predictor, frames: list[pd.DataFrame | None], 
     settings = model_mask_settings(predictor)
     if not settings or predictor.segmenter is not None:
         return None
-    rows = pd.concat([f for f in frames if f is not None and len(f)])
+    present = [f.assign(split=side) for f, side in zip(frames, ("test", "val")) if f is not None and len(f)]
+    if not present:
+        return None
+    rows = pd.concat(present)  # every evaluated image is held out: a mask predicted in-sample fails the rule
     return guard_masks(rows, f"this model's {settings}", origin, allow,
                        "pass --segmenter SEGMENTER so every image's mask comes from one segmenter (as in predict), "
                        "or give masks of one origin for every image")

@@ -63,7 +63,7 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     figures = results.setdefault("figures", {})
     problem = None
     if "mask" in predictions.columns and (predictions["mask"] != "").any():
-        problem = mask_problem(predictions, "the in-lung share", "the evaluated images",
+        problem = mask_problem(predictions.assign(split="test"), "the in-lung share", "the evaluated images",
                                "give every image a mask of one origin (cxrlab evaluate --segmenter, or a manifest "
                                "from cxrlab segment crossfit)")
         if problem and not allow_mixed_masks:
