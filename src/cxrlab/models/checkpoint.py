@@ -106,29 +106,88 @@ def read_payload(path: str | Path, expected: str, kind: str) -> dict:
     return payload
 
 
+REQUIRED_KEYS = ("backbone", "head", "fine_tune", "class_names", "num_classes", "preprocess")
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinite values."""
+    return [name for name, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+
+
+def _checked_payload(path: Path, payload: dict) -> None:
+    """Refuse a model file whose description cannot make a model: missing keys, classes that do not
+    match the head, weights that are not finite (what a diverged run would have saved)."""
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if not ("state_dict" in payload or payload.get("members")):
+        missing.append("state_dict")
+    if missing:
+        raise ConfigError(f"{path}: damaged model file: missing {', '.join(missing)}")
+    head = payload["head"]
+    if not isinstance(head, dict) or not {"hidden", "dropout", "activation"} <= set(head):
+        raise ConfigError(f"{path}: damaged model file: its head description is incomplete")
+    names, outputs = payload["class_names"], payload["num_classes"]
+    if not isinstance(names, list) or not isinstance(outputs, int) or len(names) != outputs or outputs < 1:
+        raise ConfigError(f"{path}: damaged model file: {len(names) if isinstance(names, list) else '?'} class "
+                          f"name(s) for a head of {outputs} output(s)")
+    states = payload.get("members") or [payload["state_dict"]]
+    for k, state in enumerate(states):
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: damaged model file: its weights are not a state dict")
+        if bad := non_finite_tensors(state):
+            member = f"member {k}: " if len(states) > 1 else ""
+            raise ConfigError(f"{path}: {member}{len(bad)} weight tensor(s) hold NaN or infinite values (e.g. "
+                              f"{bad[0]}; what a diverged training run saves): retrain, with a lower learning rate")
+
+
 def load_model(path: str | Path) -> tuple[CxrClassifier | EnsembleClassifier, PreprocessConfig, dict]:
     """Load a model file written by :func:`save_model`, or a run folder's ``model.pt`` (no network, no
     weights packages needed); a fold ensemble comes back as an :class:`EnsembleClassifier`.
+
+    Everything is checked before use, so that every door (``predict``, ``serve``, ``evaluate``, ...)
+    refuses a bad file with one line instead of failing on its first image: the keys, the class
+    names against the head's outputs, finite weights, a known backbone, weights that fit it, valid
+    preprocessing.
 
     Returns:
         ``(model in eval mode, preprocessing config, the whole payload)``.
 
     Raises:
-        ConfigError: not a cxrlab model file.
+        ConfigError: not a cxrlab model file, or a damaged one (named, with what is wrong).
     """
-    payload = read_payload(model_file(path), FORMAT, "model")
-    head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]), payload["head"]["activation"])
+    file = model_file(path)
+    payload = read_payload(file, FORMAT, "model")
+    _checked_payload(file, payload)
+    try:
+        preprocess = PreprocessConfig.from_dict(payload["preprocess"])
+    except (ConfigError, ValueError, TypeError) as err:
+        raise ConfigError(f"{file}: damaged model file: its preprocessing is invalid "
+                          f"({' '.join(str(err).split())[:200]})") from err
+    try:
+        head = HeadSpec(tuple(payload["head"]["hidden"]), tuple(payload["head"]["dropout"]),
+                        payload["head"]["activation"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{file}: damaged model file: its head description is invalid ({err})") from err
     members = []
     for state in payload.get("members") or [payload["state_dict"]]:
-        member = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
-                                   fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
-                                   lung_attention=bool(payload.get("lung_attention", False)),
-                                   multilabel=bool(payload.get("multilabel", False)))
-        member.load_state_dict(state)
+        try:
+            member = create_classifier(payload["backbone"], payload["num_classes"], head=head, pretrained="none",
+                                       fine_tune=payload["fine_tune"], class_names=tuple(payload["class_names"]),
+                                       lung_attention=bool(payload.get("lung_attention", False)),
+                                       multilabel=bool(payload.get("multilabel", False)))
+        except (ConfigError, KeyError, TypeError, ValueError) as err:  # an unknown backbone, say
+            raise ConfigError(f"{file}: cannot build its model ({' '.join(str(err).split())[:200]})") from err
+        try:
+            member.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()
+            detail = " ".join(first[1].split())[:200] if len(first) > 1 else " ".join(first[0].split())[:200]
+            raise ConfigError(f"{file}: damaged model file: its weights do not fit a {payload['backbone']} with "
+                              f"{payload['num_classes']} output(s) ({detail})") from err
         members.append(member)
     model = EnsembleClassifier(members, payload.get("tta", "none")) if "members" in payload else members[0]
     model.eval()
-    return model, PreprocessConfig.from_dict(payload["preprocess"]), payload
+    return model, preprocess, payload
 
 
 def init_backbone_from(model: CxrClassifier, path: str | Path) -> str:

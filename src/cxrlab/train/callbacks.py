@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from cxrlab.evaluate.registry import list_metrics, log_key
 from cxrlab.core.io import atomic_write_text
-from cxrlab.models.checkpoint import FORMAT, read_payload, save_model
+from cxrlab.models.checkpoint import FORMAT, non_finite_tensors, read_payload, save_model
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.train.selection import EpochSelector
 
@@ -46,6 +46,7 @@ class BestModelKeeper(L.Callback):
         self.best_state, self.best_phase = None, -1
         self.phase, self.epoch_offset = 0, 0
         self._resumed = False
+        self.diverged: int | None = None  # the epoch whose weights were not finite (not kept), if any
 
     @property
     def best_epoch(self) -> int:
@@ -85,6 +86,8 @@ class BestModelKeeper(L.Callback):
             trainer.should_stop = not math.isfinite(metrics.get("val_loss", math.nan))
             return
         epoch = self.epoch_offset + trainer.current_epoch
+        if self._diverged(trainer, pl_module, epoch):
+            return
         if self.selector.update(epoch, metrics):
             self._keep(pl_module, epoch)
         if not math.isfinite(metrics.get("val_loss", math.nan)) or self.selector.should_stop(epoch):
@@ -95,8 +98,21 @@ class BestModelKeeper(L.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         epoch = self.epoch_offset + trainer.current_epoch
+        if self._diverged(trainer, pl_module, epoch):
+            return
         if self.selector.update(epoch, metrics):
             self._keep(pl_module, epoch)
+
+    def _diverged(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> bool:
+        """Whether this epoch's weights hold NaN or infinite values (an optimizer step after the last
+        finite loss diverged): such an epoch is never chosen nor saved, and training stops."""
+        if not (bad := non_finite_tensors(pl_module.model.state_dict())):
+            return False
+        log.error("epoch %d: %d weight tensor(s) hold NaN or infinite values (e.g. %s): training diverged; the "
+                  "model kept before stays in %s (lower the learning rate)", epoch, len(bad), bad[0], self.path)
+        trainer.should_stop = True
+        self.diverged = epoch
+        return True
 
     def _keep(self, pl_module: L.LightningModule, epoch: int) -> None:
         model = pl_module.model

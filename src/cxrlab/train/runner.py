@@ -262,6 +262,9 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             raise TrainingInterrupted(f"{out}: stopped by SIGTERM after epoch {epochs_run + trainer.current_epoch}; "
                                       "run the same command again to resume from there") from None
         fit_seconds += time.perf_counter() - fit_start
+        if keeper.diverged is not None and status == "ok":  # a finite loss, then weights that are not
+            status = (f"training diverged at epoch {keeper.diverged}: the weights hold NaN or infinite values; "
+                      "stopped (lower the learning rate?); the last good model is kept")
         epochs_run += trainer.current_epoch if status == "ok" else trainer.current_epoch + 1
         if keeper.best_state is not None:
             model.load_state_dict(keeper.best_state)  # restore the best before the next phase
