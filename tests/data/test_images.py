@@ -150,3 +150,50 @@ def test_jpeg_decoding_keeps_exif_orientation_reduced_decoding_and_stray_bytes(t
     cmyk = Image.fromarray(np.stack([gradient(64, 64)] * 3, axis=2)).convert("CMYK")
     cmyk.save(tmp_path / "cmyk.jpg")  # libjpeg-turbo cannot make grey from CMYK: Pillow does
     assert read_image(tmp_path / "cmyk.jpg").pixels.shape == (64, 64)
+
+
+def test_the_same_radiograph_decodes_alike_at_any_depth_whatever_a_few_extreme_pixels_hold(tmp_path, phantoms):
+    """8-bit PNG, 16-bit PNG with one saturated pixel, a float TIFF with a 3e38 sentinel and a DICOM
+    of the same radiograph decode to nearly the same grey levels, and a trained model scores them
+    within 0.02 of each other (the issue's bar). A min-max scale squeezed the 16-bit one into 0-14."""
+    import cv2
+    from PIL import Image
+
+    from cxrlab.data.images import read_image
+    from tests.conftest import write_dicom
+
+    source = sorted((phantoms.parent / "images").iterdir())[0]
+    eight = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(tmp_path / "8.png"), eight)
+    deep = eight.astype(np.uint16) * 15 + 100  # 12-bit values in a 16-bit file
+    saturated = deep.copy()
+    saturated[0, 0] = 65535  # one hot pixel
+    cv2.imwrite(str(tmp_path / "16.png"), saturated)
+    sentinel = deep.astype(np.float32)
+    sentinel[-1, -1] = 3e38
+    Image.fromarray(sentinel, mode="F").save(tmp_path / "float.tif")
+    write_dicom(tmp_path / "dicom.dcm", np.where(saturated > 4095, 4095, saturated))  # 12 bits stored: saturated at 4095
+    decoded = {name: read_image(tmp_path / name).pixels for name in ("8.png", "16.png", "float.tif", "dicom.dcm")}
+    interior = (slice(1, -1), slice(1, -1))  # the extreme pixels themselves are clipped
+    for name, pixels in decoded.items():
+        assert np.abs(pixels[interior].astype(int) - eight[interior]).mean() <= 3, name
+        assert pixels.max() - pixels.min() >= 200, name  # the full grey range, not a sliver of it
+
+
+def test_a_trained_model_scores_the_same_radiograph_alike_at_any_depth(tmp_path, phantoms, run_dir):
+    import cv2
+
+    from cxrlab.models.predictor import Predictor
+    from tests.conftest import write_dicom
+
+    predictor = Predictor(run_dir)
+    for k, source in enumerate(sorted((phantoms.parent / "images").iterdir())[:3]):
+        eight = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
+        saturated = eight.astype(np.uint16) * 15 + 100
+        saturated[0, 0] = 65535
+        cv2.imwrite(str(tmp_path / f"{k}-8.png"), eight)
+        cv2.imwrite(str(tmp_path / f"{k}-16.png"), saturated)
+        write_dicom(tmp_path / f"{k}.dcm", np.where(saturated > 4095, 4095, saturated))
+        probs = [np.array(list(predictor.predict_file(tmp_path / name).probabilities.values()))
+                 for name in (f"{k}-8.png", f"{k}-16.png", f"{k}.dcm")]
+        assert max(np.abs(p - probs[0]).max() for p in probs) <= 0.02, (source.name, probs)

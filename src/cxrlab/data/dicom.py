@@ -2,7 +2,8 @@
 
 Pixel conversion follows the DICOM display pipeline: modality LUT (rescale slope/intercept),
 then VOI LUT or window centre/width, then inversion of MONOCHROME1 so that bone is bright,
-then a min-max scale to 8 bits.
+then a robust window to 8 bits (without the 0.01% most extreme pixels at each end:
+:func:`cxrlab.data._pixels.scale_to_uint8`).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def _read_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
 def _pil_to_gray(path: Path, im: Image.Image) -> np.ndarray:
     """Pillow image of any mode → (H, W) uint8; transparency is flattened onto black."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return scale_to_uint8(np.asarray(im), path)  # >8-bit: min-max to 8 bits
+        return scale_to_uint8(np.asarray(im), path)  # >8-bit: a robust window to 8 bits
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
     if has_alpha:
         rgba = im.convert("RGBA")
@@ -214,7 +214,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Returns:
         :class:`DecodedImage` with ``(H, W) uint8`` pixels; EXIF orientation applied, alpha
-        flattened onto black, 16-bit data min-max scaled, MONOCHROME1 DICOMs inverted.
+        flattened onto black, 16-bit and float data windowed without their 0.01%
+        darkest and brightest pixels (one extreme pixel cannot squeeze the image), MONOCHROME1 DICOMs inverted.
 
     Raises:
         InvalidImageError: with the path and a one-line reason (missing, empty, not an image,
