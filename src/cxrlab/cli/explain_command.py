@@ -25,12 +25,15 @@ def explain_command(
     """Per-class probabilities, the class `predict` reports and a Grad-CAM heatmap on each image, drawn as one
     figure per image (research use only). Exit code 3 when some inputs could not be read (each is a row
     with its reason; every other image is written)."""
+    from cxrlab.core.errors import ConfigError
     from cxrlab.data.images import find_images
     from cxrlab.core.run_folder import model_file
     from cxrlab.explain import explain_images
 
     with handle_errors(), device_policy(device, precision):
         files = find_images(images)
+        if not files:
+            raise ConfigError(f"no image files in {', '.join(map(str, images))} (looked by suffix and by content)")
         with progress_bar("explaining") as bar:
             task = bar.add_task("explaining", total=len(files))
             records = explain_images(model_file(run), files, out, method, layer,  # type: ignore[arg-type]

@@ -22,12 +22,15 @@ def predict_command(
     """Per-class probabilities, the class at the model's operating point, an out-of-distribution flag and
     a Grad-CAM overlay for each image (research use only, not for clinical diagnosis). Exit code 3 when
     some inputs could not be read (each is a row with its reason; every other image is written)."""
+    from cxrlab.core.errors import ConfigError
     from cxrlab.data.images import find_images
     from cxrlab.core.run_folder import model_file
     from cxrlab.explain.predict import predict_images
 
     with handle_errors(), device_policy(device, precision):
         files = find_images(inputs)
+        if not files:
+            raise ConfigError(f"no image files in {', '.join(map(str, inputs))} (looked by suffix and by content)")
         with progress_bar("screening") as bar:
             task = bar.add_task("screening", total=len(files))
             rows = predict_images(model_file(model), files, out, segmenter=segmenter, method=method,  # type: ignore[arg-type]

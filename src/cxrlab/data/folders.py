@@ -19,7 +19,7 @@ import pandas as pd
 from cxrlab.core.errors import InvalidImageError, ManifestError
 from cxrlab.data.classes import LabelMapper
 from cxrlab.data.dicom import DICOM_SUFFIXES, read_dicom_header
-from cxrlab.data.images import IMAGE_SUFFIXES
+from cxrlab.data.images import IMAGE_SUFFIXES, is_image_file
 from cxrlab.data.manifest import Manifest, SkippedItem, finalise_manifest
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def read_folder_tree(root: str | Path, mapper: LabelMapper | None = None, *,
         in_mask_dir = any(p.lower() in MASK_DIRS for p in rel_dir)
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            if name.startswith(".") or not is_image_file(path):  # by suffix, or by content (.jfif, none)
                 continue
             parts = (*rel_dir, name)
             class_dir = _class_dir(tuple(p for p in parts if p.lower() not in MASK_DIRS))
@@ -89,7 +89,8 @@ def read_folder_tree(root: str | Path, mapper: LabelMapper | None = None, *,
                 continue
             rows.append(_row_for(path, class_dir, source, patient_patterns, skipped))
     if not rows and not skipped:
-        raise ManifestError(f"{root}: no image files found (looked for {', '.join(IMAGE_SUFFIXES)})")
+        raise ManifestError(f"{root}: no image files found (looked for {', '.join(IMAGE_SUFFIXES)}, and by "
+                            "content for other names)")
     frame = pd.DataFrame([r for r in rows if r is not None],
                          columns=["image", "label", "patient_id", "source", "view", "class_dir"])
     frame["mask"] = [masks.get((c, _mask_key(Path(p).stem)), "")

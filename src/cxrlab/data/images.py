@@ -13,6 +13,7 @@ reason: a codec's own exception never escapes (a long run skips the file and goe
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import warnings
@@ -32,7 +33,9 @@ from cxrlab.core.io import file_problem
 from cxrlab.data._pixels import scale_to_uint8
 from cxrlab.data.dicom import DICOM_SUFFIXES, dicom_to_uint8, is_dicom_bytes
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp", ".gif",
                   *DICOM_SUFFIXES)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -275,19 +278,46 @@ def decode_image(buf: bytes, name: str | Path, *, max_pixels: int = DEFAULT_MAX_
         raise InvalidImageError(path, f"cannot decode ({type(err).__name__}: {err})") from err
 
 
-def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for entries with an image suffix, sorted.
+def is_image_file(path: Path) -> bool:
+    """Whether a file found in a folder is an image: by its suffix, or (any other suffix, or none:
+    ``.jfif``, ``IMG0001``, a DICOM saved as ``.dat``) by its first bytes (:func:`sniff_format`)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if file_problem(path):  # not a regular file: decided by its suffix alone (reading it would say why)
+        return False
+    try:
+        with open(path, "rb") as f:
+            return sniff_format(f.read(132)) is not None
+    except OSError:
+        return False
 
-    Entries that are not regular files (a FIFO, a device, a broken or looping link) are listed too,
-    so that reading them says why they were skipped instead of leaving them out unnoticed; folders
-    are searched, not listed. Missing inputs are kept (reading them reports "file not found").
+
+def find_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for images (by suffix, or by content for any other
+    name: :func:`is_image_file`), sorted.
+
+    Entries that are not regular files (a FIFO, a device, a broken or looping link) but carry an image
+    suffix are listed too, so that reading them says why they were skipped instead of leaving them out
+    unnoticed; folders are searched, not listed; the other files a folder holds are named in a warning
+    (hidden files aside). Missing inputs are kept (reading them reports "file not found").
     """
     out: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            out += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
-        else:
+        if not item.is_dir():
             out.append(item)
+            continue
+        found, others = [], []
+        for path in sorted(item.rglob("*")):
+            if path.is_dir() or any(part.startswith(".") for part in path.relative_to(item).parts):
+                continue
+            (found if is_image_file(path) else others).append(path)
+        if others:
+            log.warning("%s: %d file(s) left out, not images by their content (e.g. %s)", item, len(others),
+                        ", ".join(os.fsdecode(os.fsencode(p.relative_to(item))).encode("utf-8", "backslashreplace")
+                                  .decode() for p in others[:3]))
+        if not found:
+            log.warning("%s: no image files in this folder", item)
+        out += found
     return out
 
 
