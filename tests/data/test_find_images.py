@@ -33,3 +33,56 @@ def test_an_empty_folder_as_the_only_input_is_an_error_not_an_empty_table(run_di
     for command in ("predict", "explain"):
         result = CliRunner().invoke(app, [command, str(run_dir), str(tmp_path / "empty"), "--out", str(tmp_path / command)])
         assert result.exit_code == 1 and "no image files in" in result.output, result.output
+
+
+def test_every_good_input_is_written_and_every_bad_one_named_whatever_its_name(run_dir, tmp_path):
+    """A name that is not UTF-8, a 250-character name and a name with console markup: the good images
+    are screened and written (overlays included), the bad one named whole with its reason."""
+    import os
+
+    import pandas as pd
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "ok.png"), gradient())
+    data = (folder / "ok.png").read_bytes()
+    with open(os.fsencode(folder) + b"/bad\xff.png", "wb") as f:
+        f.write(data)
+    (folder / ("L" * 250 + ".png")).write_bytes(data)
+    (folder / "bad [final].png").write_bytes(b"not an image")
+    for command, table in (("predict", "predictions.csv"), ("explain", "explanations.csv")):
+        result = CliRunner().invoke(app, [command, str(run_dir), str(folder), "--out", str(tmp_path / command)])
+        assert result.exit_code == 3, result.output  # finished, with one input named as failed
+        assert "bad [final].png: not an image" in " ".join(result.output.split())
+        rows = pd.read_csv(tmp_path / command / table, keep_default_na=False)
+        assert len(rows) == 4 and (rows["error"] != "").sum() == 1
+        assert any(name.endswith("bad\\xff.png") for name in rows["image"])  # escaped, not lost
+        written = rows[rows["error"] == ""]
+        if "overlay" in rows:
+            assert all(os.path.exists(p) for p in written["overlay"])
+
+
+def test_manifest_prepare_and_evaluate_name_what_a_table_cannot_hold_and_write_the_rest(run_dir, tmp_path):
+    import os
+
+    import pandas as pd
+
+    root = tmp_path / "tree"
+    for cls in ("COVID", "Normal"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / cls / f"{i}.png"), gradient(64, 64))
+    with open(os.fsencode(root / "COVID") + b"/bad\xff.png", "wb") as f:
+        f.write((root / "COVID" / "0.png").read_bytes())
+    (root / "Normal" / "x [y].png").write_bytes(b"junk")
+    runner = CliRunner()
+    made = runner.invoke(app, ["manifest", "--data", str(root), "--out", str(tmp_path / "m.csv")])
+    assert made.exit_code == 0, made.output
+    assert "bad\\xff.png: file name is not valid UTF-8" in made.output and len(pd.read_csv(tmp_path / "m.csv")) == 7
+    prepared = runner.invoke(app, ["prepare", "--data", str(root), "--out", str(tmp_path / "p"), "--size", "32"])
+    assert "bad\\xff.png: file name is not valid UTF-8" in prepared.output and "x [y].png: not an image" in prepared.output
+    assert (tmp_path / "p" / "prepare_report.json").exists()
+    evaluated = runner.invoke(app, ["evaluate", str(run_dir), "--data", str(root), "--out", str(tmp_path / "e"),
+                                    "--no-gradcam", "--n-boot", "10"])
+    assert evaluated.exit_code == 3 and "bad\\xff.png" in evaluated.output, evaluated.output
+    assert len(pd.read_csv(tmp_path / "e" / "predictions.csv")) == 6

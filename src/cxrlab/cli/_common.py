@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from cxrlab.core.errors import CxrlabError
+from cxrlab.core.io import printable
 from cxrlab.core.logging import quiet_lightning  # noqa: F401 -- the commands' import point
 
 # Exit codes (docs/guide/commands.md lists them): 0 everything done; 2 a command-line usage error (Click's);
@@ -44,13 +45,19 @@ console = _console()
 err_console = _console(stderr=True)
 
 
+def shown(value: object) -> str:
+    """A name or reason as console text: not-UTF-8 bytes escaped, and brackets not read as markup
+    (``bad [final].png`` printed whole)."""
+    return escape(printable(str(value)))
+
+
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
     """Turn cxrlab errors and file-system errors into a one-line message and exit code 1."""
     try:
         yield
     except (CxrlabError, OSError) as err:
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)  # "[x]" is text
+        err_console.print(f"[bold red]error:[/] {shown(err)}", highlight=False, soft_wrap=True)  # "[x]" is text
         raise typer.Exit(EXIT_ERROR) from None
 
 

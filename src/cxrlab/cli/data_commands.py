@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cxrlab.cli._common import console, handle_errors, parse_label_map, parse_ratios, progress_bar
+from cxrlab.cli._common import console, handle_errors, parse_label_map, parse_ratios, progress_bar, shown
 from cxrlab.core.defaults import DEFAULT_MAX_DISTANCE
 from cxrlab.core.io import atomic_write_text
 
@@ -38,9 +38,9 @@ def show_skipped(manifest_skipped, limit: int = 20) -> None:
     reasons = Counter(item.reason for item in manifest_skipped)
     if len(reasons) > 1 or len(manifest_skipped) > limit:
         for reason, count in reasons.most_common(8):
-            console.print(f"  {count} × {reason}", highlight=False, soft_wrap=True)
+            console.print(f"  {count} × {shown(reason)}", highlight=False, soft_wrap=True)
     for item in list(manifest_skipped)[:limit]:
-        console.print(f"  {item.image}: {item.reason}", highlight=False, soft_wrap=True)
+        console.print(f"  {shown(item.image)}: {shown(item.reason)}", highlight=False, soft_wrap=True)
     if len(manifest_skipped) > limit:
         console.print(f"  ... and {len(manifest_skipped) - limit} more")
 

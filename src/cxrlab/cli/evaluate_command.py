@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrlab.core.defaults import DEFAULT_N_BOOT
-from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, exit_if_failed, handle_errors
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, exit_if_failed, handle_errors, shown
 
 
 def evaluate_command(
@@ -61,7 +61,7 @@ def evaluate_command(
             console.print(f"[yellow]{len(results['skipped'])} input(s) not evaluated[/] ({results['unreadable']} could "
                           "not be read; all are listed in the report):")
             for image, reason in results["skipped"][:20]:
-                console.print(f"  {image}: {reason}", highlight=False)
+                console.print(f"  {shown(image)}: {shown(reason)}", highlight=False)
             if len(results["skipped"]) > 20:
                 console.print(f"  ... and {len(results['skipped']) - 20} more")
         for warning in results["warnings"]:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar, shown
 
 
 def explain_command(
@@ -40,7 +40,7 @@ def explain_command(
                                      progress=lambda n: bar.advance(task, n), segmenter=segmenter)
         failed = [r for r in records if "error" in r]
         for r in failed:
-            err_console.print(f"[yellow]skipped[/] {escape(r['image'])}: {escape(r['error'])}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {shown(r['image'])}: {shown(r['error'])}", highlight=False)
         for r in records[:20]:
             if "error" not in r:
                 probs = ", ".join(f"{k} {v:.2f}" for k, v in r["probabilities"].items())

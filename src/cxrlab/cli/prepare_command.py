@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from cxrlab.cli._common import console, err_console, handle_errors, progress_bar
+from cxrlab.cli._common import console, err_console, handle_errors, progress_bar, shown
 from cxrlab.cli.data_commands import LabelMapOpt, load
 from cxrlab.core.defaults import DEFAULT_SHARD_SIZE
 
@@ -34,7 +34,7 @@ def print_summary(summary: PrepareSummary, limit: int = 30) -> None:
     if summary.skipped:
         err_console.print(f"[yellow]skipped {len(summary.skipped)} input(s):[/]")
         for image, reason in summary.skipped[:limit]:
-            err_console.print(f"  {image}: {reason}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {shown(image)}: {shown(reason)}", highlight=False, soft_wrap=True)
         if len(summary.skipped) > limit:
             err_console.print(f"  ... {len(summary.skipped) - limit} more in {Path(summary.out_dir) / SKIPPED_FILE}")
     console.print(f"report: {Path(summary.out_dir) / REPORT_FILE}, skipped list: {Path(summary.out_dir) / SKIPPED_FILE}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar
+from cxrlab.cli._common import DeviceOpt, PrecisionOpt, device_policy, console, err_console, exit_if_failed, handle_errors, progress_bar, shown
 
 
 def predict_command(
@@ -38,12 +38,12 @@ def predict_command(
         skipped = [r for r in rows if "error" in r]
         flagged = [r for r in rows if r.get("ood")]
         for r in skipped:
-            err_console.print(f"[yellow]skipped[/] {r['image']}: {r['error']}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {shown(r['image'])}: {shown(r['error'])}", highlight=False)
         for r in rows[:20]:
             if "error" not in r:
                 probs = ", ".join(f"{k} {v:.2f}" for k, v in r["probabilities"].items())
                 note = " [red](out of distribution)[/]" if r["ood"] else ""
-                console.print(f"{r['image']}: {r['predicted']} ({probs}){note}", highlight=False)
+                console.print(f"{shown(r['image'])}: {r['predicted']} ({probs}){note}", highlight=False)
         console.print(f"{len(rows) - len(skipped)} image(s) screened, {len(flagged)} flagged out of distribution, "
                       f"{len(skipped)} skipped; wrote {out / 'predictions.csv'} and {out / 'predictions.json'}")
     exit_if_failed(len(skipped), "input(s)")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cxrlab.core.run_folder import METRICS, SEGMENTER, SUMMARY
-from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning
+from cxrlab.cli._common import console, exit_if_failed, handle_errors, progress_bar, quiet_lightning, shown
 
 # the U-Net's training options, shared by train and crossfit: each a SegmentConfig setting with its help and
 # default (a test compares them); None: not given, the setting's default
@@ -88,7 +88,7 @@ def segment_predict(
         console.print(f"{summary['predicted']} mask(s) predicted, {summary['kept_given']} given mask(s) kept, "
                       f"{len(summary['skipped'])} image(s) skipped")
         for image, reason in summary["skipped"][:10]:
-            console.print(f"  skipped {image}: {reason}", highlight=False)
+            console.print(f"  skipped {shown(image)}: {shown(reason)}", highlight=False)
         dice = summary["dice_vs_given"]
         if dice["n"]:
             console.print(f"overlap with the {dice['n']} given masks: mean Dice {dice['mean']:.3f} (median "
@@ -138,6 +138,6 @@ def segment_crossfit(
         if summary["dice_vs_given"]["n"]:
             _print_dice(summary["dice_vs_given"])
         for image, reason in summary["skipped"][:20]:
-            console.print(f"  skipped {image}: {reason}", highlight=False)
+            console.print(f"  skipped {shown(image)}: {shown(reason)}", highlight=False)
         console.print(f"wrote {out / 'manifest.csv'} (use it as --data) and {out / SUMMARY}")
     exit_if_failed(len(summary["skipped"]), "image(s) could not be read and")

@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 
 
+def printable(name: str | os.PathLike) -> str:
+    """A file name as text that any output can hold: bytes that are not UTF-8 (a Linux name may hold
+    any byte; Python keeps them as surrogates, which a CSV, JSON or terminal refuses) shown as
+    ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from cxrlab.core.errors import ManifestError
 from cxrlab.core import storage
-from cxrlab.core.io import absolute_path, atomic_write_bytes, relative_to_or_absolute
+from cxrlab.core.io import absolute_path, atomic_write_bytes, printable, relative_to_or_absolute
 from cxrlab.data.classes import LabelMapper
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,10 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
     mapped = mapper.map_many(frame["label"].tolist())
     keep = []
     for i, (image, raw, label) in enumerate(zip(frame["image"], frame["label"], mapped)):
-        if label is None:
+        if isinstance(image, str) and printable(image) != image:  # surrogates: a name's bytes that are not UTF-8
+            skipped.append(SkippedItem(printable(image), "file name is not valid UTF-8, which a table cannot hold: "
+                                                         "rename the file", unreadable=True))
+        elif label is None:
             skipped.append(SkippedItem(image, f"unknown label {raw!r} for scheme {mapper.scheme}"))
         elif not image:
             skipped.append(SkippedItem(f"row {i + 2}", "empty image path"))
@@ -194,6 +197,14 @@ def finalise_manifest(frame: pd.DataFrame, mapper: LabelMapper, skipped: list[Sk
             keep.append(i)
     frame["label"] = mapped
     frame = frame.iloc[keep].reset_index(drop=True)
+    for column in ("mask", "lesion"):  # a mask whose name is not UTF-8 cannot be written either: dropped, named
+        if column in frame.columns:
+            names = frame[column].fillna("").astype(str)
+            bad = names.map(lambda v: printable(v) != v)
+            for value in names[bad]:
+                log.warning("%s: file name is not valid UTF-8, which a table cannot hold: left out as a %s (rename "
+                            "the file)", printable(value), column)
+            frame.loc[bad, column] = ""
     duplicated = frame["image"].duplicated(keep="first")
     for image in frame.loc[duplicated, "image"]:
         skipped.append(SkippedItem(image, "listed more than once; first row kept"))

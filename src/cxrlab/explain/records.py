@@ -3,24 +3,36 @@ reason, rewritten as work goes on so an interrupted run keeps what it finished."
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from cxrlab.core.io import atomic_write_text
+from cxrlab.core.io import atomic_write_text, printable
 
 SAVE_EVERY = 50  # rows between rewrites of the tables: a crash loses at most this much work
 # what predict and explain write after the image and its probabilities (one vocabulary for both)
 COLUMNS = ["predicted", "most_probable", "ood_score", "ood", "ood_reason", "overlay"]
 
 
+MAX_STEM = 100  # characters of an input's name kept in its overlay's name (file systems allow 255 bytes)
+
+
 def overlay_name(image: Path, taken: set[str], suffix: str = "gradcam") -> str:
-    """``<stem>_<suffix>.png``, numbered when two inputs share a stem (the same name in two folders)."""
-    name, n = f"{image.stem}_{suffix}.png", 1
+    """``<stem>_<suffix>.png``, numbered when two inputs share a stem (the same name in two folders).
+    A stem that is not plain text (bytes that are not UTF-8, characters a file system may refuse) or
+    longer than :data:`MAX_STEM` is shortened and cleaned, with a hash of the whole path to keep it unique."""
+    stem = printable(image.stem)
+    clean = re.sub(r"[^\w.\-]+", "_", stem)[:MAX_STEM]
+    if clean != stem:
+        clean += "-" + hashlib.sha256(os.fsencode(image)).hexdigest()[:8]
+    name, n = f"{clean}_{suffix}.png", 1
     while name in taken:
         n += 1
-        name = f"{image.stem}_{n}_{suffix}.png"
+        name = f"{clean}_{n}_{suffix}.png"
     taken.add(name)
     return name
 
@@ -48,6 +60,7 @@ class RecordTable:
 
     def add(self, record: dict) -> None:
         """Append a record; rewrite the tables every :data:`SAVE_EVERY` records."""
+        record = {**record, "image": printable(str(record["image"]))}  # a CSV and JSON hold text only
         self.records.append(record)
         if len(self.records) % SAVE_EVERY == 0:
             self.save()
