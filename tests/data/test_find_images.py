@@ -86,3 +86,23 @@ def test_manifest_prepare_and_evaluate_name_what_a_table_cannot_hold_and_write_t
                                     "--no-gradcam", "--n-boot", "10"])
     assert evaluated.exit_code == 3 and "bad\\xff.png" in evaluated.output, evaluated.output
     assert len(pd.read_csv(tmp_path / "e" / "predictions.csv")) == 6
+
+
+def test_a_dicom_with_a_damaged_header_skips_that_file_only(tmp_path):
+    """pydicom decodes header values lazily: an element of an impossible length used to fail outside
+    the reader's guard and stop manifest (and prepare, evaluate) for the whole folder."""
+    import pandas as pd
+
+    root = tmp_path / "tree"
+    for cls in ("COVID", "Normal"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            write_dicom(root / cls / f"{i}.dcm", gradient(64, 64).astype("uint16") * 16, patient_id=f"{cls}{i}")
+    raw = bytearray((root / "COVID" / "0.dcm").read_bytes())
+    at = raw.find(b"\x28\x00\x10\x00US")  # Rows (0028,0010), a US of 2 bytes
+    raw[at + 6:at + 8] = b"\x03\x00"  # now claims 3
+    (root / "COVID" / "damaged.dcm").write_bytes(bytes(raw))
+    result = CliRunner().invoke(app, ["manifest", "--data", str(root), "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 0, result.output
+    assert "damaged.dcm: not a readable DICOM file (damaged header" in " ".join(result.output.split())
+    assert len(pd.read_csv(tmp_path / "m.csv")) == 4

@@ -43,16 +43,18 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
     """
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
-        raise InvalidImageError(path, f"not a readable DICOM file ({err})") from err
-    return {
-        "patient_id": str(ds.get("PatientID", "") or ""),
-        "view": str(ds.get("ViewPosition", "") or ""),
-        "modality": str(ds.get("Modality", "") or ""),
-        "rows": int(ds.get("Rows", 0) or 0),
-        "columns": int(ds.get("Columns", 0) or 0),
-        "body_part": str(ds.get("BodyPartExamined", "") or ""),
-    }
+        # pydicom decodes values lazily, on access: a damaged element fails here, not in dcmread
+        return {
+            "patient_id": str(ds.get("PatientID", "") or ""),
+            "view": str(ds.get("ViewPosition", "") or ""),
+            "modality": str(ds.get("Modality", "") or ""),
+            "rows": int(ds.get("Rows", 0) or 0),
+            "columns": int(ds.get("Columns", 0) or 0),
+            "body_part": str(ds.get("BodyPartExamined", "") or ""),
+        }
+    except Exception as err:  # pydicom raises many types (struct.error, KeyError, TypeError, ...) for damaged headers
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InvalidImageError(path, f"not a readable DICOM file (damaged header: {reason})") from err
 
 
 def _check_number(ds: pydicom.Dataset, tag: str, name: str | Path) -> None:
@@ -87,11 +89,15 @@ def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
     name = path if path is not None else (source if isinstance(source, (str, Path)) else "<dicom>")
     try:
         ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(source)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as err:
+        has_pixels = "PixelData" in ds
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)  # decoded lazily: may fail here
+    except InvalidDicomError as err:
         raise InvalidImageError(name, f"not a readable DICOM file ({err})") from err
-    if "PixelData" not in ds:
+    except Exception as err:  # pydicom raises many types (struct.error, KeyError, TypeError, ...) for damaged headers
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise InvalidImageError(name, f"not a readable DICOM file (damaged header: {reason})") from err
+    if not has_pixels:
         raise InvalidImageError(name, "DICOM has no pixel data")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if max_pixels is not None and rows * cols > max_pixels:
         raise InvalidImageError(
             name, f"image too large ({cols}x{rows} = {rows * cols / 1e6:.1f} MP > limit "
