@@ -99,9 +99,19 @@ def test_client_paths_are_reduced_to_a_name_and_uploads_are_not_stored_by_defaul
     assert body["image"] == "passwd.png"
     kept = list(store.iterdir())
     assert len(kept) == 1 and kept[0].name.endswith("-passwd.png") and kept[0].read_bytes() == xray
+    with TestClient(create_app(run_dir, ServeSettings(store_uploads=store))) as c:  # names no file system takes
+        for name in ("a\x00b.png", "é" * 200 + ".png"):
+            response = c.post("/predict", files={"file": (name, xray)})
+            assert response.status_code == 200, (name[:8], response.text)
+    from cxrlab.serve.uploads import safe_name
+
+    assert safe_name("a\x00b\n.png") == "ab.png"  # a NUL byte as some clients send it, raw
+    names = [p.name for p in store.iterdir()]
+    assert any(n.endswith("-" + "é" * 75) for n in names) and all(len(n.encode()) <= 255 and "\x00" not in n
+                                                                    for n in names)
     with TestClient(create_app(run_dir)) as c:  # default: nothing written anywhere
         c.post("/predict", files={"file": ("a.png", xray)})
-    assert len(list(store.iterdir())) == 1
+    assert len(list(store.iterdir())) == 3
 
 
 def test_a_screening_over_the_time_limit_gets_504(run_dir, xray):

@@ -18,9 +18,12 @@ class UploadRejected(Exception):
 
 
 def safe_name(filename: str | None) -> str:
-    """The upload's base name only (a client-supplied path never reaches the file system)."""
+    """The upload's base name only (a client-supplied path never reaches the file system), without
+    control characters (a NUL byte cannot be in a file name) and at most 150 bytes of UTF-8, so that
+    a stored upload's name (a random prefix, then this) stays within the file system's 255."""
     name = PurePath((filename or "upload").replace("\\", "/")).name
-    return name[:200] or "upload"
+    name = "".join(c for c in name if c.isprintable()).strip()
+    return name.encode("utf-8", "ignore")[:150].decode("utf-8", "ignore") or "upload"
 
 
 def sniff(buf: bytes, name: str) -> str:
