@@ -140,3 +140,16 @@ def test_a_training_side_one_image_past_a_full_batch_trains(tmp_path, phantoms):
     data = torch.utils.data.TensorDataset(torch.zeros(9, 1), torch.zeros(9))
     assert [len(x) for x, _ in loader(data, config, True, 0)] == [4, 4]  # BatchNorm cannot train on a batch of one
     assert [len(x) for x, _ in loader(data, config, False, 0)] == [4, 4, 1]  # validation keeps every image
+
+
+def test_a_tracking_uri_that_cannot_work_is_refused_before_any_data_work(tmp_path, phantoms):
+    import time
+
+    from tests.conftest import free_port
+
+    with pytest.raises(ConfigError, match="unsupported tracking URI scheme 'bogus'"):
+        _config(tmp_path, phantoms, "b", mlflow_uri="bogus://x")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"mlflow_uri http://127.0.0.1:\d+: the tracking server does not answer"):
+        train(_config(tmp_path, phantoms, "h", mlflow_uri=f"http://127.0.0.1:{free_port()}"))
+    assert time.perf_counter() - start < 30 and not (tmp_path / "h" / "prepared").exists()  # MLflow retried minutes

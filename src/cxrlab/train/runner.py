@@ -77,16 +77,44 @@ class TrainResult:
     model: CxrClassifier
 
 
+def check_tracking(config: TrainConfig) -> None:
+    """Refuse, before any data work, a tracking server that does not answer (MLflow itself retries for
+    minutes, then fails after the data was prepared). Databases and files are checked when the
+    logger opens them (:func:`_mlflow_logger`).
+
+    Raises:
+        ConfigError: an ``http(s)://`` tracking URI that gives no answer within 10 s (named).
+    """
+    uri = config.tracking.mlflow_uri
+    if not uri or not uri.lower().startswith(("http://", "https://")) or not available("mlflow"):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10)  # any answer, even 404, means a server is there
+    except requests.RequestException as err:
+        raise ConfigError(f"mlflow_uri {uri}: the tracking server does not answer ({type(err).__name__}); start it, "
+                          "or leave mlflow_uri unset to track in sqlite beside the run") from err
+
+
 def _mlflow_logger(config: TrainConfig, out: Path) -> MLFlowLogger | bool:
-    """The run's MLflow logger; ``False`` (no logger) when MLflow is not installed (``cxrlab[track]``)."""
+    """The run's MLflow logger; ``False`` (no logger) when MLflow is not installed (``cxrlab[track]``).
+
+    Raises:
+        ConfigError: the tracking store cannot be opened (named, with MLflow's reason in one line).
+    """
     if not available("mlflow"):
         log.info("MLflow is not installed (pip install 'cxrlab[track]'): %s is not tracked", out)
         return False
     tracking = config.tracking
     uri = tracking.mlflow_uri or f"sqlite:///{(out.parent / TRACKING_DB).resolve()}"
-    logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=uri, run_name=out.name,
-                          tags=dict(tracking.mlflow_tags) or None)
-    logger.log_hyperparams({k: str(v) for k, v in config.flat().items()})
+    try:
+        logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=uri, run_name=out.name,
+                              tags=dict(tracking.mlflow_tags) or None)
+        logger.log_hyperparams({k: str(v) for k, v in config.flat().items()})
+    except Exception as err:  # MLflow raises its own and its stores' exception types
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ConfigError(f"mlflow_uri {uri}: cannot track the run there ({reason})") from err
     return logger
 
 
@@ -133,6 +161,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
     if (net.pretrained == "imagenet" or net.weights) and not net.init_from:
         check_weights_available(spec, net.weights, net.allow_download)
     tune_allocator()
+    check_tracking(config)
     writer = is_rank_zero()  # a data-parallel run's other processes write nothing
     if writer:
         _drop_stale_checkpoint(Path(runtime.out), config)

@@ -214,6 +214,10 @@ class RuntimeSection(_Section):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # YAML reads 32 as a number
 
 
+TRACKING_SCHEMES = {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks",
+                    "databricks-uc", "uc"}  # what MLflow stores runs at (mlflow.store.db, tracking registry)
+
+
 class TrackingSection(_Section):
     """Where per-epoch metrics and the config are logged (MLflow)."""
 
@@ -221,6 +225,19 @@ class TrackingSection(_Section):
     experiment: str = Field("cxrlab", description="MLflow experiment name")
     mlflow_tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow run tags (a study's parent "
                                                                           "run)")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        """A URI MLflow can store runs at (a local path, ``file:``, ``sqlite:``, a server or a database);
+        whether it can be reached is checked when a run starts (``cxrlab.train.runner.check_tracking``)."""
+        if uri is None:
+            return None
+        scheme = uri.split("://", 1)[0].split(":", 1)[0].lower() if ":" in uri else ""
+        if scheme.split("+", 1)[0] not in TRACKING_SCHEMES and len(scheme) > 1:  # C:\ is a Windows path
+            raise ValueError(f"unsupported tracking URI scheme {scheme!r} in {uri!r}; use a folder, file:PATH, "
+                             "sqlite:///PATH, http(s)://HOST or a database URL (postgresql://, mysql://)")
+        return uri
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
