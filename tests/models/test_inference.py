@@ -45,7 +45,7 @@ def test_model_file_roundtrip(model, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-5)  # same weights (model may be channels-last)
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    with pytest.raises(ConfigError, match="cannot read model file|not a cxrlab model file"):
+    with pytest.raises(ConfigError, match="cannot read model file|not a cxrlab model file|not a readable model file"):
         load_model(tmp_path / "bad.pt")
 
 

@@ -83,6 +83,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         source = io.BytesIO(storage.read_bytes(path))
     try:
         if suffix == ".csv":
+            raw = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+            if b"\x00" in raw:  # pandas cuts a cell at a NUL byte: the row would point at another file
+                rows = [n for n, line in enumerate(raw.split(b"\n"), start=1) if b"\x00" in line]
+                raise ManifestError(f"{path}: line(s) {', '.join(map(str, rows[:10]))} hold NUL bytes (a damaged "
+                                    "or binary file?); fix or remove them")
             frame = pd.read_csv(source, dtype=str, keep_default_na=False)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(source)

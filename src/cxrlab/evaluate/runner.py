@@ -76,6 +76,9 @@ def _unseen(frame: pd.DataFrame, record: dict | None, run: Path,
     Raises:
         ConfigError: the model has seen every row (an in-sample "test").
     """
+    if frame.empty:
+        raise ConfigError(f"{run}: nothing to evaluate in {side.removeprefix('all of ')}: no image in it (an empty "
+                          "table, or every row left out: see the reasons above)")
     unseen, seen = split_seen(frame, record)
     copies = int(seen["seen_as"].isin(["copy", "near copy"]).sum()) if len(seen) else 0
     if unseen.empty:

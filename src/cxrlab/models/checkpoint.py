@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,9 @@ def read_payload(path: str | Path, expected: str, kind: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "unsupported global" not in str(err).lower():  # not a pickle at all, or a damaged one
-            raise ConfigError(f"{path}: cannot read {kind} file ({' '.join(str(err).split())})") from err
+            found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", " ".join(str(err).split()))
+            detail = found.group(1).strip().rstrip(".") if found else " ".join(str(err).split())[:120]
+            raise ConfigError(f"{path}: not a readable {kind} file (damaged, or not a model: {detail})") from err
         raise ConfigError(f"{path}: refused: the file holds Python objects beyond tensors and plain data, which "
                           f"could run code when loaded (cxrlab reads {kind} files as data only; retrain or re-save "
                           "it with this version of cxrlab if you trust where it came from)") from err
