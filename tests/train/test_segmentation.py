@@ -62,7 +62,7 @@ def test_segmenter_encoder_holds_the_offline_imagenet_weights(tmp_path):
     net.eval()
     assert torch.allclose(net(x), again(x)) and preprocess.size == 64 and payload["backbone"] == "efficientnet_lite0"
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    with pytest.raises(ConfigError, match="cannot read segmenter file"):
+    with pytest.raises(ConfigError, match="not a readable segmenter file"):
         load_segmenter(tmp_path / "bad.pt")
 
 

@@ -98,7 +98,7 @@ def read_payload(path: str | Path, expected: str, kind: str) -> dict:
         if "unsupported global" not in str(err).lower():  # not a pickle at all, or a damaged one
             found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", " ".join(str(err).split()))
             detail = found.group(1).strip().rstrip(".") if found else " ".join(str(err).split())[:120]
-            raise ConfigError(f"{path}: not a readable {kind} file (damaged, or not a model: {detail})") from err
+            raise ConfigError(f"{path}: not a readable {kind} file (damaged, or not a {kind} file: {detail})") from err
         raise ConfigError(f"{path}: refused: the file holds Python objects beyond tensors and plain data, which "
                           f"could run code when loaded (cxrlab reads {kind} files as data only; retrain or re-save "
                           "it with this version of cxrlab if you trust where it came from)") from err
