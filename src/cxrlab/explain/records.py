@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ def overlay_name(image: Path, taken: set[str], suffix: str = "gradcam") -> str:
     A stem that is not plain text (bytes that are not UTF-8, characters a file system may refuse) or
     longer than :data:`MAX_STEM` is shortened and cleaned, with a hash of the whole path to keep it unique."""
     stem = printable(image.stem)
-    clean = re.sub(r"[^\w.\-]+", "_", stem)[:MAX_STEM]
+    clean = "".join(c if c.isprintable() and c not in '<>:"/\\|?*' else "_" for c in stem)[:MAX_STEM]
     if clean != stem:
         clean += "-" + hashlib.sha256(os.fsencode(image)).hexdigest()[:8]
     name, n = f"{clean}_{suffix}.png", 1
