@@ -12,13 +12,16 @@ import uvicorn
 
 
 @contextlib.contextmanager
-def live_server(app) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields its base URL; shuts it down gracefully (the lifespan
-    closes the screener)."""
+def live_server(app, body_timeout_s: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port as ``cxrlab serve`` does (its uvicorn options); yields its
+    base URL; shuts it down gracefully (the lifespan closes the screener)."""
+    from cxrlab.serve.limits import server_options
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                             **server_options(body_timeout_s)))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

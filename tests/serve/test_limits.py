@@ -107,8 +107,31 @@ def test_a_full_queue_answers_503_at_once(run_dir, pixels, monkeypatch):
     assert first[0].status_code == 200
 
 
+def test_a_client_that_sends_its_headers_one_line_at_a_time_gets_408(run_dir):
+    """A slow-headers client (one header line every 0.4 s) is cut off at the limit, not after 75 s;
+    a prompt request on another connection is answered meanwhile."""
+    with live_server(create_app(run_dir, ServeSettings(body_timeout_s=1.0)), body_timeout_s=1.0) as url:
+        address = urlparse(url)
+        with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+            sock.settimeout(0.4)  # a header line every 0.4 s, listening in between
+            start, answer = time.monotonic(), b""
+            for line in [b"GET /health HTTP/1.1\r\n"] + [f"X-Slow-{i}: y\r\n".encode() for i in range(20)]:
+                try:
+                    sock.sendall(line)
+                    answer = sock.recv(4096)
+                except TimeoutError:  # no answer yet: the next line
+                    assert httpx.get(url + "health", timeout=30).status_code == 200  # others are served
+                    continue
+                except OSError:  # the server closed the connection
+                    break
+                break
+            elapsed = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert elapsed < 5, elapsed
+
+
 def test_a_client_that_stops_sending_its_body_gets_408(run_dir):
-    with live_server(create_app(run_dir, ServeSettings(body_timeout_s=0.5))) as url:
+    with live_server(create_app(run_dir, ServeSettings(body_timeout_s=0.5)), body_timeout_s=0.5) as url:
         address = urlparse(url)
         with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
             head = ("POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

@@ -87,7 +87,10 @@ def serve_command(
                                  **{k: v for k, v in given.items() if v is not None})
         app = create_app(model_file(model), settings)
         console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+        from cxrlab.serve.limits import server_options
+
+        # the headers of a request get the body's time limit too
+        uvicorn.run(app, host=host, port=port, log_level="info", **server_options(settings.body_timeout_s))
 
 
 def export_command(
