@@ -84,6 +84,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             raw = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+            source = io.BytesIO(raw)  # read once: pandas parses these bytes
             if b"\x00" in raw:  # pandas cuts a cell at a NUL byte: the row would point at another file
                 rows = [n for n, line in enumerate(raw.split(b"\n"), start=1) if b"\x00" in line]
                 raise ManifestError(f"{path}: line(s) {', '.join(map(str, rows[:10]))} hold NUL bytes (a damaged "

@@ -54,6 +54,14 @@ def _by_class(frame: pd.DataFrame, rows: pd.Series) -> str:
     return ", ".join(f"{label} {n} of {totals[label]}" for label, n in counts.items())
 
 
+def mask_uses(lung_crop: bool = False, inpaint: bool = False, lung_attention: bool = False,
+              attention_loss: bool = False) -> str:
+    """The settings that use lung masks, as the messages name them ("" when none does)."""
+    used = [name for name, on in (("lung_crop", lung_crop), ("artifacts: inpaint", inpaint),
+                                  ("lung_attention", lung_attention), ("attention_loss", attention_loss)) if on]
+    return " and ".join(used)
+
+
 def mask_problem(frame: pd.DataFrame, settings: str, origin: str, fix: str | None = None) -> str | None:
     """Why ``frame``'s masks could tell the classes apart by their presence or origin, or ``None``.
 

@@ -16,7 +16,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.data import load_source
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import SkippedItem, read_table, resolve_paths
-from cxrlab.data.mask_provenance import IN_SAMPLE, guard_masks
+from cxrlab.data.mask_provenance import IN_SAMPLE, guard_masks, mask_uses
 from cxrlab.data.seen import REASONS, merge_records, seen_record, split_seen
 from cxrlab.evaluate.bootstrap import bootstrap_cis
 from cxrlab.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature, reliability_bins
@@ -153,19 +153,12 @@ def _warnings(p: Predictions, per_source: dict, seen: int = 0, copies: int = 0, 
     return notes
 
 
-def model_mask_settings(predictor: Predictor) -> str:
-    """What in a model's preprocessing or architecture uses lung masks, as text ("" when nothing does)."""
-    pre, model = predictor.preprocess, predictor.model
-    used = [name for name, on in (("lung_crop", pre.lung_crop), ("artifacts: inpaint", pre.artifacts == "inpaint"),
-                                  ("lung_attention", model.lung_attention)) if on]
-    return " and ".join(used)
-
-
 def _guard_model_masks(predictor: Predictor, frames: list[pd.DataFrame | None], origin: str, allow: bool) -> str | None:
     """The training rule for masks, applied to the images a mask-using model is evaluated on when their
     masks come from the table (with a segmenter every mask has one origin): refused, or with ``allow``
     returned for the report."""
-    settings = model_mask_settings(predictor)
+    pre = predictor.preprocess
+    settings = mask_uses(pre.lung_crop, pre.artifacts == "inpaint", predictor.model.lung_attention)
     if not settings or predictor.segmenter is not None:
         return None
     present = [f.assign(split=side) for f, side in zip(frames, ("test", "val")) if f is not None and len(f)]

@@ -28,6 +28,7 @@ from cxrlab.explain import lung_evidence
 from cxrlab.explain.faithfulness import road_scores
 from cxrlab.explain.masked_maps import rows_with
 from cxrlab.models import load_model
+from cxrlab.models.checkpoint import FORMAT, read_payload
 from cxrlab.study.config import StudyConfig
 from cxrlab.study.results import ALPHA
 from cxrlab.workflows.predictions import predict_test_side
@@ -108,10 +109,12 @@ def lung_share(run_dir: Path, test: pd.DataFrame, predictions: pd.DataFrame, n_b
         return None
     cached = run_dir / TEST_LUNG_EVIDENCE
     table = pd.read_csv(cached) if cached.exists() else None
-    model, preprocess, payload = load_model(run_dir / MODEL)
     if table is None or "even_share" not in table.columns:  # tables from before the own-region baseline: redo
+        model, preprocess, payload = load_model(run_dir / MODEL)
         table = lung_evidence(model, preprocess, rows)
         atomic_write_text(cached, table.to_csv(index=False))
+    else:  # the maps are cached: the file's record is all that is needed, not a model built from it
+        payload = read_payload(run_dir / MODEL, FORMAT, "model")
     circular = bool((payload.get("extra") or {}).get("guidance"))  # trained to put its evidence in these masks
     table = table.dropna(subset=["in_lung_share"]).merge(rows[["image", "patient_id"]], on="image")
     if table.empty:

@@ -21,7 +21,7 @@ from cxrlab.data.audit import check_no_copies
 from cxrlab.data.duplicates import regroup_duplicates
 from cxrlab.data.findings import finding_targets
 from cxrlab.data.manifest import Manifest, recorded_scheme
-from cxrlab.data.mask_provenance import check_uniform_masks
+from cxrlab.data.mask_provenance import check_uniform_masks, mask_uses
 from cxrlab.models.registry import BackboneSpec
 from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset, ShardReader, prepare
 from cxrlab.train.augment import Augmenter
@@ -76,11 +76,8 @@ def with_recorded_scheme(config: TrainConfig) -> TrainConfig:
 
 def mask_settings(config: TrainConfig) -> str:
     """The settings of ``config`` that use lung masks, as text ("" when none does)."""
-    used = [name for name, on in (("lung_crop", config.preprocess.lung_crop),
-                                  ("artifacts: inpaint", config.preprocess.artifacts == "inpaint"),
-                                  ("lung_attention", config.model.lung_attention),
-                                  ("attention_loss", config.optim.attention_loss > 0)) if on]
-    return " and ".join(used)
+    return mask_uses(config.preprocess.lung_crop, config.preprocess.artifacts == "inpaint",
+                     config.model.lung_attention, config.optim.attention_loss > 0)
 
 
 def guidance_record(config: TrainConfig) -> dict:

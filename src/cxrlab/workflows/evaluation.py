@@ -61,15 +61,14 @@ def add_explanations(results: dict, run: Path, out: Path, method: CamMethod = "g
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     model, preprocess, payload = load_model(model_file(run))
     figures = results.setdefault("figures", {})
-    problem = None
-    if "mask" in predictions.columns and (predictions["mask"] != "").any():
-        problem = mask_problem(predictions.assign(split="test"), "the in-lung share", "the evaluated images",
-                               "give every image a mask of one origin (cxrlab evaluate --segmenter, or a manifest "
-                               "from cxrlab segment crossfit)")
-        if problem and not allow_mixed_masks:
-            results["lung_evidence"] = {"n": 0, "left_out": problem}
-            results.setdefault("warnings", []).append(f"in-lung share not computed: {problem}")
-    if "mask" in predictions.columns and (predictions["mask"] != "").any() and not (problem and not allow_mixed_masks):
+    masked = "mask" in predictions.columns and (predictions["mask"] != "").any()
+    problem = masked and mask_problem(predictions.assign(split="test"), "the in-lung share", "the evaluated images",
+                                      "give every image a mask of one origin (cxrlab evaluate --segmenter, or a "
+                                      "manifest from cxrlab segment crossfit)")
+    if problem and not allow_mixed_masks:
+        results["lung_evidence"] = {"n": 0, "left_out": problem}
+        results.setdefault("warnings", []).append(f"in-lung share not computed: {problem}")
+    elif masked:
         table = lung_evidence(model, preprocess, predictions, method, layer)
         table.to_csv(out / "lung_evidence.csv", index=False)
         summary = summarise_lung_evidence(table)
