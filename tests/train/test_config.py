@@ -27,6 +27,30 @@ def test_typos_and_bad_values_name_the_field(tmp_path):
         load_config(tmp_path / "c.yaml")
 
 
+@pytest.mark.parametrize("assignment, named", [
+    ("optim.attention_loss=.inf", "optim.attention_loss': Input should be a finite number"),  # no bound stops inf
+    ("runtime.cache_max_gb=.nan", "runtime.cache_max_gb': Input should be a finite number"),
+    ("schedule.phases=[{fine_tune: 1, lr: .inf, epochs: 1}]", "schedule.phases.0.lr"),
+    ("data.ratios=[0.5,0.5,0.5]", "ratios: shares must sum to 1"),  # the split's rule, before any data is read
+    ("data.ratios=[0.33,0.33,0.34]", "multiples of 1/20"),
+    ("model.head={hidden: [8], dropout: [2.0]}", r"head: widths must be >= 1 and dropout in \[0, 1\)"),
+    ("model.head={hidden: [8, 4], dropout: [0.1]}", r"need one value per hidden layer \(2\), got 1$"),
+    ("model.head=gap-9", "unknown preset 'gap-9'"),
+    ("optim.batch_size=1000000000", "optim.batch_size"),
+])
+def test_ranges_and_cross_field_rules_are_checked_with_the_settings(assignment, named):
+    """Each setting's rule lives in the configuration model, so ``--set`` gives one line naming it
+    (not a crash, or NaN weights, once a run has started)."""
+    with pytest.raises(ConfigError, match=named) as caught:
+        load_config(None, overrides={"data": "x"}, assignments=[assignment])
+    assert "\n" not in str(caught.value) and "more)" not in str(caught.value)  # one line; a union's branches are one field
+
+
+def test_a_head_given_only_its_widths_gets_one_dropout_per_layer():
+    head = load_config(None, overrides={"data": "x"}, assignments=["head.hidden=[32, 16, 8]"]).model.head
+    assert head.hidden == (32, 16, 8) and head.dropout == (0.10, 0.05, 0.05)
+
+
 def test_yaml_overrides_and_phases(tmp_path):
     (tmp_path / "c.yaml").write_text("data: x\nlr: 0.01\nphases:\n  - {fine_tune: 0, lr: 1.0e-3, epochs: 2}\n"
                                      "  - {fine_tune: all, lr: 1.0e-4, epochs: 3}\n")

@@ -92,12 +92,21 @@ def closest_hint(name: str, names, prefix: str = "") -> str:
     return f"; did you mean {prefix + close[0]!r}?" if close else ""
 
 
+def _branch_tag(part) -> bool:
+    """Whether a part of an error's location names a union's branch (``str``, ``HeadConfig``,
+    ``function-after[...]``), not a field or an index."""
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "list", "dict"} or part[:1].isupper()
+                                      or "[" in part)
+
+
 def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> str:
     """One line for a validation error: ``origin: field 'x': reason`` (an unknown field first, with the
     closest known name)."""
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo is also a missing field
+    # a typo is also a missing field; of a union's branches (head: a preset name or {hidden, dropout}), the
+    # one the value's type fits says what is wrong, not "should be a valid string"
+    errors = sorted(err.errors(), key=lambda e: (e["type"] != "extra_forbidden", e["type"].endswith("_type")))
     first = errors[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
+    field = ".".join(str(p) for p in first["loc"] if not _branch_tag(p)) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         for part in first["loc"][:-1]:
@@ -105,10 +114,17 @@ def format_error(err: ValidationError, origin: str, model: type[BaseModel]) -> s
             inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
             model = inner[0] if inner else model
         message = "unknown field" + closest_hint(first["loc"][-1], model.model_fields)
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    if not first["loc"] or message.startswith((f"{field}.", f"{field}:")):  # the message names what it is about
+    fields = {tuple(p for p in e["loc"] if not _branch_tag(p)) for e in errors}  # a union's branches: one field
+    more = f" (+{len(fields) - 1} more)" if len(fields) > 1 else ""
+    leaf = field.rsplit(".", 1)[-1]
+    if not first["loc"] or message.startswith((f"{field}.", f"{field}:", f"{leaf}.", f"{leaf}:")):  # it names its field
         return f"{origin}: {message}{more}"
     return f"{origin}: field {field!r}: {message}{more}"
+
+
+SETTINGS_RULES = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+"""What every group of settings obeys: an unknown name is refused, values are frozen, and no float may be
+infinite or NaN (``lr=inf`` would train until the weights are NaN; a bound like ``ge=0`` alone lets it by)."""
 
 
 class Settings(BaseModel):
@@ -117,7 +133,7 @@ class Settings(BaseModel):
     an unknown name is refused. Built directly, a bad value is a :class:`ConfigError` naming
     ``section.field``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
     section: ClassVar[str] = "config"
 
     def __init__(self, **values) -> None:

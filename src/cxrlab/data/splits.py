@@ -62,6 +62,7 @@ class SplitConfig:
             raise ConfigError(f"ratios: need three non-negative shares with train > 0, got {self.ratios}")
         if abs(sum(ratios) - 1.0) > 1e-6:
             raise ConfigError(f"ratios: shares must sum to 1, got {sum(ratios):g}")
+        _denominator(ratios)  # multiples of 1/20, refused here rather than when the split is made
         if self.folds < 0:
             raise ConfigError(f"folds: must be >= 0, got {self.folds}")
         if self.balance not in ("none", "undersample", "weights"):

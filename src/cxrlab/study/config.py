@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxrlab.core.defaults import DEFAULT_N_BOOT
-from cxrlab.core.settings import closest_hint, load_settings
+from cxrlab.core.settings import SETTINGS_RULES, closest_hint, load_settings
 from cxrlab.train.config import ALIASES, SECTIONS, flat_key, flatten_settings
 
 SELECT_METRICS = ("auc_macro", "accuracy")
@@ -78,7 +78,7 @@ def merge_settings(base: dict, factors: dict) -> dict:
 class DataSettings(BaseModel):
     """What studies and searches share: the data, its split, and training settings for every run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
 
     data: str | None = None
     splits: str | None = Field(None, description="a splits.csv to start from (its test side is kept)")
@@ -109,7 +109,7 @@ class SecondStage(BaseModel):
     ``select_metric`` run again with ``settings`` on top of their own (e.g. frozen backbones screened,
     the top 4 fine-tuned fully, as in the multi-backbone papers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
 
     top: int = Field(ge=1, le=100, description="cells of the first stage that go on")
     settings: dict[str, Any] = Field(description="training settings of the second stage (over each cell's own)")

@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from cxrlab.core.settings import SETTINGS_RULES
 from cxrlab.evaluate.registry import get_metric, list_metrics
 from cxrlab.study.config import DataSettings, check_setting_names, flat_names, load_yaml_config
 
@@ -32,7 +32,7 @@ SearchMetric = Literal[tuple(list_metrics())]  # type: ignore[valid-type]
 class Range(BaseModel):
     """A numeric range: float, or int when both ends are integers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
 
     low: float | int
     high: float | int

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from cxrlab.core.settings import SETTINGS_RULES
 from cxrlab.data.classes import class_names
 from cxrlab.data.findings import FindingPolicy
+from cxrlab.data.splits import SplitConfig
+from cxrlab.models.heads import HeadSpec, get_head_spec
 from cxrlab.preprocess.config import PreprocessConfig
 from cxrlab.train.selection import SELECT_METRICS
 
@@ -19,14 +22,14 @@ SelectMetric = Literal[tuple(SELECT_METRICS)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
 
 
 class PhaseConfig(_Section):
     """One phase of a multi-phase schedule (e.g. head only at 1e-3, then k=2 at 1e-4)."""
 
     fine_tune: FineTuneValue
-    lr: float = Field(gt=0)
+    lr: float = Field(gt=0, le=10)
     epochs: int = Field(ge=1)
 
 
@@ -36,6 +39,21 @@ class HeadConfig(_Section):
     hidden: tuple[int, ...] = (128, 64)
     dropout: tuple[float, ...] = (0.10, 0.05)
     activation: Literal["elu", "relu", "gelu"] = "elu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dropout_per_given_layer(cls, values: Any) -> Any:
+        """Widths given without dropout: the default's pattern, one value per layer (0.10, then 0.05)."""
+        if isinstance(values, dict) and values.get("hidden") is not None and values.get("dropout") is None \
+                and isinstance(values["hidden"], list | tuple):
+            default = cls.model_fields["dropout"].default
+            values = {**values, "dropout": [default[min(i, len(default) - 1)] for i in range(len(values["hidden"]))]}
+        return values
+
+    @model_validator(mode="after")
+    def _one_dropout_per_layer(self) -> HeadConfig:
+        HeadSpec(self.hidden, self.dropout, self.activation)  # the head's own rule: widths >= 1, dropout in [0, 1)
+        return self
 
 
 class DataSection(_Section):
@@ -64,6 +82,12 @@ class DataSection(_Section):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         class_names(value)  # a ConfigError (a ValueError) names the schemes
+        return value
+
+    @field_validator("ratios")
+    @classmethod
+    def _shares(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        SplitConfig(ratios=value, folds=0)  # the split's own rule: train > 0, sum 1, multiples of 1/20
         return value
 
     @field_validator("uncertain")
@@ -102,6 +126,13 @@ class ModelSection(_Section):
                                                                "over test-time views (crops: the image and five 90% "
                                                                "crops); measured no gain on cxr-real")
 
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, value: str | HeadConfig) -> str | HeadConfig:
+        if isinstance(value, str):
+            get_head_spec(value)  # names the presets
+        return value
+
     @field_validator("fine_tune")
     @classmethod
     def _k_non_negative(cls, value: FineTuneValue) -> FineTuneValue:
@@ -126,7 +157,7 @@ class OptimSection(_Section):
                                                       "itself shuffled, weight lambda ~ Beta(alpha, alpha), and so are "
                                                       "the targets; what is mixed is the input of the first trainable "
                                                       "block (the image when every block trains)")
-    batch_size: int = Field(32, ge=1, description="images per step (per process in a data-parallel run)")
+    batch_size: int = Field(32, ge=1, le=65536, description="images per step (per process in a data-parallel run)")
     attention_loss: float = Field(0.0, ge=0, description="alpha: add alpha x the attention term (attention_form) to "
                                                          "the training loss (masks needed for training only)")
     attention_form: Literal["outside_share", "gain"] = Field(

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from segmentation_models_pytorch.losses import DiceLoss
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
@@ -30,7 +30,7 @@ from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import METRICS, RunFolder, SEGMENTER
 from cxrlab.core.runtime import tune_allocator
-from cxrlab.core.settings import validate
+from cxrlab.core.settings import SETTINGS_RULES, validate
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
 from cxrlab.data.seen import seen_record
 from cxrlab.models.registry import get_backbone_spec
@@ -52,7 +52,7 @@ class SegmentConfig(BaseModel):
     :class:`cxrlab.preprocess.PreprocessConfig` (the segmenter's file records it; ``size`` and
     ``contrast`` may be given flat)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = SETTINGS_RULES
 
     data: tuple[str, ...] = Field((), description="sources with lung masks (manifests, metadata CSVs, trees)")
     splits: str | None = Field(None, description="a splits.csv to use instead of making one")
