@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 import cv2
+import pytest
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
+from cxrlab.core.errors import InvalidImageError
 from cxrlab.data.images import find_images, read_image
 from tests.conftest import gradient, write_dicom
 
@@ -26,6 +28,39 @@ def test_a_folder_yields_its_images_whatever_their_names_and_names_the_rest(tmp_
     assert all(read_image(p).pixels.size for p in found)
     assert "1 file(s) left out, not images by their content (e.g. notes.txt)" in caplog.text
     assert ".DS_Store" not in caplog.text
+
+
+def test_a_dicom_written_without_its_preamble_is_found_and_read_like_one_with_it(tmp_path):
+    """Older modalities and some exports write the dataset without the 128-byte preamble and DICM: with
+    its file meta, or with neither (implicit VR); both are found by content and decode the same pixels."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+
+    from cxrlab.data.dicom import read_dicom_header
+
+    full = write_dicom(tmp_path / "full.dcm", gradient(64, 64).astype("uint16") * 16, patient_id="P7")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "with_meta").write_bytes(full.read_bytes()[132:])  # file meta, no preamble
+    dataset = pydicom.Dataset()
+    for element in pydicom.dcmread(full):
+        dataset.add(element)
+    for name, implicit in (("implicit_vr", True), ("explicit_vr", False)):  # no file meta at all
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, implicit
+        pydicom.filewriter.write_dataset(buf, dataset)
+        (folder / name).write_bytes(buf.getvalue())
+    (folder / "junk.dcm").write_bytes(bytes(range(256)) * 4)  # a .dcm name is not enough
+    found = find_images([folder])
+    assert sorted(p.name for p in found) == ["explicit_vr", "implicit_vr", "junk.dcm", "with_meta"]
+    reference = read_image(full).pixels
+    for path in found:
+        if path.name == "junk.dcm":
+            with pytest.raises(InvalidImageError, match="junk.dcm: not a readable DICOM file .no DICM marker"):
+                read_image(path)
+            continue
+        assert (read_image(path).pixels == reference).all(), path.name
+        assert read_dicom_header(path)["patient_id"] == "P7"
 
 
 def test_an_empty_folder_as_the_only_input_is_an_error_not_an_empty_table(run_dir, tmp_path):

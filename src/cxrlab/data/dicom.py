@@ -26,9 +26,60 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 _HEADER_TAGS = ["PatientID", "ViewPosition", "Modality", "Rows", "Columns", "BodyPartExamined"]
 
 
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
+        b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN",
+        b"UR", b"US", b"UT", b"UV"}  # DICOM PS3.5 table 6.2-1
+
+
+def _starts_like_a_dataset(buf: bytes) -> bool:
+    """A DICOM written without its preamble (older modalities, some PACS exports): its first element is a
+    little-endian tag of group 0002 (file meta) or 0008 (identification) with a valid explicit VR, or,
+    implicit VR, a plausible 4-byte length. Only recognises; reading the file proves it."""
+    if len(buf) < 8:
+        return False
+    group, element = int.from_bytes(buf[0:2], "little"), int.from_bytes(buf[2:4], "little")
+    if group not in (0x0002, 0x0008) or element > 0x1FFF:
+        return False
+    if buf[4:6] in _VRS:
+        return True
+    return group == 0x0008 and int.from_bytes(buf[4:8], "little") < 1024  # implicit VR little endian
+
+
 def is_dicom_bytes(buf: bytes) -> bool:
-    """True when ``buf`` carries the DICOM preamble magic ``DICM`` at byte 128."""
-    return len(buf) >= 132 and buf[128:132] == b"DICM"
+    """True when ``buf`` is a DICOM file's start: the preamble magic ``DICM`` at byte 128, or a dataset
+    written without the preamble (:func:`_starts_like_a_dataset`)."""
+    return (len(buf) >= 132 and buf[128:132] == b"DICM") or _starts_like_a_dataset(buf)
+
+
+def _read(source: Any, **kwargs) -> pydicom.Dataset:
+    """``pydicom.dcmread``; a dataset without the preamble (recognised by :func:`is_dicom_bytes`) is read
+    with ``force=True``, its transfer syntax taken from its file meta or, without one, from how its first
+    element is encoded."""
+    try:
+        return pydicom.dcmread(source, **kwargs)
+    except InvalidDicomError:
+        head = _peek(source)
+        if not _starts_like_a_dataset(head):  # pydicom's own text suggests force=True, which is not the user's
+            raise InvalidDicomError("no DICM marker at byte 128 and no DICOM element at its start") from None
+    ds = pydicom.dcmread(source, force=True, **kwargs)
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        ds.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        explicit = head[4:6] in _VRS
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ExplicitVRLittleEndian if explicit
+                                          else pydicom.uid.ImplicitVRLittleEndian)
+    return ds
+
+
+def _peek(source: Any) -> bytes:
+    """The first bytes of a path or a seekable file object (its position kept at 0 for the next read)."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as f:
+            return f.read(8)
+    source.seek(0)
+    head = source.read(8)
+    source.seek(0)
+    return head
 
 
 def read_dicom_header(path: str | Path) -> dict[str, Any]:
@@ -42,7 +93,7 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
         InvalidImageError: the file is not a readable DICOM.
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = _read(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         # pydicom decodes values lazily, on access: a damaged element fails here, not in dcmread
         return {
             "patient_id": str(ds.get("PatientID", "") or ""),
@@ -52,6 +103,8 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
             "columns": int(ds.get("Columns", 0) or 0),
             "body_part": str(ds.get("BodyPartExamined", "") or ""),
         }
+    except InvalidDicomError as err:
+        raise InvalidImageError(path, f"not a readable DICOM file ({err})") from err
     except Exception as err:  # pydicom raises many types (struct.error, KeyError, TypeError, ...) for damaged headers
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise InvalidImageError(path, f"not a readable DICOM file (damaged header: {reason})") from err
@@ -88,7 +141,7 @@ def dicom_to_uint8(source: str | Path | Any, *, path: str | Path | None = None,
     """
     name = path if path is not None else (source if isinstance(source, (str, Path)) else "<dicom>")
     try:
-        ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(source)
+        ds = source if isinstance(source, pydicom.Dataset) else _read(source)
         has_pixels = "PixelData" in ds
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)  # decoded lazily: may fail here
     except InvalidDicomError as err:

@@ -82,8 +82,8 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int, min_side: 
 
 def sniff_format(buf: bytes, name: str | Path = "") -> str | None:
     """The image format ``buf``'s content shows (``png``, ``jpeg``, ``tiff``, ``bmp``, ``gif``,
-    ``webp``, ``dicom``), or None; DICOM written without its preamble is recognised by a ``.dcm``
-    name only (the decoder then proves it)."""
+    ``webp``, ``dicom``), or None; DICOM written without its preamble is recognised by its first
+    element (:func:`cxrlab.data.dicom.is_dicom_bytes`) or a ``.dcm`` name (the decoder then proves it)."""
     if is_dicom_bytes(buf):  # before the others: a DICOM's preamble may hold a TIFF header
         return "dicom"
     for magic, kind in _MAGIC.items():
@@ -208,8 +208,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Decode an image file (PNG 8/16-bit, JPEG, DICOM, BMP, TIFF, ...) to 8-bit grayscale.
 
     Args:
-        path: The file. Its content decides the format; the suffix only marks DICOM files
-            written without the 128-byte preamble.
+        path: The file. Its content decides the format (a DICOM without the 128-byte preamble by
+            its first element); a ``.dcm`` suffix also lets the DICOM reader try it.
         max_pixels: Refuse images with more pixels (checked from the header, before decoding).
         min_side: Refuse images whose shorter side is smaller (e.g. 1x1 placeholders).
         reduce_to: When set, JPEGs may be decoded at 1/2, 1/4 or 1/8 scale as long as the
@@ -252,8 +252,8 @@ def _read_url(url: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
 
 def decode_image(buf: bytes, name: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                  min_side: int = DEFAULT_MIN_SIDE, reduce_to: int | None = None) -> DecodedImage:
-    """:func:`read_image` for bytes already in memory (an upload); ``name`` labels errors and, by its
-    suffix, marks DICOM data without the 128-byte preamble.
+    """:func:`read_image` for bytes already in memory (an upload); ``name`` labels errors and, by a
+    ``.dcm`` suffix, lets the DICOM reader try data no other format claims.
 
     Raises:
         InvalidImageError: as :func:`read_image`, naming ``name``; also for empty data.

@@ -28,7 +28,7 @@ def safe_name(filename: str | None) -> str:
 
 def sniff(buf: bytes, name: str) -> str:
     """The image format the content shows (see :func:`cxrlab.data.images.sniff_format`): the formats
-    ``cxrlab predict`` reads, DICOM without its preamble by a ``.dcm`` name.
+    ``cxrlab predict`` reads, DICOM without its preamble by its first element or a ``.dcm`` name.
 
     Raises:
         UploadRejected: empty (400), or not one of the accepted formats (415).
