@@ -159,7 +159,7 @@ def test_predict_writes_a_row_per_image_overlays_and_flags_images_unlike_the_tra
                                    "overlay", "error"]
     assert len(every) == len(test) + 8  # a row per input, the unreadable ones with their reason
     errors = every.dropna(subset=["error"]).set_index("image")["error"].to_dict()
-    assert errors == {str(tmp_path / "notes.png"): "not an image (unrecognised file content)",
+    assert errors == {str(tmp_path / "notes.png"): "not an image: not a PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM file (the content looks like text)",
                       str(tmp_path / "missing.png"): "file not found"}
     table = every[every["error"].isna()]
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1.0, atol=1e-5)

@@ -7,13 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cxrlab.cli import app
 from cxrlab.core import ConfigError
 from cxrlab.models import create_classifier, load_model, save_model
-from cxrlab.models.checkpoint import FORMAT, read_payload, write_payload
+from cxrlab.models.predictor import Predictor
 from cxrlab.preprocess import PreprocessConfig
+from tests.hostile import MODEL_CASES, broken_model
 
 CLASSES = ("COVID-19", "Pneumonia", "Normal")
 
@@ -25,51 +24,13 @@ def good(tmp_path_factory):
     return save_model(model, tmp_path_factory.mktemp("model") / "model.pt", PreprocessConfig(size=64))
 
 
-def _broken(good, tmp_path, name: str, change) -> str:
-    payload = read_payload(good, FORMAT, "model")
-    change(payload)
-    return str(write_payload(payload, tmp_path / f"{name}.pt"))
-
-
-def _nan_weights(payload: dict) -> None:
-    payload["state_dict"]["head.fc.weight"] = torch.full_like(payload["state_dict"]["head.fc.weight"], float("nan"))
-
-
-CASES = {
-    "nan weights": (_nan_weights, r"1 weight tensor\(s\) hold NaN or infinite values \(e.g. head.fc.weight"),
-    "missing keys": (lambda p: p.pop("state_dict") and p.pop("backbone"), "damaged model file: missing backbone, state_dict"),
-    "more names than outputs": (lambda p: p.update(class_names=[*CLASSES, "Other"]),
-                                r"4 class name\(s\) for a head of 3 output\(s\)"),
-    "wrong head size": (lambda p: p.update(num_classes=2, class_names=["COVID-19", "other"]),
-                        "its weights do not fit a efficientnet_lite0 with 2 output"),
-    "unknown backbone": (lambda p: p.update(backbone="vgg17"), "cannot build its model .*unknown name 'vgg17'"),
-    "bad preprocessing": (lambda p: p["preprocess"].update(size=-3), "its preprocessing is invalid"),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(MODEL_CASES))
 def test_a_damaged_model_file_is_refused_at_load_with_one_line(good, tmp_path, case):
-    change, message = CASES[case]
-    path = _broken(good, tmp_path, case.replace(" ", "-"), change)
-    with pytest.raises(ConfigError, match=message) as caught:
-        load_model(path)
+    """Each case of the hostile corpus at the loader itself (every door: tests/integration/test_hostile_corpus.py)."""
+    path = str(broken_model(good, tmp_path, case))
+    with pytest.raises(ConfigError, match=MODEL_CASES[case][1]) as caught:
+        load_model(path) if case != "nan threshold" else Predictor(path)
     assert str(caught.value).startswith(path) and "\n" not in str(caught.value)
-
-
-def test_every_door_refuses_a_model_with_nan_weights(good, tmp_path, phantoms):
-    from cxrlab.serve import ServeSettings, create_app
-
-    path = _broken(good, tmp_path, "nan", _nan_weights)
-    image = str(phantoms.parent / "images" / sorted((phantoms.parent / "images").iterdir())[0].name)
-    runner = CliRunner()
-    for args in (["predict", path, image, "--out", str(tmp_path / "p")],
-                 ["explain", path, image, "--out", str(tmp_path / "x")],
-                 ["evaluate", path, "--data", str(phantoms), "--out", str(tmp_path / "e"), "--no-gradcam"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 1 and "NaN or infinite" in result.output, (args[0], result.output)
-        assert not (tmp_path / "p" / "predictions.csv").exists()
-    with pytest.raises(ConfigError, match="NaN or infinite"):  # the service does not start on it
-        create_app(path, ServeSettings())
 
 
 def test_a_run_never_keeps_an_epoch_whose_weights_are_not_finite(good, tmp_path):

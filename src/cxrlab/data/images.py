@@ -80,6 +80,12 @@ def _check_size(path: Path, width: int, height: int, max_pixels: int, min_side: 
             path, f"image too small ({width}x{height} px; the shorter side must be >= {min_side} px)")
 
 
+def not_an_image(buf: bytes) -> str:
+    """The one reason every door gives for content no decoder recognises (``predict``, ``serve``, ...)."""
+    looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in buf[:16]) else "binary data"
+    return f"not an image: not a {FORMATS} file (the content looks like {looks})"
+
+
 def sniff_format(buf: bytes, name: str | Path = "") -> str | None:
     """The image format ``buf``'s content shows (``png``, ``jpeg``, ``tiff``, ``bmp``, ``gif``,
     ``webp``, ``dicom``), or None; DICOM written without its preamble is recognised by its first
@@ -140,7 +146,7 @@ def _decode_with_pillow(path: Path, buf: bytes, max_pixels: int, min_side: int) 
     except InvalidImageError:
         raise
     except UnidentifiedImageError as err:
-        raise InvalidImageError(path, "not an image (unrecognised file content)") from err
+        raise InvalidImageError(path, not_an_image(buf)) from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise InvalidImageError(path, f"image too large (possible decompression bomb): {err}") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from cxrlab.data.images import FORMATS, sniff_format
+from cxrlab.data.images import FORMATS, not_an_image, sniff_format
 
 ACCEPTED = FORMATS  # the service takes what `cxrlab predict` reads
 
@@ -37,7 +37,5 @@ def sniff(buf: bytes, name: str) -> str:
         raise UploadRejected(400, "empty upload (0 bytes)")
     kind = sniff_format(buf, name)
     if kind is None:
-        head = buf[:16]
-        looks = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
-        raise UploadRejected(415, f"{name}: not a {ACCEPTED} image (the content looks like {looks})")
+        raise UploadRejected(415, f"{name}: {not_an_image(buf)}")
     return kind
