@@ -51,11 +51,13 @@ def corpus(radiograph, tmp_path_factory):
 @pytest.mark.parametrize("command, table", [("predict", "predictions.csv"), ("explain", "explanations.csv")])
 def test_screening_doors_write_every_good_input_name_every_bad_one_and_agree_across_encodings(
         run_dir, corpus, tmp_path, command, table):
-    result = runner.invoke(app, [command, str(run_dir), str(corpus.folder), "--out", str(tmp_path)])
+    too_long = str(corpus.folder / ("x" * 300 + ".png"))  # a name over the system's limit, given as an input
+    result = runner.invoke(app, [command, str(run_dir), str(corpus.folder), too_long, "--out", str(tmp_path)])
     _no_crash(result.output)
     assert result.exit_code == 3, result.output  # finished, some inputs failed
     rows = pd.read_csv(tmp_path / table, keep_default_na=False).set_index("image")
-    assert len(rows) == len(corpus.names)  # one row per entry, none lost
+    assert len(rows) == len(corpus.names) + 1  # one row per entry, none lost
+    assert rows.at[too_long, "error"] == "cannot read file (File name too long)"
     for name in corpus.good:
         row = rows.loc[shown(str(corpus.path(name)))]
         assert row["error"] == "", (name, row["error"])

@@ -309,7 +309,11 @@ def find_images(inputs: Iterable[str | Path]) -> list[Path]:
     """
     out: list[Path] = []
     for item in map(Path, inputs):
-        if not item.is_dir():
+        try:
+            is_dir = item.is_dir()
+        except OSError:  # a name or path over the system's length limit: reading it says so, for that input only
+            is_dir = False
+        if not is_dir:
             out.append(item)
             continue
         found, others = [], []
