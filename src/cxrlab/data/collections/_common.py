@@ -84,8 +84,15 @@ def findings_text(values: pd.DataFrame, normal: pd.Series | None = None) -> list
     return [NO_FINDING if n else t[:-1] for t, n in zip(text, normal.to_numpy(dtype=bool))]
 
 
+def _by_finding(frame: pd.DataFrame, how: str) -> pd.DataFrame:
+    """``frame`` with its columns under canonical finding names; two names of one finding combined."""
+    frame = frame.reset_index(drop=True)
+    frame.columns = [canonical_finding(c) for c in frame.columns]
+    return frame.T.groupby(level=0).agg(how).T if frame.columns.has_duplicates else frame
+
+
 def finish(raw: pd.DataFrame, values: pd.DataFrame | None, mapper: LabelMapper, policy: FindingPolicy,
-           skipped: list[SkippedItem], check_files: bool = True) -> Manifest:
+           skipped: list[SkippedItem], check_files: bool = True, unknown: pd.DataFrame | None = None) -> Manifest:
     """The manifest of a reader's rows.
 
     Args:
@@ -95,21 +102,26 @@ def finish(raw: pd.DataFrame, values: pd.DataFrame | None, mapper: LabelMapper, 
         mapper: The scheme.
         policy: Uncertain and blank cells under a multi-label scheme.
         skipped: Rows the reader left out, carried along.
+        unknown: Per-finding booleans of the same rows: True where the collection's own conventions
+            say the value is not known (a study the labeller never read, a finding a release's
+            labels cannot tell), whatever the policy makes of blank and uncertain cells.
     """
     raw = raw.reset_index(drop=True).copy()
     if mapper.multilabel:
         findings = list(mapper.class_names)
         table = pd.DataFrame(index=raw.index)
         if values is not None:
-            values = values.reset_index(drop=True)
-            values.columns = [canonical_finding(c) for c in values.columns]
-            values = values.T.groupby(level=0).max().T  # two names of one finding: either one counts
+            values = _by_finding(values, "max")  # two names of one finding: either one counts
+        if unknown is not None:
+            unknown = _by_finding(unknown.astype(bool), "any")
         for finding in findings:
             column = values[finding].to_numpy(dtype=float) if values is not None and finding in values else None
             if column is None:  # the collection never reads this finding
                 table[finding] = np.nan
             else:
                 table[finding] = [policy.resolve(finding, v) for v in column]
+            if unknown is not None and finding in unknown:
+                table.loc[unknown[finding].to_numpy(dtype=bool), finding] = np.nan
         absent = [f for f in findings if table[f].isna().all()]
         if absent:
             log.warning("%s: no image has a known value of %s (left out of loss and metrics)",

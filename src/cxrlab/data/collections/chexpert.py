@@ -11,7 +11,9 @@ ViewPosition``), ``mimic-cxr-2.0.0-chexpert.csv.gz`` (findings per study) and
 ``mimic-cxr-2.0.0-split.csv.gz`` (train / validate / test per image), images at
 ``files/pXX/pSUBJECT/sSTUDY/DICOM.jpg``.
 
-What uncertain and blank cells become is the reader's :class:`~cxrlab.data.findings.FindingPolicy`.
+What uncertain and blank cells become is the reader's :class:`~cxrlab.data.findings.FindingPolicy`,
+except that a pathology left blank beside ``No Finding`` is absent, and every finding of a MIMIC
+study the labeller has no row for is unknown (never negative).
 """
 
 from __future__ import annotations
@@ -44,9 +46,16 @@ def detect_mimic(root: Path) -> bool:
 
 
 def _values(table: pd.DataFrame) -> pd.DataFrame:
-    """The finding columns as floats (blank: NaN); ``No Finding`` is left out (it means no other)."""
-    return pd.DataFrame({f: pd.to_numeric(table[f], errors="coerce") for f in FINDINGS[1:] if f in table},
-                        index=table.index)
+    """The finding columns as floats (blank: NaN). ``No Finding`` is not a finding: where the labeller
+    set it, every pathology it left blank is absent (what No Finding asserts), whatever ``--blank``
+    makes of other blank cells; Support Devices may be listed beside it, so its blank stays blank."""
+    values = pd.DataFrame({f: pd.to_numeric(table[f], errors="coerce") for f in FINDINGS[1:] if f in table},
+                          index=table.index)
+    if "No Finding" in table:
+        normal = (pd.to_numeric(table["No Finding"], errors="coerce") == 1).to_numpy()
+        pathologies = [f for f in values.columns if f != "Support Devices"]
+        values.loc[normal, pathologies] = values.loc[normal, pathologies].fillna(0.0)
+    return values
 
 
 def _release_paths(root: Path, given: pd.Series) -> list[str]:
@@ -90,7 +99,9 @@ def read_mimic(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_fil
     require(meta, ("dicom_id", "subject_id", "study_id", "ViewPosition"), paths["metadata"], "MIMIC-CXR metadata")
     labels = read_label_table(paths["chexpert"])
     require(labels, ("subject_id", "study_id"), paths["chexpert"], "MIMIC-CXR CheXpert-labeller")
+    labels = labels.assign(_labelled=True)
     table = meta.merge(labels, on=["subject_id", "study_id"], how="left")
+    unread = table["_labelled"].isna().to_numpy()  # a study the labeller has no row for: unknown, not negative
     if paths["split"] is not None:
         split = read_label_table(paths["split"])[["dicom_id", "split"]]
         table = table.merge(split, on="dicom_id", how="left")
@@ -104,6 +115,7 @@ def read_mimic(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_fil
     values = _values(table)
     raw["finding"] = findings_text(values, pd.to_numeric(table.get("No Finding", pd.Series("", index=table.index)),
                                                          errors="coerce") == 1)
+    unknown = pd.DataFrame({f: unread for f in values.columns}, index=table.index)
     skipped: list[SkippedItem] = []
     kept = skip_rows(raw, ~frontal(raw["view"]), "view " + raw["view"].astype(str) + " is not frontal", skipped)
-    return finish(kept, values.loc[kept.index], mapper, policy, skipped, check_files)
+    return finish(kept, values.loc[kept.index], mapper, policy, skipped, check_files, unknown.loc[kept.index])

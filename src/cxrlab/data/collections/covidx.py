@@ -4,7 +4,8 @@ collection, Actualmed, Figure 1, SIRM, RICORD, RSNA and others, with a patient-w
 Layout: ``train.txt`` and ``test.txt`` (and ``val.txt`` in later releases), one image a line:
 ``patient_id filename label source``; images in ``train/``, ``test/`` (and ``val/``). Labels are
 ``COVID-19`` / ``pneumonia`` / ``normal`` (COVIDx up to v8) or ``positive`` / ``negative``
-(COVIDx CXR-3 and later: COVID-19 or not, which the 3-class scheme cannot use). ``source`` is
+(COVIDx CXR-3 and later: COVID-19 or not, which the 3-class scheme cannot use; under a multi-label
+scheme, such an image's Pneumonia and Normal are unknown, not absent). ``source`` is
 the collection each image came from, so per-source figures are the real sources.
 """
 
@@ -61,6 +62,8 @@ def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bo
     text = raw["finding"].str.lower()
     three = text.isin(["covid-19", "pneumonia", "normal"])  # the older releases' classes: each one known
     values = pd.DataFrame({"COVID-19": (text == "covid-19").astype(float),
-                           "Pneumonia": (text == "pneumonia").astype(float).where(three),
-                           "Normal": (text == "normal").astype(float).where(three)})
-    return finish(raw, values, mapper, policy, skipped, check_files)
+                           "Pneumonia": (text == "pneumonia").astype(float),
+                           "Normal": (text == "normal").astype(float)})
+    # CXR-3's "negative" says COVID-19 is absent, not whether the image shows pneumonia or is normal
+    unknown = pd.DataFrame({"Pneumonia": ~three, "Normal": ~three})
+    return finish(raw, values, mapper, policy, skipped, check_files, unknown)
