@@ -285,6 +285,11 @@ def test_covidx_text_splits_and_their_sources(tmp_path, release):
             _png(root / side / f"{side}{k}.png")
     three = load_source(root, scheme="3class")
     binary = load_source(root, scheme="binary")
+    alone = tmp_path / "test-only"  # one side's list alone is still COVIDx
+    alone.mkdir()
+    shutil.copytree(root / "test", alone / "test")
+    shutil.copy(root / "test.txt", alone)
+    assert detect_collection(alone) == "covidx" and set(load_source(alone, scheme="binary").table["official_split"]) == {"test"}
     assert len(binary) == 12 and set(binary.table["official_split"]) == {"train", "test"}
     assert set(binary.table["source"]) == {"rsna", "cohen"} and binary.class_counts() == {"COVID-19": 4, "non-COVID": 8}
     assert len(three) == (12 if release == "v8" else 4)  # "negative" has no 3-class meaning
@@ -295,6 +300,40 @@ def test_covidx_text_splits_and_their_sources(tmp_path, release):
         assert (multi.loc[negative, "unlabelled"] == "Pneumonia|Normal").all() and (multi.loc[negative, "label"] == "No Finding").all()
     else:
         assert (multi["unlabelled"] == "").all() and set(multi.loc[negative, "label"]) == {"Pneumonia", "Normal"}
+
+
+def test_a_chexpert_copy_without_valid_csv_is_still_chexpert(tmp_path, caplog):
+    """Read as a class-folder tree, every image would be "No Finding" under a folder named "train"."""
+    import logging
+
+    release, table = _chexpert_layout(tmp_path)
+    (release / "valid.csv").unlink()
+    assert detect_collection(release) == "chexpert"
+    with caplog.at_level(logging.WARNING):
+        manifest = read_collection(release, LabelMapper("chexpert5"))
+    assert set(manifest.table["official_split"]) == {"train"} and manifest.table["patient_id"].str.startswith("chexpert:").all()
+    assert "CheXpert without valid.csv" in caplog.text
+    frontal = table[table["Path"].str.contains("/train/")]
+    assert len(manifest) == (frontal["Frontal/Lateral"] == "Frontal").sum()
+
+
+@pytest.mark.parametrize("files, reason", [
+    ({"mimic-cxr-2.0.0-metadata.csv.gz": "dicom_id,subject_id,study_id,ViewPosition\n"}, "without mimic-cxr-2.0.0-chexpert"),
+    ({"mimic-cxr-2.0.0-chexpert.csv.gz": "subject_id,study_id,Edema\n"}, "without mimic-cxr-2.0.0-metadata"),
+    ({"stage_2_detailed_class_info.csv": "patientId,class\n"}, "without stage_2_train_labels.csv"),
+    ({"BBox_List_2017.csv": "Image Index,Finding Label\n"}, "without Data_Entry_2017"),
+])
+def test_part_of_a_collection_layout_is_refused_with_the_reason_not_read_as_a_folder_tree(tmp_path, files, reason):
+    import gzip
+
+    from cxrlab.core.errors import ManifestError
+
+    root = tmp_path / "data"
+    _png(root / "train" / "a.png")
+    for name, text in files.items():
+        (root / name).write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    with pytest.raises(ManifestError, match=reason):
+        load_source(root)
 
 
 def test_a_folder_no_reader_knows_stays_a_class_folder_tree(tmp_path):

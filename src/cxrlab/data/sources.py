@@ -8,7 +8,7 @@ from pathlib import Path
 from cxrlab.core import storage
 from cxrlab.core.errors import ManifestError
 from cxrlab.data.classes import LabelMapper, SchemeName
-from cxrlab.data.collections import detect_collection, read_collection
+from cxrlab.data.collections import detect_collection, incomplete_collection, read_collection
 from cxrlab.data.findings import FindingPolicy
 from cxrlab.data.folders import read_folder_tree
 from cxrlab.data.manifest import TABLE_SUFFIXES, Manifest, read_manifest, read_table
@@ -48,6 +48,10 @@ def load_source(path: str | Path, *, scheme: SchemeName = "3class",
     if path.is_dir():
         if detect_collection(path):
             return read_collection(path, mapper, policy)
+        partial = incomplete_collection(path)
+        if partial:
+            raise ManifestError(f"{path}: {partial}: not read as a class-folder tree either (its images would get "
+                                "their folders' names as labels); add the missing file")
         return read_folder_tree(path, mapper, source=source)
     if not path.exists():
         raise ManifestError(f"{path}: not found")

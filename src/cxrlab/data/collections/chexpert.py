@@ -18,6 +18,7 @@ study the labeller has no row for is unknown (never negative).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from cxrlab.data.collections._common import findings_text, find_file, finish, fr
 from cxrlab.data.findings import FindingPolicy
 from cxrlab.data.manifest import Manifest, SkippedItem
 
+log = logging.getLogger(__name__)
+
 FINDINGS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
             "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
             "Fracture", "Support Devices")
@@ -36,13 +39,39 @@ MIMIC = {"metadata": "mimic-cxr-2.0.0-metadata.csv*", "chexpert": "mimic-cxr-2.0
          "split": "mimic-cxr-2.0.0-split.csv*"}
 
 
+SIDES = (("train.csv", "train"), ("valid.csv", "val"))
+
+
+def _tables(root: Path) -> list[tuple[Path, str]]:
+    """CheXpert's label tables present in ``root`` (a ``train.csv`` of another layout is not one)."""
+    found = []
+    for name, side in SIDES:
+        path = root / name
+        if path.is_file():
+            with path.open(errors="replace") as f:
+                if "Frontal/Lateral" in f.readline():
+                    found.append((path, side))
+    return found
+
+
 def detect(root: Path) -> bool:
-    return (root / "train.csv").is_file() and (root / "valid.csv").is_file() and \
-        "Frontal/Lateral" in (root / "train.csv").open().readline()
+    """``train.csv`` and/or ``valid.csv`` with CheXpert's columns (a copy with one of them is still
+    CheXpert: read, with a warning, rather than taken for a class-folder tree)."""
+    return bool(_tables(root))
 
 
 def detect_mimic(root: Path) -> bool:
     return find_file(root, [MIMIC["metadata"]]) is not None and find_file(root, [MIMIC["chexpert"]]) is not None
+
+
+def incomplete_mimic(root: Path) -> str | None:
+    """Why a folder with one of MIMIC-CXR-JPG's two tables cannot be read (None: it has both, or neither)."""
+    meta, labels = find_file(root, [MIMIC["metadata"]]), find_file(root, [MIMIC["chexpert"]])
+    if (meta is None) == (labels is None):
+        return None
+    have, lack = (meta, "mimic-cxr-2.0.0-chexpert.csv.gz (the labels)") if labels is None else \
+        (labels, "mimic-cxr-2.0.0-metadata.csv.gz (images and views)")
+    return f"MIMIC-CXR-JPG's {have.name} without {lack}"
 
 
 def _values(table: pd.DataFrame) -> pd.DataFrame:
@@ -72,8 +101,12 @@ def _release_paths(root: Path, given: pd.Series) -> list[str]:
 def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bool = True) -> Manifest:
     """Read a CheXpert folder (see the module docstring); lateral images are left out."""
     parts, skipped = [], []
-    for name, side in (("train.csv", "train"), ("valid.csv", "val")):
-        path = root / name
+    tables = _tables(root)
+    if len(tables) < len(SIDES):
+        log.warning("%s: CheXpert without %s: its images are read, with no %s side", root,
+                    " or ".join(n for n, _ in SIDES if n not in {p.name for p, _ in tables}),
+                    " or ".join(s for n, s in SIDES if n not in {p.name for p, _ in tables}))
+    for path, side in tables:
         table = read_label_table(path)
         require(table, ("Path", "Frontal/Lateral", *FINDINGS[:1]), path, "CheXpert")
         patient = table["Path"].map(lambda p: next((q for q in Path(p).parts if q.startswith("patient")), p))

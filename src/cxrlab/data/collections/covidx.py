@@ -30,10 +30,16 @@ def _fields(line: str) -> list[str]:
 
 
 def detect(root: Path) -> bool:
-    if not ((root / "train.txt").is_file() and (root / "test.txt").is_file()):
-        return False
-    first = next((line for line in (root / "train.txt").open() if line.strip()), "")
-    return len(_fields(first)) >= 3
+    """A COVIDx side list (``train.txt``, ``val.txt`` or ``test.txt``) whose first line has COVIDx's
+    fields; one side alone is still COVIDx (read with the sides it has)."""
+    for name, _ in SIDES:
+        path = root / name
+        if path.is_file():
+            with path.open(errors="replace") as f:
+                first = next((line for line in f if line.strip()), "")
+            if len(_fields(first)) >= 3:
+                return True
+    return False
 
 
 def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bool = True) -> Manifest:
@@ -57,7 +63,7 @@ def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bo
                          "source": source, "view": "", "finding": BINARY.get(label.lower(), label),
                          "official_split": side})
     if not rows:
-        raise ManifestError(f"{root}: train.txt and test.txt list no images")
+        raise ManifestError(f"{root}: {', '.join(n for n, _ in SIDES)} list no images")
     raw = pd.DataFrame(rows)
     text = raw["finding"].str.lower()
     three = text.isin(["covid-19", "pneumonia", "normal"])  # the older releases' classes: each one known
