@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cxrlab.cli import app
-from cxrlab.data import LabelMapper, load_source
+from cxrlab.data import LabelMapper, load_source, write_manifest
 from cxrlab.data.collections import detect_collection, read_collection
 from cxrlab.data.findings import CHESTXRAY14, FindingPolicy, finding_targets
 from tests.conftest import gradient, write_dicom
@@ -230,6 +230,20 @@ def test_rsna_targets_over_boxes_and_views_from_dicom_headers(tmp_path):
     assert len(manifest) == 29 and "not frontal" in manifest.skipped[0].reason  # the lateral one
     for image, label in zip(manifest.table["image"], manifest.table["label"]):
         assert (label == "Pneumonia") == bool(target[Path(image).stem])
+    from cxrlab.data.boxes import boxes_mask, parse_boxes
+
+    lesions = manifest.table.set_index(manifest.table["image"].map(lambda p: Path(p).stem))["lesion"]
+    kept = boxes[boxes["patientId"].isin(lesions.index) & (boxes["Target"] == 1)]
+    for patient, part in kept.groupby("patientId"):  # every box kept, in the image's pixels
+        assert sorted(parse_boxes(lesions[patient])) == sorted(part[["x", "y", "width", "height"]].itertuples(index=False, name=None))
+    assert (lesions[manifest.table["label"].to_numpy() != "Pneumonia"] == "").all()
+    manifest_path = tmp_path / "m.csv"
+    write_manifest(manifest, manifest_path)  # a box is no path: written and read back as it is
+    again = load_source(manifest_path, scheme="findings:Pneumonia").table["lesion"].fillna("")
+    assert list(again) == list(manifest.table["lesion"])
+    first = parse_boxes(lesions[kept["patientId"].iloc[0]])[0]
+    drawn = boxes_mask(lesions[kept["patientId"].iloc[0]], (1024, 1024), (256, 256))
+    assert drawn[int(first[1] / 4) + 1, int(first[0] / 4) + 1] and not drawn.all()
 
 
 def test_vindr_any_radiologist_and_no_patient_ids(tmp_path):

@@ -97,6 +97,28 @@ def test_known_answer_through_files_and_geometry(spots, resize):
     assert summary["hit_rate"] == 1.0 and summary["per_class"]["Pneumonia"]["n"] == 6
 
 
+def test_boxes_in_place_of_mask_files_give_the_same_verdicts(spots):
+    """A collection's boxes (RSNA's opacities) in the lesion column: drawn at the map's size on the
+    image's own geometry, the pointing game gives the same hits as the masks the boxes bound."""
+    from cxrlab.data.boxes import format_boxes
+
+    def bounding(path: str) -> str:
+        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if not mask.any():
+            return ""
+        x, y, w, h = cv2.boundingRect((mask > 127).astype(np.uint8))
+        return format_boxes([(x, y, w, h)])
+
+    boxed = spots.assign(lesion=[bounding(p) if p else "" for p in spots["lesion"]])
+    preprocess = PreprocessConfig(size=64, contrast="none", resize="letterbox")
+    by_mask = lesion_evidence(SpotNet().eval(), preprocess, spots)
+    by_box = lesion_evidence(SpotNet().eval(), preprocess, boxed)
+    assert len(by_box) == len(by_mask) == 6 and by_box["hit"].all()
+    area = {p: (cv2.imread(p, cv2.IMREAD_GRAYSCALE) > 127).mean() for p in spots["lesion"] if p}
+    assert (by_box["lesion_area"].to_numpy() >= [area[p] for p in spots["lesion"][:6]]).all()  # a box bounds its disc
+    assert np.allclose(by_box["lesion_area"], by_mask["lesion_area"] * 4 / np.pi, rtol=0.35)
+
+
 def test_evidence_elsewhere_scores_no_hits(spots):
     region = torch.zeros(1, 1, 64, 64)
     region[..., :16, :16] = 1.0  # the model only looks at the top-left corner

@@ -20,12 +20,13 @@ import pandas as pd
 from cxrlab.core.errors import ManifestError
 from cxrlab.core import storage
 from cxrlab.core.io import absolute_path, atomic_write_bytes, printable, relative_to_or_absolute
+from cxrlab.data.boxes import is_boxes
 from cxrlab.data.classes import LabelMapper
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "label", "patient_id", "source", "view")
-PATH_COLUMNS = ("image", "mask", "lesion")  # lesion: a mask of the finding (phantoms)
+PATH_COLUMNS = ("image", "mask", "lesion")  # lesion: a mask of the finding (phantoms), or boxes (data.boxes)
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
@@ -123,6 +124,7 @@ def resolve_paths(frame: pd.DataFrame, base: str | Path) -> pd.DataFrame:
     for column in PATH_COLUMNS:
         if column in frame.columns:
             frame[column] = [
+                p if is_boxes(p) else  # a lesion given as boxes, not a file
                 (storage.resolve(p, base) if url or storage.is_url(p) else str(absolute_path(base / p)))
                 if isinstance(p, str) and p else "" for p in frame[column]
             ]
@@ -244,7 +246,7 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     out = frame.copy()
     for column in PATH_COLUMNS:
         if column in out.columns:
-            out[column] = [relative_to_or_absolute(p, path.parent) if p else "" for p in out[column]]
+            out[column] = [p if is_boxes(p) else relative_to_or_absolute(p, path.parent) if p else "" for p in out[column]]
     if suffix == ".csv":
         data = out.to_csv(index=False).encode("utf-8")
     else:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core.errors import InvalidImageError
+from cxrlab.data.boxes import read_region
 from cxrlab.data.images import read_mask
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.overlay import cam_to_original
@@ -44,7 +45,7 @@ def maps_with_masks(model: CxrClassifier, preprocess: PreprocessConfig, rows: pd
                 processed = pre(row.image, lung_path or None)
                 scale = min(1.0, MAX_SIDE / max(processed.orig_height, processed.orig_width))
                 shape = (max(1, round(processed.orig_height * scale)), max(1, round(processed.orig_width * scale)))
-                mask = read_mask(getattr(row, column), shape)
+                mask = read_region(getattr(row, column), (processed.orig_height, processed.orig_width), shape)
                 lungs = read_mask(lung_path, shape) if preprocess.lung_crop and lung_path else None
             except InvalidImageError as err:
                 log.warning("%s evidence: %s", column, err)

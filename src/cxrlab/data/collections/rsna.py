@@ -4,7 +4,8 @@ radiologists for lung opacities suspicious of pneumonia.
 Layout: ``stage_2_train_labels.csv`` (``patientId, x, y, width, height, Target``; one row per box),
 optionally ``stage_2_detailed_class_info.csv`` (``patientId, class``: ``Lung Opacity``,
 ``No Lung Opacity / Not Normal``, ``Normal``) and ``stage_2_train_images/<patientId>.dcm``. One
-image per patient. ``Target`` 1 is the finding ``Pneumonia``; the 3-class scheme keeps ``Normal``
+image per patient. ``Target`` 1 is the finding ``Pneumonia``, its boxes the image's ``lesion``
+(``boxes:x,y,w,h;...``, the regions the pointing game checks Grad-CAM against); the 3-class scheme keeps ``Normal``
 and ``Pneumonia`` images and leaves out "not normal" ones. View, sex and age come from the DICOM
 headers.
 """
@@ -18,6 +19,7 @@ import pydicom
 
 from cxrlab.data.classes import LabelMapper
 from cxrlab.data.collections._common import find_file, finish, frontal, read_label_table, require, skip_rows
+from cxrlab.data.boxes import format_boxes
 from cxrlab.data.findings import FindingPolicy
 from cxrlab.data.manifest import Manifest, SkippedItem
 
@@ -39,6 +41,17 @@ def _header(path: str) -> dict[str, str]:
             "age": str(ds.get("PatientAge", "")).lstrip("0")}
 
 
+def _boxes(boxes: pd.DataFrame) -> pd.Series:
+    """Per patient, its opacity boxes as a manifest's ``lesion`` value (``boxes:x,y,w,h;...``, in the
+    1024-px image's pixels): what the pointing game checks a map against."""
+    if not {"x", "y", "width", "height"} <= set(boxes.columns):
+        return pd.Series(dtype=str)
+    numbers = boxes[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
+    rows = boxes.assign(**numbers)[numbers.notna().all(axis=1) & (numbers["width"] > 0) & (numbers["height"] > 0)]
+    return rows.groupby("patientId").apply(
+        lambda part: format_boxes(part[["x", "y", "width", "height"]].itertuples(index=False)), include_groups=False)
+
+
 def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bool = True) -> Manifest:
     """Read an RSNA Pneumonia folder (see the module docstring)."""
     path = find_file(root, TABLES)
@@ -55,7 +68,8 @@ def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bo
     text = table["patientId"].map(detail).fillna("")
     finding = [("Pneumonia" if t == 1 else (c or "Normal")) for t, c in zip(table["Target"], text)]
     raw = pd.DataFrame({"image": image, "patient_id": "rsna:" + table["patientId"], "source": "rsna",
-                        "view": headers["view"], "sex": headers["sex"], "age": headers["age"], "finding": finding})
+                        "view": headers["view"], "sex": headers["sex"], "age": headers["age"], "finding": finding,
+                        "lesion": table["patientId"].map(_boxes(boxes)).fillna("")})
     values = pd.DataFrame({"Pneumonia": table["Target"].astype(float)})
     skipped: list[SkippedItem] = []
     odd = (~frontal(raw["view"])) & (raw["view"] != "")  # an unreadable header: the file check names it
