@@ -248,19 +248,25 @@ def test_rsna_targets_over_boxes_and_views_from_dicom_headers(tmp_path):
 
 def test_vindr_any_radiologist_and_no_patient_ids(tmp_path):
     table = pd.read_csv(_tables() / "vinbigdata-train.csv.gz")
-    ids = _sample(table.drop_duplicates("image_id"), 25)["image_id"]
+    ids = pd.concat([_sample(table.drop_duplicates("image_id"), 22)["image_id"],
+                     table.loc[table["class_name"] == "Nodule/Mass", "image_id"].drop_duplicates().head(3)]).drop_duplicates()
     root = tmp_path / "vindr"
     (root / "train").mkdir(parents=True)
     table[table["image_id"].isin(ids)].to_csv(root / "train.csv", index=False)
     for i in ids:
         write_dicom(root / "train" / f"{i}.dicom", gradient(32, 32).astype(np.uint16), patient_id="")
     manifest = load_source(root, scheme="chestxray14")
-    assert len(manifest) == 25 and manifest.table["patient_id"].is_unique
+    assert len(manifest) == len(ids) and manifest.table["patient_id"].is_unique
     reported = table[table["image_id"].isin(ids)].groupby("image_id")["class_name"].agg(set)
     for image, label in zip(manifest.table["image"], manifest.table["label"]):
         names = reported[Path(image).stem]
         assert ("Cardiomegaly" in label.split("|")) == ("Cardiomegaly" in names)
         assert ("Effusion" in label.split("|")) == ("Pleural effusion" in names)
+    whole = read_collection(root, LabelMapper("findings:Nodule,Mass"), FindingPolicy("ignore", "zeros")).table
+    combined = whole["image"].map(lambda p: "Nodule/Mass" in reported[Path(p).stem])
+    assert combined.any() and (~combined).any()
+    assert (whole.loc[combined, "unlabelled"] == "Nodule|Mass").all()  # one of the two, not said which
+    assert (whole.loc[~combined, "unlabelled"] == "").all() and (whole["label"] == "No Finding").all()
 
 
 def test_mimic_layout_joins_studies_and_the_official_split(tmp_path):

@@ -5,7 +5,9 @@ Layouts: PhysioNet's (``annotations/annotations_train.csv``, ``annotations/annot
 optionally ``annotations/image_labels_{train,test}.csv`` with global labels such as Pneumonia;
 images ``train/<image_id>.dicom``, ``test/...``) or the Kaggle competition's (``train.csv``:
 ``image_id, class_name, rad_id``, boxes; ``train/<image_id>.dicom``). A finding is present when
-any radiologist reports it. Images carry no patient id (each is its own patient: logged).
+any radiologist reports it. VinDr's one class ``Nodule/Mass`` stands for two findings: where it is
+reported, Nodule and Mass are both unknown (which one is not said); where it is not, both are
+absent. Images carry no patient id (each is its own patient: logged).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cxrlab.data.findings import NO_FINDING, FindingPolicy, canonical_finding
 from cxrlab.data.manifest import Manifest
 
 LOCAL = "image_id,class_name"
+NODULE_MASS = "Nodule/Mass"
 
 
 def _tables(root: Path) -> list[tuple[Path, str]]:
@@ -62,4 +65,8 @@ def read(root: Path, mapper: LabelMapper, policy: FindingPolicy, check_files: bo
     raw = pd.concat([p[0] for p in parts], ignore_index=True)
     values = pd.concat([p[1] for p in parts], ignore_index=True).fillna(0.0)  # what no reader reported is absent
     raw["patient_id"] = "vindr:" + raw["study_id"]  # no patient ids in the release: an image is a patient
-    return finish(raw, values, mapper, policy, [], check_files)
+    # one class for two findings: where it is reported, which one is not known; where not, neither is there
+    combined = values.pop(NODULE_MASS).astype(bool) if NODULE_MASS in values else pd.Series(False, index=values.index)
+    values = values.assign(Nodule=0.0, Mass=0.0)
+    unknown = pd.DataFrame({"Nodule": combined, "Mass": combined})
+    return finish(raw, values, mapper, policy, [], check_files, unknown)
