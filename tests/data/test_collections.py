@@ -374,3 +374,60 @@ def test_official_sides_test_on_validation_when_no_test_and_refuse_collections_w
     assert 2 <= (sides == "val").sum() <= 6  # about 1/9 of the training images, whole patients
     with pytest.raises(ConfigError, match="no published side"):
         official_sides(table.assign(official_split=""))
+
+
+def test_merged_chestxray14_and_rsna_keep_one_person_on_one_side_through_the_identity_table(tmp_path):
+    """RSNA's images are ChestX-ray14's: merged, an identity table maps each RSNA patient to its NIH
+    patient, and a split of the merged manifest puts each person's images on one side."""
+    nih = _sample(pd.read_csv(_tables() / "Data_Entry_2017_v2020.csv.gz"), 40)
+    root = tmp_path / "nih"
+    root.mkdir()
+    nih.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    for name in nih["Image Index"]:
+        _png(root / "images" / name)
+    with zipfile.ZipFile(_tables() / "kaggle_stage_2_train_labels.csv.zip") as z:
+        boxes = pd.read_csv(z.open(z.namelist()[0]))
+    patients = _sample(boxes.drop_duplicates("patientId"), 20)["patientId"]
+    rsna = tmp_path / "rsna"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    boxes[boxes["patientId"].isin(patients)].to_csv(rsna / "stage_2_train_labels.csv", index=False)
+    for k, p in enumerate(patients):
+        pixels = np.kron(np.random.default_rng(k).integers(0, 4096, (8, 8)), np.ones((8, 8))).astype(np.uint16)
+        write_dicom(rsna / "stage_2_train_images" / f"{p}.dcm", pixels, patient_id=p, view="PA")
+    # each RSNA patient is one of the NIH images (the mapping RSNA published is by image name)
+    identity = pd.DataFrame({"patient_id": "rsna:" + patients.to_numpy(), "same_as": nih["Image Index"].head(20).to_numpy()})
+    identity.to_csv(tmp_path / "identity.csv", index=False)
+    runner = CliRunner()
+    made = runner.invoke(app, ["manifest", "--data", str(root), "--data", str(rsna), "--identity", str(tmp_path / "identity.csv"),
+                               "--scheme", "findings:Pneumonia", "--out", str(tmp_path / "merged.csv")])
+    assert made.exit_code == 0, made.output
+    assert "20 image(s) given another patient id" in " ".join(made.output.split())
+    merged = pd.read_csv(tmp_path / "merged.csv", keep_default_na=False)
+    assert len(merged) == 60 and set(merged["source"]) == {"nih", "rsna"}
+    rsna_rows = merged[merged["source"] == "rsna"]
+    assert rsna_rows["patient_id"].str.startswith("nih:").all() and rsna_rows["source_patient_id"].str.startswith("rsna:").all()
+    labels = pd.read_csv(tmp_path / "merged_labels.csv")
+    assert set(labels["source"]) == {"nih", "rsna"} and labels["present"].sum() == (merged["label"] == "Pneumonia").sum()
+    split = runner.invoke(app, ["split", "--data", str(tmp_path / "merged.csv"), "--scheme", "findings:Pneumonia",
+                                "--ratios", "6:2:2", "--folds", "0", "--dedupe", "none", "--out", str(tmp_path / "split")])
+    assert split.exit_code == 0, split.output
+    sides = pd.read_csv(tmp_path / "split" / "splits.csv", keep_default_na=False)
+    assert (sides.groupby("patient_id")["split"].nunique() == 1).all()
+    people = sides.groupby("patient_id")["source"].nunique()
+    assert (people == 2).sum() >= 1  # a person with images from both collections, on one side
+
+
+def test_the_label_report_flags_a_share_far_from_the_collection_as_released():
+    from cxrlab.data.label_report import label_report
+    from cxrlab.data.manifest import Manifest
+
+    def padchest(n: int, positives: int) -> Manifest:
+        label = ["Atelectasis"] * positives + ["No Finding"] * (n - positives)
+        frame = pd.DataFrame({"image": [f"{i}.png" for i in range(n)], "label": label, "patient_id": range(n),
+                              "source": "padchest", "view": "PA", "unlabelled": ""})
+        return Manifest(frame, ("Atelectasis",), ())
+
+    exact_name_only = label_report(padchest(2000, 40), True).iloc[0]  # 2.0%: sub-types lost
+    assert exact_name_only["flagged"] and exact_name_only["reference"] == pytest.approx(0.0566, abs=1e-3)
+    assert not label_report(padchest(2000, 113), True).iloc[0]["flagged"]  # 5.65%, as released
+    assert not label_report(padchest(40, 0), True).iloc[0]["flagged"]  # 0 of 40: within 3 standard errors

@@ -67,23 +67,59 @@ def synth(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("data
         console.print(f"wrote {path}")
 
 
-def manifest(data: DataOpt, out: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
+def manifest(data: Annotated[list[Path], typer.Option("--data", help="Folder tree, manifest, metadata CSV or public "
+                                                                     "collection; repeat to merge several.")],
+             out: Annotated[Path, typer.Option(help="Output .csv or .parquet.")],
              scheme: SchemeOpt = "3class", label_map: LabelMapOpt = None,
              keep_blank_view: Annotated[bool, typer.Option(help="Keep metadata rows with a blank view.")] = False,
-             uncertain: UncertainOpt = None, blank: BlankOpt = "zeros") -> None:
-    """Read any input and write it as one manifest table (CSV or Parquet): a folder tree, a metadata CSV,
-    or a public collection's folder (ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, RSNA, VinDr-CXR,
-    COVIDx), with its official split in official_split."""
+             uncertain: UncertainOpt = None, blank: BlankOpt = "zeros",
+             identity: Annotated[Optional[Path], typer.Option(help="Identity table (patient_id, same_as) joining "
+                                                                   "one person's ids across merged collections, e.g. "
+                                                                   "RSNA's to ChestX-ray14's.")] = None) -> None:
+    """Read any inputs and write them as one manifest table (CSV or Parquet): folder trees, metadata CSVs,
+    or public collections' folders (ChestX-ray14, CheXpert, MIMIC-CXR-JPG, PadChest, RSNA, VinDr-CXR,
+    COVIDx), with their official split in official_split; then the labels per source and finding, flagged
+    where they differ from the collection's own figures."""
     from cxrlab.data import write_table
+    from cxrlab.data.findings import is_multilabel
+    from cxrlab.data.label_report import label_report
     from cxrlab.data.manifest import write_table_info
+    from cxrlab.data.merge import merge_manifests, read_identity
 
     with handle_errors():
-        m = load(data, scheme, label_map, keep_blank_view, uncertain, blank)
+        parts = [load(d, scheme, label_map, keep_blank_view, uncertain, blank) for d in data]
+        m, merged = merge_manifests(parts, read_identity(identity) if identity else None)
+        report = label_report(m, is_multilabel(scheme))
         write_table(m.table, out)
-        write_table_info(out, {"scheme": scheme, "from": str(data)})  # training on it takes this scheme
+        labels = write_table(report, out.with_name(out.stem + "_labels.csv"))
+        write_table_info(out, {"scheme": scheme, "from": [str(d) for d in data] if len(data) > 1 else str(data[0]),
+                               "identity": str(identity) if identity else None,
+                               "flagged": [f"{r.source}/{r.finding}" for r in report.itertuples() if r.flagged]})
         show_skipped(m.skipped)
+        if len(data) > 1 or identity:
+            console.print(f"merged {', '.join(f'{k} {v}' for k, v in merged['images'].items())}; "
+                          f"{merged['identity_mapped']} image(s) given another patient id by the identity table; "
+                          f"{len(merged['shared_patients'])} patient(s) with images from two or more sources",
+                          highlight=False)
+        console.print(_labels_table(report))
+        for row in report[report["flagged"]].itertuples():
+            console.print(f"[yellow]check {shown(row.source)} / {shown(row.finding)}:[/] present on {row.share:.1%} of "
+                          f"{row.images} images, {row.reference:.1%} in the collection as released (more than half "
+                          "the reference and 3 standard errors apart: a lost sub-type, a wrong column or a policy?)",
+                          highlight=False, soft_wrap=True)
         console.print(f"wrote {out}: {len(m)} images, {m.table['patient_id'].nunique()} patients, "
-                      f"classes {m.class_counts()}")
+                      f"classes {m.class_counts()}; labels per source in {labels}")
+
+
+def _labels_table(report) -> Table:
+    table = Table(title="labels per source")
+    for col in ("source", "finding", "present", "absent", "unknown", "share", "as released"):
+        table.add_column(col, justify="left" if col in ("source", "finding") else "right")
+    for r in report.itertuples():
+        released = "" if r.reference != r.reference else f"{r.reference:.1%}"  # NaN: no reference
+        table.add_row(shown(r.source), shown(r.finding), str(r.present), str(r.absent), str(r.unknown),
+                      f"{r.share:.1%}", ("[yellow]" + released + " ⚑[/]") if r.flagged else released)
+    return table
 
 
 def _counts_table(info: dict) -> Table:
