@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from cxrlab.models import create_classifier
+from cxrlab.core.device import Policy
 from cxrlab.train import can_cache, compute_prefix
 
 
@@ -92,15 +93,44 @@ def test_runs_share_a_prefix_store_and_match_in_run_caching(phantoms, tmp_path):
     assert rows == json.loads((tmp_path / "prepared" / "plan.json").read_text())["images"]  # every prepared image
 
 
+BF16_CPU = Policy("cpu", "cpu", "bf16-mixed", "bf16 autocast as asked")
+
+
+def test_the_prefix_pass_runs_on_the_run_s_device_and_precision(monkeypatch):
+    """The pass follows the policy's device: the model and every batch go there, the autocast is that
+    device's (a GPU run's prefix ran on the CPU in emulated bf16, 20x slower), the cache stays on the host."""
+    seen = []
+    model = create_classifier("efficientnet_lite0", 3, fine_tune=2, pretrained="none", seed=0).eval()
+    original = model.forward_blocks
+
+    def forward_blocks(x, start, end):
+        seen.append((x.device.type, torch.is_autocast_enabled(x.device.type), next(model.parameters()).device.type))
+        return original(x, start, end)
+
+    monkeypatch.setattr(model, "forward_blocks", forward_blocks)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)  # no CUDA here to pin for
+    record: dict = {}
+    data = TensorDataset(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))
+    compute_prefix(model, data, batch_size=4, policy=BF16_CPU, record=record)
+    assert seen == [("cpu", True, "cpu")] and record["precision"] == "bf16-mixed"
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: calls.append(a) or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(a) or self)
+    compute_prefix(model, data, batch_size=4, policy=Policy("cuda:1", "gpu", "32-true"))
+    assert (torch.device("cuda:1"),) in calls  # model and batches sent to the run's GPU, not left on the CPU
+
+
 def test_a_bf16_run_caches_the_activations_its_own_autocast_computes():
     model = create_classifier("efficientnet_lite0", 3, fine_tune=2, pretrained="none", seed=0).eval()
     images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     data = TensorDataset(images, torch.zeros(8, dtype=torch.long))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # what an uncached bf16-mixed step sees
         expected = model.forward_blocks(images, 0, model.frozen_blocks).float()
-    cached = compute_prefix(model, data, batch_size=8, bf16=True).activations
+    record: dict = {}
+    cached = compute_prefix(model, data, batch_size=8, policy=BF16_CPU, record=record).activations
     fp32 = compute_prefix(model, data, batch_size=8).activations
-    assert cached.dtype == torch.float32
+    assert cached.dtype == torch.float32 and cached.device.type == "cpu"  # kept in host memory
+    assert record == {"device": "cpu", "precision": "bf16-mixed", "processes": 1}  # what the pass ran on
     assert (cached - expected).abs().max() <= 1e-6 * expected.abs().max().clamp(min=1)
     assert (fp32 - expected).abs().max() > 10 * (cached - expected).abs().max()  # fp32 would not match the bf16 step
 
@@ -116,4 +146,4 @@ def test_prefix_store_keys_differ_by_precision(phantoms, tmp_path):
     model = create_classifier("efficientnet_lite0", 3, fine_tune=2, pretrained="none", seed=0)
     dataset = ShardDataset(ShardReader(tmp_path), source.class_names, mean=model.spec.mean, std=model.spec.std,
                            in_chans=model.spec.in_chans)
-    assert prefix_fingerprint(model, preprocess, dataset) != prefix_fingerprint(model, preprocess, dataset, bf16=True)
+    assert prefix_fingerprint(model, preprocess, dataset) != prefix_fingerprint(model, preprocess, dataset, policy=BF16_CPU)

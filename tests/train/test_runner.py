@@ -153,3 +153,14 @@ def test_a_tracking_uri_that_cannot_work_is_refused_before_any_data_work(tmp_pat
     with pytest.raises(ConfigError, match=r"mlflow_uri http://127.0.0.1:\d+: the tracking server does not answer"):
         train(_config(tmp_path, phantoms, "h", mlflow_uri=f"http://127.0.0.1:{free_port()}"))
     assert time.perf_counter() - start < 30 and not (tmp_path / "h" / "prepared").exists()  # MLflow retried minutes
+
+
+def test_the_summary_records_what_each_stage_ran_on(run_dir):
+    """Device, precision and processes per stage, as they ran: the frozen prefix (the fixture trains
+    k=2, so it is cached), the fit, validation and the screening reference."""
+    stages = json.loads((run_dir / "summary.json").read_text())["stages"]
+    assert set(stages) == {"prefix", "fit", "validation", "screening_reference"}
+    for name, stage in stages.items():
+        assert stage["device"] == "cpu" and stage["processes"] == 1, name
+    assert stages["fit"]["precision"] == stages["prefix"]["precision"] == stages["validation"]["precision"] == "32-true"
+    assert stages["fit"]["deterministic"] is True

@@ -98,12 +98,12 @@ def train_command(
         if cfg.data.folds >= 2:
             _train_crossval(cfg)
             return
-        if is_rank_zero():
+        if is_rank_zero(cfg):
             console.print(f"training {cfg.model.backbone} (fine_tune={cfg.model.fine_tune}) → {cfg.runtime.out}")
         with progress_bar("prepare") as bar:
             task = bar.add_task("prepare", total=None)
             result = train(cfg, progress=lambda n: bar.advance(task, n))
-        if not is_rank_zero():  # a data-parallel run's other processes: rank 0 reports
+        if not is_rank_zero(cfg):  # a data-parallel run's other processes: rank 0 reports
             return
         summary = result.summary
         val = summary["val"]

@@ -49,8 +49,10 @@ def run_jobs(work: list[tuple[tuple, tuple]], workers: int,
         return
     threads = max(1, default_workers() // workers)
     context = multiprocessing.get_context("spawn")  # fork after torch and MLflow threads is unsafe
+    slots = context.Value("i", 0)  # each worker takes the next slot: its GPU on a multi-GPU machine
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=worker_init,
-                                                initargs=(threads, logging.getLogger("cxrlab").level)) as pool:
+                                                initargs=(threads, logging.getLogger("cxrlab").level, slots,
+                                                          gpu_count())) as pool:
         futures = {pool.submit(train_run, *arguments): job for job, arguments in work}
         for future in concurrent.futures.as_completed(futures):
             try:
@@ -59,8 +61,34 @@ def run_jobs(work: list[tuple[tuple, tuple]], workers: int,
                 outcome = (None, f"{type(err).__name__}: {err}")
             finished(futures[future], outcome)
 
-def worker_init(threads: int, level: int) -> None:
-    """A worker process: its share of the CPU threads; warnings only (the parent reports progress)."""
+def gpu_count() -> int:
+    """CUDA devices this process sees (0 without a GPU; asked without creating a CUDA context)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_gpu(slot: int, count: int, visible: str | None) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` of worker ``slot`` on a machine with ``count`` GPUs: one each, in
+    turn, out of the ones the parent may use (``visible``, its own ``CUDA_VISIBLE_DEVICES``); None
+    without a GPU. Several workers on one node all took ``cuda:0`` before."""
+    if count <= 0:
+        return None
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
+    return ids[slot % len(ids)] if ids else None
+
+
+def worker_init(threads: int, level: int, slots=None, gpus: int = 0) -> None:
+    """A worker process: its share of the CPU threads and one GPU of its own (:func:`worker_gpu`);
+    warnings only (the parent reports progress)."""
+    import os
+
+    if slots is not None and gpus:
+        with slots.get_lock():
+            slot, slots.value = slots.value, slots.value + 1
+        gpu = worker_gpu(slot, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if gpu is not None:  # before CUDA starts in this process: "cuda"/"auto" is then that GPU
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     exit_with_parent()

@@ -14,6 +14,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from cxrlab.core.run_folder import PREPARED, SPLITS
+from cxrlab.core.device import Policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.runtime import default_workers
 from cxrlab.data import SplitConfig, class_names, load_source, make_splits, write_splits
@@ -27,6 +28,7 @@ from cxrlab.preprocess import PreprocessConfig, ShardAwareSampler, ShardDataset,
 from cxrlab.train.augment import Augmenter
 from cxrlab.train.config import TrainConfig
 from cxrlab.train.distributed import is_rank_zero
+from cxrlab.train.loading import loading
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +128,14 @@ def load_train_data(config: TrainConfig, spec: BackboneSpec, out: Path, progress
         frame = manifest.table
         if data.dedupe:  # patients are checked above; copies under other ids here
             check_no_copies(frame, str(data.splits), workers=default_workers() if len(frame) > 2000 else 1)
-        if Path(data.splits).resolve() != (out / SPLITS).resolve() and is_rank_zero():  # the run keeps its split
+        if Path(data.splits).resolve() != (out / SPLITS).resolve() and is_rank_zero(config):  # the run keeps its split
             write_splits(frame, {"from": str(data.splits), "scheme": data.scheme}, out)
     else:
         manifest = load_source(data.path, scheme=data.scheme, policy=config.finding_policy)
         table, group, duplicates = grouped_table(manifest.table, data.dedupe)
         frame, info = make_splits(table, names, SplitConfig(ratios=data.ratios, folds=0, seed=config.runtime.seed,
                                                             group_column=group))
-        if is_rank_zero():  # a data-parallel run's other processes make the same split and write nothing
+        if is_rank_zero(config):  # a data-parallel run's other processes make the same split and write nothing
             write_splits(frame, {**info, "scheme": data.scheme, "duplicates": duplicates}, out)
     if settings := mask_settings(config):
         check_uniform_masks(frame, settings, str(data.splits or data.path))
@@ -184,13 +186,14 @@ def datasets(data: TrainData, config: TrainConfig, spec: BackboneSpec,
     return train, val
 
 
-def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
+def loader(dataset, config: TrainConfig, train: bool, seed: int, policy: Policy | None = None) -> DataLoader:
     """A DataLoader with a seeded generator; balanced sampling when ``class_balance="sampler"``. A
     training epoch drops a last batch of a single image: BatchNorm cannot train on one. Streamed
     shards (a prepared set too large for memory) train through :class:`ShardAwareSampler`: a few
-    shards at a time, shuffled together."""
+    shards at a time, shuffled together. Workers and pinned memory follow ``policy``'s device
+    (:func:`loading`)."""
     generator = torch.Generator().manual_seed(seed)
-    batch_size, workers = config.optim.batch_size, config.runtime.num_workers
+    batch_size, common = config.optim.batch_size, loading(config, (policy or Policy()).device_type)
     drop_last = train and len(dataset) % batch_size == 1 and len(dataset) > 1
     balanced = train and config.data.class_balance == "sampler"
     weights = None
@@ -199,10 +202,9 @@ def loader(dataset, config: TrainConfig, train: bool, seed: int) -> DataLoader:
         weights = 1.0 / np.bincount(targets)[targets]
     if train and getattr(dataset, "streaming", False):
         sampler = ShardAwareSampler(dataset.shard_of, seed, weights=weights)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          drop_last=drop_last, persistent_workers=workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
     if balanced:
         sampler = WeightedRandomSampler(weights.tolist(), len(targets), replacement=True, generator=generator)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, num_workers=workers,
-                      drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator, drop_last=drop_last,
+                      **common)

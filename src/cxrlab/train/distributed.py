@@ -23,19 +23,24 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from cxrlab.preprocess import ShardAwareSampler
 from cxrlab.train.config import TrainConfig
+from cxrlab.train.loading import loading
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
 
 
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0 (or not distributed): the one that writes files. Read from the
-    environment, so it holds before the process group exists (Lightning's launcher, torchrun and
-    SLURM set these variables for every process they start)."""
+def is_rank_zero(config: TrainConfig | None = None) -> bool:
+    """Whether this process is rank 0 of a data-parallel run (or ``config``'s run is not one): the one
+    that writes files. Read from the environment, so it holds before the process group exists
+    (Lightning's launcher, torchrun and SLURM set these variables for every process they start). A
+    run that is not data-parallel writes whatever its environment says: study workers started as
+    ``srun`` tasks carry ``SLURM_PROCID`` 1, 2, ... and each runs runs of its own."""
+    if config is not None and not is_distributed(config):
+        return True
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 def is_distributed(config: TrainConfig) -> bool:
-    return config.runtime.strategy == "ddp"
+    return config.runtime.strategy == "ddp"  # the config makes it ddp for several devices or machines
 
 
 class _RankShare(torch.utils.data.Sampler[int]):
@@ -54,11 +59,12 @@ class _RankShare(torch.utils.data.Sampler[int]):
         return iter(self.sampler.order()[self.rank::self.world].tolist())
 
 
-def distributed_loader(dataset, config: TrainConfig, train: bool, seed: int, rank: int, world: int) -> DataLoader:
+def distributed_loader(dataset, config: TrainConfig, train: bool, seed: int, rank: int, world: int,
+                       device_type: str = "cpu") -> DataLoader:
     """Rank ``rank`` of ``world``'s loader: a seeded, epoch-dependent shuffle of its share for training
     (class-balanced draws when ``class_balance: sampler``; shard-aware for streamed shards), and an
-    unrepeated share of the validation images."""
-    common = {"batch_size": config.optim.batch_size, "num_workers": config.runtime.num_workers}
+    unrepeated share of the validation images; workers and pinned memory by device (:func:`loading`)."""
+    common = {"batch_size": config.optim.batch_size, **loading(config, device_type)}
     if not train:
         return DataLoader(dataset, sampler=UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank,
                                                                         shuffle=False), **common)
@@ -89,11 +95,11 @@ class RunData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return distributed_loader(self.train_set, self.config, True, self.seed, self.trainer.global_rank,
-                                  self.trainer.world_size)
+                                  self.trainer.world_size, self.trainer.strategy.root_device.type)
 
     def val_dataloader(self) -> DataLoader:
         return distributed_loader(self.val_set, self.config, False, self.seed, self.trainer.global_rank,
-                                  self.trainer.world_size)
+                                  self.trainer.world_size, self.trainer.strategy.root_device.type)
 
 
 def gather(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
+from cxrlab.core.device import Policy
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.preprocess import PreprocessConfig, ShardDataset
@@ -52,10 +53,22 @@ class ActivationDataset(Dataset):
         return act, torch.tensor(self.targets[i]), torch.from_numpy(self.masks[i])
 
 
-def _precision(bf16: bool):
-    """The autocast the training step runs under, for the frozen prefix too (cached activations must be
-    the ones an uncached bf16 run computes)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def _on(policy: Policy | None) -> tuple[torch.device, contextlib.AbstractContextManager]:
+    """Where the prefix runs and the autocast it runs under: the run's own device and the training
+    step's precision (cached activations must be the ones an uncached step computes; a GPU run's
+    prefix on the CPU ran 20x slower in emulated bf16)."""
+    policy = policy or Policy()
+    dtype = policy.autocast_dtype
+    return torch.device(policy.device), (torch.autocast(policy.device_type, dtype=dtype) if dtype is not None
+                                         else contextlib.nullcontext())
+
+
+def stage_record(policy: Policy | None, ran_on: torch.device | None = None, processes: int = 1) -> dict:
+    """What a stage of a run ran on: ``{"device", "precision", "processes"}`` (``summary.json``'s
+    ``stages``); ``ran_on``: the device its tensors were actually on, where known."""
+    policy = policy or Policy()
+    return {"device": str(ran_on) if ran_on is not None else policy.device, "precision": policy.precision,
+            "processes": processes}
 
 
 def can_cache(model: CxrClassifier, augment: bool) -> bool:
@@ -65,28 +78,36 @@ def can_cache(model: CxrClassifier, augment: bool) -> bool:
 
 @torch.no_grad()
 def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64, max_bytes: float = 4e9,
-                   spill_dir: str | Path | None = None, bf16: bool = False) -> ActivationDataset:
+                   spill_dir: str | Path | None = None, policy: Policy | None = None,
+                   record: dict | None = None) -> ActivationDataset:
     """Activations entering block ``model.frozen_blocks`` for every item of ``dataset``.
 
     Args:
-        model: The classifier (its frozen prefix runs in eval mode).
+        model: The classifier (its frozen prefix runs in eval mode, on ``policy``'s device).
         dataset: Yields ``(x, target)``.
         batch_size: Batch size for the one pass.
         max_bytes: Keep activations in memory up to this size, else in a memmap in ``spill_dir``.
         spill_dir: Folder for the memmap file.
-        bf16: Run the prefix under bf16 autocast, as a ``bf16-mixed`` training step would (stored as float32).
+        policy: The run's device and the training step's precision (default: fp32 on the CPU); the
+            activations are stored as float32 in host memory.
+        record: Filled with :func:`stage_record` of what the pass ran on.
     """
     was_training = model.training
     model.eval()
     start = model.frozen_blocks
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    device, autocast = _on(policy)
+    model.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     chunks, targets, masks, store, offset = [], [], [], None, 0
     for x, y in loader:
         image, mask = model.split_input(x)
         if mask is not None:
             masks.append(mask.to(torch.uint8).numpy())
-        with _precision(bf16):
-            act = model.forward_blocks(image, 0, start).float()
+        with autocast:
+            act = model.forward_blocks(image.to(device, non_blocking=True), 0, start)
+        if record is not None and not record:
+            record.update(stage_record(policy, act.device))
+        act = act.float().cpu()
         if store is None and act[0].numel() * 4 * len(dataset) > max_bytes:
             path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +126,7 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
 
 
 def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset,
-                       start: int | None = None, bf16: bool = False) -> str:
+                       start: int | None = None, policy: Policy | None = None) -> str:
     """Key of the activations entering block ``start`` (default ``model.frozen_blocks``): the weights
     and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation, the prepared
     images (in shard order), the precision and the torch/timm versions (their kernels make the values)."""
@@ -114,7 +135,8 @@ def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, datas
     digest = hashlib.sha256(json.dumps({
         "backbone": model.spec.name, "start": start, "preprocess": settings,
         "normalise": [dataset.mean, dataset.std, dataset.in_chans],
-        "images": dataset.reader.table["image"].tolist(), "bf16": bf16,
+        "images": dataset.reader.table["image"].tolist(),
+        "bf16": (policy or Policy()).precision == "bf16-mixed", "device": (policy or Policy()).device_type,
         "versions": [torch.__version__, timm.__version__]}, sort_keys=True).encode())
     for tensor in model.prefix_tensors(start):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -122,11 +144,11 @@ def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, datas
 
 
 def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset, store: Path,
-            batch_size: int, bf16: bool = False):
+            batch_size: int, policy: Policy | None = None):
     """Batches entering the first block to run, and that block: the deepest stored entry of the
     same frozen weights below ``model.frozen_blocks`` when there is one, else the images."""
     for base in range(model.frozen_blocks - 1, 0, -1):
-        key = prefix_fingerprint(model, preprocess, dataset, base, bf16)
+        key = prefix_fingerprint(model, preprocess, dataset, base, policy)
         if (store / f"{key}.json").exists():
             stored = np.load(store / f"{key}.npy", mmap_mode="r")
             batches = (torch.from_numpy(np.array(stored[i:i + batch_size])) for i in range(0, len(stored), batch_size))
@@ -136,7 +158,8 @@ def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDa
 
 @torch.no_grad()
 def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], preprocess: PreprocessConfig,
-                  store: str | Path, batch_size: int = 64, bf16: bool = False) -> list[ActivationDataset]:
+                  store: str | Path, batch_size: int = 64, policy: Policy | None = None,
+                  record: dict | None = None) -> list[ActivationDataset]:
     """:func:`compute_prefix` through a folder shared by runs: the activations of *every* prepared
     image are computed once per key (:func:`prefix_fingerprint`) and each run reads its rows.
 
@@ -147,11 +170,13 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     first = datasets[0]
-    key = prefix_fingerprint(model, preprocess, first, bf16=bf16)
+    key = prefix_fingerprint(model, preprocess, first, policy=policy)
     path, info = store / f"{key}.npy", store / f"{key}.json"
     with FileLock(str(store / f"{key}.lock")):  # parallel runs of a study: one computes, the others wait and read
         if not info.exists():
-            _fill_entry(model, preprocess, first, store, key, batch_size, bf16)
+            _fill_entry(model, preprocess, first, store, key, batch_size, policy, record)
+        elif record is not None:
+            record.update({**stage_record(policy), "read_from_store": True})
     activations = np.load(path, mmap_mode="r")
     return [ActivationDataset(activations, ds.targets, rows=ds.rows,
                               masks=np.stack([ds.reader.mask(int(r)) for r in ds.rows]) if ds.with_masks else None)
@@ -159,18 +184,23 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
 
 
 def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: ShardDataset, store: Path, key: str,
-                batch_size: int, bf16: bool = False) -> None:
+                batch_size: int, policy: Policy | None = None, record: dict | None = None) -> None:
     """Compute the activations of every prepared image entering the model's first trainable block."""
     path, info = store / f"{key}.npy", store / f"{key}.json"
     everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
     was_training = model.training
     model.eval()
-    base, batches = _inputs(model, preprocess, everything, store, batch_size, bf16)
+    device, autocast = _on(policy)
+    model.to(device)
+    base, batches = _inputs(model, preprocess, everything, store, batch_size, policy)
     tmp = store / f"{key}.{os.getpid()}.tmp.npy"
     target, offset = None, 0
     for x in batches:
-        with _precision(bf16):
-            act = model.forward_blocks(x, base, model.frozen_blocks).float()
+        with autocast:
+            act = model.forward_blocks(x.to(device, non_blocking=True), base, model.frozen_blocks)
+        if record is not None and not record:
+            record.update(stage_record(policy, act.device))
+        act = act.float().cpu()
         if target is None:
             target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                shape=(len(everything), *act.shape[1:]))

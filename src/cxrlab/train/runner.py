@@ -7,6 +7,7 @@ Run directory: ``config.yaml`` (resolved), ``splits.csv`` (when made here), ``pr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,9 +26,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cxrlab.core.errors import ConfigError, CxrlabError
+from cxrlab.core.io import atomic_write_text
 from cxrlab.core.optional import available
 from cxrlab.core.run_folder import (
-    CHECKPOINTS, CONFIG, CURVES, LAST_CHECKPOINT, METRICS, MODEL, RunFolder, SPLITS, TRACKING_DB,
+    CHECKPOINTS, CONFIG, CURVES, LAST_CHECKPOINT, METRICS, MODEL, RunFolder, SPLITS, SUMMARY, TRACKING_DB,
 )
 from cxrlab.core.runtime import tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
@@ -38,7 +40,7 @@ from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.checkpoint import init_backbone_from, load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
-from cxrlab.core.device import resolve_policy
+from cxrlab.core.device import Policy, current_policy, resolve_policy, use_policy
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
@@ -57,7 +59,7 @@ from cxrlab.train.data import (
 from cxrlab.evaluate.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.evaluate.plots import plot_curves
-from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
+from cxrlab.train.prefix_cache import can_cache, compute_prefix, stage_record, stored_prefix
 from cxrlab.evaluate.screening_reference import screening_reference
 from cxrlab.train.selection import EpochSelector
 
@@ -123,13 +125,23 @@ def _head(config: TrainConfig) -> str | HeadSpec:
     return head if isinstance(head, str) else HeadSpec(**head.model_dump())
 
 
+def _deterministic(policy: Policy, optim) -> bool | str:
+    """Whether the fit can run with deterministic kernels: True, or why not (then Lightning warns
+    instead of raising): CUDA has no deterministic backward for the bilinear upsampling of GAIN's mask."""
+    if policy.device_type == "cuda" and optim.attention_loss > 0 and optim.attention_form == "gain":
+        return "warn: GAIN's bilinear upsampling has no deterministic CUDA backward"
+    return True
+
+
 @torch.no_grad()
 def _predict(model: CxrClassifier, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``(targets (N,), probabilities (N, C))`` of a dataset, by :class:`InferenceModel` (the one batch
-    predictor: evaluate, the study's test side and screening use it too)."""
-    runner = InferenceModel(model, "fp32")
+    predictor: evaluate, the study's test side and screening use it too) on the current policy's
+    device and precision (fp32 on the CPU unless a command or a run set another)."""
+    runner = InferenceModel(model)
     probs, targets = [], []
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                            pin_memory=runner.device.type == "cuda"):
         probs.append(runner.probabilities(x))
         targets.append(y)
     return torch.cat(targets).numpy(), torch.cat(probs).numpy()
@@ -162,7 +174,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         check_weights_available(spec, net.weights, net.allow_download)
     tune_allocator()
     check_tracking(config)
-    writer = is_rank_zero()  # a data-parallel run's other processes write nothing
+    writer = is_rank_zero(config)  # a data-parallel run's other processes write nothing
     if writer:
         _drop_stale_checkpoint(Path(runtime.out), config)
     folder = RunFolder(runtime.out, config.to_sections(), write=writer)
@@ -227,6 +239,9 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     status, epochs_run, cached_any, fit_seconds = "ok", 0, False, 0.0
     policy = resolve_policy(runtime.device, runtime.precision, workload="train", backbone=spec.name)
     log.info("training on %s with %s (%s)", policy.device, policy.precision, policy.reason)
+    distributed = is_distributed(config)
+    processes = runtime.devices * runtime.num_nodes if distributed else 1
+    stages: dict = {"fit": {**stage_record(policy, processes=processes), "deterministic": _deterministic(policy, optim)}}
     last = out / CHECKPOINTS / LAST_CHECKPOINT
     resume = read_resume_point(last)
     if resume is not None:  # a run stopped before its end: go on from its last finished epoch
@@ -246,18 +261,18 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         gain = optim.attention_loss > 0 and optim.attention_form == "gain"  # mines on the images themselves
         spill = out / "cache" / (f"rank{os.environ.get('LOCAL_RANK', '0')}" if is_distributed(config) else "")
         if runtime.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
-            start_block, bf16 = model.frozen_blocks, precision == "bf16-mixed"
+            start_block, record = model.frozen_blocks, {}
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if runtime.prefix_store:
-                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, runtime.prefix_store, bf16=bf16)
+                    fit_sets = stored_prefix(model, fit_sets, data.preprocess, runtime.prefix_store, policy=policy,
+                                             record=record)
                 else:
                     fit_sets = [compute_prefix(model, ds, max_bytes=runtime.cache_max_gb * 1e9, spill_dir=spill,
-                                               bf16=bf16) for ds in fit_sets]
-            cached_any = True
+                                               policy=policy, record=record) for ds in fit_sets]
+            cached_any, stages["prefix"] = True, record
         module = ClassifierModule(model, optim, config.schedule, phase.lr, phase.epochs, weights, start_block, validated,
                                   channels_last=runtime.channels_last)
-        distributed = is_distributed(config)
-        train_loader = None if distributed else loader(fit_sets[0], config, True, runtime.seed + index)
+        train_loader = None if distributed else loader(fit_sets[0], config, True, runtime.seed + index, policy)
         checkpoint = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="last", save_top_k=1, every_n_epochs=1,
                                      save_on_train_epoch_end=True, enable_version_counter=False)  # every epoch's end
         resumed_here = resume is not None and index == resume["phase"]
@@ -269,7 +284,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                                       ResumeState(train_loader.generator if train_loader else None, index, epochs_run),
                                       checkpoint, *callbacks],
             enable_checkpointing=True, enable_model_summary=False, enable_progress_bar=runtime.progress_bar,
-            num_sanity_val_steps=0, limit_val_batches=None if validated else 0, deterministic=True,
+            num_sanity_val_steps=0, limit_val_batches=None if validated else 0,
+            deterministic=stages["fit"]["deterministic"] is True or "warn",
             inference_mode=not optim.attention_loss,
             log_every_n_steps=1, default_root_dir=str(out))
         fit_start = time.perf_counter()
@@ -283,7 +299,8 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                     trainer.fit(module, datamodule=RunData(fit_sets[0], fit_sets[1] if validated else [], config,
                                                            runtime.seed + index), ckpt_path=resume_from)
                 else:
-                    trainer.fit(module, train_loader, loader(fit_sets[1], config, False, runtime.seed) if validated else None,
+                    trainer.fit(module, train_loader,
+                                loader(fit_sets[1], config, False, runtime.seed, policy) if validated else None,
                                 ckpt_path=resume_from)
         except NonFiniteLossError as err:
             status = str(err)
@@ -300,18 +317,24 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         if status != "ok":
             break
     model.set_fine_tune(keeper.best_fine_tune if keeper.best_state is not None else model.fine_tune)
-    if not is_rank_zero():  # rank 0 validates, keeps the model and writes the summary
+    if not is_rank_zero(config):  # rank 0 validates, keeps the model and writes the summary
         return {"status": status}
     val = {}
     if keeper.best_state is not None and validated:
-        targets, probs = _predict(model, val_ds, optim.batch_size)
-        val = classification_summary(targets, probs, model.class_names)
-        if status == "ok" and screening:  # the model file gains what screening needs
-            plain_train = datasets(data, config, spec, augment=False)[0]
-            reference = screening_reference(model, plain_train, val_ds, targets, probs, optim.batch_size)
-            save_model(model, keeper.path, keeper.preprocess,
-                       {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch, "selection": selector.to_dict(),
-                        "screening": reference})
+        with use_policy(policy):  # Lightning's teardown left the model on the CPU: back on the run's device
+            targets, probs = _predict(model, val_ds, optim.batch_size)
+            stages["validation"] = stage_record(policy, next(model.parameters()).device)
+            val = classification_summary(targets, probs, model.class_names)
+            if status == "ok" and screening:  # the model file gains what screening needs
+                plain_train = datasets(data, config, spec, augment=False)[0]
+                reference = screening_reference(model, plain_train, val_ds, targets, probs, optim.batch_size)
+                # its pooled features are fp32 on the run's device (OOD distances are fitted on them)
+                stages["screening_reference"] = stage_record(Policy(policy.device, policy.accelerator),
+                                                             next(model.parameters()).device)
+                model.cpu()  # saved from the host, as every model file is
+                save_model(model, keeper.path, keeper.preprocess,
+                           {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch,
+                            "selection": selector.to_dict(), "screening": reference})
     if logger:
         logger.log_metrics({"best_val_acc": val.get("accuracy") or float("nan"),
                             "best_val_auc": val.get("auc_macro") or float("nan")})
@@ -326,7 +349,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         "best_val_loss": keeper.best_loss if np.isfinite(keeper.best_loss) else None,
         "selection": selector.to_dict(),
         "masks": mask_coverage(data.frame),  # lung masks per side, class and origin
-        "prefix_cache": cached_any, "device": policy.to_dict(), "val": val, "validation_side": _validation_side(val, len(data.val_images)),
+        "prefix_cache": cached_any, "device": policy.to_dict(), "stages": stages, "val": val, "validation_side": _validation_side(val, len(data.val_images)),
         "timing": {"seconds_fit": round(fit_seconds, 2),
                    "seconds_per_epoch": round(fit_seconds / max(epochs_run, 1), 3)},
     }
@@ -347,6 +370,28 @@ def _validation_side(val: dict, images: int) -> dict:
         out["note"] = (f"small validation side ({images} images): its one-vs-rest AUCs are known only to within "
                        f"±{max(widths) / 2:.2f} (95%), so the kept epoch is a noisy choice")
     return out
+
+
+def run_policy(run: str | Path) -> Policy:
+    """The device and precision a finished run trained with (its ``config.yaml``): what its later
+    stages (the held-out folds, a study's test side, a search's best trial) run on too; without a
+    config (a model file, an exported folder), the command's own policy."""
+    if not (Path(run) / CONFIG).is_file():  # a model file or an exported folder: the command's policy
+        return current_policy()
+    sections = yaml.safe_load((Path(run) / CONFIG).read_text()) or {}
+    runtime, backbone = sections.get("runtime") or {}, (sections.get("model") or {}).get("backbone", "")
+    return resolve_policy(str(runtime.get("device", "auto")), str(runtime.get("precision", "32")),  # type: ignore[arg-type]
+                          workload="train", backbone=backbone)
+
+
+def record_stage(run: str | Path, name: str, record: dict) -> None:
+    """Add a stage that ran after training (``test_side``) to the run's ``summary.json`` ``stages``."""
+    path = Path(run) / SUMMARY
+    if not path.exists():
+        return
+    summary = json.loads(path.read_text())
+    summary.setdefault("stages", {})[name] = record
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def add_screening_reference(run: str | Path) -> bool:

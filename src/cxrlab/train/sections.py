@@ -236,8 +236,17 @@ class RuntimeSection(_Section):
                                                    "OUT/prepared)")
     prefix_store: str | None = Field(None, description="folder of frozen-prefix activations shared between runs, "
                                                         "keyed by the frozen weights, preprocessing and images")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto: none on the CPU (the cores that would decode "
+                            "also compute), and up to 8 per GPU (cores per process - 1) with pinned memory")
     progress_bar: bool = Field(True, description="Lightning's per-epoch progress bar (a study shows its own)")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -14,6 +14,9 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import TEST_PREDICTIONS
 from cxrlab.models.predictor import Predictor
 from cxrlab.models.tta import TtaMode
+from cxrlab.core.device import use_policy
+from cxrlab.train.prefix_cache import stage_record
+from cxrlab.train.runner import record_stage, run_policy
 
 
 def preprocess_key(preprocess) -> str:
@@ -28,8 +31,11 @@ def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str 
     cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
-    predictor = Predictor(run_dir, views=views)
-    result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
+    policy = run_policy(run_dir)  # the run's own device and precision, not the CPU's fp32 whatever it trained on
+    with use_policy(policy):
+        predictor = Predictor(run_dir, views=views)
+        result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
+    record_stage(run_dir, "test_side", stage_record(policy, next(predictor.model.parameters()).device))
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
         frame[name] = result.probs[:, i]
