@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -147,3 +148,11 @@ def test_prefix_store_keys_differ_by_precision(phantoms, tmp_path):
     dataset = ShardDataset(ShardReader(tmp_path), source.class_names, mean=model.spec.mean, std=model.spec.std,
                            in_chans=model.spec.in_chans)
     assert prefix_fingerprint(model, preprocess, dataset) != prefix_fingerprint(model, preprocess, dataset, policy=BF16_CPU)
+    from cxrlab.core import ConfigError
+    from cxrlab.train.prefix_cache import stored_prefix
+
+    store = tmp_path / "store"  # an entry past the store's disk budget is refused before it is computed
+    with pytest.raises(ConfigError, match=r"prefix-store entry \(4 images entering block .*runtime.store_max_gb"):
+        stored_prefix(model, [dataset], preprocess, store, max_bytes=1000)
+    assert not list(store.glob("*.npy"))  # nothing half-written
+    assert len(stored_prefix(model, [dataset], preprocess, store, max_bytes=1e9)[0]) == 4

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.core.device import Policy
+from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.classifier import CxrClassifier
 from cxrlab.preprocess import PreprocessConfig, ShardDataset
@@ -98,7 +100,7 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
     device, autocast = _on(policy)
     model.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
-    chunks, targets, masks, store, offset = [], [], [], None, 0
+    targets, masks, store, offset = [], [], None, 0
     for x, y in loader:
         image, mask = model.split_input(x)
         if mask is not None:
@@ -108,21 +110,41 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
         if record is not None and not record:
             record.update(stage_record(policy, act.device))
         act = act.float().cpu()
-        if store is None and act[0].numel() * 4 * len(dataset) > max_bytes:
-            path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(dataset), *act.shape[1:]))
-            log.info("prefix cache: %.1f GB does not fit the %.1f GB budget; using %s",
-                     act[0].numel() * 4 * len(dataset) / 1e9, max_bytes / 1e9, path)
-        if store is not None:
-            store[offset:offset + len(act)] = act.numpy()
-        else:
-            chunks.append(act.clone())
+        if store is None:  # sized once from the first batch, filled in place: no second, concatenated copy
+            size = act[0].numel() * 4 * len(dataset)
+            if size > max_bytes:
+                path = Path(spill_dir or ".") / f"prefix-{start}-{len(dataset)}.f32"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _check_disk(path.parent, size, f"the prefix cache of {len(dataset)} images")
+                store = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                                  shape=(len(dataset), *act.shape[1:]))
+                log.info("prefix cache: %.2f GB does not fit the %.1f GB memory budget (cache_max_gb); on disk "
+                         "in %s", size / 1e9, max_bytes / 1e9, path)
+            else:
+                store = torch.empty((len(dataset), *act.shape[1:]), dtype=torch.float32)
+                log.info("prefix cache: %.2f GB in memory for %d images (budget %.1f GB)", size / 1e9, len(dataset),
+                         max_bytes / 1e9)
+        store[offset:offset + len(act)] = act if isinstance(store, torch.Tensor) else act.numpy()
         offset += len(act)
         targets.append(y.numpy())
     model.train(was_training)
-    activations = store if store is not None else torch.cat(chunks)
-    return ActivationDataset(activations, np.concatenate(targets), masks=np.concatenate(masks) if masks else None)
+    return ActivationDataset(store, np.concatenate(targets), masks=np.concatenate(masks) if masks else None)
+
+
+def _check_disk(folder: Path, size: float, what: str, budget: float | None = None, used: float = 0.0) -> None:
+    """Refuse, before writing, activations that would not fit the free space of ``folder`` (or
+    ``budget`` bytes, of which ``used`` are taken).
+
+    Raises:
+        ConfigError: naming the estimate, what is free and the setting to change.
+    """
+    free = shutil.disk_usage(folder).free
+    if size > 0.95 * free:
+        raise ConfigError(f"{what} needs {size / 1e9:.1f} GB; {folder} has {free / 1e9:.1f} GB free "
+                          "(free space, point the store elsewhere, or train more blocks: fewer frozen ones)")
+    if budget is not None and used + size > budget:
+        raise ConfigError(f"{what} needs {size / 1e9:.1f} GB; the store {folder} holds {used / 1e9:.1f} GB of its "
+                          f"{budget / 1e9:.0f} GB budget (raise runtime.store_max_gb, or clear the store)")
 
 
 def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDataset,
@@ -159,7 +181,7 @@ def _inputs(model: CxrClassifier, preprocess: PreprocessConfig, dataset: ShardDa
 @torch.no_grad()
 def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], preprocess: PreprocessConfig,
                   store: str | Path, batch_size: int = 64, policy: Policy | None = None,
-                  record: dict | None = None) -> list[ActivationDataset]:
+                  record: dict | None = None, max_bytes: float | None = None) -> list[ActivationDataset]:
     """:func:`compute_prefix` through a folder shared by runs: the activations of *every* prepared
     image are computed once per key (:func:`prefix_fingerprint`) and each run reads its rows.
 
@@ -174,7 +196,7 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
     path, info = store / f"{key}.npy", store / f"{key}.json"
     with FileLock(str(store / f"{key}.lock")):  # parallel runs of a study: one computes, the others wait and read
         if not info.exists():
-            _fill_entry(model, preprocess, first, store, key, batch_size, policy, record)
+            _fill_entry(model, preprocess, first, store, key, batch_size, policy, record, max_bytes)
         elif record is not None:
             record.update({**stage_record(policy), "read_from_store": True})
     activations = np.load(path, mmap_mode="r")
@@ -184,7 +206,8 @@ def stored_prefix(model: CxrClassifier, datasets: Sequence[ShardDataset], prepro
 
 
 def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: ShardDataset, store: Path, key: str,
-                batch_size: int, policy: Policy | None = None, record: dict | None = None) -> None:
+                batch_size: int, policy: Policy | None = None, record: dict | None = None,
+                max_bytes: float | None = None) -> None:
     """Compute the activations of every prepared image entering the model's first trainable block."""
     path, info = store / f"{key}.npy", store / f"{key}.json"
     everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
@@ -201,7 +224,13 @@ def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: Shard
         if record is not None and not record:
             record.update(stage_record(policy, act.device))
         act = act.float().cpu()
-        if target is None:
+        if target is None:  # the entry's size is known from the first batch: checked before anything is written
+            size = act[0].numel() * 4 * len(everything)
+            used = sum(f.stat().st_size for f in store.glob("*.npy"))
+            _check_disk(store, size, f"a prefix-store entry ({len(everything)} images entering block "
+                                     f"{model.frozen_blocks})", max_bytes, used)
+            log.info("prefix store: computing a %.2f GB entry (%d images); the store holds %.1f GB", size / 1e9,
+                     len(everything), used / 1e9)
             target = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                shape=(len(everything), *act.shape[1:]))
         target[offset:offset + len(act)] = act.numpy()

@@ -265,7 +265,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
                 if runtime.prefix_store:
                     fit_sets = stored_prefix(model, fit_sets, data.preprocess, runtime.prefix_store, policy=policy,
-                                             record=record)
+                                             record=record, max_bytes=runtime.store_max_gb * 1e9)
                 else:
                     fit_sets = [compute_prefix(model, ds, max_bytes=runtime.cache_max_gb * 1e9, spill_dir=spill,
                                                policy=policy, record=record) for ds in fit_sets]

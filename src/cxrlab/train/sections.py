@@ -232,6 +232,9 @@ class RuntimeSection(_Section):
     channels_last: bool = Field(True, description="channels-last memory layout (about 2x faster convolutions on CPUs)")
     cache_prefix: bool = Field(True, description="compute the frozen blocks' activations once, not every epoch")
     cache_max_gb: float = Field(4.0, gt=0, description="activations held in memory; more spill to disk")
+    store_max_gb: float = Field(200.0, gt=0, description="disk a shared prefix store (prefix_store) may fill; an "
+                                                         "entry that would take it past this, or past the free "
+                                                         "space, is refused before it is computed")
     prepared: str | None = Field(None, description="folder of prepared shards shared between runs (default: "
                                                    "OUT/prepared)")
     prefix_store: str | None = Field(None, description="folder of frozen-prefix activations shared between runs, "
