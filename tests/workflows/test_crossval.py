@@ -117,6 +117,16 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     assert again.exit_code == 0, again.output
     assert (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns == stamp  # reused, not retrained
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cv" / "oof_predictions.csv"), oof)
+    from cxrlab.workflows.predictions import predict_test_side
+
+    held_out = oof.loc[oof["fold"] == 0, ["image", "label", "patient_id", "source"]]  # the folds' shards = made anew
+    fold0 = tmp_path / "cv" / "folds" / "fold0"
+    (fold0 / "test_predictions.csv").unlink(missing_ok=True)
+    anew = predict_test_side(fold0, held_out, tmp_path / "anew")
+    assert (tmp_path / "anew").is_dir()  # prepared here, not read from the folds' shards
+    merged = anew.merge(oof[oof["fold"] == 0], on="image", suffixes=("", "_oof"))
+    assert len(merged) == len(held_out) and np.allclose(merged[list(model.class_names)],
+                                                        merged[[f"{c}_oof" for c in model.class_names]], atol=1e-6)
 
 
 def test_a_fixed_schedule_trains_each_fold_on_every_other_fold(phantoms, tmp_path):

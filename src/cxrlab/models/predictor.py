@@ -262,8 +262,23 @@ class Predictor:
         frame = frame.assign(mask=masks, mask_source="predicted")
         return frame[frame["mask"] != ""], skipped
 
-    def dataset(self, frame: pd.DataFrame, work_dir: Path) -> tuple[pd.DataFrame, ShardDataset, list[tuple[str, str]]]:
-        """Preprocess ``frame``'s images into shards under ``work_dir`` (reused when already there).
+    def _prepared_already(self, frame: pd.DataFrame, prepared: Path | None) -> ShardReader | None:
+        """A folder of shards that already holds every image of ``frame`` made with this model's
+        preprocessing (a cross-validation's shared shards: its held-out fold), else None."""
+        if prepared is None or self.segmenter is not None or not (Path(prepared) / "shards").is_dir():
+            return None
+        reader = ShardReader(prepared)
+        settings = {k: v for k, v in self.preprocess.to_dict().items() if k != "keep_mask"}  # masks: not pixels
+        if {k: v for k, v in reader.config.items() if k != "keep_mask"} != settings:
+            return None
+        if self.model.lung_attention and not self.preprocess.keep_mask and not reader.config.get("keep_mask"):
+            return None
+        return reader if set(frame["image"]) <= set(reader.table["image"]) else None
+
+    def dataset(self, frame: pd.DataFrame, work_dir: Path,
+                prepared: Path | None = None) -> tuple[pd.DataFrame, ShardDataset, list[tuple[str, str]]]:
+        """Preprocess ``frame``'s images into shards under ``work_dir`` (reused when already there), or
+        read them from ``prepared`` when it already holds them all, made the same way.
 
         Returns:
             ``(rows that could be read, their dataset normalised for the model, skipped (image, reason))``.
@@ -277,26 +292,31 @@ class Predictor:
             raise ConfigError(f"labels {unknown} are not classes of the model {list(model.class_names)}; "
                               "use the scheme the model was trained with")
         frame = frame.reset_index(drop=True).assign(view=frame.get("view", ""))
-        frame, unread = self.segment_frame(frame, Path(work_dir) / "masks")
-        summary = prepare(Manifest(frame.reset_index(drop=True), model.class_names), work_dir, self.preprocess)
-        skipped = unread + list(summary.skipped)
-        if summary.images == 0:
-            raise ConfigError(f"no image could be read ({len(skipped)} skipped)")
-        reader = ShardReader(work_dir)
+        reader = self._prepared_already(frame, prepared)
+        if reader is not None:
+            skipped = []
+        else:
+            frame, unread = self.segment_frame(frame, Path(work_dir) / "masks")
+            summary = prepare(Manifest(frame.reset_index(drop=True), model.class_names), work_dir, self.preprocess)
+            skipped = unread + list(summary.skipped)
+            if summary.images == 0:
+                raise ConfigError(f"no image could be read ({len(skipped)} skipped)")
+            reader = ShardReader(work_dir)
         kept = frame[frame["image"].isin(set(reader.table["image"]))].reset_index(drop=True)
         dataset = ShardDataset(reader, model.class_names, images=kept["image"].tolist(), mean=model.spec.mean,
                                std=model.spec.std, in_chans=model.spec.in_chans, with_masks=model.lung_attention,
                                multilabel=model.multilabel)
         return kept, dataset, skipped
 
-    def predict_frame(self, frame: pd.DataFrame, work_dir: Path, batch_size: int = 32) -> Predictions:
+    def predict_frame(self, frame: pd.DataFrame, work_dir: Path, batch_size: int = 32,
+                      prepared: Path | None = None) -> Predictions:
         """Preprocess ``frame``'s images (``image``, ``label`` and optionally ``mask``) into shards under
-        ``work_dir`` and predict them.
+        ``work_dir`` (or read them from ``prepared``, :meth:`dataset`) and predict them.
 
         Raises:
             ConfigError: a label is not one of the model's classes, or no image could be read.
         """
-        kept, dataset, skipped = self.dataset(frame, work_dir)
+        kept, dataset, skipped = self.dataset(frame, work_dir, prepared)
         logits = torch.cat([self.inference.logits(x) for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size)])
         probs = self.model.probabilities(logits).numpy()
         return Predictions(kept, logits.numpy(), probs, np.asarray(dataset.targets), self.model.class_names, skipped,

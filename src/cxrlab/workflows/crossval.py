@@ -116,8 +116,9 @@ def _run_fold(config: TrainConfig, frame: pd.DataFrame, fold: int, out: Path) ->
         train(run_config, screening=False)
     held_out = split[split["split"] == "test"]
     # the out-of-fold side with the views the fold ensemble will use: the outputs its operating point judges
-    predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}",
-                                    test_predictions_file(config.model.tta), views=config.model.tta)
+    predictions = predict_test_side(run_dir, held_out, out / "prepared-oof" / f"fold{fold}",  # the folds' own
+                                    test_predictions_file(config.model.tta), views=config.model.tta,  # shards
+                                    prepared=Path(run_config.runtime.prepared))
     return predictions.merge(held_out[["image", "patient_id", "source"]], on="image").assign(fold=fold), trained
 
 

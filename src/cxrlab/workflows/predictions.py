@@ -25,16 +25,17 @@ def preprocess_key(preprocess) -> str:
 
 
 def predict_test_side(run_dir: Path, test: pd.DataFrame, work: Path, cache: str = TEST_PREDICTIONS,
-                      views: TtaMode | None = None) -> pd.DataFrame:
+                      views: TtaMode | None = None, prepared: Path | None = None) -> pd.DataFrame:
     """Class probabilities of a run's model on ``test``'s images (cached in the run folder as ``cache``;
-    ``views``: test-time views to average over, the model file's own by default)."""
+    ``views``: test-time views to average over, the model file's own by default; ``prepared``: shards
+    that may already hold them, made the same way, as a cross-validation's do)."""
     cached = run_dir / cache
     if cached.exists():
         return pd.read_csv(cached)
     policy = run_policy(run_dir)  # the run's own device and precision, not the CPU's fp32 whatever it trained on
     with use_policy(policy):
         predictor = Predictor(run_dir, views=views)
-        result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess))
+        result = predictor.predict_frame(test, work / preprocess_key(predictor.preprocess), prepared=prepared)
     record_stage(run_dir, "test_side", stage_record(policy, next(predictor.model.parameters()).device))
     frame = result.frame[["image", "label"]].copy()
     for i, name in enumerate(result.class_names):
