@@ -93,3 +93,17 @@ def test_the_gpu_check_claims_nothing_without_a_gpu(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 3 and "not checked" in result.stdout, result.stdout + result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_trained_on_a_gpu_is_read_with_the_commands_policy_where_there_is_none(tmp_path, caplog):
+    """A shared study's runs trained on GPU workers; its report read on a laptop must not fail."""
+    import yaml
+
+    from cxrlab.train.runner import run_policy
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cuda:3", "precision": "bf16"},
+                                                          "model": {"backbone": "efficientnet_lite0"}}))
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has the GPU the run names")
+    policy = run_policy(tmp_path)
+    assert policy.device == "cpu" and "this command's policy instead" in caplog.text

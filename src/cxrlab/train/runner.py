@@ -380,8 +380,12 @@ def run_policy(run: str | Path) -> Policy:
         return current_policy()
     sections = yaml.safe_load((Path(run) / CONFIG).read_text()) or {}
     runtime, backbone = sections.get("runtime") or {}, (sections.get("model") or {}).get("backbone", "")
-    return resolve_policy(str(runtime.get("device", "auto")), str(runtime.get("precision", "32")),  # type: ignore[arg-type]
-                          workload="train", backbone=backbone)
+    try:
+        return resolve_policy(str(runtime.get("device", "auto")), str(runtime.get("precision", "32")),  # type: ignore[arg-type]
+                              workload="train", backbone=backbone)
+    except ConfigError as err:  # trained on a GPU this machine lacks (a shared study read on a laptop)
+        log.warning("%s: %s; its predictions run with this command's policy instead", run, err)
+        return current_policy()
 
 
 def record_stage(run: str | Path, name: str, record: dict) -> None:
