@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 # The last block's features catch non-radiographs; the mid-level ones of the finer grid catch
 # radiographs on their side (on cxr-real: 10/10 turned X-rays vs 3/10, no held-out image more).
 OOD_LEVELS = ("last", "fine")
+# images a reference is fitted on (a seeded sample above it): the mean and covariance of 1280 features
+# are settled well before, and the fit's SVD holds N x D doubles (at 80 000 training images: 0.8 GB, twice)
+MAX_REFERENCE_IMAGES = 10_000
+
+
+def bounded(dataset, limit: int = MAX_REFERENCE_IMAGES, seed: int = 0):
+    """``dataset``, or a seeded sample of ``limit`` of its images (in their order) when it is larger:
+    what a screening reference is fitted on, so its memory and time stay bounded at any size."""
+    if len(dataset) <= limit:
+        return dataset
+    rows = np.sort(np.random.default_rng(seed).choice(len(dataset), limit, replace=False))
+    return torch.utils.data.Subset(dataset, rows.tolist())
 
 
 class InvertedImages(torch.utils.data.Dataset):
@@ -64,20 +76,24 @@ def screening_reference(model: CxrClassifier, train_set, val_set, val_targets: n
     COVID-19 and the validation side has both COVID-19 and other images; otherwise screening
     predicts the most probable class.
 
+    The out-of-distribution and polarity references are fitted on at most
+    :data:`MAX_REFERENCE_IMAGES` training and validation images (a seeded sample above that).
+
     Args:
         train_set: The training images, not augmented.
         val_set: The validation images.
         val_targets: ``(M,)`` their class indices; ``val_probs``: ``(M, C)`` the model's probabilities.
     """
     reference: dict = {"ood": None, "ood_fine": None, "polarity": None, "operating_point": None}
+    train_set, sample = bounded(train_set), bounded(val_set)  # the operating point takes every validation image
     train = pooled_features_at(model, train_set, OOD_LEVELS, batch_size)
-    val = pooled_features_at(model, val_set, OOD_LEVELS, batch_size)
+    val = pooled_features_at(model, sample, OOD_LEVELS, batch_size)
     for level in OOD_LEVELS:
         try:
             reference["ood" if level == "last" else f"ood_{level}"] = FeatureDistance.fit(train[level], val[level]).to_dict()
         except ConfigError as err:
             log.warning("no out-of-distribution reference (%s features) in the model file: %s", level, err)
-    reference["polarity"] = _polarity_check(model, train_set, val_set, train["last"], val["last"], batch_size)
+    reference["polarity"] = _polarity_check(model, train_set, sample, train["last"], val["last"], batch_size)
     reference["operating_point"] = operating_point(val_targets, val_probs, model.class_names, "validation")
     return reference
 
@@ -92,6 +108,7 @@ def member_screening_reference(members, train_sets, oof_sets, batch_size: int = 
     dims: dict[str, list[int]] = {level: [] for level in OOD_LEVELS}
     polarity = []
     for k, (member, train_set, oof_set) in enumerate(zip(members, train_sets, oof_sets, strict=True)):
+        train_set, oof_set = bounded(train_set, seed=k), bounded(oof_set, seed=k)
         train = pooled_features_at(member, train_set, OOD_LEVELS, batch_size)
         oof = pooled_features_at(member, oof_set, OOD_LEVELS, batch_size)
         for level in OOD_LEVELS:
