@@ -156,3 +156,21 @@ def test_prefix_store_keys_differ_by_precision(phantoms, tmp_path):
         stored_prefix(model, [dataset], preprocess, store, max_bytes=1000)
     assert not list(store.glob("*.npy"))  # nothing half-written
     assert len(stored_prefix(model, [dataset], preprocess, store, max_bytes=1e9)[0]) == 4
+
+
+def test_recomputing_the_trainable_blocks_gives_the_same_weights():
+    """Gradient checkpointing (runtime.recompute) trades memory for time, never the result."""
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 1, 2, 0])
+    weights = []
+    for recompute in (False, True):
+        torch.manual_seed(5)  # the head's dropout draws
+        model = create_classifier("efficientnet_lite0", 3, fine_tune=3, pretrained="none", seed=0).train()
+        model.recompute = recompute
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        for _ in range(2):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), targets).backward()
+            optimizer.step()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-6) and not torch.equal(weights[0], torch.zeros_like(weights[0]))

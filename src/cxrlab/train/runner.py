@@ -192,6 +192,7 @@ def train(config: TrainConfig, progress=None, callbacks: Sequence[L.Callback] = 
         if net.init_from:
             model.weights_origin = init_backbone_from(model, net.init_from)
         model.set_freeze_batchnorm(net.batchnorm == "frozen")
+        model.recompute = runtime.recompute
         summary = _fit(model, data, config, out, callbacks, screening)
     if not writer:
         return TrainResult(out, summary, model)
