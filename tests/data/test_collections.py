@@ -215,16 +215,24 @@ def test_padchest_sub_types_count_and_look_alikes_do_not_on_the_whole_real_table
         assert look_alike.sum() > 0 and not present[finding][look_alike].any(), label
 
 
-def test_rsna_targets_over_boxes_and_views_from_dicom_headers(tmp_path):
+def _rsna_layout(root: Path, n: int, image) -> tuple[pd.DataFrame, pd.Series]:
+    """An RSNA folder of ``n`` sampled patients of the real label table, ``image(k, patient)`` writing
+    each one's DICOM; returns ``(the real boxes table, the sampled patient ids)``."""
     with zipfile.ZipFile(_tables() / "kaggle_stage_2_train_labels.csv.zip") as z:
         boxes = pd.read_csv(z.open(z.namelist()[0]))
-    patients = _sample(boxes.drop_duplicates("patientId"), 30)["patientId"]
-    root = tmp_path / "rsna"
+    patients = _sample(boxes.drop_duplicates("patientId"), n)["patientId"]
     (root / "stage_2_train_images").mkdir(parents=True)
     boxes[boxes["patientId"].isin(patients)].to_csv(root / "stage_2_train_labels.csv", index=False)
     for k, p in enumerate(patients):
-        write_dicom(root / "stage_2_train_images" / f"{p}.dcm", gradient(32, 32).astype(np.uint16) * 8,
-                    patient_id=p, view="L" if k == 0 else "AP")
+        image(k, p)
+    return boxes, patients
+
+
+def test_rsna_targets_over_boxes_and_views_from_dicom_headers(tmp_path):
+    root = tmp_path / "rsna"
+    boxes, patients = _rsna_layout(root, 30, lambda k, p: write_dicom(
+        root / "stage_2_train_images" / f"{p}.dcm", gradient(32, 32).astype(np.uint16) * 8, patient_id=p,
+        view="L" if k == 0 else "AP"))
     manifest = load_source(root, scheme="findings:Pneumonia")
     target = boxes[boxes["patientId"].isin(patients)].groupby("patientId")["Target"].max()
     assert len(manifest) == 29 and "not frontal" in manifest.skipped[0].reason  # the lateral one
@@ -385,15 +393,11 @@ def test_merged_chestxray14_and_rsna_keep_one_person_on_one_side_through_the_ide
     nih.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
     for name in nih["Image Index"]:
         _png(root / "images" / name)
-    with zipfile.ZipFile(_tables() / "kaggle_stage_2_train_labels.csv.zip") as z:
-        boxes = pd.read_csv(z.open(z.namelist()[0]))
-    patients = _sample(boxes.drop_duplicates("patientId"), 20)["patientId"]
     rsna = tmp_path / "rsna"
-    (rsna / "stage_2_train_images").mkdir(parents=True)
-    boxes[boxes["patientId"].isin(patients)].to_csv(rsna / "stage_2_train_labels.csv", index=False)
-    for k, p in enumerate(patients):
-        pixels = np.kron(np.random.default_rng(k).integers(0, 4096, (8, 8)), np.ones((8, 8))).astype(np.uint16)
-        write_dicom(rsna / "stage_2_train_images" / f"{p}.dcm", pixels, patient_id=p, view="PA")
+    _, patients = _rsna_layout(rsna, 20, lambda k, p: write_dicom(  # each its own pattern: no copies
+        rsna / "stage_2_train_images" / f"{p}.dcm",
+        np.kron(np.random.default_rng(k).integers(0, 4096, (8, 8)), np.ones((8, 8))).astype(np.uint16),
+        patient_id=p, view="PA"))
     # each RSNA patient is one of the NIH images (the mapping RSNA published is by image name)
     identity = pd.DataFrame({"patient_id": "rsna:" + patients.to_numpy(), "same_as": nih["Image Index"].head(20).to_numpy()})
     identity.to_csv(tmp_path / "identity.csv", index=False)
