@@ -164,6 +164,14 @@ def resolve_policy(device: DeviceRequest = "auto", precision: PrecisionRequest =
     return Policy(name, accelerator, "32-true", "auto: fp32 (no native bf16 here)")
 
 
+def stage_record(policy: Policy | None, ran_on: object | None = None, processes: int = 1) -> dict:
+    """What a stage of a run ran on: ``{"device", "precision", "processes"}`` (``summary.json``'s
+    ``stages``); ``ran_on``: the device its tensors were actually on, where known."""
+    policy = policy or Policy()
+    return {"device": str(ran_on) if ran_on is not None else policy.device, "precision": policy.precision,
+            "processes": processes}
+
+
 _CURRENT: contextvars.ContextVar[Policy | None] = contextvars.ContextVar("cxrlab_policy", default=None)
 
 

@@ -41,7 +41,7 @@ from cxrlab.models.ensemble import EnsembleClassifier
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.segmenter import LungSegmenter
 from cxrlab.models.tta import TtaMode
-from cxrlab.preprocess import Preprocessor, ShardDataset, ShardReader, prepare
+from cxrlab.preprocess import PreprocessConfig, Preprocessor, ShardDataset, ShardReader, prepare
 from cxrlab.preprocess.pipeline import ProcessedImage
 from cxrlab.preprocess.transforms import to_model_input
 
@@ -268,10 +268,10 @@ class Predictor:
         if prepared is None or self.segmenter is not None or not (Path(prepared) / "shards").is_dir():
             return None
         reader = ShardReader(prepared)
-        settings = {k: v for k, v in self.preprocess.to_dict().items() if k != "keep_mask"}  # masks: not pixels
-        if {k: v for k, v in reader.config.items() if k != "keep_mask"} != settings:
+        made = PreprocessConfig.from_dict(reader.config).pixel_settings() if reader.config else None
+        if made != self.preprocess.pixel_settings():
             return None
-        if self.model.lung_attention and not self.preprocess.keep_mask and not reader.config.get("keep_mask"):
+        if self.model.lung_attention and not reader.config.get("keep_mask"):  # its input carries the mask
             return None
         return reader if set(frame["image"]) <= set(reader.table["image"]) else None
 

@@ -71,6 +71,11 @@ class PreprocessConfig(Settings):
         """Plain-dict form (what a model file and a prepared folder's plan record)."""
         return self.model_dump(mode="json")
 
+    def pixel_settings(self) -> dict:
+        """:meth:`to_dict` without what leaves the pixels as they are (``keep_mask``): two preparations
+        with equal pixel settings make the same images."""
+        return {k: v for k, v in self.to_dict().items() if k != "keep_mask"}
+
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
         """Build from a dict, refusing unknown keys by name (missing keys take their defaults, so

@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlab.core.device import Policy
+from cxrlab.core.device import Policy, stage_record
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.models.classifier import CxrClassifier
@@ -63,14 +63,6 @@ def _on(policy: Policy | None) -> tuple[torch.device, contextlib.AbstractContext
     dtype = policy.autocast_dtype
     return torch.device(policy.device), (torch.autocast(policy.device_type, dtype=dtype) if dtype is not None
                                          else contextlib.nullcontext())
-
-
-def stage_record(policy: Policy | None, ran_on: torch.device | None = None, processes: int = 1) -> dict:
-    """What a stage of a run ran on: ``{"device", "precision", "processes"}`` (``summary.json``'s
-    ``stages``); ``ran_on``: the device its tensors were actually on, where known."""
-    policy = policy or Policy()
-    return {"device": str(ran_on) if ran_on is not None else policy.device, "precision": policy.precision,
-            "processes": processes}
 
 
 def can_cache(model: CxrClassifier, augment: bool) -> bool:
@@ -153,7 +145,7 @@ def prefix_fingerprint(model: CxrClassifier, preprocess: PreprocessConfig, datas
     and buffers of blocks ``0..start-1``, the preprocessing, the input normalisation, the prepared
     images (in shard order), the precision and the torch/timm versions (their kernels make the values)."""
     start = model.frozen_blocks if start is None else start
-    settings = {k: v for k, v in preprocess.to_dict().items() if k != "keep_mask"}  # masks do not change pixels
+    settings = preprocess.pixel_settings()
     digest = hashlib.sha256(json.dumps({
         "backbone": model.spec.name, "start": start, "preprocess": settings,
         "normalise": [dataset.mean, dataset.std, dataset.in_chans],

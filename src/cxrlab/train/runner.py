@@ -40,7 +40,7 @@ from cxrlab.models import create_backbone, create_classifier, get_backbone_spec
 from cxrlab.models.checkpoint import init_backbone_from, load_model, save_model
 from cxrlab.models.classifier import CxrClassifier, check_fine_tune
 from cxrlab.models.heads import HeadSpec
-from cxrlab.core.device import Policy, current_policy, resolve_policy, use_policy
+from cxrlab.core.device import Policy, current_policy, resolve_policy, stage_record, use_policy
 from cxrlab.models.inference import InferenceModel
 from cxrlab.models.weights import check_weights_available
 from cxrlab.train.callbacks import BestModelKeeper, EmaWeights, MetricsCsv, ResumeState, read_resume_point
@@ -59,7 +59,7 @@ from cxrlab.train.data import (
 from cxrlab.evaluate.metrics import classification_summary
 from cxrlab.train.module import ClassifierModule, NonFiniteLossError
 from cxrlab.evaluate.plots import plot_curves
-from cxrlab.train.prefix_cache import can_cache, compute_prefix, stage_record, stored_prefix
+from cxrlab.train.prefix_cache import can_cache, compute_prefix, stored_prefix
 from cxrlab.evaluate.screening_reference import screening_reference
 from cxrlab.train.selection import EpochSelector
 

@@ -14,8 +14,7 @@ from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import TEST_PREDICTIONS
 from cxrlab.models.predictor import Predictor
 from cxrlab.models.tta import TtaMode
-from cxrlab.core.device import use_policy
-from cxrlab.train.prefix_cache import stage_record
+from cxrlab.core.device import stage_record, use_policy
 from cxrlab.train.runner import record_stage, run_policy
 
 
