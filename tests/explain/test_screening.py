@@ -209,20 +209,40 @@ def test_predict_over_a_folder_of_hostile_files_writes_every_good_row_and_names_
 
 
 def test_a_run_stopped_half_way_keeps_the_rows_it_finished(run_dir, phantoms, tmp_path, monkeypatch):
-    images = sorted((phantoms.parent / "images").glob("*.png"))[:4]
-    original, seen = Screener.screen_file, []
+    images = sorted((phantoms.parent / "images").glob("*.png"))[:6]
+    original, batches = Screener._screen_prepared, []
 
-    def interrupted(self, path):
-        if len(seen) == 2:
-            raise KeyboardInterrupt  # Ctrl+C on the third image
-        seen.append(path)
-        return original(self, path)
+    def interrupted(self, batch, deadline=None):
+        if len(batches) == 1:
+            raise KeyboardInterrupt  # Ctrl+C during the second batch
+        batches.append(batch)
+        return original(self, batch, deadline)
 
-    monkeypatch.setattr(Screener, "screen_file", interrupted)
+    monkeypatch.setattr(Screener, "_screen_prepared", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        predict_images(run_dir, images, tmp_path / "out", overlays=False)
+        predict_images(run_dir, images, tmp_path / "out", overlays=False, batch_size=2)
     table = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert table["image"].tolist() == [str(p) for p in images[:2]]  # both finished rows, well before 50
+    assert table["image"].tolist() == [str(p) for p in images[:2]]  # the finished batch's rows, well before 50
+
+
+def test_screening_a_batch_gives_each_image_s_own_answer_in_order(run_dir, phantoms, tmp_path):
+    images = sorted((phantoms.parent / "images").glob("*.png"))[:5]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(images[0].read_bytes()[:200])  # a truncated PNG between good ones
+    paths = [images[0], images[1], broken, *images[2:]]
+    with Screener(run_dir) as screener:
+        alone = {p: screener.screen_file(p) for p in images}
+        batched = list(screener.screen_files(paths, batch_size=3))
+    assert [p for p, _ in batched] == paths
+    assert "truncated" in batched[2][1].reason or "corrupt" in batched[2][1].reason, batched[2][1].reason
+    for path, result in batched[:2] + batched[3:]:
+        one = alone[path]
+        assert result.image == one.image == str(path)
+        np.testing.assert_allclose(list(result.probabilities.values()), list(one.probabilities.values()), atol=1e-4)
+        assert (result.predicted, result.ood) == (one.predicted, one.ood)
+        np.testing.assert_allclose(result.ood_score, one.ood_score, rtol=1e-4)
+        assert result.heatmap.shape == one.heatmap.shape == one.original.shape
+        assert np.abs(result.heatmap - one.heatmap).max() < 0.02  # the same map, whatever shares its batch
 
 
 def test_predict_command_takes_folders_and_reports_what_it_skipped(run_dir, phantoms, tmp_path):

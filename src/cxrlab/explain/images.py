@@ -72,12 +72,10 @@ def explain_images(model_path: str | Path, images: list[str | Path], out: str | 
     taken: set[str] = set()
     with Screener(model_path, segmenter=segmenter, method=method, layer=layer) as screener, \
             RecordTable(out, "explanations", screener.class_names, COLUMNS) as table:
-        for image in find_images(images):
-            try:
-                result = screener.screen_file(image)
-            except InvalidImageError as err:
-                log.warning("%s", err)
-                table.add({"image": str(image), "error": err.reason})
+        for image, result in screener.screen_files(find_images(images)):
+            if isinstance(result, InvalidImageError):
+                log.warning("%s", result)
+                table.add({"image": str(image), "error": result.reason})
             else:
                 maps = result.finding_maps or {result.predicted: result.heatmap}
                 panels = [(f"{method}: evidence for {name}", overlay(result.original, heatmap))

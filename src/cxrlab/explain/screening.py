@@ -1,6 +1,6 @@
-"""Screening one image at a time: per-class probabilities, the class the model file's decision rule
-reports, an out-of-distribution flag, and a Grad-CAM heatmap, from one forward and one head-only
-backward pass.
+"""Screening images: per-class probabilities, the class the model file's decision rule reports, an
+out-of-distribution flag, and a Grad-CAM heatmap, from one forward and one head-only backward pass
+for an image or a batch of files.
 
 The engine behind ``cxrlab predict``, ``cxrlab explain`` and ``cxrlab serve``: the steps up to the
 class are :class:`cxrlab.models.predictor.Predictor`'s (the same as ``evaluate``'s); the model file
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from cxrlab.core.device import current_policy
-from cxrlab.core.errors import ConfigError, DeadlineExceeded
+from cxrlab.core.errors import ConfigError, DeadlineExceeded, InvalidImageError
 from cxrlab.data.images import DecodedImage
 from cxrlab.explain.gradcam import CamMethod, GradCamExplainer
 from cxrlab.explain.model_card import model_card
@@ -28,7 +29,9 @@ from cxrlab.explain.overlay import MAX_OVERLAY_SIDE, cam_to_original, downsize, 
 from cxrlab.models.ensemble import cam_layers
 from cxrlab.models.ood import load_distance
 from cxrlab.models.polarity import load_polarity
-from cxrlab.models.predictor import Predictor
+from cxrlab.models.predictor import PreparedImage, Predictor
+
+SCREEN_BATCH = 16  # images per forward pass over files: a 5-member ensemble on 2 cores screened 1.6x as many a second as one at a time
 
 
 def _check(deadline: float | None) -> None:
@@ -139,8 +142,11 @@ class Screener(Predictor):
         # the OOD reference was fitted on the last block's pooled features: the default map layer's activations
         self._features_from_cam = layer in (None, "last") and self.model.spec.sequential
         # an autocast policy (bf16) gives the probabilities through the predictor's forward; in fp32 the
-        # Grad-CAM pass's own forward is that forward (no second pass, and the model keeps its memory layout)
+        # Grad-CAM pass's own forward is that forward (no second pass)
         self._autocast = current_policy().autocast_dtype is not None
+        # channels-last from the start, as the inference model and evaluate use it: 1.4x faster
+        # convolutions on the CPU, and the first image's numbers made like the rest
+        self.model.to(memory_format=torch.channels_last)
         self._cam = GradCamExplainer(self.model, method, layer, compile=compile).__enter__()
         self._lock = threading.Lock()
 
@@ -179,6 +185,34 @@ class Screener(Predictor):
         """
         return self.screen(self.decode_file(path), str(path))
 
+    def screen_files(self, paths: Iterable[str | Path], batch_size: int = SCREEN_BATCH
+                     ) -> Iterator[tuple[Path, Screening | InvalidImageError]]:
+        """Screen image files ``batch_size`` at a time (one forward and Grad-CAM pass per batch).
+
+        Yields:
+            ``(path, its Screening or the InvalidImageError that skipped it)``, in the order given; an
+            unreadable file does not stop the others.
+        """
+        pending: list[tuple[Path, PreparedImage | InvalidImageError]] = []
+
+        def flush() -> Iterator[tuple[Path, Screening | InvalidImageError]]:
+            ready = {i: (str(path), item) for i, (path, item) in enumerate(pending)
+                     if not isinstance(item, InvalidImageError)}
+            with self._lock:
+                screened = dict(zip(ready, self._screen_prepared(list(ready.values())) if ready else [], strict=True))
+            for i, (path, item) in enumerate(pending):
+                yield path, screened.get(i, item)
+            pending.clear()
+
+        for path in map(Path, paths):
+            try:
+                pending.append((path, self.prepare_image(self.decode_file(path), str(path))))
+            except InvalidImageError as err:
+                pending.append((path, err))
+            if sum(not isinstance(item, InvalidImageError) for _, item in pending) >= batch_size:
+                yield from flush()
+        yield from flush()
+
     def screen_bytes(self, buf: bytes, name: str, deadline: float | None = None) -> Screening:
         """Screen image bytes (an upload); ``name`` only labels errors and marks DICOM by suffix.
 
@@ -200,45 +234,57 @@ class Screener(Predictor):
         Raises:
             DeadlineExceeded: the deadline passed (before the work or between its steps).
         """
-        if self._cam is None:
-            raise ConfigError("Screener: closed")
         with self._lock:
             _check(deadline)  # the queue for the lock may have used up the time
             prepared = self.prepare_image(decoded, name)
             _check(deadline)
-            maps, cam_probs = self._cam.explain(prepared.x)
-            heatmap, probs = maps[0], cam_probs[0]
-            top = int(np.argmax(cam_probs[0]))  # the class the first map explains
-            if self._autocast:  # the predictor's numbers (its autocast forward), the map in fp32
-                probs = self.probabilities(prepared.x)[0]
-            features, fine = self._features(prepared.x), self._fine
-            _check(deadline)
-            prediction = self.prediction(name, probs)
+            return self._screen_prepared([(name, prepared)], deadline)[0]
+
+    def _screen_prepared(self, batch: list[tuple[str, PreparedImage]], deadline: float | None = None) -> list[Screening]:
+        """Screen ``(name, prepared image)`` pairs in one forward and Grad-CAM pass (the caller holds the lock)."""
+        if self._cam is None:
+            raise ConfigError("Screener: closed")
+        x = torch.cat([p.x for _, p in batch]).contiguous(memory_format=torch.channels_last)
+        maps, probs = self._cam.explain(x)
+        tops = probs.argmax(axis=1)  # the class each first map explains
+        if self._autocast:  # the predictor's numbers (its autocast forward), the maps in fp32
+            probs = self.probabilities(x)
+        features, fine = self._features(x), self._fine
+        _check(deadline)
+        scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
+        inverted = self.polarity.flags(features, scores) if self.polarity is not None else None
+        fine_far = self.ood_fine.flags(fine)[1] if self.ood_fine is not None and fine is not None else None
+        results = []
+        for i, (name, prepared) in enumerate(batch):
             maps_by_class: dict[str, np.ndarray] = {}
-            for index in self.decision.targets_to_explain(probs):  # the reported class, or each called finding
-                found = heatmap if index == top else self._cam.explain(prepared.x, index)[0][0]
+            for index in self.decision.targets_to_explain(probs[i]):  # the reported class, or each called finding
+                found = maps[i] if index == tops[i] else self._cam.explain(x[i:i + 1], index)[0][0]
                 maps_by_class[self.class_names[index]] = found
                 _check(deadline)
-        heatmap = next(iter(maps_by_class.values()))
-        scores, far = self.ood.flags(features) if self.ood is not None else (None, None)
-        reasons = []  # most specific first
-        if is_blank(decoded.pixels):  # feature distance alone missed blank frames on the real set
-            reasons.append("blank image (almost no contrast)")
-        if self.polarity is not None and self.polarity.flags(features, scores)[0]:  # distance alone missed negatives
-            reasons.append("looks inverted (lungs bright, bones dark): check the image's grey levels")
-        if far is not None and far[0]:
-            reasons.append("features far from the training images'")
-        if self.ood_fine is not None and fine is not None and self.ood_fine.flags(fine)[1][0]:
-            reasons.append("mid-level features far from the training images' (e.g. a rotated radiograph)")
-        flagged = True if reasons else (False if self.ood is not None else None)
-        reason = reasons[0] if reasons else None
-        score = float(scores[0]) if scores is not None else None
-        original = downsize(decoded.pixels, self.overlay_side)
+            reasons = []  # most specific first
+            if is_blank(prepared.decoded.pixels):  # feature distance alone missed blank frames on the real set
+                reasons.append("blank image (almost no contrast)")
+            if inverted is not None and inverted[i]:  # distance alone missed negatives
+                reasons.append("looks inverted (lungs bright, bones dark): check the image's grey levels")
+            if far is not None and far[i]:
+                reasons.append("features far from the training images'")
+            if fine_far is not None and fine_far[i]:
+                reasons.append("mid-level features far from the training images' (e.g. a rotated radiograph)")
+            flagged = True if reasons else (False if self.ood is not None else None)
+            results.append(self._screening(name, prepared, probs[i], maps_by_class, scores[i] if scores is not None else None,
+                                           flagged, reasons[0] if reasons else None))
+        return results
+
+    def _screening(self, name: str, prepared: PreparedImage, probs: np.ndarray, maps_by_class: dict[str, np.ndarray],
+                   score: float | None, flagged: bool | None, reason: str | None) -> Screening:
+        """One image's answer, its maps drawn on its original grid."""
+        prediction = self.prediction(name, probs)
+        original = downsize(prepared.decoded.pixels, self.overlay_side)
         lungs = prepared.lungs if self.preprocess.lung_crop else None
         on_original = {c: cam_to_original(m, original.shape, self.preprocess, lungs) for c, m in maps_by_class.items()}
-        return Screening(name, prediction.probabilities, prediction.predicted, prediction.most_probable, score, flagged,
-                         reason, cam_to_original(heatmap, original.shape, self.preprocess, lungs), original,
-                         on_original if self.model.multilabel else {})
+        return Screening(name, prediction.probabilities, prediction.predicted, prediction.most_probable,
+                         None if score is None else float(score), flagged, reason, next(iter(on_original.values())),
+                         original, on_original if self.model.multilabel else {})
 
     def _features(self, x: torch.Tensor) -> np.ndarray:
         """``(1, D)`` pooled last-block features, as the OOD reference was fitted on: for a sequential
