@@ -3,8 +3,9 @@
 #   cxrlab train (every block, and k = 2 through the frozen-prefix cache) at --precision auto, through
 #   Lightning, data-parallel over every GPU when there are several, streaming shards with workers;
 #   cxrlab evaluate, explain and predict; a small study (cxrlab demo).
-# Reads each run's per-stage record (summary.json "stages") and exits 1 if any stage ran on the CPU or
-# in fp32 when the auto policy chose bf16; prints a speed table of the commands (speed.json).
+# Reads each run's per-stage record (summary.json "stages"), the study's shortcut audit and its exported
+# model's screening reference ("ran_on"), and exits 1 if any ran on the CPU, or in fp32 when the auto
+# policy chose bf16; prints a speed table of the commands (speed.json).
 # On a machine without a CUDA GPU it says so and exits 3, claiming nothing.
 # Run from the project root after `make install`:   bench/gpu_check.sh [OUT]   (default OUT: runs/gpu-check)
 set -euo pipefail
@@ -72,6 +73,17 @@ for summary in sorted(out.glob("**/summary.json")):
             failures.append(f"{where}: {stage.get('precision')}, the auto policy chose {expected}")
         if summary.parent.name == "ddp" and name == "fit" and stage.get("processes") != gpus:
             failures.append(f"{where}: {stage.get('processes')} process(es) for {gpus} GPUs")
+import torch
+
+for audit in sorted(out.glob("**/shortcut_audit.json")):  # the study's audit of its best model
+    ran = json.loads(audit.read_text()).get("ran_on") or {}
+    if not str(ran.get("device", "")).startswith("cuda"):
+        failures.append(f"{audit.relative_to(out)}: ran on {ran.get('device')}")
+for model in sorted(out.glob("**/best-model/model.pt")):  # an exported ensemble's screening reference
+    extra = torch.load(model, map_location="cpu", weights_only=True).get("extra") or {}
+    ran = (extra.get("screening") or {}).get("ran_on")
+    if ran is not None and not str(ran.get("device", "")).startswith("cuda"):
+        failures.append(f"{model.relative_to(out)} screening reference: ran on {ran.get('device')}")
 rows = [line.split("\t") for line in (out / "times.tsv").read_text().splitlines()]
 print("| command | seconds | images/s |")
 print("|---|---:|---:|")

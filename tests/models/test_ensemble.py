@@ -55,6 +55,21 @@ def test_grad_cam_and_pooled_features_span_every_member(ensemble):
     assert features["fine"].shape[1] == 2 * pooled_features_at(ensemble.members[0], dataset, ("fine",))["fine"].shape[1]
 
 
+def test_pooled_features_run_on_the_current_policy_s_device(ensemble, monkeypatch):
+    """The screening reference, the fold ensemble's reference, the probe baseline and the source-probe
+    audit take their features here: a GPU run's went through the CPU, wherever the model had been loaded."""
+    from cxrlab.core.device import Policy, use_policy
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: calls.append(("model", a)) or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append(("batch", a)) or self)
+    dataset = [(torch.randn(3, 64, 64), torch.tensor(0)) for _ in range(2)]
+    with use_policy(Policy("cuda:1", "gpu", "bf16-mixed")):
+        pooled_features_at(ensemble, dataset)
+    assert calls[0] == ("model", ("cuda:1",))  # the model first (the batches then follow its device)
+    assert [kind for kind, _ in calls[1:]] == ["batch"]  # one batch of two, nothing sent back to the CPU
+
+
 def test_test_time_views_average_each_member_and_grad_cam_explains_the_plain_view(ensemble, tmp_path):
     from cxrlab.models.tta import tta_views
 

@@ -118,6 +118,8 @@ def test_tiny_study_end_to_end_and_resume(phantoms, tmp_path):
     assert "test in-lung share" in report and summary["test_accuracy_low"].notna().sum() == 2
     # shortcut audit of the best model: source probe (two phantom sources) and lung checks (phantoms have masks)
     audit = json.loads((tmp_path / "shortcut_audit.json").read_text())
+    assert audit["ran_on"] == {"device": "cpu", "precision": "32-true", "processes": 1}  # the runs' device
+    assert screening["ran_on"] == audit["ran_on"]  # the exported ensemble's reference, likewise
     probes = audit["source_probe"]["probes"]
     assert set(probes) == {"fine-tuned (best model)", "pretrained (before fine-tuning)"}
     assert 0 <= probes["fine-tuned (best model)"]["all"]["balanced_accuracy"] <= 1

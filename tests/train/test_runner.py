@@ -104,6 +104,8 @@ def test_a_reference_added_after_training_equals_the_one_training_writes(tmp_pat
         add_screening_reference(out)  # nothing to rebuild it from: a clear error naming the file
     (out / "moved.yaml").rename(out / "config.yaml")
     assert add_screening_reference(out) and not add_screening_reference(out)  # added once, then kept
+    assert json.loads((out / "summary.json").read_text())["stages"]["screening_reference"] == {
+        "device": "cpu", "precision": "32-true", "processes": 1}  # the run's device; fp32 features by design
     added = torch.load(out / "model.pt", weights_only=True)["extra"]
     written = torch.load(run_dir / "model.pt", weights_only=True)["extra"]
     assert added["epoch"] == written["epoch"]

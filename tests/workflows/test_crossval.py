@@ -90,6 +90,9 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     # one check per member, each thresholded on the fold it never trained on; the summary says so
     assert [m["mean"].shape for m in screening["ood"]["members"]] == [(1280,)] * 3 and screening["ood"]["dims"] == [1280] * 3
     assert len(screening["polarity"]["members"]) == 3 and summary["screening_reference"] == screening["fitted_on"]
+    # the stages after the folds ran on the run's device (the CPU here), their features in fp32
+    cpu = {"device": "cpu", "precision": "32-true", "processes": 1}
+    assert summary["stages"] == {"ensemble_reference": cpu, "baseline": cpu} and screening["ran_on"] == cpu
     from cxrlab.models.ood import MemberDistances, pooled_features
     from cxrlab.preprocess import ShardDataset
 
@@ -117,6 +120,7 @@ def test_train_folds_writes_oof_predictions_and_resumes(phantoms, tmp_path):
     assert again.exit_code == 0, again.output
     assert (tmp_path / "cv" / "folds" / "fold0" / "model.pt").stat().st_mtime_ns == stamp  # reused, not retrained
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cv" / "oof_predictions.csv"), oof)
+    assert json.loads((tmp_path / "cv" / "summary.json").read_text())["stages"] == {"ensemble_reference": cpu}
     from cxrlab.workflows.predictions import predict_test_side
 
     held_out = oof.loc[oof["fold"] == 0, ["image", "label", "patient_id", "source"]]  # the folds' shards = made anew

@@ -45,11 +45,16 @@ def save_model(model: CxrClassifier | EnsembleClassifier, path: str | Path, prep
         "preprocess": preprocess.to_dict(), "extra": extra or {},
     }
     if isinstance(model, EnsembleClassifier):
-        payload["members"] = [m.state_dict() for m in members]
+        payload["members"] = [_on_host(m) for m in members]
         payload["tta"] = model.tta
     else:
-        payload["state_dict"] = model.state_dict()
+        payload["state_dict"] = _on_host(model)
     return write_payload(payload, path)
+
+
+def _on_host(model: CxrClassifier) -> dict[str, torch.Tensor]:
+    """The weights as CPU tensors (a model trained or scored on a GPU is saved from the host)."""
+    return {name: value.detach().cpu() for name, value in model.state_dict().items()}
 
 
 def plain_data(obj):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from sklearn.covariance import ledoit_wolf_shrinkage
 
+from cxrlab.core.device import current_policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.ensemble import cam_layers
 
@@ -192,8 +193,10 @@ def load_distance(data: dict) -> FeatureDistance | MemberDistances:
 def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batch_size: int = 32) -> dict[str, np.ndarray]:
     """``{level: (N, D)}`` globally pooled features of a dataset's images (before any lung attention):
     ``last``, the last block's output; ``fine``, the output of the block ``model.cam_layer("fine")``
-    ends (a finer grid, mid-level features)."""
-    model.eval()
+    ends (a finer grid, mid-level features). Runs in fp32 on the current policy's device
+    (:func:`cxrlab.core.device.current_policy`; the model is moved there): distances are fitted and
+    scored on fp32 features."""
+    model.eval().to(current_policy().device)
     out: dict[str, list[torch.Tensor]] = {level: [] for level in levels}
     fine: dict[int, torch.Tensor] = {}  # per member of an ensemble, joined side by side per batch
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.device import use_policy
 from cxrlab.core.run_folder import CONFIG, ENSEMBLE_RUNS, MODEL, SOURCES, SPLITS, SPLITS_INFO, VAL_PREDICTIONS
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import write_splits
@@ -31,6 +32,7 @@ from cxrlab.preprocess import ShardReader
 from cxrlab.workflows.ensemble_reference import oof_reference
 from cxrlab.workflows.predictions import predict_test_side, preprocess_key
 from cxrlab.train import add_screening_reference
+from cxrlab.train.runner import run_policy
 
 ENSEMBLE = "ensemble"  # runs/<cell>/ensemble/: never a run's name (runs are fold<k>[...], refit)
 
@@ -114,5 +116,6 @@ def export_ready(folder: Path, out: Path, cell: str, ok: pd.DataFrame, frame: pd
         reader = ShardReader(work)
     fold_of = {str(run): int(fold) for run, fold in zip(ok["run"], ok["fold"], strict=True)}
     member_folds = [fold_of[run] for run in sorted(fold_of)]  # cell_model's member order: its runs, sorted
-    extra["screening"] = oof_reference(model, predictions, names, reader, batch_size, member_folds)
+    with use_policy(run_policy(folder)):  # the device its runs trained on
+        extra["screening"] = oof_reference(model, predictions, names, reader, batch_size, member_folds)
     save_model(model, folder / MODEL, preprocess, extra)

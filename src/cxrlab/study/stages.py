@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxrlab.core.device import stage_record, use_policy
 from cxrlab.core.errors import ConfigError, CxrlabError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import CONFIG, TEST_PREDICTIONS
@@ -22,6 +23,7 @@ from cxrlab.study.plan import Cell
 from cxrlab.study.shortcuts import held_out_results, source_runs
 from cxrlab.study.test_side import TEST_COLUMNS, prediction_metrics
 from cxrlab.train import load_config
+from cxrlab.train.runner import run_policy
 
 log = logging.getLogger("cxrlab.study.runner")  # the study's messages, whichever module says them
 
@@ -91,16 +93,20 @@ def shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: s
     from cxrlab.models.predictor import Predictor
     from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
 
-    audit: dict = {"cell": best}
+    policy = run_policy(out / "best-model")  # the device its runs trained on
+    # features and maps in fp32 (probe features, Grad-CAM); the masked-input calls use the policy's precision
+    audit: dict = {"cell": best, "ran_on": stage_record(policy)}
     predictor = None
     for name, check in (("source_probe", lambda model: source_probe_audit(config, out, frame, model)),
                         ("lungs", lambda model: lung_audit(out, frame, model))):
         try:
             predictor = predictor or Predictor(out / "best-model")  # once, for both checks
-            audit[name] = check(predictor)
+            with use_policy(policy):
+                audit[name] = check(predictor)
         except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
             log.warning("study: %s check failed: %s", name, err)
             audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}
+    audit["ran_on"]["device"] = str(next(predictor.model.parameters()).device) if predictor else policy.device
     atomic_write_text(out / "shortcut_audit.json", json.dumps(audit, indent=2, default=str) + "\n")
     return audit
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.device import use_policy
 from cxrlab.core.io import atomic_write_text
 from cxrlab.data import class_names
 from cxrlab.data.manifest import Manifest
@@ -27,6 +28,7 @@ from cxrlab.study.config import StudyConfig
 from cxrlab.study.plan import cells, run_config
 from cxrlab.study.results import ALPHA, corrected_resampled_ttest
 from cxrlab.train.data import preprocess_for
+from cxrlab.train.runner import config_policy
 
 log = logging.getLogger(__name__)
 PROBE_FILE = "baseline_folds.csv"
@@ -49,7 +51,8 @@ def study_probe(config: StudyConfig, out: Path, frame: pd.DataFrame) -> pd.DataF
             preprocess_for(train_config, get_backbone_spec(train_config.model.backbone)))
     pool = everything[everything["split"] != "test"].reset_index(drop=True)
     pool = pool.assign(fold=pd.to_numeric(pool["fold"]).astype(int))
-    features = frozen_features(train_config, prepared, pool["image"].tolist(), names)
+    with use_policy(config_policy(train_config)):  # on the device the study's runs train on
+        features = frozen_features(train_config, prepared, pool["image"].tolist(), names)
     oof = probe_oof(features, pool, names, config.seed)
     y = oof["label"].map(names.index).to_numpy()
     rows = []

@@ -329,9 +329,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
             if status == "ok" and screening:  # the model file gains what screening needs
                 plain_train = datasets(data, config, spec, augment=False)[0]
                 reference = screening_reference(model, plain_train, val_ds, targets, probs, optim.batch_size)
-                # its pooled features are fp32 on the run's device (OOD distances are fitted on them)
-                stages["screening_reference"] = stage_record(Policy(policy.device, policy.accelerator),
-                                                             next(model.parameters()).device)
+                stages["screening_reference"] = reference_record(policy, model)
                 model.cpu()  # saved from the host, as every model file is
                 save_model(model, keeper.path, keeper.preprocess,
                            {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch,
@@ -371,6 +369,18 @@ def _validation_side(val: dict, images: int) -> dict:
         out["note"] = (f"small validation side ({images} images): its one-vs-rest AUCs are known only to within "
                        f"±{max(widths) / 2:.2f} (95%), so the kept epoch is a noisy choice")
     return out
+
+
+def config_policy(config: TrainConfig) -> Policy:
+    """The device and precision a run of ``config`` trains with (its runtime section's)."""
+    return resolve_policy(config.runtime.device, config.runtime.precision, workload="train",
+                          backbone=config.model.backbone)
+
+
+def reference_record(policy: Policy, model: torch.nn.Module) -> dict:
+    """The stage record of a screening reference: fp32 by design (OOD distances are fitted on fp32
+    pooled features), on the device the model ran on."""
+    return stage_record(Policy(policy.device, policy.accelerator), next(model.parameters()).device)
 
 
 def run_policy(run: str | Path) -> Policy:
@@ -422,7 +432,10 @@ def add_screening_reference(run: str | Path) -> bool:
                           "reference on")
     data = load_train_data(config, spec, run)
     train_ds, val_ds = datasets(data, config, spec, augment=False)
-    targets, probs = _predict(model, val_ds, config.optim.batch_size)
-    reference = screening_reference(model, train_ds, val_ds, targets, probs, config.optim.batch_size)
+    policy = run_policy(run)
+    with use_policy(policy):  # on the run's own device, as a plain run's reference
+        targets, probs = _predict(model, val_ds, config.optim.batch_size)
+        reference = screening_reference(model, train_ds, val_ds, targets, probs, config.optim.batch_size)
+    record_stage(run, "screening_reference", reference_record(policy, model))
     save_model(model, run / MODEL, preprocess, {**extra, "screening": reference})
     return True

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core.defaults import DEFAULT_N_BOOT
+from cxrlab.core.device import Policy, stage_record, use_policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import (
@@ -42,6 +43,7 @@ from cxrlab.train import TrainConfig, train
 from cxrlab.train.config_sources import write_sources
 from cxrlab.train.data import grouped_table, guidance_record, with_recorded_scheme
 from cxrlab.train.reuse import check_same_config
+from cxrlab.train.runner import config_policy
 from cxrlab.workflows.baseline import frozen_features, probe_oof
 from cxrlab.workflows.ensemble_reference import oof_reference
 from cxrlab.workflows.predictions import predict_test_side
@@ -180,20 +182,23 @@ def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], 
     return table
 
 
-def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> dict:
+def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path, policy: Policy
+              ) -> tuple[dict, dict]:
     """Write ``out/model.pt``: the fold models as one ensemble, with a screening reference set on data
-    its parts did not choose on (:func:`cxrlab.workflows.ensemble_reference.oof_reference`)."""
+    its parts did not choose on (:func:`cxrlab.workflows.ensemble_reference.oof_reference`), computed
+    on ``policy``'s device. Returns the reference and what it ran on."""
     members, preprocess = [], None
     for fold in range(config.data.folds):
         model, preprocess, _ = load_model(fold_folder(out, fold) / MODEL)
         members.append(model)
     ensemble = EnsembleClassifier(members, config.model.tta).eval()
     reader = ShardReader(Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED)
-    reference = oof_reference(ensemble, predictions, names, reader, config.optim.batch_size)
+    with use_policy(policy):
+        reference = oof_reference(ensemble, predictions, names, reader, config.optim.batch_size)
     save_model(ensemble, out / MODEL, preprocess, {"folds": config.data.folds, "screening": reference,
                                                         "seen": seen_record(predictions),  # every member's images
                                                         "guidance": guidance_record(config)})
-    return reference
+    return reference, reference["ran_on"]
 
 
 def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None = None,
@@ -235,19 +240,25 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
     if progress:
         progress("fold ensemble")
     kept = read_payload(out / MODEL, FORMAT, "model") if not trained and (out / MODEL).exists() else None
+    policy, stages = config_policy(config), {}  # what the folds trained on runs the stages after them too
     if kept is None or kept.get("tta") != config.model.tta:
-        reference = _ensemble(config, predictions, names, out)
-    else:  # the ensemble of these very folds is there
+        reference, stages["ensemble_reference"] = _ensemble(config, predictions, names, out, policy)
+    else:  # the ensemble of these very folds is there, with what its reference ran on
         reference = kept["extra"].get("screening") or {}
+        if reference.get("ran_on"):
+            stages["ensemble_reference"] = reference["ran_on"]
     if progress:
         progress("linear-probe baseline")
-    baseline = _baseline(config, predictions, names, out)
+    if not (out / BASELINE_OOF_PREDICTIONS).exists():  # its frozen features: fp32 on the run's device
+        stages["baseline"] = stage_record(Policy(policy.device, policy.accelerator))
+    with use_policy(policy):
+        baseline = _baseline(config, predictions, names, out)
     summary = {"status": "ok", "folds": config.data.folds, "class_names": names, "backbone": config.model.backbone,
                "fine_tune": config.model.fine_tune, "select_on": config.select.metric,
                "out_of_fold": oof_figures(predictions, names, n_boot, config.runtime.seed),
                "baseline": {"method": "linear probe on frozen pretrained features (study/baseline.py)",
                             "out_of_fold": oof_figures(baseline, names, n_boot, config.runtime.seed)},
                "versus_baseline": versus(predictions, baseline, names, n_boot, config.runtime.seed), "runs": runs,
-               "screening_reference": reference.get("fitted_on")}
+               "screening_reference": reference.get("fitted_on"), "stages": stages}
     summary = folder.finish(summary)
     return CrossvalResult(out, summary, predictions)

@@ -16,16 +16,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.device import current_policy
 from cxrlab.evaluate.screening_reference import member_screening_reference, operating_point
 from cxrlab.models import EnsembleClassifier
 from cxrlab.preprocess import ShardDataset, ShardReader
+from cxrlab.train.runner import reference_record
 
 
 def oof_reference(ensemble: EnsembleClassifier, predictions: pd.DataFrame, names: list[str], reader: ShardReader,
                   batch_size: int = 32, member_folds: Sequence[int] | None = None) -> dict:
     """The ensemble's screening reference from out-of-fold ``predictions`` (``image``, ``label``, ``fold``
     and a probability column per class, images in ``reader``); ``member_folds[k]``: the fold member k did
-    not train on (default: member k, fold k). Records what each part was fitted on (``fitted_on``)."""
+    not train on (default: member k, fold k). Records what each part was fitted on (``fitted_on``) and
+    what the features were computed on (``ran_on``: fp32 on the current policy's device)."""
     spec = ensemble.spec
     folds = list(member_folds) if member_folds is not None else list(range(len(ensemble.members)))
     fold = pd.to_numeric(predictions["fold"]).to_numpy()
@@ -41,6 +44,7 @@ def oof_reference(ensemble: EnsembleClassifier, predictions: pd.DataFrame, names
     views = f" with test-time views ({ensemble.tta})" if ensemble.tta != "none" else ""
     reference["operating_point"] = operating_point(y, predictions[names].to_numpy(dtype=float), names,
                                                    f"out-of-fold predictions{views}")
+    reference["ran_on"] = reference_record(current_policy(), ensemble)
     reference["fitted_on"] = {
         "operating_point": f"out-of-fold predictions: each image by the member that never trained on it{views}",
         "ood": "one reference per member, fitted on its training images, thresholded on its out-of-fold images; "
