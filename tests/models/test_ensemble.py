@@ -66,8 +66,12 @@ def test_pooled_features_run_on_the_current_policy_s_device(ensemble, monkeypatc
     dataset = [(torch.randn(3, 64, 64), torch.tensor(0)) for _ in range(2)]
     with use_policy(Policy("cuda:1", "gpu", "bf16-mixed")):
         pooled_features_at(ensemble, dataset)
-    assert calls[0] == ("model", ("cuda:1",))  # the model first (the batches then follow its device)
+    assert calls[0][0] == "model" and torch.device(calls[0][1][0]) == torch.device("cuda:1")  # the model first
     assert [kind for kind, _ in calls[1:]] == ["batch"]  # one batch of two, nothing sent back to the CPU
+    monkeypatch.undo()
+    model = create_classifier("efficientnet_lite0", 3, pretrained="none", seed=2)
+    pooled_features_at(model, dataset)  # moved to channels-last outside inference mode: it can still learn
+    assert all(p.requires_grad and not p.is_inference() for p in model.parameters())
 
 
 def test_test_time_views_average_each_member_and_grad_cam_explains_the_plain_view(ensemble, tmp_path):

@@ -21,6 +21,7 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from cxrlab.core.device import current_policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.ensemble import cam_layers
+from cxrlab.models.inference import cpu_batch
 
 DEFAULT_QUANTILE = 0.99
 
@@ -189,14 +190,19 @@ def load_distance(data: dict) -> FeatureDistance | MemberDistances:
     return MemberDistances.from_dict(data) if "members" in data else FeatureDistance.from_dict(data)
 
 
-@torch.inference_mode()
 def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batch_size: int = 32) -> dict[str, np.ndarray]:
     """``{level: (N, D)}`` globally pooled features of a dataset's images (before any lung attention):
     ``last``, the last block's output; ``fine``, the output of the block ``model.cam_layer("fine")``
     ends (a finer grid, mid-level features). Runs in fp32 on the current policy's device
     (:func:`cxrlab.core.device.current_policy`; the model is moved there): distances are fitted and
     scored on fp32 features."""
-    model.eval().to(current_policy().device)
+    # moved outside inference mode: weights copied inside it could never ask for gradients again (Grad-CAM, training)
+    model.eval().to(torch.device(current_policy().device), memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return _pooled(model, dataset, levels, batch_size)
+
+
+def _pooled(model, dataset, levels: tuple[str, ...], batch_size: int) -> dict[str, np.ndarray]:
     out: dict[str, list[torch.Tensor]] = {level: [] for level in levels}
     fine: dict[int, torch.Tensor] = {}  # per member of an ensemble, joined side by side per batch
 
@@ -207,7 +213,7 @@ def pooled_features_at(model, dataset, levels: tuple[str, ...] = ("last",), batc
              if "fine" in levels else [])
     try:
         device = next(model.parameters()).device
-        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=cpu_batch(batch_size, device)):
             image, _ = model.split_input(x.to(device).contiguous(memory_format=torch.channels_last))
             last = model.image_features(image).float().mean(dim=(2, 3))
             if "last" in out:

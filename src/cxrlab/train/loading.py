@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 
+from cxrlab.core.runtime import default_workers
 from cxrlab.train.config import TrainConfig
 
 MAX_GPU_WORKERS = 8  # loader processes per GPU: enough to keep one fed on decoded, prepared shards
@@ -15,7 +15,7 @@ def loading(config: TrainConfig, device_type: str = "cpu") -> dict:
     workers = config.runtime.num_workers
     gpu = device_type == "cuda"
     if workers == "auto":
-        per_process = (os.cpu_count() or 1) // max(config.runtime.devices, 1)
+        per_process = default_workers() // max(config.runtime.devices, 1)
         workers = min(MAX_GPU_WORKERS, max(per_process - 1, 0)) if gpu else 0
     settings = {"num_workers": workers, "pin_memory": gpu, "persistent_workers": workers > 0}
     return {**settings, "prefetch_factor": 4} if workers and gpu else settings
