@@ -80,6 +80,21 @@ def tune_allocator() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``): between the stages of a run,
+    so that what :func:`tune_allocator` keeps for the training steps does not add to the next stage's peak.
+
+    Returns:
+        True when glibc released something (False elsewhere, harmlessly).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0)) if trim is not None else False
+
+
 def default_workers() -> int:
     """Worker processes to use: the CPUs this process may run on."""
     try:

@@ -65,12 +65,19 @@ class FeatureDistance:
                               f"and {len(val)}")
         if not 0 < quantile <= 1:
             raise ConfigError(f"ood reference: quantile must be in (0, 1], got {quantile}")
-        train = np.asarray(train, np.float64)
-        mean = train.mean(axis=0)
-        centred = train - mean
+        centred = np.array(train, np.float64)  # a copy, centred in place
+        mean = centred.mean(axis=0)
+        centred -= mean
         shrinkage = ledoit_wolf_shrinkage(centred, assume_centered=True)
-        _, singular, components = np.linalg.svd(centred, full_matrices=False)
-        variances = singular**2 / len(train)  # eigenvalues of the empirical covariance
+        if len(centred) > centred.shape[1]:  # more images than features: the D x D scatter's eigenvectors,
+            # without the SVD's N x D factor (10 000 images: 100 MB and as much again of workspace)
+            eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
+            order = eigenvalues.argsort()[::-1]
+            variances, components = np.clip(eigenvalues[order], 0, None) / len(centred), vectors[:, order].T
+        else:
+            _, singular, components = np.linalg.svd(centred, full_matrices=False)
+            variances = singular**2 / len(centred)  # eigenvalues of the empirical covariance
+        del centred
         shift = shrinkage * variances.sum() / train.shape[1]  # shrinkage * trace / D, as scikit-learn's
         if shift <= 0:
             raise ConfigError("ood reference: the training features do not vary")

@@ -31,7 +31,7 @@ from cxrlab.core.optional import available
 from cxrlab.core.run_folder import (
     CHECKPOINTS, CONFIG, CURVES, LAST_CHECKPOINT, METRICS, MODEL, RunFolder, SPLITS, SUMMARY, TRACKING_DB,
 )
-from cxrlab.core.runtime import tune_allocator
+from cxrlab.core.runtime import release_free_memory, tune_allocator
 from cxrlab.data.classes import POSITIVE_CLASS
 from cxrlab.data.manifest import read_table
 from cxrlab.data.mask_provenance import mask_coverage
@@ -321,6 +321,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
     if not is_rank_zero(config):  # rank 0 validates, keeps the model and writes the summary
         return {"status": status}
     val = {}
+    release_free_memory()  # what the training steps' allocator kept is not the validation's to hold
     if keeper.best_state is not None and validated:
         with use_policy(policy):  # Lightning's teardown left the model on the CPU: back on the run's device
             targets, probs = _predict(model, val_ds, optim.batch_size)
