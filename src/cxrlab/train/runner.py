@@ -271,6 +271,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                     fit_sets = [compute_prefix(model, ds, max_bytes=runtime.cache_max_gb * 1e9, spill_dir=spill,
                                                policy=policy, record=record) for ds in fit_sets]
             cached_any, stages["prefix"] = True, record
+        release_free_memory()  # what preparing the data (or the prefix) freed is not the training steps' to hold
         module = ClassifierModule(model, optim, config.schedule, phase.lr, phase.epochs, weights, start_block, validated,
                                   channels_last=runtime.channels_last)
         train_loader = None if distributed else loader(fit_sets[0], config, True, runtime.seed + index, policy)
