@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from cxrlab.core.runtime import default_workers
 from cxrlab.train.config import TrainConfig
 
