@@ -94,8 +94,7 @@ def shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: s
     from cxrlab.study.shortcut_probes import lung_audit, source_probe_audit
 
     policy = run_policy(out / "best-model")  # the device its runs trained on
-    # features and maps in fp32 (probe features, Grad-CAM); the masked-input calls use the policy's precision
-    audit: dict = {"cell": best, "ran_on": stage_record(policy)}
+    audit: dict = {"cell": best}
     predictor = None
     for name, check in (("source_probe", lambda model: source_probe_audit(config, out, frame, model)),
                         ("lungs", lambda model: lung_audit(out, frame, model))):
@@ -106,7 +105,8 @@ def shortcut_checks(config: StudyConfig, out: Path, frame: pd.DataFrame, best: s
         except Exception as err:  # noqa: BLE001 -- an audit failure must not cost the finished study
             log.warning("study: %s check failed: %s", name, err)
             audit[name] = {"skipped": f"failed: {type(err).__name__}: {err}", "warnings": []}
-    audit["ran_on"]["device"] = str(next(predictor.model.parameters()).device) if predictor else policy.device
+    # features and maps in fp32 (probe features, Grad-CAM); the masked-input calls in the policy's precision
+    audit["ran_on"] = stage_record(policy, next(predictor.model.parameters()).device if predictor else None)
     atomic_write_text(out / "shortcut_audit.json", json.dumps(audit, indent=2, default=str) + "\n")
     return audit
 

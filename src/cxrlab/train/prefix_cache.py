@@ -55,14 +55,23 @@ class ActivationDataset(Dataset):
         return act, torch.tensor(self.targets[i]), torch.from_numpy(self.masks[i])
 
 
-def _on(policy: Policy | None) -> tuple[torch.device, contextlib.AbstractContextManager]:
-    """Where the prefix runs and the autocast it runs under: the run's own device and the training
-    step's precision (cached activations must be the ones an uncached step computes; a GPU run's
-    prefix on the CPU ran 20x slower in emulated bf16)."""
+def _prefix_pass(model: CxrClassifier, policy: Policy | None, record: dict | None):
+    """``(run, device)``: ``run(x, start, end)`` gives blocks ``start..end-1`` of a batch as float32 on
+    the host, computed on the run's own device under the training step's autocast (cached activations
+    must be the ones an uncached step computes; a GPU run's prefix on the CPU ran 20x slower in emulated
+    bf16); the first batch fills ``record`` with what it ran on. Moves the model to that device."""
     policy = policy or Policy()
-    dtype = policy.autocast_dtype
-    return torch.device(policy.device), (torch.autocast(policy.device_type, dtype=dtype) if dtype is not None
-                                         else contextlib.nullcontext())
+    device, dtype = torch.device(policy.device), policy.autocast_dtype
+    model.to(device)
+
+    def run(x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        with torch.autocast(policy.device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            act = model.forward_blocks(x.to(device, non_blocking=True), start, end)
+        if record is not None and not record:
+            record.update(stage_record(policy, act.device))
+        return act.float().cpu()
+
+    return run, device
 
 
 def can_cache(model: CxrClassifier, augment: bool) -> bool:
@@ -89,19 +98,14 @@ def compute_prefix(model: CxrClassifier, dataset: Dataset, batch_size: int = 64,
     was_training = model.training
     model.eval()
     start = model.frozen_blocks
-    device, autocast = _on(policy)
-    model.to(device)
+    run, device = _prefix_pass(model, policy, record)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     targets, masks, store, offset = [], [], None, 0
     for x, y in loader:
         image, mask = model.split_input(x)
         if mask is not None:
             masks.append(mask.to(torch.uint8).numpy())
-        with autocast:
-            act = model.forward_blocks(image.to(device, non_blocking=True), 0, start)
-        if record is not None and not record:
-            record.update(stage_record(policy, act.device))
-        act = act.float().cpu()
+        act = run(image, 0, start)
         if store is None:  # sized once from the first batch, filled in place: no second, concatenated copy
             size = act[0].numel() * 4 * len(dataset)
             if size > max_bytes:
@@ -205,17 +209,12 @@ def _fill_entry(model: CxrClassifier, preprocess: PreprocessConfig, first: Shard
     everything = ShardDataset(first.reader, first.class_names, mean=first.mean, std=first.std, in_chans=first.in_chans)
     was_training = model.training
     model.eval()
-    device, autocast = _on(policy)
-    model.to(device)
+    run, _ = _prefix_pass(model, policy, record)
     base, batches = _inputs(model, preprocess, everything, store, batch_size, policy)
     tmp = store / f"{key}.{os.getpid()}.tmp.npy"
     target, offset = None, 0
     for x in batches:
-        with autocast:
-            act = model.forward_blocks(x.to(device, non_blocking=True), base, model.frozen_blocks)
-        if record is not None and not record:
-            record.update(stage_record(policy, act.device))
-        act = act.float().cpu()
+        act = run(x, base, model.frozen_blocks)
         if target is None:  # the entry's size is known from the first batch: checked before anything is written
             size = act[0].numel() * 4 * len(everything)
             used = sum(f.stat().st_size for f in store.glob("*.npy"))

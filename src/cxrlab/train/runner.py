@@ -260,7 +260,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
         precision = policy.precision
         # the prefix runs under the step's own autocast on CPU; a GPU's fp16 step is not cached (it would differ)
         gain = optim.attention_loss > 0 and optim.attention_form == "gain"  # mines on the images themselves
-        spill = out / "cache" / (f"rank{os.environ.get('LOCAL_RANK', '0')}" if is_distributed(config) else "")
+        spill = out / "cache" / (f"rank{os.environ.get('LOCAL_RANK', '0')}" if distributed else "")
         if runtime.cache_prefix and precision != "16-mixed" and not gain and can_cache(model, config.augment.enabled):
             start_block, record = model.frozen_blocks, {}
             with torch.random.fork_rng():  # whether the prefix is computed or read must not move the seed
@@ -332,7 +332,7 @@ def _fit(model: CxrClassifier, data: TrainData, config: TrainConfig, out: Path,
                 plain_train = datasets(data, config, spec, augment=False)[0]
                 reference = screening_reference(model, plain_train, val_ds, targets, probs, optim.batch_size)
                 stages["screening_reference"] = reference_record(policy, model)
-                model.cpu()  # saved from the host, as every model file is
+                model.cpu()  # the returned model on the host, as a loaded one is
                 save_model(model, keeper.path, keeper.preprocess,
                            {**seen, "val_loss": keeper.best_loss, "epoch": keeper.best_epoch,
                             "selection": selector.to_dict(), "screening": reference})
@@ -379,10 +379,12 @@ def config_policy(config: TrainConfig) -> Policy:
                           backbone=config.model.backbone)
 
 
-def reference_record(policy: Policy, model: torch.nn.Module) -> dict:
-    """The stage record of a screening reference: fp32 by design (OOD distances are fitted on fp32
-    pooled features), on the device the model ran on."""
-    return stage_record(Policy(policy.device, policy.accelerator), next(model.parameters()).device)
+def reference_record(policy: Policy, model: torch.nn.Module | None = None) -> dict:
+    """The stage record of a pass of pooled features (a screening reference, a probe's features): fp32
+    by design (distances and probes are fitted on fp32 features), on ``policy``'s device, or on the one
+    ``model`` ran on when given."""
+    return stage_record(Policy(policy.device, policy.accelerator),
+                        next(model.parameters()).device if model is not None else None)
 
 
 def run_policy(run: str | Path) -> Policy:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.core.defaults import DEFAULT_N_BOOT
-from cxrlab.core.device import Policy, stage_record, use_policy
+from cxrlab.core.device import Policy, use_policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.core.io import atomic_write_text
 from cxrlab.core.run_folder import (
@@ -43,7 +43,7 @@ from cxrlab.train import TrainConfig, train
 from cxrlab.train.config_sources import write_sources
 from cxrlab.train.data import grouped_table, guidance_record, with_recorded_scheme
 from cxrlab.train.reuse import check_same_config
-from cxrlab.train.runner import config_policy
+from cxrlab.train.runner import config_policy, reference_record
 from cxrlab.workflows.baseline import frozen_features, probe_oof
 from cxrlab.workflows.ensemble_reference import oof_reference
 from cxrlab.workflows.predictions import predict_test_side
@@ -170,16 +170,19 @@ def versus(predictions: pd.DataFrame, reference: pd.DataFrame, names: list[str],
     return cis
 
 
-def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path) -> pd.DataFrame:
-    """The linear probe's out-of-fold predictions on the same images and folds (cached)."""
+def _baseline(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path, policy: Policy
+              ) -> tuple[pd.DataFrame, dict | None]:
+    """The linear probe's out-of-fold predictions on the same images and folds (cached), its frozen
+    features taken on ``policy``'s device; and what they ran on (None when read from the cache)."""
     cached = out / BASELINE_OOF_PREDICTIONS
     if cached.exists():
-        return pd.read_csv(cached)
+        return pd.read_csv(cached), None
     prepared = Path(config.runtime.prepared) if config.runtime.prepared else out / PREPARED
-    features = frozen_features(config, prepared, predictions["image"].tolist(), names)
+    with use_policy(policy):
+        features = frozen_features(config, prepared, predictions["image"].tolist(), names)
     table = probe_oof(features, predictions, names, config.runtime.seed)
     atomic_write_text(cached, table.to_csv(index=False))
-    return table
+    return table, reference_record(policy)
 
 
 def _ensemble(config: TrainConfig, predictions: pd.DataFrame, names: list[str], out: Path, policy: Policy
@@ -249,10 +252,9 @@ def train_crossval(config: TrainConfig, progress: Callable[[str], None] | None =
             stages["ensemble_reference"] = reference["ran_on"]
     if progress:
         progress("linear-probe baseline")
-    if not (out / BASELINE_OOF_PREDICTIONS).exists():  # its frozen features: fp32 on the run's device
-        stages["baseline"] = stage_record(Policy(policy.device, policy.accelerator))
-    with use_policy(policy):
-        baseline = _baseline(config, predictions, names, out)
+    baseline, ran_on = _baseline(config, predictions, names, out, policy)
+    if ran_on is not None:  # computed now, not read from an earlier run's cache
+        stages["baseline"] = ran_on
     summary = {"status": "ok", "folds": config.data.folds, "class_names": names, "backbone": config.model.backbone,
                "fine_tune": config.model.fine_tune, "select_on": config.select.metric,
                "out_of_fold": oof_figures(predictions, names, n_boot, config.runtime.seed),
