@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlab.core.runtime import tune_allocator
 from cxrlab.explain.predict import predict_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="passes per batch size (the best is kept)")
     args = parser.parse_args()
     images = _images(args.images)
+    tune_allocator()  # as the predict command does
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     work = Path(tempfile.mkdtemp(prefix="cxrlab-predict-"))

@@ -70,17 +70,15 @@ def serve_command(
     """Web service and page: POST /predict, GET /health, GET /model, the page at /, docs at /docs
     (research use only, not for clinical diagnosis)."""
     from cxrlab.core.optional import require
-    from cxrlab.core.runtime import tune_allocator
     from cxrlab.core.run_folder import model_file
 
-    with handle_errors(), device_policy(device, precision):
+    with handle_errors(), device_policy(device, precision):  # the allocator tuned there
         for module in ("fastapi", "uvicorn", "multipart"):
             require(module, "cxrlab serve")
         import uvicorn
 
         from cxrlab.serve import ServeSettings, create_app
 
-        tune_allocator()
         given = {"max_upload_mb": max_upload_mb, "timeout_s": timeout, "overlay_side": overlay_side,
                  "max_queue": max_queue, "body_timeout_s": body_timeout}  # the others: ServeSettings' defaults
         settings = ServeSettings(store_uploads=store_uploads, segmenter=segmenter, compile=compile,

@@ -3,9 +3,7 @@
 Measured on a 2-core AVX-512-bf16 CPU (bench/bench_train.py), EfficientNet-Lite0 at 224 px:
 eager fp32 NCHW ~37 img/s at batch 32; channels-last ~113; torch.compile with weight freezing
 and bf16 ~450 img/s and ~4.6 ms for one image. Compiling costs ~20-40 s once, so it pays off for
-a server or a large batch job, not for one image from the command line. Eager passes on a CPU take
-8 images at a time whatever the batch (:data:`CPU_CHUNK`): on the 2026-12-07 machine a batch of 32 ran
-at half the rate of 8.
+a server or a large batch job, not for one image from the command line.
 """
 
 from __future__ import annotations
@@ -58,24 +56,6 @@ class FrozenPrefix(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), compile_settings(self.compiled):
             return self._forward(x.contiguous(memory_format=torch.channels_last))
-
-
-# Images per forward pass on a CPU. EfficientNet-Lite0 at 224 px, channels-last, AMD EPYC Zen 5 (2 MB L2
-# per core, 32 MB L3): 132-138 img/s at 4-8 images, 101 at 16, 71-76 at 32; a batch's early activations
-# (0.8 MB an image per tensor) fall out of the cache beyond about 8. Eval-mode rows are independent.
-CPU_CHUNK = 8
-
-
-def cpu_batch(batch_size: int, device: torch.device | str) -> int:
-    """How many images an inference pass should put through the model at once on ``device``."""
-    return min(batch_size, CPU_CHUNK) if torch.device(device).type == "cpu" else batch_size
-
-
-def in_chunks(forward, x: torch.Tensor) -> torch.Tensor:
-    """``forward(x)``, :data:`CPU_CHUNK` images at a time on a CPU (rows independent: eval mode)."""
-    if x.device.type != "cpu" or len(x) <= CPU_CHUNK:
-        return forward(x)
-    return torch.cat([forward(part) for part in x.split(CPU_CHUNK)])
 
 
 class InferenceModel:
@@ -146,9 +126,7 @@ class InferenceModel:
         dtype = self.policy.autocast_dtype
         with self._compile_settings(), torch.autocast(self.device.type, dtype=dtype or torch.float32,
                                                        enabled=dtype is not None):
-            if self.compiled:  # one shape for the compiled graph
-                return self._forward(x).float().cpu()
-            return in_chunks(self._forward, x).float().cpu()
+            return self._forward(x).float().cpu()
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities for a batch (softmax over classes, or a sigmoid per finding)."""

@@ -21,7 +21,6 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from cxrlab.core.device import current_policy
 from cxrlab.core.errors import ConfigError
 from cxrlab.models.ensemble import cam_layers
-from cxrlab.models.inference import cpu_batch
 
 DEFAULT_QUANTILE = 0.99
 
@@ -220,7 +219,7 @@ def _pooled(model, dataset, levels: tuple[str, ...], batch_size: int) -> dict[st
              if "fine" in levels else [])
     try:
         device = next(model.parameters()).device
-        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=cpu_batch(batch_size, device)):
+        for x, _ in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             image, _ = model.split_input(x.to(device).contiguous(memory_format=torch.channels_last))
             last = model.image_features(image).float().mean(dim=(2, 3))
             if "last" in out:
